@@ -1,0 +1,125 @@
+"""Norm balls, box constraints and random starts, per example over (B, ...) arrays.
+
+``norm`` is one of 'linf', 'l2', 'l1'. ``eps`` may be a Python float, a traced scalar, or a (B,)
+array (per-example radii); it is never static, so eps sweeps do not recompile.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from jaxadv.types import Array
+
+NORMS = ("linf", "l2", "l1")
+_TINY = 1e-12
+
+
+def check_norm(norm: str) -> str:
+    if norm not in NORMS:
+        raise ValueError(f"Unknown norm {norm!r}; choose one of {NORMS}.")
+    return norm
+
+
+def _per_example(v: Array, x: Array) -> Array:
+    """Broadcasts a scalar or (B,) value against x of shape (B, ...)."""
+    v = jnp.asarray(v, x.dtype)
+    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim)) if v.ndim else v
+
+
+def norm_of(delta: Array, norm: str) -> Array:
+    """Per-example norm of delta (B, ...) -> (B,)."""
+    flat = delta.reshape(delta.shape[0], -1)
+    if norm == "linf":
+        return jnp.max(jnp.abs(flat), axis=-1)
+    if norm == "l2":
+        return jnp.sqrt(jnp.sum(flat * flat, axis=-1))
+    if norm == "l1":
+        return jnp.sum(jnp.abs(flat), axis=-1)
+    raise ValueError(f"Unknown norm {norm!r}; choose one of {NORMS}.")
+
+
+def project_l1_ball(delta: Array, eps: Array) -> Array:
+    """Euclidean projection of each example onto the l1 ball of radius eps (Duchi et al. 2008)."""
+    b = delta.shape[0]
+    flat = delta.reshape(b, -1)
+    eps = jnp.broadcast_to(jnp.asarray(eps, flat.dtype), (b,))
+    abs_v = jnp.abs(flat)
+    inside = jnp.sum(abs_v, axis=-1) <= eps
+    mu = -jnp.sort(-abs_v, axis=-1)
+    cumsum = jnp.cumsum(mu, axis=-1)
+    ks = jnp.arange(1, flat.shape[1] + 1, dtype=flat.dtype)
+    cond = mu - (cumsum - eps[:, None]) / ks > 0
+    rho = jnp.max(jnp.where(cond, ks, 0.0), axis=-1)
+    theta = (jnp.take_along_axis(cumsum, (rho.astype(jnp.int32) - 1)[:, None].clip(0), axis=-1)[:, 0]
+             - eps) / jnp.maximum(rho, 1.0)
+    proj = jnp.sign(flat) * jnp.maximum(abs_v - theta[:, None], 0.0)
+    return jnp.where(inside[:, None], flat, proj).reshape(delta.shape)
+
+
+def project(delta: Array, eps: Array, norm: str) -> Array:
+    """Projects each example of delta onto the ``norm`` ball of radius ``eps``."""
+    if norm == "linf":
+        e = _per_example(eps, delta)
+        return jnp.clip(delta, -e, e)
+    if norm == "l2":
+        n = norm_of(delta, "l2")
+        scale = jnp.minimum(1.0, jnp.asarray(eps, delta.dtype) / jnp.maximum(n, _TINY))
+        return delta * _per_example(scale, delta)
+    if norm == "l1":
+        return project_l1_ball(delta, eps)
+    raise ValueError(f"Unknown norm {norm!r}; choose one of {NORMS}.")
+
+
+def clip_to_bounds(x: Array, bounds: tuple[float, float]) -> Array:
+    return jnp.clip(x, bounds[0], bounds[1])
+
+
+def project_to_feasible(x_adv: Array, x: Array, eps: Array, norm: str,
+                        bounds: tuple[float, float]) -> Array:
+    """Projects x_adv into B_norm(x, eps) and then into the box. For linf the result lies in the
+    intersection exactly; for l2/l1 the box clip can only shrink the perturbation's norm."""
+    delta = project(x_adv - x, eps, norm)
+    return clip_to_bounds(x + delta, bounds)
+
+
+def random_start(key: jax.Array, x: Array, eps: Array, norm: str) -> Array:
+    """A random point of the ``norm`` ball around 0 shaped like x: uniform in the linf box; uniform
+    in the l2 ball (direction Gaussian, radius ~ U^(1/d)); for l1 a Laplace direction scaled to a
+    radius ~ U^(1/d), as in Foolbox/torchattacks-style l1 starts."""
+    b = x.shape[0]
+    d = x[0].size
+    if norm == "linf":
+        u = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
+        return u * _per_example(eps, x)
+    k1, k2 = jax.random.split(key)
+    if norm == "l2":
+        g = jax.random.normal(k1, x.shape, x.dtype)
+    elif norm == "l1":
+        g = jax.random.laplace(k1, x.shape, x.dtype)
+    else:
+        raise ValueError(f"Unknown norm {norm!r}; choose one of {NORMS}.")
+    r = jax.random.uniform(k2, (b,), x.dtype) ** (1.0 / d)
+    unit = g / _per_example(jnp.maximum(norm_of(g, norm), _TINY), x)
+    return unit * _per_example(r * jnp.broadcast_to(jnp.asarray(eps, x.dtype), (b,)), x)
+
+
+def check_attack_inputs(x: Array, y: Array, *, eps=None, num_classes: int | None = None,
+                        bounds: tuple[float, float] | None = None) -> None:
+    """Validates attack arguments where they are concrete (not traced); raises ValueError naming
+    the bad value. Traced values (inside jit/vmap) are not inspected."""
+    if x.ndim < 2:
+        raise ValueError(f"x must be a batch (B, ...); got shape {x.shape}.")
+    if y.shape != x.shape[:1]:
+        raise ValueError(f"labels must have shape ({x.shape[0]},) to match x {x.shape}; got "
+                         f"{y.shape}.")
+    if eps is not None and not isinstance(eps, jax.core.Tracer):
+        e = jnp.asarray(eps)
+        if bool(jnp.any(e < 0)) or bool(jnp.any(~jnp.isfinite(e))):
+            raise ValueError(f"eps must be finite and >= 0; got {eps}.")
+    if num_classes is not None and not isinstance(y, jax.core.Tracer):
+        if bool(jnp.any((y < 0) | (y >= num_classes))):
+            raise ValueError(f"labels must lie in [0, {num_classes}); got range "
+                             f"[{int(jnp.min(y))}, {int(jnp.max(y))}].")
+    if bounds is not None and bounds[0] >= bounds[1]:
+        raise ValueError(f"bounds must be (low, high) with low < high; got {bounds}.")
+    if not isinstance(x, jax.core.Tracer) and bool(jnp.any(~jnp.isfinite(x))):
+        raise ValueError("x contains NaN or infinite values.")

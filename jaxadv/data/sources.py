@@ -1,0 +1,180 @@
+"""Datasets by name, as random-access sources of (images float32 in [0, 1] NHWC, int32 labels).
+
+* ``fashion_mnist`` -- the offline default: IDX files of Debian's ``dataset-fashion-mnist`` package
+  (directory: the ``data_dir`` argument, else ``$JAXADV_FASHION_MNIST_DIR``, else
+  /usr/share/datasets/fashion-mnist).
+* ``mnist_idx`` -- MNIST from local IDX files (``data_dir``, else ``$JAXADV_MNIST_DIR``), e.g. the
+  MNIST test set in ../shared/data/mnist-test (test split only there).
+* any other name (``mnist``, ``cifar10``, ``imagenet2012``, ...) -- tensorflow-datasets through the
+  random-access ``tfds.data_source`` (no TensorFlow needed), on data already prepared in ``data_dir``
+  (or tfds' default). Nothing is downloaded implicitly: an offline download retries for minutes
+  before failing, so a missing dataset raises at once with the command that prepares it.
+"""
+
+import dataclasses
+import os
+from typing import Protocol
+
+import numpy as np
+
+from jaxadv.data.idx import read_idx
+
+DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_INSTALL = "sudo apt-get install dataset-fashion-mnist   (or: make data)"
+
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot")
+
+
+class Source(Protocol):
+    """A random-access dataset: ``len(src)`` and ``src.get(indices) -> (images, labels)``."""
+
+    name: str
+    num_classes: int
+
+    def __len__(self) -> int: ...
+
+    def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def _to_float_images(images: np.ndarray) -> np.ndarray:
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / np.float32(255.0)
+    return images.astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayDataset:
+    """An in-memory dataset.
+
+    Attributes:
+      images: (N, H, W, C), uint8 in [0, 255] or float in [0, 1].
+      labels: (N,) integers in [0, num_classes).
+      num_classes: K.
+      name: for messages.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+    name: str = "arrays"
+
+    def __post_init__(self):
+        images, labels = self.images, np.asarray(self.labels)
+        if images.ndim == 3:  # (N, H, W) grey images
+            images = images[..., None]
+            object.__setattr__(self, "images", images)
+        if images.ndim != 4:
+            raise ValueError(f"{self.name}: images must be (N, H, W, C); got shape {images.shape}.")
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"{self.name}: labels must be ({images.shape[0]},) to match the "
+                             f"images; got shape {labels.shape}.")
+        if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(f"{self.name}: labels must lie in [0, {self.num_classes}); found "
+                             f"range [{labels.min()}, {labels.max()}].")
+        if images.dtype != np.uint8:
+            if not np.all(np.isfinite(images)):
+                raise ValueError(f"{self.name}: images contain NaN or infinite values.")
+            if images.size and (images.min() < 0 or images.max() > 1):
+                raise ValueError(
+                    f"{self.name}: float images must lie in [0, 1] (found [{images.min():.3g}, "
+                    f"{images.max():.3g}]); divide uint8 images by 255, and put any normalisation "
+                    "inside the model so that attacks work in pixel units.")
+        object.__setattr__(self, "labels", labels.astype(np.int32))
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
+    def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return _to_float_images(self.images[indices]), self.labels[indices]
+
+    def take(self, n: int) -> "ArrayDataset":
+        """The first ``n`` examples."""
+        return dataclasses.replace(self, images=self.images[:n], labels=self.labels[:n])
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """All images as float32 in [0, 1] and labels, in memory."""
+        return _to_float_images(self.images), self.labels
+
+
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+def load_idx_dataset(directory: str, split: str, *, name: str, provided_by: str,
+                     num_classes: int = 10) -> ArrayDataset:
+    """Reads ``{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz`` from ``directory``."""
+    if split not in _IDX_FILES:
+        raise ValueError(f"{name}: unknown split {split!r}; choose 'train' or 'test'.")
+    image_file, label_file = (os.path.join(directory, f) for f in _IDX_FILES[split])
+    images = read_idx(image_file, provided_by=provided_by)
+    labels = read_idx(label_file, provided_by=provided_by)
+    if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{name}: {image_file} holds {images.shape} but {label_file} holds "
+                         f"{labels.shape}; the files do not belong together. Reinstall them.")
+    return ArrayDataset(images[..., None], labels, num_classes, name=f"{name}:{split}")
+
+
+class TfdsSource:
+    """A tensorflow-datasets dataset through ``tfds.data_source`` (random access, no TensorFlow)."""
+
+    def __init__(self, name: str, split: str, *, data_dir: str | None = None,
+                 image_key: str = "image", label_key: str = "label"):
+        import tensorflow_datasets as tfds
+
+        self.name = f"{name}:{split}"
+        self._image_key, self._label_key = image_key, label_key
+        try:
+            builder = tfds.builder(name, data_dir=data_dir)
+        except Exception as e:
+            raise ValueError(f"tensorflow-datasets has no dataset {name!r} ({e}).") from e
+        if not builder.is_prepared():
+            where = data_dir or builder.data_dir
+            raise FileNotFoundError(
+                f"Dataset {name!r} is not prepared under {where}, and jaxadv never downloads "
+                "implicitly (offline, a download retries for minutes before failing). On a machine "
+                f"with the network run:\n  python -m tensorflow_datasets.scripts.download_and_prepare"
+                f" --datasets={name} --data_dir={where}\n(or `tfds build {name} --data_dir={where}`; "
+                "both need `pip install tensorflow`), then copy the directory here. Offline, use "
+                "dataset 'fashion_mnist'.")
+        self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        label_feature = builder.info.features[label_key]
+        self.num_classes = int(label_feature.num_classes)
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        records = self._source.__getitems__([int(i) for i in indices])
+        images = np.stack([np.asarray(r[self._image_key]) for r in records])
+        labels = np.asarray([int(r[self._label_key]) for r in records], np.int32)
+        return _to_float_images(images), labels
+
+
+def load_dataset(name: str, split: str, *, data_dir: str | None = None) -> Source:
+    """Returns the dataset ``name``/``split`` as a random-access source (see the module docstring).
+
+    Raises:
+      FileNotFoundError: the data is missing; the message names the file and the command that
+        provides it.
+      jaxadv.data.idx.CorruptDataError: a file is corrupt.
+    """
+    if name == "fashion_mnist":
+        directory = data_dir or os.environ.get("JAXADV_FASHION_MNIST_DIR", DEBIAN_FASHION_MNIST_DIR)
+        return load_idx_dataset(directory, split, name=name, provided_by=FASHION_MNIST_INSTALL)
+    if name == "mnist_idx":
+        directory = data_dir or os.environ.get("JAXADV_MNIST_DIR")
+        if not directory:
+            raise FileNotFoundError(
+                "Dataset 'mnist_idx' needs a directory of MNIST IDX files: pass data_dir= (config "
+                "data.data_dir) or set JAXADV_MNIST_DIR, e.g. to ../shared/data/mnist-test.")
+        return load_idx_dataset(directory, split, name=name,
+                                provided_by="the MNIST IDX files (../shared/data/mnist-test holds the "
+                                "test split; the train split needs tensorflow-datasets 'mnist')")
+    return TfdsSource(name, split, data_dir=data_dir)

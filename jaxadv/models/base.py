@@ -1,0 +1,40 @@
+"""The interface every jaxadv classifier implements: ``features -> head``, so CAM and Grad-CAM work.
+
+A model is a Flax module with these methods (all take images in [0, 1], NHWC; input normalisation
+lives inside ``features``):
+
+* ``features(x, train=False) -> A``        the last feature map, (B, h, w, k)
+* ``head(A) -> logits``                    (B, K)
+* ``cam(A) -> I``                          class activation maps, (B, h, w, K); exact for GAP heads
+* ``__call__(x, train=False) -> logits``   ``head(features(x))``
+"""
+
+import flax.linen as nn
+
+from jaxadv.models.head import GAPHead
+from jaxadv.types import Array
+
+
+class GAPClassifier(nn.Module):
+    """Base class: subclasses define ``setup`` (which must create ``self.head_layer``) and
+    ``features``."""
+
+    num_classes: int = 10
+
+    def features(self, x: Array, train: bool = False) -> Array:
+        raise NotImplementedError
+
+    def head(self, a: Array) -> Array:
+        """Feature map (B, h, w, k) -> logits (B, K)."""
+        return self.head_layer(a)
+
+    def cam(self, a: Array) -> Array:
+        """Feature map (B, h, w, k) -> CAM (B, h, w, K); ``mean_{h,w}(cam) == head(a)``."""
+        return self.head_layer(a, per_location=True)
+
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        return self.head(self.features(x, train=train))
+
+    def _make_head(self, *, use_bias: bool = False, kernel_init=None) -> GAPHead:
+        kwargs = {} if kernel_init is None else {"kernel_init": kernel_init}
+        return GAPHead(self.num_classes, use_bias=use_bias, name="head", **kwargs)

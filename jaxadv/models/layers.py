@@ -1,0 +1,98 @@
+"""Building blocks shared by jaxadv's Flax models.
+
+All convolutions and max-pools of jaxadv's models go through :func:`conv` and :func:`max_pool`, so a
+faster lowering (for example the CPU fast path of ``jaxadv.models.fastpath``) applies to every model
+without touching model code.
+"""
+
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxadv.types import Array
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "relu": nn.relu,
+    "softplus": nn.softplus,
+    "swish": nn.swish,
+    "identity": lambda x: x,
+}
+
+
+def get_activation(name: str) -> Callable[[Array], Array]:
+    """Returns the activation function called ``name`` (relu, softplus, swish, identity)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(
+            f"Unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}. "
+            "Use 'softplus' where second derivatives matter (IG, second-order attacks)."
+        )
+    return ACTIVATIONS[name]
+
+
+def fan_in_normal() -> jax.nn.initializers.Initializer:
+    """N(0, 1/fan_in), the initialisation of Boopathy et al. (2020), section 1.1 of methods.md."""
+    return nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+
+
+def conv(
+    features: int,
+    kernel_size: int | Sequence[int],
+    *,
+    strides: int = 1,
+    padding: str | Sequence[tuple[int, int]] = "SAME",
+    use_bias: bool = True,
+    kernel_init: jax.nn.initializers.Initializer | None = None,
+    name: str | None = None,
+) -> nn.Conv:
+    """A ``flax.linen.Conv`` that uses jaxadv's convolution lowering.
+
+    The lowering is chosen by :func:`jaxadv.models.fastpath.conv_general_dilated` when the module is
+    applied (on CPU a matmul-based lowering, elsewhere ``lax.conv_general_dilated``); outputs and
+    gradients are equal to the standard lowering's.
+    """
+    from jaxadv.models import fastpath  # local import: fastpath imports nothing from models
+
+    if isinstance(kernel_size, int):
+        kernel_size = (kernel_size, kernel_size)
+    kwargs = {}
+    if kernel_init is not None:
+        kwargs["kernel_init"] = kernel_init
+    return nn.Conv(
+        features,
+        tuple(kernel_size),
+        strides=strides,
+        padding=padding,
+        use_bias=use_bias,
+        conv_general_dilated=fastpath.conv_general_dilated,
+        name=name,
+        **kwargs,
+    )
+
+
+def max_pool(x: Array, window: int, stride: int | None = None, padding: str = "VALID") -> Array:
+    """Max-pool (B, H, W, C) with a square window; uses jaxadv's pooling lowering."""
+    from jaxadv.models import fastpath
+
+    stride = window if stride is None else stride
+    return fastpath.max_pool(x, window=window, stride=stride, padding=padding)
+
+
+def global_average_pool(a: Array) -> Array:
+    """(B, h, w, k) -> (B, k)."""
+    return jnp.mean(a, axis=(1, 2))
+
+
+class Normalize(nn.Module):
+    """Per-channel input normalisation inside the model, so attacks work in [0, 1] pixels."""
+
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+
+    def __call__(self, x: Array) -> Array:
+        if self.mean is not None:
+            x = x - jnp.asarray(self.mean, x.dtype)
+        if self.std is not None:
+            x = x / jnp.asarray(self.std, x.dtype)
+        return x

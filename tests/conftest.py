@@ -1,0 +1,41 @@
+"""Test set-up: 8 fake CPU devices (so sharding code runs on CPU), strict dtype promotion, keys.
+
+XLA_FLAGS must be set before JAX initialises its backends, hence at import time here.
+"""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_force_host_platform_device_count=8").strip()
+
+import pathlib  # noqa: E402
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def key():
+    return jax.random.key(0)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+    """../shared/data (MNIST test set, official checkpoints); skips with a clear message where it
+    is missing (users do not have it; CI and developers do)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is missing: these tests need the project's shared data "
+                    "(MNIST test set and the official Boopathy et al. checkpoints).")
+    return SHARED_DATA
+
+
+def torch_or_skip():
+    """Imports torch or skips (peer cross-checks run where the `bench` extra is installed)."""
+    return pytest.importorskip("torch", reason="PyTorch is not installed (pip install -e .[bench])")
