@@ -134,16 +134,23 @@ class TfdsSource:
             builder = tfds.builder(name, data_dir=data_dir)
         except Exception as e:
             raise ValueError(f"tensorflow-datasets has no dataset {name!r} ({e}).") from e
-        if not builder.is_prepared():
+        try:
+            self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        except Exception as e:
             where = data_dir or builder.data_dir
-            raise FileNotFoundError(
-                f"Dataset {name!r} is not prepared under {where}, and jaxadv never downloads "
-                "implicitly (offline, a download retries for minutes before failing). On a machine "
-                f"with the network run:\n  python -m tensorflow_datasets.scripts.download_and_prepare"
-                f" --datasets={name} --data_dir={where}\n(or `tfds build {name} --data_dir={where}`; "
-                "both need `pip install tensorflow`), then copy the directory here. Offline, use "
-                "dataset 'fashion_mnist'.")
-        self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+            if not builder.is_prepared():
+                raise FileNotFoundError(
+                    f"Dataset {name!r} is not prepared under {where}, and jaxadv never downloads "
+                    "implicitly (offline, a download retries for minutes before failing). On a "
+                    "machine with the network run:\n  python -m "
+                    f"tensorflow_datasets.scripts.download_and_prepare --datasets={name} "
+                    f"--data_dir={where} --file_format=array_record\n(it needs `pip install "
+                    "tensorflow`), then copy the directory here. Offline, use dataset "
+                    "'fashion_mnist'.") from e
+            raise ValueError(
+                f"Dataset {name!r} under {where} cannot be read with random access ({e}). Prepare "
+                "it with --file_format=array_record (random access needs array_record or "
+                "parquet, not tfrecord).") from e
         label_feature = builder.info.features[label_key]
         self.num_classes = int(label_feature.num_classes)
 
@@ -151,7 +158,7 @@ class TfdsSource:
         return len(self._source)
 
     def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        records = self._source.__getitems__([int(i) for i in indices])
+        records = [self._source[int(i)] for i in indices]
         images = np.stack([np.asarray(r[self._image_key]) for r in records])
         labels = np.asarray([int(r[self._label_key]) for r in records], np.int32)
         return _to_float_images(images), labels

@@ -1,0 +1,118 @@
+"""The jaxadv command line: the only place that parses flags.
+
+  jaxadv train --config experiments/configs/fashion_mnist_smallgap.py --workdir DIR \
+      [--config.train.num_epochs=2 ...]
+  jaxadv eval  --config CONFIG --workdir DIR [--best]          # a checkpoint of a training run
+  jaxadv eval  --checkpoint ../shared/data/boopathy-mnist/mnist_smallgap_normal_100.pkl \
+      --dataset mnist_idx --data_dir ../shared/data/mnist-test  # an official checkpoint
+
+(``python -m experiments.main ...`` is the same command.) On CPU the batch is split over
+``--host_devices`` XLA host devices (default: the number of cores), set before JAX initialises.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+COMMANDS = ("train", "eval")
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file "
+                                          "(optionally with ':quick').", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "eval: an official Boopathy et al. .pkl "
+                                  "checkpoint instead of a workdir.")
+_DATASET = flags.DEFINE_string("dataset", "mnist_idx", "eval --checkpoint: dataset name.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "eval --checkpoint: data directory.")
+_SPLIT = flags.DEFINE_string("split", "test", "eval: split to evaluate.")
+_BEST = flags.DEFINE_bool("best", False, "eval: use the best checkpoint instead of the last.")
+_HOST_DEVICES = flags.DEFINE_integer(
+    "host_devices", 0, "CPU only: split batches over this many XLA host devices (0 = one per core,"
+    " 1 = off). Must be set before JAX initialises, which this entry point does.")
+
+
+def _usage() -> str:
+    return ("usage: jaxadv {train,eval} [flags]\n  jaxadv train --config CONFIG --workdir DIR\n"
+            "  jaxadv eval (--config CONFIG --workdir DIR | --checkpoint FILE.pkl)\n"
+            "  jaxadv <command> --helpfull for every flag")
+
+
+def _set_host_devices(n: int) -> None:
+    if n == 1:
+        return
+    n = n or os.cpu_count() or 1
+    flag = f"--xla_force_host_platform_device_count={n}"
+    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+
+
+def _train() -> None:
+    from jaxadv.training import train_and_evaluate
+
+    if _CONFIG.value is None or _WORKDIR.value is None:
+        raise app.UsageError("train needs --config and --workdir.")
+    result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    print(f"Test accuracy: {result['test_accuracy']:.4f} on {result['num_test_examples']} "
+          f"examples ({_CONFIG.value.dataset.name}, {_CONFIG.value.model.name}); "
+          f"{result['examples_per_second']:.0f} training examples/s on "
+          f"{result['num_devices']} device(s); step compile {result['compile_seconds']:.1f} s.")
+    print(json.dumps(result))
+
+
+def _eval() -> None:
+    import numpy as np
+
+    from jaxadv import data as data_lib
+    from jaxadv import sharding
+    from jaxadv.models import get_model, load_official_checkpoint
+    from jaxadv.training import create_train_state, evaluate, restore_for_eval
+
+    if _CHECKPOINT.value:
+        import optax
+
+        name, params = load_official_checkpoint(_CHECKPOINT.value)
+        source = data_lib.load_dataset(_DATASET.value, _SPLIT.value, data_dir=_DATA_DIR.value)
+        model = get_model(name)
+        shape = (1,) + tuple(source.get(np.arange(1))[0].shape[1:])
+        import jax
+
+        state = create_train_state(model, optax.identity(), jax.random.key(0), shape)
+        state = state.replace(params=jax.tree.map(jax.numpy.asarray, params))
+        label = os.path.basename(_CHECKPOINT.value)
+    else:
+        if _CONFIG.value is None or _WORKDIR.value is None:
+            raise app.UsageError("eval needs --checkpoint FILE, or --config and --workdir.")
+        state, _ = restore_for_eval(_CONFIG.value, _WORKDIR.value, best=_BEST.value)
+        from jaxadv.training.loop import load_sources
+
+        train_src, test_src = load_sources(_CONFIG.value)
+        source = train_src if _SPLIT.value == "train" else test_src
+        label = _WORKDIR.value
+    mesh = sharding.data_mesh()
+    state = sharding.replicate(state, mesh)
+    result = evaluate(state, source, batch_size=1000, mesh=mesh)
+    print(f"{label}: accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f} on "
+          f"{len(source)} examples of {getattr(source, 'name', _DATASET.value)}.")
+    print(json.dumps({"checkpoint": label, "num_examples": len(source), **result}))
+
+
+def main(argv) -> None:
+    if len(argv) < 2 or argv[1] not in COMMANDS:
+        raise app.UsageError(_usage())
+    if len(argv) > 2:
+        raise app.UsageError(f"Unexpected arguments {argv[2:]}.\n{_usage()}")
+    _set_host_devices(_HOST_DEVICES.value)
+    if logging.get_verbosity() <= logging.INFO and not flags.FLAGS['verbosity'].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    {"train": _train, "eval": _eval}[argv[1]]()
+
+
+def run() -> None:
+    """Console-script entry point (``jaxadv``)."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,55 @@
+"""Mesh and ``NamedSharding`` helpers for data parallelism (no pmap).
+
+One mesh axis, ``"data"``: batches are split along their leading axis over every device of every
+process; parameters and optimiser state are replicated. The same code runs on 8 fake CPU devices,
+one GPU, a TPU pod slice, or several hosts joined by ``jax.distributed.initialize()``.
+"""
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def data_mesh(devices=None) -> Mesh:
+    """A 1-D mesh with axis ``"data"`` over ``devices`` (default: all devices of all processes)."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Shards the leading (batch) axis over the mesh."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def check_divisible(batch_size: int, mesh: Mesh, what: str = "batch size") -> None:
+    n = mesh.devices.size
+    if batch_size % n:
+        raise ValueError(
+            f"The global {what} {batch_size} is not divisible by the {n} devices of the mesh; "
+            f"use a multiple of {n} (e.g. {(batch_size // n + 1) * n}), or run on fewer devices.")
+
+
+def shard_batch(batch, mesh: Mesh):
+    """Places a host batch (this process's slice of the global batch, a pytree of numpy arrays) on
+    the mesh, sharded along the leading axis. Works single- and multi-process."""
+    sharding = batch_sharding(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(batch, sharding)
+
+    def put(x):
+        global_shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
+        return jax.make_array_from_process_local_data(sharding, x, global_shape)
+
+    return jax.tree.map(put, batch)
+
+
+def replicate(tree, mesh: Mesh):
+    """Places a pytree on every device of the mesh."""
+    return jax.device_put(tree, replicated(mesh))

@@ -1,0 +1,211 @@
+"""``train_and_evaluate(config, workdir)``: the training loop with logging, evaluation and resume.
+
+Re-running the same command on the same workdir continues from the last checkpoint and ends with
+exactly the parameters of a run that was never interrupted: per-step keys are
+``fold_in(key, step)``, the data order is a function of (key, step), and the state is restored whole.
+"""
+
+import json
+import os
+import time
+from collections.abc import Mapping
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from jaxadv import data as data_lib
+from jaxadv import sharding
+from jaxadv.models import get_model
+from jaxadv.training.checkpointing import Checkpointer
+from jaxadv.training.objectives import get_objective
+from jaxadv.training.schedules import make_optimizer
+from jaxadv.training.state import TrainState, create_train_state
+from jaxadv.training.steps import add_metrics, make_eval_step, make_train_step, summarize
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced NaN or infinite metrics; the last good checkpoint is kept."""
+
+
+def _kwargs(cfg) -> dict:
+    if cfg is None:
+        return {}
+    d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
+
+
+def load_sources(config):
+    """(train source, test source) from ``config.dataset``."""
+    ds = config.dataset
+    data_dir = ds.get("data_dir") or None
+    train = data_lib.load_dataset(ds.name, ds.get("train_split", "train"), data_dir=data_dir)
+    test = data_lib.load_dataset(ds.name, ds.get("test_split", "test"), data_dir=data_dir)
+    return train, test
+
+
+def build_model(config):
+    return get_model(config.model.name, **_kwargs(config.model.get("kwargs")))
+
+
+def total_train_steps(config, num_train_examples: int) -> int:
+    t = config.train
+    if t.get("num_steps", -1) and t.get("num_steps", -1) > 0:
+        return int(t.num_steps)
+    spe = data_lib.steps_per_epoch(num_train_examples, t.batch_size)
+    return int(round(t.num_epochs * spe))
+
+
+class JsonLogger:
+    """Appends one JSON object per line to ``workdir/metrics.jsonl``."""
+
+    def __init__(self, workdir: str, *, start_step: int):
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        if os.path.exists(self.path):  # drop lines from beyond the checkpoint we resume from
+            with open(self.path) as f:
+                kept = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= start_step]
+            with open(self.path, "w") as f:
+                f.writelines(kept)
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def evaluate(state: TrainState, source, *, batch_size: int, mesh=None, eval_step=None,
+             num_examples: int | None = None, use_ema: bool = False) -> dict[str, float]:
+    """Clean loss and accuracy over ``source`` (padded, masked batches; no example dropped)."""
+    mesh = mesh or sharding.data_mesh()
+    batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
+    if eval_step is None:
+        eval_step = jax.jit(make_eval_step(use_ema=use_ema))
+    acc = None
+    for batch in data_lib.eval_batches(source, batch_size=batch_size, num_examples=num_examples):
+        acc = add_metrics(acc, eval_step(state, sharding.shard_batch(batch, mesh)))
+    return summarize(acc)
+
+
+def _check_finite(summary: dict, step: int, workdir: str, last_good: int | None) -> None:
+    bad = {k: v for k, v in summary.items() if not np.isfinite(v)}
+    if bad:
+        where = (f"the last good checkpoint (step {last_good}) is kept in {workdir}/checkpoints"
+                 if last_good is not None else "no checkpoint had been written yet")
+        raise NonFiniteLossError(
+            f"Non-finite metrics at step {step}: {bad}; {where}. Lower the learning rate "
+            "(--config.optimizer.learning_rate), add gradient clipping "
+            "(--config.optimizer.grad_clip_norm=1.0) or check the inputs, then rerun.")
+
+
+def train_and_evaluate(config: Mapping, workdir: str, *, verbose: bool = True) -> dict:
+    """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints) and evaluates it.
+
+    Returns the final summary: ``{"step", "test_accuracy", "test_loss", "train_seconds",
+    "examples_per_second", "compile_seconds"}`` (also written to ``workdir/results.json``).
+    """
+    os.makedirs(workdir, exist_ok=True)
+    t = config.train
+    mesh = sharding.data_mesh()
+    sharding.check_divisible(t.batch_size, mesh, "training batch size")
+    train_src, test_src = load_sources(config)
+    model = build_model(config)
+    total_steps = total_train_steps(config, len(train_src))
+    tx = make_optimizer(config.optimizer, total_steps=total_steps)
+    key = jax.random.key(config.seed)
+    init_key, train_key, data_key = jax.random.split(key, 3)
+    sample_shape = (1,) + tuple(train_src.get(np.arange(1))[0].shape[1:])
+    ema_decay = float(t.get("ema_decay", 0.0)) or None
+    state = create_train_state(model, tx, init_key, sample_shape, ema=ema_decay is not None)
+    state = sharding.replicate(state, mesh)
+
+    ckpt = Checkpointer(workdir, keep=int(t.get("keep_checkpoints", 2)))
+    start = ckpt.latest_step()
+    if start is not None:
+        state = ckpt.restore(state, start)
+        if verbose:
+            print(f"Resuming from the checkpoint at step {start} in {workdir}.")
+    start = int(jax.device_get(state.step))
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json(indent=2) if hasattr(config, "to_json") else json.dumps(config))
+    logger = JsonLogger(workdir, start_step=start)
+
+    objective = get_objective(config.objective.name, **_kwargs(config.objective.get("kwargs")))
+    train_step = jax.jit(make_train_step(objective=objective, ema_decay=ema_decay),
+                         donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(use_ema=bool(t.get("eval_ema", False))))
+    batches = data_lib.train_batches(train_src, batch_size=t.batch_size, key=data_key,
+                                     start_step=start)
+    log_every = int(t.get("log_every", 100))
+    ckpt_every = int(t.get("checkpoint_every", 500))
+    eval_every = int(t.get("eval_every", 0))
+    num_eval = config.get("eval", {}).get("num_examples", -1)
+    num_eval = None if num_eval is None or num_eval < 0 else int(num_eval)
+    eval_bs = int(config.get("eval", {}).get("batch_size", 1000))
+
+    acc, last_good, compile_s = None, (start or None), 0.0
+    examples, t_train = 0, 0.0
+    bar = tqdm(total=total_steps, initial=start, disable=not verbose, unit="step",
+               dynamic_ncols=True)
+    tic = time.perf_counter()
+    for step in range(start, total_steps):
+        batch = sharding.shard_batch(next(batches), mesh)
+        if step == start:
+            t0 = time.perf_counter()
+            state, metrics = train_step(state, batch, train_key)
+            jax.block_until_ready(state.step)
+            compile_s = time.perf_counter() - t0
+            tic = time.perf_counter()
+        else:
+            state, metrics = train_step(state, batch, train_key)
+            examples += t.batch_size
+        acc = add_metrics(acc, metrics)
+        done = step + 1
+        is_log = done % log_every == 0 or done == total_steps
+        is_ckpt = done % ckpt_every == 0 or done == total_steps
+        is_eval = (eval_every and done % eval_every == 0) or done == total_steps
+        if is_log or is_ckpt or is_eval:
+            summary = summarize(acc)  # device sync only here
+            _check_finite(summary, done, workdir, last_good)
+            elapsed = time.perf_counter() - tic
+            record = {"step": done, "split": "train", **summary,
+                      "examples_per_second": examples / max(elapsed, 1e-9)}
+            if is_eval:
+                ev = evaluate(state, test_src, batch_size=eval_bs, mesh=mesh,
+                              eval_step=eval_step, num_examples=num_eval)
+                record.update({f"test_{k}": v for k, v in ev.items()})
+            logger.write(record)
+            bar.set_postfix(loss=f"{summary.get('loss', summary['objective']):.4f}",
+                            ex_s=f"{record['examples_per_second']:.0f}")
+            acc = None
+            if is_ckpt:
+                ckpt.save(state, metrics={"accuracy": record["test_accuracy"]} if is_eval else None)
+                last_good = done
+        bar.update(1)
+    bar.close()
+    t_train = time.perf_counter() - tic
+    ckpt.wait()
+    ckpt.close()
+    final = evaluate(state, test_src, batch_size=eval_bs, mesh=mesh, eval_step=eval_step,
+                     num_examples=num_eval)
+    result = {"step": total_steps, "test_accuracy": final["accuracy"], "test_loss": final["loss"],
+              "num_test_examples": num_eval or len(test_src), "train_seconds": t_train,
+              "examples_per_second": examples / max(t_train, 1e-9), "compile_seconds": compile_s,
+              "num_devices": int(mesh.devices.size)}
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+def restore_for_eval(config, workdir: str, *, best: bool = False) -> tuple[TrainState, object]:
+    """The (state, model) of the latest (or best) checkpoint in ``workdir``."""
+    model = build_model(config)
+    train_src, _ = load_sources(config)
+    sample_shape = (1,) + tuple(train_src.get(np.arange(1))[0].shape[1:])
+    tx = make_optimizer(config.optimizer, total_steps=total_train_steps(config, len(train_src)))
+    ema = bool(config.train.get("ema_decay", 0.0))
+    state = create_train_state(model, tx, jax.random.key(0), sample_shape, ema=ema)
+    ckpt = Checkpointer(workdir, keep=int(config.train.get("keep_checkpoints", 2)))
+    state = ckpt.restore(state, best=best)
+    ckpt.close()
+    return state, model
+
+

@@ -1,0 +1,97 @@
+"""Model shapes, the CAM identity mean(CAM_c) == logit_c, the activation switch, the registry."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxadv.models import available_models, get_model, init_variables, model_fns
+
+CASES = [
+    ("smallgap", {}, (3, 28, 28, 1), (7, 7, 100)),
+    ("smallgap", {}, (3, 32, 32, 3), (8, 8, 100)),
+    ("poolgap", {}, (3, 28, 28, 1), (7, 7, 64)),
+    ("boopathy_wresnet", {}, (2, 32, 32, 3), (8, 8, 64)),
+    ("preact_resnet18", {"width_multiplier": 0.25}, (2, 32, 32, 3), (4, 4, 128)),
+    ("wide_resnet", {"depth": 10, "width": 2}, (2, 32, 32, 3), (8, 8, 128)),
+    ("wide_resnet", {"depth": 10, "width": 1, "use_batch_norm": False, "activation": "swish"},
+     (2, 32, 32, 3), (8, 8, 64)),
+    ("mlp", {"hidden": (32,)}, (3, 8, 8, 1), (1, 1, 32)),
+    ("linear", {}, (3, 8, 8, 1), (1, 1, 64)),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,shape,feat", CASES)
+def test_shapes_and_cam_identity(name, kwargs, shape, feat):
+    model = get_model(name, num_classes=10, **kwargs)
+    variables = init_variables(model, jax.random.key(0), shape)
+    fns = model_fns(model, variables)
+    x = jax.random.uniform(jax.random.key(1), shape)
+    a = fns.features(x)
+    logits = fns.logits(x)
+    cam = fns.cam(a)
+    assert a.shape == (shape[0],) + feat
+    assert logits.shape == (shape[0], 10)
+    assert cam.shape == (shape[0],) + feat[:2] + (10,)
+    # CAM is exact for a GAP head: the spatial mean of each class map is that class's logit.
+    np.testing.assert_allclose(cam.mean(axis=(1, 2)), logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fns.head(a), logits, rtol=1e-6, atol=1e-6)
+
+
+def test_boopathy_init_statistics():
+    """conv W ~ N(0, 1/(k*k*C_in)), bias 0; head W ~ N(0, 1/C) (methods.md 1.1)."""
+    model = get_model("smallgap")
+    params = init_variables(model, jax.random.key(0), (1, 28, 28, 1))["params"]
+    w3 = np.asarray(params["conv3"]["kernel"])
+    assert abs(w3.std() - (1 / np.sqrt(7 * 7 * 32))) < 0.05 / np.sqrt(7 * 7 * 32)
+    assert np.all(np.asarray(params["conv3"]["bias"]) == 0)
+    head = np.asarray(params["head"]["kernel"])
+    assert head.shape == (100, 10) and "bias" not in params["head"]
+    assert abs(head.std() - 0.1) < 0.02
+
+
+def test_no_activation_before_gap_and_preactivation():
+    """Features are pre-activation: with ReLU the last map still has negative entries."""
+    model = get_model("smallgap")
+    v = init_variables(model, jax.random.key(0), (2, 28, 28, 1))
+    a = model_fns(model, v).features(jax.random.uniform(jax.random.key(2), (2, 28, 28, 1)))
+    assert float(a.min()) < 0
+
+
+def test_activation_switch_changes_outputs_but_not_params():
+    relu = get_model("smallgap", activation="relu")
+    soft = get_model("smallgap", activation="softplus")
+    v = init_variables(relu, jax.random.key(0), (2, 28, 28, 1))
+    x = jax.random.uniform(jax.random.key(3), (2, 28, 28, 1))
+    out_r = relu.apply(v, x)
+    out_s = soft.apply(v, x)
+    assert out_r.shape == out_s.shape
+    assert not np.allclose(out_r, out_s)
+    with pytest.raises(ValueError, match="Unknown activation"):
+        get_model("smallgap", activation="tanhh").apply(v, x)
+
+
+def test_normalisation_inside_model():
+    m = get_model("smallgap", mean=(0.5,), std=(0.25,))
+    plain = get_model("smallgap")
+    v = init_variables(m, jax.random.key(0), (1, 28, 28, 1))
+    x = jax.random.uniform(jax.random.key(4), (2, 28, 28, 1))
+    np.testing.assert_allclose(m.apply(v, x), plain.apply(v, (x - 0.5) / 0.25), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_batch_norm_eval_mode_does_not_couple_examples():
+    m = get_model("preact_resnet18", width_multiplier=0.125)
+    v = init_variables(m, jax.random.key(0), (4, 32, 32, 3))
+    x = jax.random.uniform(jax.random.key(5), (4, 32, 32, 3))
+    full = m.apply(v, x)
+    single = jnp.concatenate([m.apply(v, x[i:i + 1]) for i in range(4)])
+    np.testing.assert_allclose(full, single, rtol=1e-4, atol=1e-5)
+
+
+def test_registry():
+    assert {"smallgap", "poolgap", "preact_resnet18", "wide_resnet"} <= set(available_models())
+    with pytest.raises(ValueError, match="Unknown model"):
+        get_model("resnet1000")
+    with pytest.raises(ValueError, match="6n \\+ 4"):
+        init_variables(get_model("wide_resnet", depth=11), jax.random.key(0), (1, 32, 32, 3))

@@ -1,0 +1,196 @@
+"""Training state, steps, the loop, checkpoints, resume, NaN handling and config overrides."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from experiments.configs import fashion_mnist_smallgap
+from jaxadv.models import get_model
+from jaxadv.training import (
+    Checkpointer,
+    NonFiniteLossError,
+    create_train_state,
+    eps_ramp,
+    get_objective,
+    learning_rate_schedule,
+    make_eval_step,
+    make_train_step,
+    summarize,
+    train_and_evaluate,
+)
+from tests.training.helpers import make_synthetic_idx
+
+MODELS = [
+    ("smallgap", {}, (4, 28, 28, 1)),
+    ("poolgap", {}, (4, 28, 28, 1)),
+    ("boopathy_wresnet", {"blocks_per_stage": 1}, (4, 32, 32, 3)),
+    ("preact_resnet18", {"width_multiplier": 0.125}, (4, 32, 32, 3)),
+    ("wide_resnet", {"depth": 10, "width": 1}, (4, 32, 32, 3)),
+    ("mlp", {}, (4, 8, 8, 1)),
+    ("linear", {}, (4, 8, 8, 1)),
+]
+
+
+def _batch(shape, key, num_classes=10):
+    k1, k2 = jax.random.split(key)
+    return {"image": jax.random.uniform(k1, shape), "label": jax.random.randint(k2, shape[:1], 0,
+                                                                               num_classes),
+            "mask": jnp.ones(shape[:1], bool)}
+
+
+@pytest.mark.parametrize("name,kwargs,shape", MODELS)
+def test_one_step_per_model(name, kwargs, shape, key):
+    model = get_model(name, **kwargs)
+    state = create_train_state(model, optax.adam(1e-3), key, shape)
+    step = jax.jit(make_train_step(objective=get_objective("cross_entropy")))
+    new, metrics = step(state, _batch(shape, jax.random.key(1)), jax.random.key(2))
+    assert int(new.step) == 1
+    summary = summarize(metrics)
+    assert np.isfinite(summary["loss"]) and 0 <= summary["accuracy"] <= 1
+    changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.params, new.params)
+    assert all(jax.tree.leaves(changed))
+    if state.batch_stats:
+        moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.batch_stats,
+                             new.batch_stats)
+        assert any(jax.tree.leaves(moved))
+
+
+def test_loss_decreases_on_separable_problem(key):
+    x = jax.random.uniform(key, (64, 8, 8, 1))
+    y = (x[:, :4].mean((1, 2, 3)) > x[:, 4:].mean((1, 2, 3))).astype(jnp.int32)
+    batch = {"image": x, "label": y, "mask": jnp.ones(64, bool)}
+    state = create_train_state(get_model("linear", num_classes=2), optax.adam(5e-2), key,
+                               x.shape)
+    step = jax.jit(make_train_step(objective=get_objective("cross_entropy")))
+    losses = []
+    for _ in range(60):
+        state, m = step(state, batch, key)
+        losses.append(summarize(m)["loss"])
+    assert losses[-1] < 0.5 * losses[0]
+    ev = summarize(jax.jit(make_eval_step())(state, batch))
+    assert ev["accuracy"] > 0.9
+
+
+def test_mask_excludes_padding(key):
+    shape = (6, 8, 8, 1)
+    state = create_train_state(get_model("linear"), optax.sgd(0.1), key, shape)
+    b = _batch(shape, jax.random.key(3))
+    masked = dict(b, mask=jnp.array([True] * 4 + [False] * 2))
+    garbage = dict(masked, image=masked["image"].at[4:].set(1.0), label=masked["label"].at[4:]
+                   .set(0))
+    step = jax.jit(make_train_step(objective=get_objective("cross_entropy")))
+    s1, m1 = step(state, masked, key)
+    s2, m2 = step(state, garbage, key)
+    jax.tree.map(np.testing.assert_allclose, s1.params, s2.params)
+    assert summarize(m1)["loss"] == pytest.approx(summarize(m2)["loss"])
+
+
+def test_ema_tracks_params(key):
+    shape = (4, 8, 8, 1)
+    state = create_train_state(get_model("linear"), optax.sgd(0.5), key, shape, ema=True)
+    step = jax.jit(make_train_step(objective=get_objective("cross_entropy"), ema_decay=0.5))
+    new, _ = step(state, _batch(shape, key), key)
+    expect = jax.tree.map(lambda e, p: 0.5 * e + 0.5 * p, state.ema_params, new.params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), new.ema_params, expect)
+
+
+def test_schedules():
+    assert float(eps_ramp(jnp.asarray(1000), eps=0.3, ramp_start=2000, ramp_end=10000)) == 0
+    assert float(eps_ramp(jnp.asarray(6000), eps=0.3, ramp_start=2000, ramp_end=10000)) == \
+        pytest.approx(0.15)
+    assert float(eps_ramp(jnp.asarray(20000), eps=0.3, ramp_start=2000, ramp_end=10000)) == \
+        pytest.approx(0.3)
+    lr = learning_rate_schedule(learning_rate=1e-3, schedule="piecewise",
+                                boundaries=(40000, 60000), values=(1e-4, 1e-5))
+    assert float(lr(0)) == pytest.approx(1e-3) and float(lr(50000)) == pytest.approx(1e-4)
+    assert float(lr(70000)) == pytest.approx(1e-5)
+    with pytest.raises(ValueError, match="Unknown learning-rate schedule"):
+        learning_rate_schedule(learning_rate=1.0, schedule="exp")
+
+
+@pytest.fixture
+def synthetic_fmnist(tmp_path, monkeypatch):
+    d = make_synthetic_idx(tmp_path / "data")
+    monkeypatch.setenv("JAXADV_FASHION_MNIST_DIR", str(d))
+    return d
+
+
+def _config(num_steps=12, **train):
+    cfg = fashion_mnist_smallgap.get_config("quick")
+    cfg.train.num_steps = num_steps
+    cfg.train.batch_size = 32
+    cfg.train.log_every = 4
+    cfg.train.checkpoint_every = 4
+    cfg.optimizer.schedule = "constant"
+    cfg.eval.num_examples = -1
+    cfg.eval.batch_size = 64
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    return cfg
+
+
+def _params(workdir, cfg):
+    from jaxadv.training import restore_for_eval
+
+    state, _ = restore_for_eval(cfg, str(workdir))
+    return jax.device_get(state.params)
+
+
+def test_train_and_evaluate_learns_and_resumes_exactly(synthetic_fmnist, tmp_path):
+    cfg = _config(num_steps=24)
+    full = train_and_evaluate(cfg, str(tmp_path / "full"), verbose=False)
+    assert full["test_accuracy"] > 0.5 and full["num_test_examples"] == 128
+    # An interrupted run: stop at 12, then rerun the 24-step config on the same workdir.
+    train_and_evaluate(_config(num_steps=12), str(tmp_path / "resumed"), verbose=False)
+    again = train_and_evaluate(cfg, str(tmp_path / "resumed"), verbose=False)
+    jax.tree.map(np.testing.assert_array_equal, _params(tmp_path / "full", cfg),
+                 _params(tmp_path / "resumed", cfg))
+    assert again["test_accuracy"] == full["test_accuracy"]
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [__import__("json").loads(ln)["step"] for ln in lines] == [4, 8, 12, 16, 20, 24]
+
+
+def test_nan_stops_with_message_and_keeps_last_good_checkpoint(synthetic_fmnist, tmp_path):
+    cfg = _config(num_steps=40)
+    cfg.optimizer.learning_rate = 1e30
+    cfg.optimizer.name = "sgd"
+    with pytest.raises(NonFiniteLossError, match="Non-finite metrics") as e:
+        train_and_evaluate(cfg, str(tmp_path / "nan"), verbose=False)
+    msg = str(e.value)
+    assert "learning_rate" in msg
+    ckpt = Checkpointer(str(tmp_path / "nan"))
+    last = ckpt.latest_step()
+    ckpt.close()
+    if last is not None:  # whatever was saved holds finite parameters
+        params = _params(tmp_path / "nan", cfg)
+        assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params))
+
+
+# orbax leaves a background read coroutine behind when a restore fails; it is not ours to fix.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_corrupt_checkpoint_gives_clear_error_and_keeps_files(synthetic_fmnist, tmp_path):
+    cfg = _config(num_steps=4)
+    train_and_evaluate(cfg, str(tmp_path / "w"), verbose=False)
+    data_files = sorted((p for p in (tmp_path / "w" / "checkpoints" / "4").rglob("*")
+                         if p.is_file() and p.parent.name == "d"), key=lambda p: p.stat().st_size)
+    biggest = data_files[-1]
+    intact = biggest.read_bytes()
+    biggest.write_bytes(intact[: len(intact) // 3])
+    with pytest.raises(ValueError, match="cannot be restored"):
+        train_and_evaluate(cfg, str(tmp_path / "w"), verbose=False)
+    assert biggest.exists() and biggest.stat().st_size == len(intact) // 3  # nothing deleted
+    biggest.write_bytes(intact)
+    other = _config(num_steps=4)
+    other.model.kwargs.num_classes = 7  # a different model cannot restore this checkpoint
+    with pytest.raises(ValueError, match="cannot be restored"):
+        train_and_evaluate(other, str(tmp_path / "w"), verbose=False)
+    assert (tmp_path / "w" / "checkpoints" / "4").is_dir()
+
+
+def test_batch_not_divisible_by_devices_is_rejected(synthetic_fmnist, tmp_path):
+    cfg = _config(num_steps=2)
+    cfg.train.batch_size = 30  # 8 fake devices
+    with pytest.raises(ValueError, match="not divisible by the 8 devices"):
+        train_and_evaluate(cfg, str(tmp_path / "w"), verbose=False)
