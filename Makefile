@@ -1,0 +1,48 @@
+# jaxadv set-up and everyday commands. The README's two commands are `make run` and `make test`;
+# each creates .venv, installs what it needs (Python packages, Debian's Fashion-MNIST) only if
+# missing, then runs. A second run reinstalls nothing.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+FMNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
+WORKDIR ?= workdirs/fashion_mnist_smallgap
+CONFIG ?= experiments/configs/fashion_mnist_smallgap.py
+
+.PHONY: run test data venv venv-test lint bench clean
+
+run: venv data
+	$(BIN)/jaxadv train --config $(CONFIG) --workdir $(WORKDIR)
+
+test: venv-test data
+	$(BIN)/python -m pytest -q
+
+data: $(FMNIST)
+
+$(FMNIST):
+	$(SUDO) apt-get install -y -q dataset-fashion-mnist || \
+	  ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist)
+
+venv: $(VENV)/.core-installed
+venv-test: $(VENV)/.test-installed
+
+$(VENV)/.core-installed: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+# The `bench` extra holds the peers the tests cross-check against (PyTorch 2.13.0 CPU, Captum,
+# Foolbox, ART, Quantus). torchattacks and pyautoattack go in without their dependencies: theirs
+# would pull a multi-GB CUDA build of PyTorch.
+$(VENV)/.test-installed: $(VENV)/.core-installed
+	$(BIN)/python -m pip install -q -e ".[test,bench]"
+	$(BIN)/python -m pip install -q --no-deps torchattacks==3.5.1 pyautoattack==0.2.0
+	touch $@
+
+lint: venv-test
+	$(BIN)/ruff check jaxadv experiments tests
+
+clean:
+	rm -rf $(VENV) workdirs .pytest_cache
