@@ -1,0 +1,375 @@
+"""The gradient attack family: FGSM/FGM, FGSM with random start, BIM, PGD, MI-FGSM, TRADES-KL PGD.
+
+Everything is built on one engine, :func:`pgd_objective`, which runs projected gradient ascent on
+any per-example objective ``objective_fn(x_adv) -> (B,)`` inside ``B_norm(x, eps) ∩ bounds``:
+
+    x_0     = Proj(x + u),  u ~ uniform in the eps-ball (random start) or u = 0
+    x_{t+1} = Proj(x_t + step_size * direction_t),  direction_t = step_rule(grad objective(x_t))
+
+with the loop in ``lax.fori_loop``, restarts vmapped, and best-so-far tracking through
+:func:`jaxadv.attacks.base.update_best` over every iterate x_0 .. x_T (so an input broken at any
+step stays broken, and the clean input counts when there is no random start). ``eps`` and
+``step_size`` may be Python floats, traced scalars or (B,) arrays: they are never static, so a
+sweep over them compiles once. ``num_steps`` and ``num_restarts`` are static.
+
+Classification attacks (:func:`pgd`, :func:`fgsm`, ...) build the objective from a loss:
+``"ce"`` (cross-entropy), ``"cw"`` (Carlini-Wagner margin), ``"dlr"`` (Croce & Hein 2020),
+``"kl"`` (the TRADES inner loss KL(p(x) || p(x')), Zhang et al. 2019), or a callable
+``(logits, labels) -> (B,)``. Untargeted attacks maximise ``loss(logits, y)``; targeted attacks
+(``targets`` = (B,) labels, ``"random"`` or ``"least_likely"``) maximise ``-loss(logits, t)``
+(targeted DLR: ``dlr_targeted(logits, y, t)``) and succeed when the prediction equals ``t``.
+
+References: Goodfellow et al. 2015 (FGSM); Kurakin et al. 2017 (BIM / I-FGSM); Madry et al. 2018
+(PGD); Wong et al. 2020 (FGSM with random start); Dong et al. 2018 (MI-FGSM); Tramer & Boneh 2019
+(sparse l1 descent); Zhang et al. 2019 (TRADES); Boopathy et al. 2020 (evaluation preset).
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxadv.attacks import losses as losses_lib
+from jaxadv.attacks import projections
+from jaxadv.attacks.base import AttackResult, is_success, update_best
+from jaxadv.attacks.step_rules import get_step_rule
+from jaxadv.attacks.sweep import best_over
+from jaxadv.attacks.targets import resolve_targets
+from jaxadv.types import Array, LogitsFn
+
+KL_LOSSES = ("kl", "trades")
+
+
+def _is_tracer(v) -> bool:
+    return isinstance(v, jax.core.Tracer)
+
+
+def _check_nonneg(name: str, value) -> None:
+    if value is None or _is_tracer(value):
+        return
+    v = np.asarray(value)
+    if np.any(v < 0) or np.any(~np.isfinite(v)):
+        raise ValueError(f"{name} must be finite and >= 0; got {value}.")
+
+
+def _check_range(name: str, labels: np.ndarray, num_classes: int) -> None:
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"{name} must lie in [0, {num_classes}); got range "
+                         f"[{labels.min()}, {labels.max()}].")
+
+
+def _check_count(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be a Python int >= {minimum}; got {value!r}.")
+    return value
+
+
+def _per_example(v, x: Array) -> Array:
+    v = jnp.asarray(v, x.dtype)
+    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim)) if v.ndim else v
+
+
+def pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, eps, step_size,
+                  num_steps: int, norm: str = "linf", bounds: tuple[float, float] = (0.0, 1.0),
+                  random_start: bool = True, num_restarts: int = 1, step_rule="steepest",
+                  l1_sparsity: float = 0.99, momentum_decay: float = 1.0,
+                  has_aux: bool = False) -> AttackResult:
+    """Projected gradient ascent on a custom per-example objective (the engine of every attack).
+
+    Args:
+      objective_fn: ``x_adv (B, ...) -> (B,)`` to maximise, or with ``has_aux`` a pair
+        ``(objective (B,), success (B,) bool)``. Examples must not interact (each example's
+        objective may depend only on its own input), so one backward pass gives every gradient.
+      x: (B, ...) clean inputs inside ``bounds``.
+      key: typed PRNG key (random start; restart r uses ``jax.random.split(key, R)[r]`` when R > 1).
+      eps: radius of the ``norm`` ball; scalar or (B,); traced values welcome.
+      step_size: scale of each step; scalar or (B,); traced values welcome.
+      num_steps: T >= 0 (static).
+      norm: 'linf', 'l2' or 'l1'.
+      bounds: (low, high) box, e.g. (0, 1) for images.
+      random_start: start from a uniform point of the eps-ball (clipped to the box) or from x.
+      num_restarts: R >= 1 independent runs (vmapped); the best per example is returned.
+      step_rule: see :mod:`jaxadv.attacks.step_rules` ("steepest", "sign", "normalized",
+        "sparse_l1", "momentum", a StepRule, or an optax GradientTransformation).
+      l1_sparsity: q of the sparse l1 direction (Tramer & Boneh 2019; 0.99 keeps the top 1%).
+      momentum_decay: mu of the "momentum" rule.
+      has_aux: whether ``objective_fn`` also returns per-example success.
+
+    Returns:
+      AttackResult: ``x_adv`` (B, ...) the best iterate per example (successful first, then the
+      highest objective), ``success`` (B,) true if any iterate succeeded (all False without
+      ``has_aux``), ``loss`` (B,) the objective at ``x_adv``.
+
+    Raises:
+      ValueError: negative eps or step_size, bad counts, unknown norm or step rule, restarts
+        without a random start, or an objective of the wrong shape.
+    """
+    projections.check_norm(norm)
+    _check_nonneg("eps", eps)
+    _check_nonneg("step_size", step_size)
+    _check_count("num_steps", num_steps, 0)
+    _check_count("num_restarts", num_restarts, 1)
+    if num_restarts > 1 and not random_start:
+        raise ValueError(f"num_restarts={num_restarts} without random_start: every restart would "
+                         "be identical; set random_start=True or num_restarts=1.")
+    if bounds[0] >= bounds[1]:
+        raise ValueError(f"bounds must be (low, high) with low < high; got {bounds}.")
+    x = jnp.asarray(x)
+    b = x.shape[0]
+    rule = get_step_rule(step_rule, norm, l1_sparsity=l1_sparsity, bounds=bounds,
+                         momentum_decay=momentum_decay)
+    step = _per_example(step_size, x)
+
+    def evaluate(x_adv):
+        out = objective_fn(x_adv)
+        obj, succ = out if has_aux else (out, jnp.zeros((b,), jnp.bool_))
+        if obj.shape != (b,):
+            raise ValueError(f"objective_fn must return one value per example, shape ({b},); "
+                             f"got {obj.shape}.")
+        obj = obj.astype(x.dtype)
+        return jnp.sum(obj), (obj, succ.astype(jnp.bool_))
+
+    value_and_grad = jax.value_and_grad(evaluate, has_aux=True)
+
+    def feasible(x_adv):
+        return projections.project_to_feasible(x_adv, x, eps, norm, bounds)
+
+    def run(run_key):
+        if random_start:
+            x0 = feasible(x + projections.random_start(run_key, x, eps, norm))
+        else:
+            x0 = projections.clip_to_bounds(x, bounds)
+        best0 = AttackResult(x0, jnp.zeros((b,), jnp.bool_), jnp.full((b,), -jnp.inf, x.dtype))
+
+        def body(_, carry):
+            x_t, state, best = carry
+            (_, (obj, succ)), g = value_and_grad(x_t)
+            best = update_best(best, x_t, succ, obj)
+            g = jnp.where(jnp.isfinite(g), g, jnp.zeros_like(g))
+            direction, state = rule.update(g, state, x_t)
+            return feasible(x_t + step * direction.astype(x.dtype)), state, best
+
+        x_last, _, best = lax.fori_loop(0, num_steps, body, (x0, rule.init(x0), best0))
+        _, (obj, succ) = evaluate(x_last)
+        return update_best(best, x_last, succ, obj)
+
+    if num_restarts == 1:
+        return run(key)
+    return best_over(jax.vmap(run)(jax.random.split(key, num_restarts)))
+
+
+def _num_classes(logits_fn: LogitsFn, x: Array) -> int:
+    out = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(x.shape, x.dtype))
+    if len(out.shape) != 2 or out.shape[0] != x.shape[0]:
+        raise ValueError(f"logits_fn must map x {x.shape} to logits ({x.shape[0]}, K); got "
+                         f"{out.shape}.")
+    return out.shape[-1]
+
+
+def classification_objective(logits_fn: LogitsFn, x: Array, y: Array, *, loss_fn="ce",
+                             targets=None, key: jax.Array | None = None
+                             ) -> tuple[Callable, Array | None]:
+    """The objective of a classification attack, ``x_adv -> (objective (B,), success (B,))``.
+
+    Validates the inputs where they are concrete (labels and targets in range, shapes).
+
+    Args:
+      logits_fn: images (B, ...) -> logits (B, K).
+      x: (B, ...) clean inputs.
+      y: (B,) int labels.
+      loss_fn: 'ce', 'cw', 'dlr', 'kl' (TRADES: KL(p(x) || p(x_adv)), untargeted only) or a
+        callable ``(logits, labels) -> (B,)``.
+      targets: None (untargeted), (B,) int target labels, 'random' or 'least_likely'.
+      key: needed for ``targets='random'``.
+
+    Returns:
+      ``(objective_fn, targets)``: the objective (success = misclassified, or classified as the
+      target) and the resolved (B,) targets (None when untargeted).
+    """
+    y = jnp.asarray(y)
+    if not jnp.issubdtype(y.dtype, jnp.integer):
+        raise ValueError(f"labels must be integers; got dtype {y.dtype}.")
+    projections.check_attack_inputs(x, y)
+    num_classes = _num_classes(logits_fn, x)
+    if not _is_tracer(y):
+        _check_range("labels", np.asarray(y), num_classes)
+    if isinstance(targets, str) and targets == "random" and key is None:
+        raise ValueError("targets='random' needs a key.")
+    t = resolve_targets(targets, key=None if key is None else jax.random.fold_in(key, 1), y=y,
+                        logits_clean_fn=lambda: logits_fn(x))
+    if t is not None and not _is_tracer(t):
+        _check_range("targets", np.asarray(t), num_classes)
+
+    if isinstance(loss_fn, str) and loss_fn in KL_LOSSES:
+        if t is not None:
+            raise ValueError("The TRADES KL loss is untargeted; pass targets=None.")
+        logits_clean = lax.stop_gradient(logits_fn(x))
+
+        def kl_objective(x_adv):
+            logits = logits_fn(x_adv)
+            return (losses_lib.kl_divergence(logits, logits_clean),
+                    # The KL attack ranks iterates by divergence alone: it is a training-time inner
+                    # maximisation, not a misclassification attack (success is reported below).
+                    jnp.zeros(y.shape, jnp.bool_))
+
+        return kl_objective, None
+
+    is_dlr = isinstance(loss_fn, str) and loss_fn == "dlr"
+    loss = losses_lib.get_loss(loss_fn)
+
+    def objective(x_adv):
+        logits = logits_fn(x_adv)
+        if t is None:
+            obj = loss(logits, y)
+        elif is_dlr:
+            obj = losses_lib.dlr_targeted(logits, y, t)
+        else:
+            obj = -loss(logits, t)
+        return obj, is_success(logits, y, t)
+
+    return objective, t
+
+
+def pgd(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, eps, step_size,
+        num_steps: int, norm: str = "linf", loss_fn="ce", targets=None,
+        random_start: bool = True, num_restarts: int = 1, step_rule="steepest",
+        bounds: tuple[float, float] = (0.0, 1.0), l1_sparsity: float = 0.99,
+        momentum_decay: float = 1.0) -> AttackResult:
+    """Projected gradient descent (Madry et al. 2018) on a classifier, l-inf / l2 / l1.
+
+    Steps follow the norm's steepest-ascent direction by default (sign for l-inf, normalised
+    gradient for l2, sparse l1 descent of Tramer & Boneh 2019 for l1), with a uniform random start
+    in the eps-ball and best-so-far tracking; see :func:`pgd_objective`.
+
+    Args:
+      logits_fn: images (B, H, W, C) -> logits (B, K); eval mode, normalisation inside.
+      x: (B, H, W, C) clean images in ``bounds``.
+      y: (B,) int labels in [0, K).
+      key: typed PRNG key.
+      eps: ball radius (scalar or (B,), traceable).
+      step_size: step scale (scalar or (B,), traceable).
+      num_steps: number of steps T (static).
+      norm: 'linf', 'l2' or 'l1'.
+      loss_fn: 'ce', 'cw', 'dlr', 'kl' (TRADES inner loss) or ``(logits, labels) -> (B,)``.
+      targets: None, (B,) target labels, 'random' or 'least_likely'.
+      random_start: uniform start in the eps-ball.
+      num_restarts: R (vmapped; needs random_start).
+      step_rule: 'steepest', 'sign', 'normalized', 'sparse_l1', 'momentum', or an optax
+        GradientTransformation (use a unit learning rate; ``step_size`` scales its updates).
+      bounds: (low, high) box.
+      l1_sparsity: q of the sparse l1 direction.
+      momentum_decay: mu of the 'momentum' rule.
+
+    Returns:
+      AttackResult with ``x_adv`` (B, H, W, C), ``success`` (B,), ``loss`` (B,).
+
+    Raises:
+      ValueError: eps < 0, unknown norm, labels or targets out of range, shape mismatch, ...
+    """
+    x = jnp.asarray(x)
+    projections.check_norm(norm)
+    _check_nonneg("eps", eps)
+    objective, t = classification_objective(logits_fn, x, y, loss_fn=loss_fn, targets=targets,
+                                            key=key)
+    result = pgd_objective(objective, x, key, eps=eps, step_size=step_size, num_steps=num_steps,
+                           norm=norm, bounds=bounds, random_start=random_start,
+                           num_restarts=num_restarts, step_rule=step_rule,
+                           l1_sparsity=l1_sparsity, momentum_decay=momentum_decay, has_aux=True)
+    if isinstance(loss_fn, str) and loss_fn in KL_LOSSES:
+        result = result._replace(success=is_success(logits_fn(result.x_adv), jnp.asarray(y)))
+    return result
+
+
+def fgsm(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, eps, norm: str = "linf",
+         loss_fn="ce", targets=None, bounds: tuple[float, float] = (0.0, 1.0),
+         random_start: bool = False, step_size=None, l1_sparsity: float = 1.0) -> AttackResult:
+    """One-step fast gradient method (Goodfellow et al. 2015), l-inf (FGSM), l2 or l1 (FGM).
+
+    Without random start, ``x_adv = clip(x + eps * d)`` with ``d`` the steepest-ascent direction
+    of the loss gradient ``g`` at x: ``sign(g)`` (l-inf); ``g / ||g||_2`` (l2); for l1, all of
+    the budget on the coordinate with the largest ``|g_i|`` (``l1_sparsity=1``: the exact l1
+    steepest ascent, a maximiser of ``g . delta`` over the l1 ball), skipping coordinates stuck
+    on a box bound; ``l1_sparsity < 1`` spreads it over the top ``(1-q)`` share of coordinates.
+    On a linear model these are the closed-form maximisers of the linearised loss.
+
+    With ``random_start=True`` this is "FGSM with random start" of fast adversarial training
+    (Wong et al. 2020): start uniformly in the eps-box, step ``step_size`` (default 1.25 eps),
+    project. Best-so-far tracking covers the start and the stepped point.
+
+    Args: as :func:`pgd`; ``step_size`` defaults to eps (1.25 eps with random start).
+
+    Returns:
+      AttackResult (x_adv (B, ...), success (B,), loss (B,)).
+    """
+    if step_size is None:
+        step_size = 1.25 * jnp.asarray(eps) if random_start else eps
+    return pgd(logits_fn, x, y, key, eps=eps, step_size=step_size, num_steps=1, norm=norm,
+               loss_fn=loss_fn, targets=targets, random_start=random_start, bounds=bounds,
+               l1_sparsity=l1_sparsity)
+
+
+def fgsm_rs(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, eps, step_size=None,
+            norm: str = "linf", loss_fn="ce", targets=None,
+            bounds: tuple[float, float] = (0.0, 1.0)) -> AttackResult:
+    """FGSM with random start (Wong et al. 2020, "Fast is better than free"): uniform start in
+    the eps-ball, one step of ``step_size`` (default 1.25 eps), projection. See :func:`fgsm`."""
+    return fgsm(logits_fn, x, y, key, eps=eps, norm=norm, loss_fn=loss_fn, targets=targets,
+                bounds=bounds, random_start=True, step_size=step_size)
+
+
+def bim(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, eps, num_steps: int = 10,
+        step_size=None, norm: str = "linf", loss_fn="ce", targets=None,
+        bounds: tuple[float, float] = (0.0, 1.0), l1_sparsity: float = 0.99) -> AttackResult:
+    """BIM / I-FGSM (Kurakin et al. 2017): PGD from x (no random start), ``step_size`` default
+    ``eps / num_steps`` (methods.md 2.2). Returns AttackResult (x_adv (B, ...), success, loss)."""
+    _check_count("num_steps", num_steps, 1)
+    if step_size is None:
+        step_size = jnp.asarray(eps) / num_steps
+    return pgd(logits_fn, x, y, key, eps=eps, step_size=step_size, num_steps=num_steps, norm=norm,
+               loss_fn=loss_fn, targets=targets, random_start=False, bounds=bounds,
+               l1_sparsity=l1_sparsity)
+
+
+def mi_fgsm(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, eps,
+            num_steps: int = 10, step_size=None, decay: float = 1.0, norm: str = "linf",
+            loss_fn="ce", targets=None, bounds: tuple[float, float] = (0.0, 1.0)) -> AttackResult:
+    """MI-FGSM (Dong et al. 2018): ``m <- decay m + g / ||g||_1``; ``x <- Proj(x + alpha sign(m))``
+    (normalised m for l2), from x, ``alpha = eps / num_steps`` by default.
+
+    Returns AttackResult (x_adv (B, ...), success (B,), loss (B,))."""
+    _check_count("num_steps", num_steps, 1)
+    if step_size is None:
+        step_size = jnp.asarray(eps) / num_steps
+    return pgd(logits_fn, x, y, key, eps=eps, step_size=step_size, num_steps=num_steps, norm=norm,
+               loss_fn=loss_fn, targets=targets, random_start=False, bounds=bounds,
+               step_rule="momentum", momentum_decay=decay)
+
+
+def trades_kl_pgd(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, eps, step_size,
+                  num_steps: int, norm: str = "linf", random_start: bool = True,
+                  bounds: tuple[float, float] = (0.0, 1.0)) -> AttackResult:
+    """The TRADES inner maximisation (Zhang et al. 2019): PGD on KL(p(x) || p(x_adv)) with the
+    clean distribution held fixed, from a uniform random start (methods.md 1.6; TRADES' own code
+    starts at x + 0.001 N(0, 1); the KL has zero gradient at x_adv = x, so some start is needed).
+
+    Iterates are ranked by KL alone; ``success`` reports misclassification of the returned
+    ``x_adv``. Returns AttackResult (x_adv (B, ...), success (B,), loss = KL (B,))."""
+    return pgd(logits_fn, x, y, key, eps=eps, step_size=step_size, num_steps=num_steps, norm=norm,
+               loss_fn="kl", random_start=random_start, bounds=bounds)
+
+
+def pgd_boopathy_eval(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, eps,
+                      num_steps: int = 200, step_size=0.01,
+                      bounds: tuple[float, float] = (0.0, 1.0)) -> AttackResult:
+    """Boopathy et al. (2020)'s evaluation PGD (methods.md 1.8): untargeted l-inf PGD on CE, **no
+    random start**, absolute step 0.01 for every dataset, ``num_steps`` in {1, 10, 100, 200}.
+
+    Returns AttackResult (x_adv (B, ...), success (B,), loss (B,))."""
+    return pgd(logits_fn, x, y, key, eps=eps, step_size=step_size, num_steps=num_steps,
+               norm="linf", loss_fn="ce", random_start=False, bounds=bounds)
+
+
+__all__ = ["bim", "classification_objective", "fgsm", "fgsm_rs", "mi_fgsm", "pgd",
+           "pgd_boopathy_eval", "pgd_objective", "trades_kl_pgd"]
