@@ -6,6 +6,7 @@ array (per-example radii); it is never static, so eps sweeps do not recompile.
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxadv.types import Array
 
@@ -112,14 +113,16 @@ def check_attack_inputs(x: Array, y: Array, *, eps=None, num_classes: int | None
         raise ValueError(f"labels must have shape ({x.shape[0]},) to match x {x.shape}; got "
                          f"{y.shape}.")
     if eps is not None and not isinstance(eps, jax.core.Tracer):
-        e = jnp.asarray(eps)
-        if bool(jnp.any(e < 0)) or bool(jnp.any(~jnp.isfinite(e))):
+        e = np.asarray(eps)
+        if np.any(e < 0) or np.any(~np.isfinite(e)):
             raise ValueError(f"eps must be finite and >= 0; got {eps}.")
     if num_classes is not None and not isinstance(y, jax.core.Tracer):
-        if bool(jnp.any((y < 0) | (y >= num_classes))):
+        labels = np.asarray(y)
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
             raise ValueError(f"labels must lie in [0, {num_classes}); got range "
-                             f"[{int(jnp.min(y))}, {int(jnp.max(y))}].")
+                             f"[{labels.min()}, {labels.max()}].")
     if bounds is not None and bounds[0] >= bounds[1]:
         raise ValueError(f"bounds must be (low, high) with low < high; got {bounds}.")
-    if not isinstance(x, jax.core.Tracer) and bool(jnp.any(~jnp.isfinite(x))):
+    # numpy, not jnp: under an outer jit, jnp ops on concrete closed-over values are staged.
+    if not isinstance(x, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(x))):
         raise ValueError("x contains NaN or infinite values.")
