@@ -1,0 +1,175 @@
+"""Robust accuracy: masked (sum, count) helpers and a streamed, sharded accuracy-vs-eps curve.
+
+Metrics are accumulated on device as ``(sum, count)`` pairs over padded, masked batches (padding
+never counts) and fetched once at the end. ``robust_accuracy_curve`` jits one function that attacks
+a batch at every epsilon (``jaxadv.attacks.sweep.attack_over_eps``: one vmapped call), so the whole
+curve compiles once; with a ``Mesh`` the batch is sharded ``NamedSharding(mesh, P("data"))`` and
+XLA splits the attack over the devices.
+
+An example counts as robust at eps when it is classified correctly on the clean input **and** the
+attack did not succeed (so robust accuracy <= clean accuracy even for attacks with a random start,
+and eps = 0 gives the clean accuracy).
+"""
+
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from jaxadv import sharding as sharding_lib
+from jaxadv.attacks.sweep import attack_over_eps
+from jaxadv.data.pipeline import eval_batches
+from jaxadv.types import Array
+
+
+def masked_sum_count(values: Array, mask: Array | None = None) -> tuple[Array, Array]:
+    """(sum of values over the unmasked examples, number of unmasked examples).
+
+    Args:
+      values: (B,) or (K, B) per-example values (bool or numeric); the last axis is the batch.
+      mask: (B,) bool, False on padding; None counts every example.
+
+    Returns:
+      ``(sum, count)``: sum float32 of shape values.shape[:-1]; count float32 scalar.
+    """
+    v = jnp.asarray(values).astype(jnp.float32)
+    if mask is None:
+        mask = jnp.ones(v.shape[-1:], jnp.bool_)
+    m = jnp.asarray(mask).astype(jnp.bool_)
+    if m.shape != v.shape[-1:]:
+        raise ValueError(f"mask must have shape {v.shape[-1:]} to match the values {v.shape}; "
+                         f"got {m.shape}.")
+    return jnp.sum(jnp.where(m, v, 0.0), axis=-1), jnp.sum(m.astype(jnp.float32))
+
+
+def accuracy_sum_count(logits: Array, labels: Array, mask: Array | None = None
+                       ) -> tuple[Array, Array]:
+    """(number of correct unmasked predictions, number of unmasked examples) for logits (B, K)."""
+    return masked_sum_count(jnp.argmax(logits, axis=-1) == labels, mask)
+
+
+def ratio(total, count) -> np.ndarray:
+    """sum / count on the host (NaN where count is 0)."""
+    total, count = np.asarray(total, np.float64), np.asarray(count, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1.0), np.nan)
+
+
+class RobustAccuracy(NamedTuple):
+    """Robust accuracy against eps.
+
+    Attributes:
+      epsilons: (K,) the radii.
+      robust_accuracy: (K,) share of examples correct on the clean input and not broken at eps.
+      clean_accuracy: float.
+      num_examples: number of (unpadded) examples evaluated.
+    """
+
+    epsilons: np.ndarray
+    robust_accuracy: np.ndarray
+    clean_accuracy: float
+    num_examples: int
+
+
+class _ArraySource:
+    """A random-access source over in-memory arrays (for ``eval_batches``)."""
+
+    def __init__(self, images, labels):
+        self.images, self.labels = np.asarray(images), np.asarray(labels)
+        if self.labels.shape != self.images.shape[:1]:
+            raise ValueError(f"labels must have shape ({self.images.shape[0]},) to match images "
+                             f"{self.images.shape}; got {self.labels.shape}.")
+        self.name = "arrays"
+
+    def __len__(self):
+        return len(self.labels)
+
+    def get(self, indices):
+        return self.images[indices], self.labels[indices]
+
+
+def _batches(data, batch_size: int, num_examples: int | None) -> Iterable[dict]:
+    if isinstance(data, tuple) and len(data) == 2:
+        data = _ArraySource(*data)
+    if hasattr(data, "get") and hasattr(data, "__len__"):
+        return eval_batches(data, batch_size=batch_size, num_examples=num_examples)
+    if num_examples is not None:
+        raise ValueError("num_examples applies to a source or (images, labels); an iterable of "
+                         "batches is used as given.")
+    return data
+
+
+def make_robust_counts_fn(logits_fn: Callable, attack_fn: Callable, **attack_kw) -> Callable:
+    """A jitted ``counts(images, labels, mask, key, epsilons) -> (robust (K,), clean, count)`` on
+    one padded batch, attacking at every epsilon in one vmapped call (compiles once per batch
+    shape and number of epsilons; eps values are traced)."""
+
+    @jax.jit
+    def counts(images, labels, mask, key, epsilons):
+        clean_ok = jnp.argmax(logits_fn(images), axis=-1) == labels
+        sweep = attack_over_eps(attack_fn, logits_fn, images, labels, key, epsilons=epsilons,
+                                **attack_kw)
+        robust, count = masked_sum_count(clean_ok[None, :] & ~sweep.success, mask)
+        clean, _ = masked_sum_count(clean_ok, mask)
+        return robust, clean, count
+
+    return counts
+
+
+def robust_accuracy_curve(logits_fn: Callable, data, attack_fn: Callable, *, epsilons,
+                          batch_size: int, key: jax.Array, num_examples: int | None = None,
+                          mesh: Mesh | None = None, **attack_kw) -> RobustAccuracy:
+    """Robust accuracy at every epsilon, streamed over a dataset in padded, masked batches.
+
+    Args:
+      logits_fn: images (B, H, W, C) -> logits (B, K), eval mode.
+      data: a source (``len`` and ``get``, e.g. ``jaxadv.data.load_dataset(...)``), a pair
+        ``(images (N, H, W, C), labels (N,))``, or an iterable of batches
+        ``{"image", "label", "mask"}`` already padded to ``batch_size``.
+      attack_fn: ``(logits_fn, x, y, key, *, eps, **attack_kw) -> AttackResult``.
+      epsilons: K radii (all evaluated in one vmapped call per batch).
+      batch_size: global batch size (a multiple of the mesh size when ``mesh`` is given).
+      key: typed PRNG key; batch i uses ``fold_in(key, i)``.
+      num_examples: evaluate only the first N examples of a source.
+      mesh: optional ``jax.sharding.Mesh`` with a "data" axis; batches are sharded over it.
+      **attack_kw: the attack's hyperparameters (step_size, num_steps, norm, ...).
+
+    Returns:
+      RobustAccuracy: epsilons (K,), robust_accuracy (K,), clean_accuracy, num_examples.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+    if mesh is not None:
+        sharding_lib.check_divisible(batch_size, mesh)
+    eps_host = np.asarray(epsilons, np.float32)
+    if eps_host.ndim != 1 or eps_host.size == 0 or np.any(eps_host < 0):
+        raise ValueError(f"epsilons must be a non-empty 1-D sequence of values >= 0; got "
+                         f"{epsilons}.")
+    counts_fn = make_robust_counts_fn(logits_fn, attack_fn, **attack_kw)
+    eps = jnp.asarray(eps_host)
+    robust = jnp.zeros(eps_host.shape, jnp.float32)
+    clean = jnp.zeros((), jnp.float32)
+    count = jnp.zeros((), jnp.float32)
+    for i, batch in enumerate(_batches(data, batch_size, num_examples)):
+        images = np.asarray(batch["image"], np.float32)
+        labels = np.asarray(batch["label"]).astype(np.int32)
+        mask = np.asarray(batch.get("mask", np.ones(len(labels), bool)), bool)
+        if images.shape[0] != batch_size:
+            raise ValueError(f"Batch {i} has {images.shape[0]} examples, not batch_size="
+                             f"{batch_size}; pad it and pass a mask (jaxadv.data.eval_batches).")
+        arrays = (images, labels, mask)
+        if mesh is not None:
+            arrays = sharding_lib.shard_batch(arrays, mesh)
+        r, c, n = counts_fn(*arrays, jax.random.fold_in(key, i), eps)
+        robust, clean, count = robust + r, clean + c, count + n
+    robust, clean, count = jax.device_get((robust, clean, count))
+    return RobustAccuracy(epsilons=eps_host, robust_accuracy=ratio(robust, count),
+                          clean_accuracy=float(ratio(clean, count)),
+                          num_examples=int(count))
+
+
+__all__ = ["RobustAccuracy", "accuracy_sum_count", "make_robust_counts_fn", "masked_sum_count",
+           "ratio", "robust_accuracy_curve"]
