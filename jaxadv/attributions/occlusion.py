@@ -1,0 +1,97 @@
+"""Occlusion: the drop in the target logit when a k x k patch is replaced by a fill value.
+
+Zeiler & Fergus, "Visualizing and understanding convolutional networks", ECCV 2014. Patches cover all
+channels and slide with ``strides``; along each spatial axis there are ceil((size - k) / stride) + 1
+positions p = 0, stride, 2 stride, ..., the last one cropped at the border, so every pixel is
+covered. A pixel's attribution is the mean, over the patches that cover it, of
+
+    f_c(x) - f_c(x with the patch set to fill)
+
+which is Captum ``Occlusion`` with ``sliding_window_shapes=(C, k, k)``, ``strides=(C, s, s)``.
+Patches are evaluated ``chunk_size`` at a time (``vmap`` inside ``lax.scan``); None = all at once.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxadv.attributions import _common
+from jaxadv.types import Array, LogitsFn
+
+
+def _pair(v, name):
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = (v, v)
+    if (not isinstance(v, tuple | list) or len(v) != 2
+            or not all(isinstance(u, int) and not isinstance(u, bool) and u >= 1 for u in v)):
+        raise ValueError(f"{name} must be a positive int or a pair of them; got {v!r}.")
+    return tuple(int(u) for u in v)
+
+
+def occlusion_masks(height: int, width: int, *, window=(8, 8), strides=(4, 4)) -> np.ndarray:
+    """The (P, H, W) float masks of all patch positions (row-major over positions)."""
+    (kh, kw), (sh, sw) = _pair(window, "window"), _pair(strides, "strides")
+    if kh > height or kw > width:
+        raise ValueError(f"window {(kh, kw)} is larger than the image {(height, width)}.")
+    if (sh > kh and height > kh) or (sw > kw and width > kw):
+        raise ValueError(f"strides {(sh, sw)} larger than the window {(kh, kw)} would leave "
+                         "pixels uncovered.")
+    rows = [i * sh for i in range(-(-(height - kh) // sh) + 1)]
+    cols = [j * sw for j in range(-(-(width - kw) // sw) + 1)]
+    masks = np.zeros((len(rows) * len(cols), height, width), np.float32)
+    for p, (r, c) in enumerate((r, c) for r in rows for c in cols):
+        masks[p, r:r + kh, c:c + kw] = 1.0
+    return masks
+
+
+def occlusion(logits_fn: LogitsFn, x: Array, target, *, window=(8, 8), strides=(4, 4),
+              fill=0.0, chunk_size: int | None = None) -> Array:
+    """Occlusion map of the target logit.
+
+    Args:
+      logits_fn: images (B, H, W, C) -> logits (B, K).
+      x: (B, H, W, C).
+      target: int or (B,) class indices.
+      window: patch size k or (kh, kw).
+      strides: patch stride s or (sh, sw) (<= window, so every pixel is covered).
+      fill: float, or an array shaped like x or like x[0] (e.g. a blurred copy).
+      chunk_size: patches per model call; None = all at once.
+
+    Returns:
+      (B, H, W, C) (the same value in every channel of a pixel).
+    """
+    t = _common.prepare(logits_fn, x, target)
+    if x.ndim != 4:
+        raise ValueError(f"occlusion expects (B, H, W, C) images; got shape {x.shape}.")
+    masks_np = occlusion_masks(x.shape[1], x.shape[2], window=window, strides=strides)
+    if isinstance(fill, int | float) and not isinstance(fill, bool):
+        fill_arr = jnp.full_like(x, fill)
+    else:
+        fill_arr = jnp.asarray(fill, x.dtype)
+        if fill_arr.shape == x.shape[1:]:
+            fill_arr = jnp.broadcast_to(fill_arr, x.shape)
+        if fill_arr.shape != x.shape:
+            raise ValueError(f"fill must be a float or shaped like x {x.shape} or x[0]; got "
+                             f"shape {fill_arr.shape}.")
+    counts = masks_np.sum(0)
+    masks = jnp.asarray(masks_np, x.dtype)
+    base = _common.select(logits_fn(x), t)
+
+    def drop(mask):
+        m = mask[None, :, :, None]
+        return base - _common.select(logits_fn(x * (1.0 - m) + fill_arr * m), t)
+
+    num = masks.shape[0]
+    chunk = _common.check_chunk_size(chunk_size, num)
+    num_chunks = -(-num // chunk)
+    pad = num_chunks * chunk - num
+    padded = jnp.concatenate([masks, jnp.zeros((pad,) + masks.shape[1:], x.dtype)])
+    padded = padded.reshape((num_chunks, chunk) + masks.shape[1:])
+
+    def body(acc, ms):
+        d = jax.vmap(drop)(ms)  # (chunk, B)
+        return acc + jnp.einsum("pb,phw->bhw", d, ms), None
+
+    acc, _ = jax.lax.scan(body, jnp.zeros(x.shape[:3], x.dtype), padded)
+    attr = acc / jnp.asarray(counts, x.dtype)
+    return jnp.broadcast_to(attr[..., None], x.shape)
