@@ -121,7 +121,7 @@ def _clip_and_score(logits_fn, x, y, raw, eps, norm, bounds, targets):
 
 def attack_over_eps(attack_fn, logits_fn, x: Array, y: Array, key: jax.Array, *, epsilons,
                     norm: str = "linf", bounds: tuple[float, float] = (0.0, 1.0),
-                    **attack_kw) -> SweepResult:
+                    eps_batch_size: int | None = None, **attack_kw) -> SweepResult:
     """Runs ``attack_fn`` at every epsilon in one vmapped call (same key for every eps).
 
     Args:
@@ -131,6 +131,10 @@ def attack_over_eps(attack_fn, logits_fn, x: Array, y: Array, key: jax.Array, *,
       epsilons: K radii (list or (K,) array; may be traced).
       norm, bounds: the threat model, forwarded to the attack where its signature takes them and
         used to clip.
+      eps_batch_size: None vmaps all K radii at once (a K * B batch: best on accelerators with
+        memory to spare); an int runs ``lax.map`` over chunks of that many radii, still in one
+        call (bounds memory; on CPU, where the per-example cost of a convolution grows with the
+        batch, chunks keeping K_chunk * B moderate are faster). Results are identical.
       **attack_kw: the attack's other hyperparameters (e.g. step_size, num_steps, targets as (B,)).
 
     Returns:
@@ -147,7 +151,12 @@ def attack_over_eps(attack_fn, logits_fn, x: Array, y: Array, key: jax.Array, *,
         clipped, success = _clip_and_score(logits_fn, x, y, raw, e, norm, bounds, targets)
         return SweepResult(raw, clipped, success)
 
-    return jax.vmap(one)(eps)
+    if eps_batch_size is None:
+        return jax.vmap(one)(eps)
+    if isinstance(eps_batch_size, bool) or not isinstance(eps_batch_size, int) or (
+            eps_batch_size < 1):
+        raise ValueError(f"eps_batch_size must be None or a positive int; got {eps_batch_size!r}.")
+    return lax.map(one, eps, batch_size=eps_batch_size)
 
 
 def _restart_keys(key: jax.Array, num_restarts: int) -> jax.Array:

@@ -60,6 +60,10 @@ def test_attack_over_eps_shapes_and_equality_with_a_loop(key):
         one = G.pgd(f, x, y, key, eps=e, **PGD_KW)
         np.testing.assert_allclose(sw.raw[i], one.x_adv, atol=1e-6)
         np.testing.assert_array_equal(sw.success[i], one.success)
+    # Chunked over eps with lax.map: the same results.
+    chunked = S.attack_over_eps(G.pgd, f, x, y, key, epsilons=EPS, eps_batch_size=2, **PGD_KW)
+    np.testing.assert_allclose(chunked.raw, sw.raw, atol=1e-6)
+    np.testing.assert_array_equal(chunked.success, sw.success)
     # Fixed-eps attacks already return feasible points: clipped == raw.
     np.testing.assert_allclose(sw.clipped, sw.raw, atol=0)
     # eps = 0 is clean accuracy; success never decreases much with eps on this model.
@@ -199,6 +203,8 @@ def test_sweep_argument_errors(key):
         S.attack_over_eps(G.pgd, f, x, y, key, epsilons=[0.1, -0.1], **PGD_KW)
     with pytest.raises(ValueError, match="non-empty 1-D"):
         S.attack_over_eps(G.pgd, f, x, y, key, epsilons=0.1, **PGD_KW)
+    with pytest.raises(ValueError, match="eps_batch_size"):
+        S.attack_over_eps(G.pgd, f, x, y, key, epsilons=[0.1], eps_batch_size=0, **PGD_KW)
     with pytest.raises(ValueError, match="Unknown norm"):
         S.attack_over_eps(G.pgd, f, x, y, key, epsilons=[0.1], norm="l0", **PGD_KW)
     with pytest.raises(ValueError, match="resolve targets"):
