@@ -1,0 +1,353 @@
+"""Attack benchmark: jaxadv against torchattacks, Foolbox (JAX path) and ART on identical weights.
+
+    python -m experiments.benchmarks.attacks --out results/attacks.json [--n 1000] [--quick]
+
+Model: the official Boopathy et al. MNIST SmallGAP ``adv`` checkpoint
+(../shared/data/boopathy-mnist/mnist_smallgap_adv_100.pkl); data: the first ``--n`` MNIST test
+images (``--quick``: 100). The peers attack a PyTorch twin with the same weights
+(``jaxadv.interop.torch_port.to_torch``; logits are checked to agree first); Foolbox runs its own
+JAX path (``foolbox.JAXModel``) on the same jitted JAX logits function. Every library gets the
+same budget:
+
+* ``pgd``: l-inf PGD, eps 0.3, 40 steps of 0.01, one uniform random start, cross-entropy.
+* ``pgd_l2``: l2 PGD, eps 2.0, 40 steps of 0.1, one random start, cross-entropy.
+* ``multi_eps``: 8 l-inf radii; jaxadv one eps vs all 8 in one vmapped call, Foolbox one eps vs
+  its ``epsilons=[8 values]`` call (which loops over them).
+
+Robust accuracy is measured the same way for every library: the adversarial examples each returns
+are checked to lie in the threat model and then classified by the same JAX function; an example
+counts as robust if it is classified correctly on the clean input and on the returned example
+(percent). Timing: one warm-up call (compilation for jaxadv), then the median of ``--repeats``
+calls; images/s = n / median seconds. The benchmarks of the AutoAttack ensemble (``apgd_ce``,
+``ensemble``) and of minimum-norm attacks (``cw_l2``) are added by
+``experiments/benchmarks/peer_autoattack.py`` and ``peer_minnorm.py`` when those modules exist:
+each exposes ``run(setup, quick) -> dict`` of JSON sections, with ``setup`` from
+:func:`build_setup`.
+"""
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import pathlib
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxadv.attacks import gradient, sweep
+from jaxadv.attacks.projections import norm_of
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+DEFAULT_CHECKPOINT = REPO.parent / "shared" / "data" / "boopathy-mnist" / "mnist_smallgap_adv_100.pkl"
+DEFAULT_MNIST = REPO.parent / "shared" / "data" / "mnist-test"
+
+LINF = {"eps": 0.3, "step_size": 0.01, "num_steps": 40}
+L2 = {"eps": 2.0, "step_size": 0.1, "num_steps": 40}
+MULTI_EPS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4]
+PEER_MODULES = ("experiments.benchmarks.peer_autoattack", "experiments.benchmarks.peer_minnorm")
+
+
+def time_call(fn, *, repeats: int = 3) -> float:
+    """Median wall seconds of ``fn()`` over ``repeats`` calls after one warm-up call. ``fn`` must
+    block until its result is ready (e.g. end with ``jax.block_until_ready``)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def build_setup(checkpoint=DEFAULT_CHECKPOINT, n: int = 1000, quick: bool = False,
+                data_dir=DEFAULT_MNIST) -> dict:
+    """Loads the model, its PyTorch twin and the first n MNIST test images, and checks the twin.
+
+    Returns a dict shared with the peer benchmark modules:
+      logits_fn: jitted JAX function, images (B, 28, 28, 1) in [0, 1] -> logits (B, 10).
+      torch_model: the PyTorch twin (eval mode, NCHW input).
+      x: (n, 28, 28, 1) float32 numpy NHWC images; y: (n,) int32 numpy labels.
+      x_nchw: torch float32 tensor (n, 1, 28, 28); y_torch: torch int64 tensor (n,).
+      eps: 0.3 (the l-inf radius of the benchmark); quick: bool; n: int.
+      model_name, checkpoint, logits_max_abs_diff, clean_acc (percent).
+      robust_acc(x_adv_nhwc) -> percent, with the JAX model (clean-correct and still correct).
+      check_in_ball(x_adv_nhwc, eps, norm) -> max norm distance (raises if outside eps).
+      time_call(fn, repeats=...) -> median seconds after a warm-up call.
+    """
+    import torch
+
+    from jaxadv.data import load_dataset
+    from jaxadv.interop.torch_port import check_logits_agree, nhwc_to_nchw, to_torch
+    from jaxadv.models import get_model, load_official_checkpoint
+
+    name, params = load_official_checkpoint(checkpoint)
+    model = get_model(name)
+    variables = {"params": params}
+    logits_fn = jax.jit(lambda x: model.apply(variables, x))
+    images, labels = load_dataset("mnist_idx", "test", data_dir=str(data_dir)).arrays()
+    x = np.asarray(images[:n], np.float32)
+    y = np.asarray(labels[:n], np.int32)
+    torch_model = to_torch(name, variables)
+    diff = check_logits_agree(logits_fn, torch_model, x[:200])
+    clean_ok = np.asarray(jnp.argmax(logits_fn(x), -1)) == y
+
+    def robust_acc(x_adv) -> float:
+        pred = np.asarray(jnp.argmax(logits_fn(jnp.asarray(np.asarray(x_adv, np.float32))), -1))
+        return float(100.0 * np.mean(clean_ok & (pred == y)))
+
+    def check_in_ball(x_adv, eps: float, norm: str = "linf") -> float:
+        x_adv = np.asarray(x_adv, np.float32)
+        dist = float(jnp.max(norm_of(jnp.asarray(x_adv - x), norm)))
+        if dist > eps * (1 + 1e-4) + 1e-5 or x_adv.min() < -1e-6 or x_adv.max() > 1 + 1e-6:
+            raise AssertionError(f"adversarial examples leave the {norm} ball of radius {eps} "
+                                 f"or [0, 1]: max distance {dist}.")
+        return dist
+
+    return {
+        "logits_fn": logits_fn, "torch_model": torch_model, "x": x, "y": y,
+        "x_nchw": nhwc_to_nchw(x), "y_torch": torch.from_numpy(y.astype(np.int64)),
+        "eps": LINF["eps"], "quick": quick, "n": int(n), "model_name": name,
+        "checkpoint": str(checkpoint), "logits_max_abs_diff": diff,
+        "clean_acc": float(100.0 * clean_ok.mean()), "robust_acc": robust_acc,
+        "check_in_ball": check_in_ball, "time_call": time_call,
+    }
+
+
+def _entry(setup, x_adv, seconds: float, eps: float, norm: str) -> dict:
+    dist = setup["check_in_ball"](x_adv, eps, norm)
+    return {"robust_acc": setup["robust_acc"](x_adv), "images_per_s": setup["n"] / seconds,
+            "n": setup["n"], "seconds": seconds, "max_dist": dist}
+
+
+def _nchw_to_nhwc(t) -> np.ndarray:
+    return np.transpose(t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t),
+                        (0, 2, 3, 1))
+
+
+def bench_jaxadv(setup, cfg: dict, norm: str, repeats: int) -> dict:
+    f = setup["logits_fn"]
+    x, y = jnp.asarray(setup["x"]), jnp.asarray(setup["y"])
+
+    @jax.jit
+    def attack(x, y, key, eps, step):
+        return gradient.pgd(f, x, y, key, eps=eps, step_size=step, num_steps=cfg["num_steps"],
+                            norm=norm, random_start=True).x_adv
+
+    key = jax.random.key(0)
+    eps, step = jnp.float32(cfg["eps"]), jnp.float32(cfg["step_size"])
+    run = lambda: jax.block_until_ready(attack(x, y, key, eps, step))
+    seconds = time_call(run, repeats=repeats)
+    return _entry(setup, np.asarray(run()), seconds, cfg["eps"], norm)
+
+
+def bench_torchattacks(setup, cfg: dict, norm: str, repeats: int) -> dict:
+    import torch
+    import torchattacks
+
+    cls = torchattacks.PGD if norm == "linf" else torchattacks.PGDL2
+    atk = cls(setup["torch_model"], eps=cfg["eps"], alpha=cfg["step_size"],
+              steps=cfg["num_steps"], random_start=True)
+    torch.manual_seed(0)
+    out = {}
+
+    def run():
+        out["x"] = atk(setup["x_nchw"], setup["y_torch"])
+
+    seconds = time_call(run, repeats=repeats)
+    return _entry(setup, _nchw_to_nhwc(out["x"]), seconds, cfg["eps"], norm)
+
+
+def bench_foolbox(setup, cfg: dict, norm: str, repeats: int) -> dict:
+    import foolbox as fb
+
+    fmodel = fb.JAXModel(setup["logits_fn"], bounds=(0.0, 1.0))
+    cls = fb.attacks.LinfPGD if norm == "linf" else fb.attacks.L2PGD
+    atk = cls(abs_stepsize=cfg["step_size"], steps=cfg["num_steps"], random_start=True)
+    x, y = jnp.asarray(setup["x"]), jnp.asarray(setup["y"])
+    out = {}
+
+    def run():
+        _, clipped, _ = atk(fmodel, x, y, epsilons=cfg["eps"])
+        out["x"] = jax.block_until_ready(clipped)
+
+    seconds = time_call(run, repeats=repeats)
+    return _entry(setup, np.asarray(out["x"]), seconds, cfg["eps"], norm)
+
+
+def bench_art(setup, cfg: dict, norm: str, repeats: int) -> dict:
+    from art.attacks.evasion import ProjectedGradientDescent
+    from art.estimators.classification import PyTorchClassifier
+    from torch import nn
+
+    clf = PyTorchClassifier(model=setup["torch_model"], loss=nn.CrossEntropyLoss(),
+                            input_shape=(1, 28, 28), nb_classes=10, clip_values=(0.0, 1.0),
+                            device_type="cpu")
+    atk = ProjectedGradientDescent(clf, norm=np.inf if norm == "linf" else 2, eps=cfg["eps"],
+                                   eps_step=cfg["step_size"], max_iter=cfg["num_steps"],
+                                   num_random_init=1, batch_size=setup["n"], verbose=False)
+    x_nchw = setup["x_nchw"].numpy()
+    out = {}
+
+    def run():
+        out["x"] = atk.generate(x=x_nchw, y=setup["y"].astype(np.int64))
+
+    seconds = time_call(run, repeats=repeats)
+    return _entry(setup, _nchw_to_nhwc(out["x"]), seconds, cfg["eps"], norm)
+
+
+PEERS = {"jaxadv": bench_jaxadv, "torchattacks": bench_torchattacks, "foolbox": bench_foolbox,
+         "art": bench_art}
+
+
+def bench_pgd(setup, cfg: dict, norm: str, repeats: int) -> dict:
+    results = {}
+    for lib, fn in PEERS.items():
+        try:
+            results[lib] = fn(setup, cfg, norm, repeats)
+        except ImportError as e:  # a peer library that is not installed is reported, not fatal
+            results[lib] = {"error": f"not installed: {e}"}
+        print(f"  {norm} PGD {lib}: {results[lib]}", flush=True)
+    return results
+
+
+def bench_multi_eps(setup, repeats: int) -> dict:
+    import foolbox as fb
+
+    f = setup["logits_fn"]
+    x, y = jnp.asarray(setup["x"]), jnp.asarray(setup["y"])
+    key = jax.random.key(0)
+    kw = dict(step_size=LINF["step_size"], num_steps=LINF["num_steps"])
+
+    @jax.jit
+    def one(x, y, key, eps):
+        return gradient.pgd(f, x, y, key, eps=eps, **kw).x_adv
+
+    def all_eps_fn(eps_batch_size):
+        @jax.jit
+        def all_eps(x, y, key, eps):
+            return sweep.attack_over_eps(gradient.pgd, f, x, y, key, epsilons=eps,
+                                         eps_batch_size=eps_batch_size, **kw)
+        return all_eps
+
+    eps_all = jnp.asarray(MULTI_EPS, jnp.float32)
+    s_one = time_call(lambda: jax.block_until_ready(one(x, y, key, jnp.float32(0.3))),
+                      repeats=repeats)
+    # Two ways to run the 8 radii in one compiled call: all vmapped (an 8 * n batch; the default)
+    # and lax.map over the radii (eps_batch_size=1), which avoids the growth of the per-example
+    # convolution cost with the batch size on CPU. Both are reported; s_all is the faster one.
+    modes = {"vmap": None, "eps_batch_size_1": 1}
+    s_modes = {}
+    for mode, bs in modes.items():
+        fn = all_eps_fn(bs)
+        s_modes[mode] = time_call(lambda fn=fn: jax.block_until_ready(fn(x, y, key, eps_all)),
+                                  repeats=repeats)
+    best_mode = min(s_modes, key=s_modes.get)
+    swept = all_eps_fn(None)(x, y, key, eps_all)
+    jax_acc = [setup["robust_acc"](c) for c in np.asarray(swept.clipped)]
+
+    fmodel = fb.JAXModel(f, bounds=(0.0, 1.0))
+    atk = fb.attacks.LinfPGD(abs_stepsize=LINF["step_size"], steps=LINF["num_steps"])
+    fb_out = {}
+
+    def fb_run(eps):
+        def run():
+            fb_out["r"] = jax.block_until_ready(atk(fmodel, x, y, epsilons=eps)[1])
+        return run
+
+    f_one = time_call(fb_run(0.3), repeats=repeats)
+    f_all = time_call(fb_run(list(MULTI_EPS)), repeats=repeats)
+    fb_acc = [setup["robust_acc"](c) for c in fb_out["r"]]
+    s_all = s_modes[best_mode]
+    return {"eps": MULTI_EPS, "jaxadv_s_one": s_one, "jaxadv_s_all": s_all,
+            "foolbox_s_one": f_one, "foolbox_s_all": f_all,
+            "jaxadv_all_mode": best_mode,
+            **{f"jaxadv_s_all_{mode}": v for mode, v in s_modes.items()},
+            "jaxadv_all_over_one": s_all / s_one, "foolbox_all_over_one": f_all / f_one,
+            "jaxadv_robust_acc": jax_acc, "foolbox_robust_acc": [float(a) for a in fb_acc],
+            "n": setup["n"]}
+
+
+def run_peer_modules(setup: dict, quick: bool) -> dict:
+    sections = {}
+    for name in PEER_MODULES:
+        if importlib.util.find_spec(name) is None:
+            continue
+        print(f"Running {name} ...", flush=True)
+        sections.update(importlib.import_module(name).run(setup, quick))
+    return sections
+
+
+def markdown_table(results: dict) -> str:
+    lines = ["| benchmark | library | robust acc (%) | images/s | n |", "|---|---|---|---|---|"]
+    for section, libs in results.items():
+        if section in ("multi_eps", "setup") or not isinstance(libs, dict):
+            continue
+        for lib, r in libs.items():
+            if not isinstance(r, dict):
+                continue
+            if "error" in r:
+                lines.append(f"| {section} | {lib} | {r['error']} | | |")
+                continue
+            lines.append(f"| {section} | {lib} | {r.get('robust_acc', float('nan')):.1f} | "
+                         f"{r.get('images_per_s', float('nan')):.1f} | {r.get('n', '')} |")
+    m = results.get("multi_eps")
+    if m:
+        lines += ["", "| multi_eps (8 radii) | one eps (s) | all 8 in one call (s) | ratio |",
+                  "|---|---|---|---|",
+                  f"| jaxadv ({m['jaxadv_all_mode']}) | {m['jaxadv_s_one']:.3f} | "
+                  f"{m['jaxadv_s_all']:.3f} | {m['jaxadv_s_all'] / m['jaxadv_s_one']:.2f} |",
+                  f"| foolbox | {m['foolbox_s_one']:.3f} | {m['foolbox_s_all']:.3f} | "
+                  f"{m['foolbox_s_all'] / m['foolbox_s_one']:.2f} |"]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="JSON file to write.")
+    parser.add_argument("--n", type=int, default=None, help="examples (default 1000; quick 100)")
+    parser.add_argument("--quick", action="store_true", help="100 examples, fewer repeats")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed calls per PGD measurement, median (default 3)")
+    parser.add_argument("--multi_eps_repeats", type=int, default=None,
+                        help="timed calls per multi_eps measurement (default: 1 quick, 3 full)")
+    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    parser.add_argument("--skip_peers", action="store_true",
+                        help="do not run peer_autoattack.py / peer_minnorm.py")
+    args = parser.parse_args(argv)
+    n = args.n or (100 if args.quick else 1000)
+    repeats = args.repeats or 3
+    multi_repeats = args.multi_eps_repeats or (1 if args.quick else 3)
+    setup = build_setup(args.checkpoint, n, args.quick)
+    print(f"{setup['model_name']} on {n} MNIST test images: clean accuracy "
+          f"{setup['clean_acc']:.1f}%, JAX/PyTorch logits agree to "
+          f"{setup['logits_max_abs_diff']:.2g}", flush=True)
+    results = {"setup": {
+        "checkpoint": setup["checkpoint"], "n": n, "quick": args.quick, "repeats": repeats,
+        "multi_eps_repeats": multi_repeats,
+        "clean_acc": setup["clean_acc"], "logits_max_abs_diff": setup["logits_max_abs_diff"],
+        "pgd_linf": LINF, "pgd_l2": L2, "robust_acc_unit": "percent",
+        "jax": jax.__version__, "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "note": "same weights and examples for every library; robust accuracy measured by the "
+                "same JAX function on each library's examples; timings are medians after a "
+                "warm-up call"}}
+    results["pgd"] = bench_pgd(setup, LINF, "linf", repeats)
+    results["pgd_l2"] = bench_pgd(setup, L2, "l2", repeats)
+    results["multi_eps"] = bench_multi_eps(setup, multi_repeats)
+    if not args.skip_peers:
+        results.update(run_peer_modules(setup, args.quick))
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(markdown_table(results))
+    print(f"wrote {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
