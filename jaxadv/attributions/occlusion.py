@@ -28,7 +28,7 @@ def _pair(v, name):
     return tuple(int(u) for u in v)
 
 
-def occlusion_masks(height: int, width: int, *, window=(8, 8), strides=(4, 4)) -> np.ndarray:
+def occlusion_masks(height: int, width: int, *, window=(8, 8), strides=1) -> np.ndarray:
     """The (P, H, W) float masks of all patch positions (row-major over positions)."""
     (kh, kw), (sh, sw) = _pair(window, "window"), _pair(strides, "strides")
     if kh > height or kw > width:
@@ -44,7 +44,7 @@ def occlusion_masks(height: int, width: int, *, window=(8, 8), strides=(4, 4)) -
     return masks
 
 
-def occlusion(logits_fn: LogitsFn, x: Array, target, *, window=(8, 8), strides=(4, 4),
+def occlusion(logits_fn: LogitsFn, x: Array, target, *, window=(8, 8), strides=1,
               fill=0.0, chunk_size: int | None = None) -> Array:
     """Occlusion map of the target logit.
 
@@ -53,7 +53,8 @@ def occlusion(logits_fn: LogitsFn, x: Array, target, *, window=(8, 8), strides=(
       x: (B, H, W, C).
       target: int or (B,) class indices.
       window: patch size k or (kh, kw).
-      strides: patch stride s or (sh, sw) (<= window, so every pixel is covered).
+      strides: patch stride s or (sh, sw) (<= window, so every pixel is covered; default 1, as
+        Captum).
       fill: float, or an array shaped like x or like x[0] (e.g. a blurred copy).
       chunk_size: patches per model call; None = all at once.
 
