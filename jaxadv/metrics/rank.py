@@ -1,0 +1,121 @@
+"""Rank agreement between two maps, per example: Kendall tau-b, Spearman rho, Pearson r and
+top-k intersection (methods.md 1.3).
+
+Each takes maps a, b of the same shape (B, ...) and returns (B,); maps are flattened per example.
+
+* Kendall tau-b (scipy ``kendalltau`` default): with s^a_ij = sign(a_i - a_j),
+  tau_b = sum_ij s^a s^b / sqrt(sum_ij (s^a)^2 sum_ij (s^b)^2), which is scipy's
+  (P - Q) / sqrt((P + Q + T_a)(P + Q + T_b)) with ties handled the same way. It is O(n^2) in the
+  map size n; rows of the pair matrix are taken ``chunk_size`` at a time so memory stays
+  O(chunk_size * n). A constant map gives NaN, as in scipy.
+* Spearman rho: Pearson r of average ranks (ties get the mean rank, as ``scipy.stats.rankdata``).
+* Top-k intersection: |top_k(a) & top_k(b)| / k (Boopathy et al.'s intended measure, k = 8).
+  :func:`top_k_intersection_b` is their committed variant (strict '>' against the k-th largest
+  value, so k - 1 pixels without ties, divided by the map size |I|), with its row-indexing bug
+  fixed (each image uses its own k-th largest value), for comparison with published numbers.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from jaxadv.types import Array
+
+
+def _flat_pair(a: Array, b: Array) -> tuple[Array, Array]:
+    if a.shape != b.shape:
+        raise ValueError(f"maps must have the same shape; got {a.shape} and {b.shape}.")
+    if a.ndim < 2:
+        raise ValueError(f"maps must be batched (B, ...); got shape {a.shape}.")
+    return a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+
+
+def _kendall_one(u: Array, v: Array, chunk: int) -> Array:
+    n = u.shape[0]
+    num_chunks = -(-n // chunk)
+    idx = jnp.arange(num_chunks * chunk)
+    valid = idx < n
+    rows = jnp.clip(idx, 0, n - 1)
+
+    def body(acc, inp):
+        r, ok = inp
+        ok = ok[:, None].astype(jnp.int32)
+        sa = jnp.sign(u[r][:, None] - u[None, :]).astype(jnp.int32) * ok
+        sb = jnp.sign(v[r][:, None] - v[None, :]).astype(jnp.int32) * ok
+        part = jnp.stack([jnp.sum(sa * sb), jnp.sum(sa * sa), jnp.sum(sb * sb)])
+        return acc + part.astype(acc.dtype), None
+
+    init = jnp.zeros(3, u.dtype)
+    acc, _ = jax.lax.scan(body, init, (rows.reshape(num_chunks, chunk),
+                                       valid.reshape(num_chunks, chunk)))
+    return acc[0] / jnp.sqrt(acc[1] * acc[2])
+
+
+def kendall_tau(a: Array, b: Array, *, chunk_size: int = 256) -> Array:
+    """Kendall tau-b per example (equals ``scipy.stats.kendalltau(a[i].ravel(), b[i].ravel())``).
+
+    Args:
+      a, b: maps (B, ...).
+      chunk_size: rows of the n x n pair matrix per step (memory O(chunk_size * n)).
+
+    Returns:
+      (B,) in [-1, 1]; NaN where a map is constant.
+    """
+    fa, fb = _flat_pair(a, b)
+    if not jnp.issubdtype(fa.dtype, jnp.floating):
+        fa, fb = fa.astype(jnp.float32), fb.astype(jnp.float32)
+    chunk = max(1, min(int(chunk_size), fa.shape[1]))
+    return jax.lax.map(lambda uv: _kendall_one(uv[0], uv[1], chunk), (fa, fb))
+
+
+def average_ranks(a: Array) -> Array:
+    """1-based ranks of each row of (B, n), ties sharing their mean rank (scipy ``rankdata``)."""
+    s = jnp.sort(a, axis=-1)
+    left = jax.vmap(lambda row, q: jnp.searchsorted(row, q, side="left"))(s, a)
+    right = jax.vmap(lambda row, q: jnp.searchsorted(row, q, side="right"))(s, a)
+    dtype = a.dtype if jnp.issubdtype(a.dtype, jnp.floating) else jnp.float32
+    return (left + right + 1).astype(dtype) / 2
+
+
+def pearson(a: Array, b: Array, *, eps: float = 0.0) -> Array:
+    """Pearson r per example (B,) (``scipy.stats.pearsonr``); NaN for constant maps."""
+    fa, fb = _flat_pair(a, b)
+    ca = fa - jnp.mean(fa, axis=-1, keepdims=True)
+    cb = fb - jnp.mean(fb, axis=-1, keepdims=True)
+    num = jnp.sum(ca * cb, axis=-1)
+    den = jnp.sqrt(jnp.sum(ca * ca, axis=-1) * jnp.sum(cb * cb, axis=-1))
+    return num / (den + eps)
+
+
+def spearman(a: Array, b: Array) -> Array:
+    """Spearman rho per example (B,) (``scipy.stats.spearmanr``)."""
+    fa, fb = _flat_pair(a, b)
+    return pearson(average_ranks(fa), average_ranks(fb))
+
+
+def _top_k_mask(f: Array, k: int) -> Array:
+    _, idx = jax.lax.top_k(f, k)
+    return jnp.zeros(f.shape, jnp.bool_).at[jnp.arange(f.shape[0])[:, None], idx].set(True)
+
+
+def _check_k(k, n):
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+        raise ValueError(f"k must be an int in [1, {n}] (the map size); got {k!r}.")
+
+
+def top_k_intersection(a: Array, b: Array, *, k: int = 8) -> Array:
+    """|top_k(a) & top_k(b)| / k per example (B,), in [0, 1] (ties broken by position)."""
+    fa, fb = _flat_pair(a, b)
+    _check_k(k, fa.shape[1])
+    both = _top_k_mask(fa, k) & _top_k_mask(fb, k)
+    return jnp.sum(both, axis=-1).astype(jnp.float32) / k
+
+
+def top_k_intersection_b(a: Array, b: Array, *, k: int = 8) -> Array:
+    """Boopathy et al.'s committed top-k measure (module docstring): pixels strictly above each
+    map's k-th largest value, overlap divided by the map size |I|. (B,)."""
+    fa, fb = _flat_pair(a, b)
+    _check_k(k, fa.shape[1])
+    ka = jax.lax.top_k(fa, k)[0][:, -1:]
+    kb = jax.lax.top_k(fb, k)[0][:, -1:]
+    both = (fa > ka) & (fb > kb)
+    return jnp.sum(both, axis=-1).astype(jnp.float32) / fa.shape[1]

@@ -1,0 +1,138 @@
+"""Interpretation discrepancies (methods.md 1.3) against numpy, D~ gradients, and the margin bound
+of methods.md 1.4 on successful targeted attacks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxadv.metrics.discrepancy import (
+    class_discrepancies,
+    discrepancy,
+    label_free_discrepancy,
+    map_discrepancy,
+    margin_lower_bound,
+    representation_discrepancy,
+)
+from tests.attributions.helpers import fast_compile, tiny_smallgap, uniform_images  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("strict_promotion")
+
+
+def _maps(seed=0, shape=(3, 4, 5, 6)):
+    a = np.asarray(jax.random.normal(jax.random.key(seed), shape))
+    b = a + 0.3 * np.asarray(jax.random.normal(jax.random.key(seed + 1), shape))
+    return a, b
+
+
+def test_class_discrepancies_against_numpy():
+    a, b = _maps()
+    d = b - a
+    rng = a.max((1, 2)) - a.min((1, 2))
+    np.testing.assert_allclose(class_discrepancies(a, b), np.abs(d).sum((1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(class_discrepancies(a, b, norm="l2sq"), (d**2).sum((1, 2)),
+                               rtol=1e-5)
+    np.testing.assert_allclose(class_discrepancies(a, b, norm="l2", normalize=True),
+                               np.sqrt((d**2).sum((1, 2))) / rng, rtol=1e-5)
+    np.testing.assert_allclose(map_discrepancy(a[..., 0], b[..., 0], normalize=True),
+                               np.abs(d[..., 0]).sum((1, 2)) / rng[:, 0], rtol=1e-5)
+
+
+def test_one_two_all_class_sets():
+    a, b = _maps()
+    y, tp = np.array([0, 2, 5]), np.array([1, 4, 3])
+    per = np.abs(b - a).sum((1, 2))
+    idx = np.arange(3)
+    np.testing.assert_allclose(discrepancy(a, b, y, classes="one"), per[idx, y], rtol=1e-5)
+    np.testing.assert_allclose(discrepancy(a, b, y, tp, classes="two"),
+                               0.5 * (per[idx, y] + per[idx, tp]), rtol=1e-5)
+    np.testing.assert_allclose(discrepancy(a, b, classes="all"), per.mean(1), rtol=1e-5)
+
+
+def test_label_free_discrepancy_formula_and_gradient_through_p_hat():
+    a, b = _maps()
+    logits = np.asarray(jax.random.normal(jax.random.key(9), (3, 6)))
+    y = np.array([1, 0, 5])
+    per = np.abs(b - a).sum((1, 2)).astype(np.float64)
+
+    def numpy_d(lg):
+        p = np.exp(lg) / np.exp(lg).sum(1, keepdims=True)
+        out = []
+        for i in range(3):
+            q = p[i].copy()
+            q[y[i]] = 0
+            out.append(per[i, y[i]] + (q / q.sum() * per[i]).sum())
+        return np.array(out)
+
+    lg64 = logits.astype(np.float64)
+    np.testing.assert_allclose(label_free_discrepancy(a, b, logits, y), numpy_d(lg64), rtol=1e-5)
+    g = jax.grad(lambda z: jnp.sum(label_free_discrepancy(a, b, z, y)))(jnp.asarray(logits))
+    e = np.zeros_like(lg64)
+    e[1, 2] = 1e-6  # the gradient flows through p^: it matches central differences
+    fd = (numpy_d(lg64 + e).sum() - numpy_d(lg64 - e).sum()) / 2e-6
+    assert abs(fd) > 1e-3
+    np.testing.assert_allclose(float(g[1, 2]), fd, rtol=1e-3)
+    # No 1/2: with two classes D~ is d_y + d_other.
+    two = label_free_discrepancy(a[..., :2], b[..., :2], logits[:, :2], np.array([0, 1, 0]))
+    np.testing.assert_allclose(two, per[:, :2].sum(1), rtol=1e-5)
+
+
+def test_representation_discrepancy():
+    a, b = _maps(shape=(2, 3, 3, 4))
+    np.testing.assert_allclose(representation_discrepancy(a, b), np.abs(b - a).sum((1, 2, 3)),
+                               rtol=1e-5)
+    per_channel = np.abs(b - a).sum((1, 2)) / (a.max((1, 2)) - a.min((1, 2)))
+    np.testing.assert_allclose(representation_discrepancy(a, b, normalize=True),
+                               per_channel.mean(1), rtol=1e-5)
+
+
+def test_errors():
+    a, b = _maps()
+    with pytest.raises(ValueError, match="norm"):
+        discrepancy(a, b, classes="all", norm="linf")
+    with pytest.raises(ValueError, match="class set"):
+        discrepancy(a, b, classes="three")
+    with pytest.raises(ValueError, match="labels"):
+        discrepancy(a, b, classes="one")
+    with pytest.raises(ValueError, match="targets"):
+        discrepancy(a, b, np.zeros(3, np.int32), classes="two")
+    with pytest.raises(ValueError, match=r"\[0, 6\)"):
+        discrepancy(a, b, np.array([0, 6, 1]), classes="one")
+    with pytest.raises(ValueError, match="same shape"):
+        discrepancy(a, b[:2], classes="all")
+
+
+def _targeted_attack(logits_fn, x, target, *, eps, steps, step_size):
+    """A tiny targeted signed-gradient attack (l-inf ball, [0, 1] box) on the target margin."""
+    def margin(z):
+        logits = logits_fn(z)
+        zt = jnp.take_along_axis(logits, target[:, None], 1)[:, 0]
+        others = jnp.where(jax.nn.one_hot(target, logits.shape[1], dtype=bool), -jnp.inf, logits)
+        return jnp.sum(zt - jnp.max(others, axis=1))
+
+    def step(_, z):
+        z = z + step_size * jnp.sign(jax.grad(margin)(z))
+        return jnp.clip(jnp.clip(z, x - eps, x + eps), 0.0, 1.0)
+
+    return jax.jit(lambda z: jax.lax.fori_loop(0, steps, step, z))(x)
+
+
+def test_margin_bound_holds_for_successful_targeted_attacks():
+    _, _, f = tiny_smallgap("relu", seed=3)
+    x = uniform_images(16, (12, 12, 1), seed=7)
+    logits = f.logits(x)
+    y = jnp.argmax(logits, 1)
+    tp = (y + 1 + jax.random.randint(jax.random.key(2), (16,), 0, 9)) % 10
+    x_adv = _targeted_attack(f.logits, x, tp, eps=0.5, steps=30, step_size=0.05)
+    logits_adv = f.logits(x_adv)
+    success = np.asarray(jnp.take_along_axis(logits_adv, tp[:, None], 1)[:, 0]
+                         >= jnp.take_along_axis(logits_adv, y[:, None], 1)[:, 0])
+    assert success.sum() >= 8, "the test attack should succeed on most random inputs"
+    cam_x, cam_adv = f.cam(f.features(x)), f.cam(f.features(x_adv))
+    hw = cam_x.shape[1] * cam_x.shape[2]
+    d21 = np.asarray(discrepancy(cam_x, cam_adv, y, tp, classes="two")) / hw
+    bound = np.asarray(margin_lower_bound(logits, y, tp))
+    assert np.all(bound[success] > 0)
+    assert np.all(d21[success] >= bound[success] * (1 - 1e-5)), (d21[success], bound[success])
+    # The 1-class measure has no such floor (methods.md 1.4): it is only required to be >= 0.
+    assert np.all(np.asarray(discrepancy(cam_x, cam_adv, y, classes="one")) >= 0)
