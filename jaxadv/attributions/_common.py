@@ -90,6 +90,22 @@ def input_gradient(logits_fn, x: Array, target: Array) -> Array:
     return grad_of_scores(target_score_fn(logits_fn, target), x)
 
 
+def stacked_scores(logits_fn, target: Array, z: Array) -> Array:
+    """Target logits of c stacked copies of the batch, z (c, B, ...) -> (c, B), in one call
+    (``vmap`` over the stack; XLA batches the layers)."""
+    return jax.vmap(lambda v: select(logits_fn(v), target))(z)
+
+
+def stacked_grad(logits_fn, target: Array, z: Array) -> Array:
+    """Input gradients of the target logits of c stacked copies of the batch, z (c, B, ...) ->
+    (c, B, ...), in one call.
+
+    ``vmap`` over the stack measured as fast as or faster than folding the stack into the batch
+    axis (3x faster for SmallGAP on CPU, equal for ResNet-18), and it needs no target tiling.
+    """
+    return jax.vmap(lambda v: input_gradient(logits_fn, v, target))(z)
+
+
 def per_example(v: Array, x: Array) -> Array:
     """(B,) -> (B, 1, ..., 1) broadcastable against x."""
     return jnp.reshape(v, v.shape[:1] + (1,) * (x.ndim - 1))
@@ -103,13 +119,25 @@ def check_chunk_size(chunk_size, total: int, name: str = "chunk_size") -> int:
     return int(min(chunk_size, total))
 
 
+def scan_chunks(body: Callable, init, xs):
+    """``lax.scan(body, init, xs)[0]``, or one direct call when there is a single chunk: XLA
+    optimises straight-line code better than a one-trip loop (3x faster on CPU here)."""
+    if jax.tree.leaves(xs)[0].shape[0] == 1:
+        return body(init, jax.tree.map(lambda v: v[0], xs))[0]
+    return jax.lax.scan(body, init, xs)[0]
+
+
 def chunked_weighted_sum(point_fn: Callable[[Array], Array], values: np.ndarray,
-                         weights: np.ndarray, chunk_size: int, like: Array) -> Array:
+                         weights: np.ndarray, chunk_size: int, like: Array, *,
+                         unroll: bool = False) -> Array:
     """sum_i weights[i] * point_fn(values[i]) evaluated ``chunk_size`` points at a time.
 
     ``point_fn(v (c,)) -> (c, *like.shape)`` evaluates a chunk of points. Points are
     padded to a multiple of the chunk size with weight 0, and the chunks are folded with
     ``lax.scan`` into one running sum, so memory is one chunk's worth, whatever the number of points.
+    A single chunk runs without a loop (XLA optimises straight-line code better: on CPU a one-trip
+    scan was 3x slower). ``unroll=True`` unrolls the scan: faster on CPU (here 2-3x), but XLA may
+    then keep several chunks' activations alive at once, so memory is no longer bounded by a chunk.
     """
     n = len(values)
     num_chunks = -(-n // chunk_size)
@@ -118,11 +146,13 @@ def chunked_weighted_sum(point_fn: Callable[[Array], Array], values: np.ndarray,
     w = np.concatenate([np.asarray(weights, np.float64), np.zeros(pad)])
     v = jnp.asarray(v.reshape(num_chunks, chunk_size), like.dtype)
     w = jnp.asarray(w.reshape(num_chunks, chunk_size), like.dtype)
+    if num_chunks == 1:  # no loop: XLA optimises a straight-line program better
+        return jnp.tensordot(w[0], point_fn(v[0]), axes=1)
 
     def body(acc, vw):
         vals, ws = vw
         out = point_fn(vals)
         return acc + jnp.tensordot(ws, out, axes=1), None
 
-    acc, _ = jax.lax.scan(body, jnp.zeros(like.shape, like.dtype), (v, w))
+    acc, _ = jax.lax.scan(body, jnp.zeros(like.shape, like.dtype), (v, w), unroll=bool(unroll))
     return acc

@@ -88,18 +88,15 @@ def blur_integrated_gradients(logits_fn: LogitsFn, x: Array, target, *, max_sigm
         raise ValueError(f"max_sigma must be > 0; got {max_sigma}.")
     r = int(4.0 * max_sigma + 0.5) if radius is None else radius
     n = num_steps
-    grad_fn = jax.grad(lambda z: jnp.sum(_common.select(logits_fn(z), t)))
 
     def blur_at(i):
         sigma = max_sigma * (1.0 - jnp.clip(i, 0.0, float(n)) / n)
         return gaussian_blur(x, sigma, radius=r)
 
-    def point(i):
-        coef = 0.5 * (blur_at(i + 1.0) - blur_at(i - 1.0))
-        return grad_fn(blur_at(i)) * coef
-
     def point_fn(idx):
-        return jax.vmap(point)(idx)
+        points = jax.vmap(blur_at)(idx)
+        coef = 0.5 * (jax.vmap(blur_at)(idx + 1.0) - jax.vmap(blur_at)(idx - 1.0))
+        return _common.stacked_grad(logits_fn, t, points) * coef
 
     idx = np.arange(n + 1, dtype=np.float64)
     chunk = _common.check_chunk_size(chunk_size, n + 1)

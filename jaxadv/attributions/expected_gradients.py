@@ -46,16 +46,15 @@ def expected_gradients(logits_fn: LogitsFn, x: Array, target, key: PRNGKey, *, r
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be an int >= 1; got {num_samples!r}.")
     batch = x.shape[0]
-    grad_fn = jax.grad(lambda z: jnp.sum(_common.select(logits_fn(z), t)))
 
-    def draw(k):
+    def draw(k):  # (point, path difference) of one Monte-Carlo draw
         k_idx, k_alpha, k_noise = jax.random.split(k, 3)
         idx = jax.random.randint(k_idx, (batch,), 0, refs.shape[0])
         alpha = jax.random.uniform(k_alpha, (batch,), x.dtype)
         xn = x + stdev * jax.random.normal(k_noise, x.shape, x.dtype) if stdev else x
         r = refs[idx]
         diff = xn - r
-        return diff * grad_fn(r + _common.per_example(alpha, x) * diff)
+        return r + _common.per_example(alpha, x) * diff, diff
 
     chunk = _common.check_chunk_size(chunk_size, num_samples)
     num_chunks = -(-num_samples // chunk)
@@ -66,10 +65,11 @@ def expected_gradients(logits_fn: LogitsFn, x: Array, target, key: PRNGKey, *, r
 
     def body(acc, inp):
         ks, ok = inp
-        a = jax.vmap(draw)(ks)
+        points, diffs = jax.vmap(draw)(ks)
+        a = diffs * _common.stacked_grad(logits_fn, t, points)
         return acc + jnp.tensordot(ok, a, axes=1), None
 
-    acc, _ = jax.lax.scan(body, jnp.zeros_like(x), (keys, valid))
+    acc = _common.scan_chunks(body, jnp.zeros_like(x), (keys, valid))
     return acc / num_samples
 
 

@@ -22,10 +22,10 @@ parity: its weights sum to 1 - 1/n, so it underestimates IG by about 1/n; ``trap
 correct rule (weights sum to 1). PAIR ``saliency`` uses the left Riemann sum. Aliases: ``left``,
 ``right``, ``middle``, ``gauss_legendre``.
 
-Memory: ``chunk_size`` path points are evaluated per model call (each a (chunk_size * B)-image
-batch, through ``vmap``), and the chunks are folded with ``lax.scan`` into a running sum, so peak
-memory is one chunk's activations whatever ``num_steps`` is (Captum evaluates all n * B points at
-once by default). ``chunk_size=None`` evaluates all points in one call (fastest when it fits).
+Memory: ``chunk_size`` path points are evaluated per model call (one (chunk_size * B)-image
+batch), and the chunks are folded with ``lax.scan`` into a running sum, so peak memory is one
+chunk's activations whatever ``num_steps`` is (Captum evaluates all n * B points at once by
+default). ``chunk_size=None`` evaluates all points in one call (fastest when it fits).
 """
 
 from collections.abc import Callable
@@ -121,6 +121,25 @@ def make_baseline(x: Array, baseline="zero", *, key: PRNGKey | None = None,
                      f"{x.shape[1:]}; got shape {b.shape}.")
 
 
+def _path_sum(stack_grad_fn, start, end, *, num_steps, rule, chunk_size, unroll=False):
+    """(end - start) * sum_j w_j g(start + a_j (end - start)), where ``stack_grad_fn`` maps a stack
+    of path points (c, B, ...) to their gradients (c, B, ...)."""
+    _common.check_batch(end, "end")
+    if start.shape != end.shape:
+        raise ValueError(f"start and end must have the same shape; got {start.shape} and "
+                         f"{end.shape}.")
+    alphas, weights = quadrature(rule, num_steps)
+    chunk = _common.check_chunk_size(chunk_size, len(alphas))
+    diff = end - start
+    ones = (1,) * end.ndim
+
+    def point_fn(a):
+        return stack_grad_fn(start[None] + jnp.reshape(a, (-1,) + ones) * diff[None])
+
+    return diff * _common.chunked_weighted_sum(point_fn, alphas, weights, chunk, end,
+                                               unroll=unroll)
+
+
 def path_integrated_gradients(value_fn: Callable[[Array], Array], start: Array, end: Array, *,
                               num_steps: int = 50, rule: str = "gausslegendre",
                               chunk_size: int | None = None) -> Array:
@@ -128,8 +147,8 @@ def path_integrated_gradients(value_fn: Callable[[Array], Array], start: Array, 
 
     Args:
       value_fn: z (B, ...) -> per-example values (B,) (a target logit, a per-example loss, ...).
-        It is evaluated on one path point at a time per example (through ``vmap`` over chunks), so
-        it may close over per-example data such as labels.
+        It is called on one path point of the whole batch at a time (``vmap`` over the points of
+        a chunk), so it may close over per-example data such as labels.
       start, end: (B, ...) path ends (baseline and input for IG; x and x' for IG-Norm).
       num_steps, rule: the quadrature (see the module table).
       chunk_size: path points per model call (memory budget); None = all at once.
@@ -138,27 +157,15 @@ def path_integrated_gradients(value_fn: Callable[[Array], Array], start: Array, 
       Attributions shaped like ``end``. Their sum over non-batch axes approximates
       value_fn(end) - value_fn(start) (completeness).
     """
-    _common.check_batch(end, "end")
-    if start.shape != end.shape:
-        raise ValueError(f"start and end must have the same shape; got {start.shape} and "
-                         f"{end.shape}.")
-    alphas, weights = quadrature(rule, num_steps)
-    chunk = _common.check_chunk_size(chunk_size, len(alphas))
-    diff = end - start
     grad_fn = jax.grad(lambda z: jnp.sum(value_fn(z)))
-    ones = (1,) * end.ndim
-
-    def point_fn(a):
-        z = start[None] + jnp.reshape(a, (-1,) + ones) * diff[None]
-        return jax.vmap(grad_fn)(z)
-
-    return diff * _common.chunked_weighted_sum(point_fn, alphas, weights, chunk, end)
+    return _path_sum(jax.vmap(grad_fn), start, end, num_steps=num_steps, rule=rule,
+                     chunk_size=chunk_size)
 
 
 def integrated_gradients(logits_fn: LogitsFn, x: Array, target, *, baseline="zero",
                          num_steps: int = 50, rule: str = "gausslegendre",
                          chunk_size: int | None = None, key: PRNGKey | None = None,
-                         blur_sigma: float = 5.0) -> Array:
+                         blur_sigma: float = 5.0, unroll: bool = False) -> Array:
     """Integrated Gradients of the target logit (Sundararajan et al. 2017).
 
     Defaults follow Captum (50 Gauss-Legendre points, zero baseline). Boopathy et al.'s evaluation
@@ -173,18 +180,16 @@ def integrated_gradients(logits_fn: LogitsFn, x: Array, target, *, baseline="zer
       chunk_size: path points per model call; bounds memory (module docstring).
       key: for ``baseline="uniform"``.
       blur_sigma: for ``baseline="blur"``.
+      unroll: unroll the loop over chunks: faster on CPU, but memory is then no longer bounded
+        by one chunk (XLA may overlap chunks).
 
     Returns:
       (B, H, W, C); sum over (H, W, C) ~ f_target(x) - f_target(baseline).
     """
     t = _common.prepare(logits_fn, x, target)
     b = make_baseline(x, baseline, key=key, blur_sigma=blur_sigma)
-
-    def value_fn(z):
-        return _common.select(logits_fn(z), t)
-
-    return path_integrated_gradients(value_fn, b, x, num_steps=num_steps, rule=rule,
-                                     chunk_size=chunk_size)
+    return _path_sum(lambda z: _common.stacked_grad(logits_fn, t, z), b, x, num_steps=num_steps,
+                     rule=rule, chunk_size=chunk_size, unroll=unroll)
 
 
 def _cross_entropy(logits: Array, labels: Array) -> Array:
@@ -212,6 +217,10 @@ def path_ig(logits_fn: LogitsFn, x: Array, x_end: Array, labels, *,
       Shaped like x; sums to ~ L(x_end) - L(x).
     """
     y = _common.prepare(logits_fn, x, labels)
+    if x_end.shape != x.shape:
+        raise ValueError(f"x_end must be shaped like x {x.shape}; got {x_end.shape}.")
     loss = _cross_entropy if loss_fn is None else loss_fn
-    return path_integrated_gradients(lambda z: loss(logits_fn(z), y), x, x_end,
-                                     num_steps=num_steps, rule=rule, chunk_size=chunk_size)
+
+    grad_fn = jax.grad(lambda v: jnp.sum(loss(logits_fn(v), y)))
+    return _path_sum(jax.vmap(grad_fn), x, x_end, num_steps=num_steps, rule=rule,
+                     chunk_size=chunk_size)

@@ -13,8 +13,8 @@ the input range, which is the same number for images in [0, 1].
 
 Randomness is explicit: sample s uses ``jax.random.split(key, num_samples)[s]``, so results do not
 depend on ``chunk_size``. ``noise=`` passes the samples themselves (num_samples, *x.shape), e.g. to
-reproduce another library's draw. Samples are evaluated ``chunk_size`` at a time (``vmap`` inside a
-``lax.scan`` that keeps running sums), so memory is one chunk's worth.
+reproduce another library's draw. Samples are evaluated ``chunk_size`` at a time (one call on the
+chunk's noisy copies inside a ``lax.scan`` that keeps running sums), so memory is one chunk's worth.
 """
 
 from collections.abc import Callable
@@ -29,24 +29,8 @@ from jaxadv.types import Array, LogitsFn, PRNGKey
 KINDS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
 
-def noise_tunnel(attribution_fn: Callable[[Array], Array], x: Array, key: PRNGKey | None, *,
-                 num_samples: int = 25, stdev: float = 0.15, kind: str = "smoothgrad",
-                 noise: Array | None = None, chunk_size: int | None = None) -> Array:
-    """Averages ``attribution_fn`` over Gaussian-perturbed copies of x.
-
-    Args:
-      attribution_fn: x (B, ...) -> map (B, ...) (close over logits_fn, target and options).
-      x: (B, ...) inputs.
-      key: typed key (ignored when ``noise`` is given).
-      num_samples: number of noise samples S.
-      stdev: noise std (absolute).
-      kind: ``"smoothgrad"``, ``"smoothgrad_sq"`` or ``"vargrad"``.
-      noise: optional explicit samples (S, *x.shape); overrides key and stdev.
-      chunk_size: samples per call (memory budget); None = all at once.
-
-    Returns:
-      The smoothed map, shaped like attribution_fn's output.
-    """
+def _tunnel(stack_fn, out_shape, x, key, *, num_samples, stdev, kind, noise, chunk_size):
+    """Shared engine: ``stack_fn`` maps noisy copies (c, *x.shape) to maps (c, *out_shape)."""
     _common.check_batch(x)
     if kind not in KINDS:
         raise ValueError(f"Unknown kind {kind!r}; choose one of {KINDS}.")
@@ -67,33 +51,54 @@ def noise_tunnel(attribution_fn: Callable[[Array], Array], x: Array, key: PRNGKe
     valid = (jnp.arange(total) < num_samples).reshape(num_chunks, chunk)
     if noise is not None:
         pad = jnp.zeros((total - num_samples,) + x.shape, x.dtype)
-        xs = jnp.concatenate([noise, pad]).reshape((num_chunks, chunk) + x.shape)
+        items = jnp.concatenate([noise, pad]).reshape((num_chunks, chunk) + x.shape)
     else:
         keys = jax.random.split(key, num_samples)
         keys = jnp.concatenate([keys, keys[: total - num_samples]])
-        xs = keys.reshape(num_chunks, chunk)
-
-    def sample_map(item):
-        n = item if noise is not None else stdev * jax.random.normal(item, x.shape, x.dtype)
-        return attribution_fn(x + n)
-
-    out_shape = jax.eval_shape(attribution_fn, jax.ShapeDtypeStruct(x.shape, x.dtype))
+        items = keys.reshape(num_chunks, chunk)
 
     def body(carry, inp):
         s, s2 = carry
-        items, ok = inp
-        a = jax.vmap(sample_map)(items)
+        its, ok = inp
+        if noise is None:
+            its = jax.vmap(lambda k: stdev * jax.random.normal(k, x.shape, x.dtype))(its)
+        a = stack_fn(x[None] + its)
         m = jnp.reshape(ok, (-1,) + (1,) * (a.ndim - 1)).astype(a.dtype)
         return (s + jnp.sum(a * m, axis=0), s2 + jnp.sum(a * a * m, axis=0)), None
 
     zeros = jnp.zeros(out_shape.shape, out_shape.dtype)
-    (s, s2), _ = jax.lax.scan(body, (zeros, zeros), (xs, valid))
+    s, s2 = _common.scan_chunks(body, (zeros, zeros), (items, valid))
     mean, mean_sq = s / num_samples, s2 / num_samples
     if kind == "smoothgrad":
         return mean
     if kind == "smoothgrad_sq":
         return mean_sq
     return mean_sq - mean * mean
+
+
+def noise_tunnel(attribution_fn: Callable[[Array], Array], x: Array, key: PRNGKey | None, *,
+                 num_samples: int = 25, stdev: float = 0.15, kind: str = "smoothgrad",
+                 noise: Array | None = None, chunk_size: int | None = None) -> Array:
+    """Averages ``attribution_fn`` over Gaussian-perturbed copies of x.
+
+    Args:
+      attribution_fn: x (B, ...) -> map (B, ...) (close over logits_fn, target and options). The
+        noisy copies of a chunk go through ``vmap``.
+      x: (B, ...) inputs.
+      key: typed key (ignored when ``noise`` is given).
+      num_samples: number of noise samples S.
+      stdev: noise std (absolute).
+      kind: ``"smoothgrad"``, ``"smoothgrad_sq"`` or ``"vargrad"``.
+      noise: optional explicit samples (S, *x.shape); overrides key and stdev.
+      chunk_size: samples per call (memory budget); None = all at once.
+
+    Returns:
+      The smoothed map, shaped like attribution_fn's output.
+    """
+    _common.check_batch(x)
+    out_shape = jax.eval_shape(attribution_fn, jax.ShapeDtypeStruct(x.shape, x.dtype))
+    return _tunnel(jax.vmap(attribution_fn), out_shape, x, key, num_samples=num_samples,
+                   stdev=stdev, kind=kind, noise=noise, chunk_size=chunk_size)
 
 
 def smooth_grad(logits_fn: LogitsFn, x: Array, target, key: PRNGKey | None, *,

@@ -8,10 +8,10 @@ covered. A pixel's attribution is the mean, over the patches that cover it, of
     f_c(x) - f_c(x with the patch set to fill)
 
 which is Captum ``Occlusion`` with ``sliding_window_shapes=(C, k, k)``, ``strides=(C, s, s)``.
-Patches are evaluated ``chunk_size`` at a time (``vmap`` inside ``lax.scan``); None = all at once.
+Patches are evaluated ``chunk_size`` at a time (one model call on chunk_size * B images per step of a
+``lax.scan``); None = all at once.
 """
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -78,9 +78,10 @@ def occlusion(logits_fn: LogitsFn, x: Array, target, *, window=(8, 8), strides=1
     masks = jnp.asarray(masks_np, x.dtype)
     base = _common.select(logits_fn(x), t)
 
-    def drop(mask):
-        m = mask[None, :, :, None]
-        return base - _common.select(logits_fn(x * (1.0 - m) + fill_arr * m), t)
+    def drops(ms):  # (c, H, W) masks -> (c, B) drops of the target logit
+        m = ms[:, None, :, :, None]
+        occluded = x[None] * (1.0 - m) + fill_arr[None] * m
+        return base[None] - _common.stacked_scores(logits_fn, t, occluded)
 
     num = masks.shape[0]
     chunk = _common.check_chunk_size(chunk_size, num)
@@ -90,9 +91,9 @@ def occlusion(logits_fn: LogitsFn, x: Array, target, *, window=(8, 8), strides=1
     padded = padded.reshape((num_chunks, chunk) + masks.shape[1:])
 
     def body(acc, ms):
-        d = jax.vmap(drop)(ms)  # (chunk, B)
+        d = drops(ms)  # (chunk, B)
         return acc + jnp.einsum("pb,phw->bhw", d, ms), None
 
-    acc, _ = jax.lax.scan(body, jnp.zeros(x.shape[:3], x.dtype), padded)
+    acc = _common.scan_chunks(body, jnp.zeros(x.shape[:3], x.dtype), padded)
     attr = acc / jnp.asarray(counts, x.dtype)
     return jnp.broadcast_to(attr[..., None], x.shape)

@@ -69,7 +69,10 @@ def _curve(logits_fn, x, target, attribution, *, insertion, num_steps, baseline,
         return _score(logits_fn, z, t, output)
 
     chunk = _common.check_chunk_size(chunk_size, num_steps + 1)
-    curve = jax.lax.map(at, counts, batch_size=chunk).T  # (B, S + 1)
+    if chunk >= num_steps + 1:  # one call, no loop
+        curve = jax.vmap(at)(counts).T  # (B, S + 1)
+    else:
+        curve = jax.lax.map(at, counts, batch_size=chunk).T
     auc = (jnp.sum(curve, axis=-1) - 0.5 * (curve[:, 0] + curve[:, -1])) / num_steps
     return auc, curve
 

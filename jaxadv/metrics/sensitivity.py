@@ -90,7 +90,9 @@ def _sampled(explain_fn, x, target, key, *, measure, sample_fn, num_samples, per
         return _value(measure, a0, explain_fn(x + d, target), d, normalize)
 
     chunk = _common.check_chunk_size(chunk_size, items.shape[0])
-    return jax.lax.map(one, items, batch_size=chunk)  # (S, B)
+    if chunk >= items.shape[0]:  # one call, no loop
+        return jax.vmap(one)(items)  # (S, B)
+    return jax.lax.map(one, items, batch_size=chunk)
 
 
 def _check_positive(v, name):

@@ -95,6 +95,8 @@ def test_chunk_size_does_not_change_the_result():
         np.testing.assert_allclose(integrated_gradients(f.logits, x, 1, num_steps=10,
                                                         chunk_size=chunk), ref,
                                    rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(integrated_gradients(f.logits, x, 1, num_steps=10, chunk_size=4,
+                                                    unroll=True), ref, rtol=2e-5, atol=1e-6)
 
 
 def test_baselines():

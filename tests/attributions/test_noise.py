@@ -87,3 +87,13 @@ def test_bad_arguments_raise(kwargs, match):
         smooth_grad(f.logits, x, t, jax.random.key(0), **kwargs)
     with pytest.raises(ValueError, match="key"):
         smooth_grad(f.logits, x, t, None)
+
+
+def test_per_example_method_arguments():
+    f, x, t, noise, _ = _setup()
+    base = 0.1 * x  # a (B, ...) baseline: each noisy copy of the batch keeps its own examples
+    out = smooth_grad(f.logits, x, t, None, noise=noise[:2], method=integrated_gradients,
+                      baseline=base, num_steps=3)
+    manual = sum(integrated_gradients(f.logits, x + n, t, baseline=base, num_steps=3)
+                 for n in noise[:2]) / 2
+    np.testing.assert_allclose(out, manual, rtol=1e-4, atol=1e-7)

@@ -1,0 +1,407 @@
+"""Attribution benchmark: jaxadv against Captum on identical weights and inputs.
+
+    python -m experiments.benchmarks.attributions --out results/attributions.json [--quick]
+
+Models (same weights in both frameworks, the PyTorch twin from
+``jaxadv.interop.torch_port.to_torch``, logits checked to agree first):
+
+* ``smallgap``: Boopathy et al.'s SmallGAP, 28x28x1, the official MNIST ``adv`` checkpoint when
+  ../shared/data is present (else a seeded random initialisation), on the first MNIST test images
+  (else uniform noise);
+* ``preact_resnet18``: PreAct ResNet-18, 32x32x3, seeded random initialisation (eval-mode batch
+  norm), on uniform-noise images (CIFAR-10 needs the network).
+
+Methods, each library with the same hyper-parameters on the same batch (float32):
+
+* ``ig``: Integrated Gradients, zero baseline, 50 Gauss-Legendre points (Captum's default rule),
+  all points in one call in both libraries (jaxadv ``chunk_size=None``, Captum
+  ``internal_batch_size=None``);
+* ``smoothgrad``: NoiseTunnel/SmoothGrad of the vanilla gradient, 25 samples, stdev 0.15, all
+  samples in one call;
+* ``gradcam``: Grad-CAM on the last feature map (Captum ``LayerGradCam`` on a module wrapping the
+  twin's ``features``, ``relu_attributions=True``);
+* ``occlusion``: 8x8 patches, stride 4, fill 0 (Captum ``sliding_window_shapes=(C, 8, 8)``,
+  ``strides=(C, 4, 4)``, ``perturbations_per_eval`` = all patches, as jaxadv's one call).
+
+Parity: max |jaxadv - Captum| / max |Captum| over the batch (SmoothGrad with the same noise
+samples injected into Captum's NoiseTunnel). ``error_vs_float64`` gives, for IG and SmoothGrad,
+each library's float32 error against a float64 Captum run on the ``.double()`` twin, which tells
+float32 rounding (in either library) from a real disagreement. Timing: one warm-up call (jaxadv:
+the jit compile), then the median of ``--repeats`` calls; images/s = batch / median seconds.
+jaxadv functions are jitted once per method with the batch and the targets as arguments; Captum
+runs eagerly (its normal mode). Both use every CPU core (XLA's default thread pool,
+``torch.get_num_threads()``); numbers on a shared machine are noisy.
+
+IG-200 peak memory (SmallGAP, batch 128, 200 Gauss-Legendre points): each library runs in a child
+process; peak = the child's peak resident set size (``VmHWM`` in /proc/self/status; ``ru_maxrss``
+would inherit the parent's peak across fork + exec) minus the same for a baseline child that imports
+the library, builds the model and the batch and runs one (jitted, for JAX) forward pass.
+jaxadv evaluates the path in chunks of ``--ig-chunk`` points (default 20: 2560 images per model
+call, ``lax.scan`` over 10 chunks); Captum uses its default (all 25600 images in one call).
+
+JSON: ``parity`` {method: max over models of the relative error}, ``speedup_vs_captum``
+{method: min over models of Captum seconds / jaxadv seconds}, ``ig200_peak_mb``
+{"jaxadv", "captum"}, and ``per_model`` with every figure (images/s, seconds, errors).
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+CHECKPOINT = REPO.parent / "shared" / "data" / "boopathy-mnist" / "mnist_smallgap_adv_100.pkl"
+MNIST = REPO.parent / "shared" / "data" / "mnist-test"
+METHODS = ("ig", "smoothgrad", "gradcam", "occlusion")
+IG_STEPS, SG_SAMPLES, SG_STDEV = 50, 25, 0.15
+OCC_WINDOW, OCC_STRIDE = 8, 4
+
+
+def time_call(fn, *, repeats: int) -> float:
+    """Median wall seconds over ``repeats`` calls after one warm-up call; fn must block."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def build(name: str, batch: int, seed: int = 0):
+    """(jax model fns, torch twin, x NHWC float32 numpy, targets int numpy, description)."""
+    import jax
+
+    from jaxadv.interop.torch_port import check_logits_agree, to_torch
+    from jaxadv.models import get_model, init_variables, load_official_checkpoint, model_fns
+
+    if name == "smallgap":
+        if CHECKPOINT.exists():
+            mname, params = load_official_checkpoint(str(CHECKPOINT))
+            variables, source = {"params": params}, CHECKPOINT.name
+        else:
+            mname = "smallgap"
+            variables = init_variables(get_model(mname), jax.random.key(seed), (1, 28, 28, 1))
+            source = "random init"
+        model = get_model(mname)
+        if MNIST.exists():
+            from jaxadv.data import load_dataset
+
+            x, _ = load_dataset("mnist_idx", "test", data_dir=str(MNIST)).arrays()
+            x, data = np.asarray(x[:batch], np.float32), "MNIST test"
+        else:
+            x = np.asarray(jax.random.uniform(jax.random.key(seed + 1), (batch, 28, 28, 1)))
+            data = "uniform noise"
+        tmodel = to_torch("smallgap", variables)
+    elif name == "preact_resnet18":
+        model = get_model(name)
+        variables = init_variables(model, jax.random.key(seed), (1, 32, 32, 3))
+        source, data = "random init", "uniform noise"
+        x = np.asarray(jax.random.uniform(jax.random.key(seed + 1), (batch, 32, 32, 3)))
+        tmodel = to_torch(name, variables)
+    else:
+        raise ValueError(f"Unknown benchmark model {name!r}.")
+    fns = model_fns(model, variables)
+    logits = np.asarray(jax.jit(fns.logits)(x))
+    diff = check_logits_agree(jax.jit(fns.logits), tmodel, x)
+    targets = logits.argmax(-1).astype(np.int32)
+    return fns, tmodel, x, targets, {"weights": source, "data": data, "logits_max_abs_diff": diff}
+
+
+def _feature_wrapper(torch, tmodel):
+    class Features(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m.features(x)
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.feat = Features(m)
+            self.m = m
+
+        def forward(self, x):
+            return self.m.head(self.feat(x))
+
+    return Wrapped(tmodel)
+
+
+def _rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def _float64_errors(tmodel, xt, tt, x, ours, xj, tj, noise, sg_same_noise, batch) -> dict:
+    """Errors of each library's float32 IG / SmoothGrad against a float64 reference (Captum on
+    the ``.double()`` twin, same noise), to tell float32 rounding from disagreement."""
+    import copy
+
+    import jax.numpy as jnp
+    from captum import attr as C
+
+    from jaxadv.interop.torch_port import nchw_to_nhwc, nhwc_to_nchw
+
+    t64 = copy.deepcopy(tmodel).double()
+    x64 = xt.double()
+    ig64 = nchw_to_nhwc(C.IntegratedGradients(t64).attribute(x64, target=tt, n_steps=IG_STEPS,
+                                                             method="gausslegendre"))
+    ig32 = nchw_to_nhwc(C.IntegratedGradients(tmodel).attribute(xt, target=tt, n_steps=IG_STEPS,
+                                                                method="gausslegendre"))
+    rows = nhwc_to_nchw(np.transpose(noise, (1, 0, 2, 3, 4)).reshape(
+        (batch * SG_SAMPLES,) + x.shape[1:]))
+    original = C.NoiseTunnel.__dict__["_add_noise_to_input"]
+    try:
+        C.NoiseTunnel._add_noise_to_input = staticmethod(
+            lambda inp, stdev, n: inp.repeat_interleave(n, dim=0) + rows.to(inp.dtype))
+        kw = dict(nt_type="smoothgrad", nt_samples=SG_SAMPLES, stdevs=SG_STDEV, target=tt,
+                  abs=False)
+        sg64 = nchw_to_nhwc(C.NoiseTunnel(C.Saliency(t64)).attribute(x64, **kw))
+        sg32 = nchw_to_nhwc(C.NoiseTunnel(C.Saliency(tmodel)).attribute(xt, **kw))
+    finally:
+        C.NoiseTunnel._add_noise_to_input = original
+    return {
+        "ig": {"jaxadv": _rel_err(ours["ig"](xj, tj), ig64), "captum": _rel_err(ig32, ig64)},
+        "smoothgrad": {"jaxadv": _rel_err(sg_same_noise(xj, tj, jnp.asarray(noise)), sg64),
+                       "captum": _rel_err(sg32, sg64)},
+    }
+
+
+def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import torch
+    from captum import attr as C
+
+    import jaxadv.attributions as A
+    from jaxadv.interop.torch_port import nchw_to_nhwc, nhwc_to_nchw
+
+    fns, tmodel, x, t, info = build(name, batch)
+    xj, tj = jnp.asarray(x), jnp.asarray(t)
+    xt, tt = nhwc_to_nchw(x), torch.as_tensor(t, dtype=torch.int64)
+    channels = x.shape[-1]
+    key = jax.random.key(0)
+    noise = np.asarray(SG_STDEV * jax.random.normal(jax.random.key(1), (SG_SAMPLES,) + x.shape))
+
+    # Targets are jit arguments (traced), as in real use: closed-over constant targets would let
+    # XLA constant-fold part of the backward pass of a GAP-linear head.
+    ours = {
+        "ig": jax.jit(lambda v, c: A.integrated_gradients(fns.logits, v, c, num_steps=IG_STEPS,
+                                                          rule="gausslegendre")),
+        "smoothgrad": jax.jit(lambda v, c: A.smooth_grad(fns.logits, v, c, key,
+                                                         num_samples=SG_SAMPLES, stdev=SG_STDEV)),
+        "gradcam": jax.jit(lambda v, c: A.grad_cam(fns.features, fns.head, v, c)),
+        "occlusion": jax.jit(lambda v, c: A.occlusion(fns.logits, v, c, window=OCC_WINDOW,
+                                                      strides=OCC_STRIDE)),
+    }
+    sg_same_noise = jax.jit(lambda v, c, n: A.smooth_grad(fns.logits, v, c, None, noise=n))
+    wrapped = _feature_wrapper(torch, tmodel)
+    num_patches = A.occlusion_masks(x.shape[1], x.shape[2], window=OCC_WINDOW,
+                                    strides=OCC_STRIDE).shape[0]
+
+    def captum_ig():
+        return C.IntegratedGradients(tmodel).attribute(xt, target=tt, n_steps=IG_STEPS,
+                                                       method="gausslegendre")
+
+    def captum_sg():
+        return C.NoiseTunnel(C.Saliency(tmodel)).attribute(
+            xt, nt_type="smoothgrad", nt_samples=SG_SAMPLES, stdevs=SG_STDEV, target=tt,
+            abs=False)
+
+    def captum_gradcam():
+        return C.LayerGradCam(wrapped, wrapped.feat).attribute(xt, target=tt,
+                                                               relu_attributions=True)
+
+    def captum_occ():
+        return C.Occlusion(tmodel).attribute(
+            xt, sliding_window_shapes=(channels, OCC_WINDOW, OCC_WINDOW),
+            strides=(channels, OCC_STRIDE, OCC_STRIDE), baselines=0.0, target=tt,
+            perturbations_per_eval=num_patches)
+
+    theirs = {"ig": captum_ig, "smoothgrad": captum_sg, "gradcam": captum_gradcam,
+              "occlusion": captum_occ}
+
+    # First calls (jit compile + run), then parity; SmoothGrad parity uses the same samples
+    # injected into Captum's NoiseTunnel.
+    first_call_s, parity = {}, {}
+    for m in METHODS:
+        t0 = time.perf_counter()
+        mine = jax.block_until_ready(ours[m](xj, tj))
+        first_call_s[m] = time.perf_counter() - t0
+        if m == "smoothgrad":
+            rows = nhwc_to_nchw(np.transpose(noise, (1, 0, 2, 3, 4)).reshape(
+                (batch * SG_SAMPLES,) + x.shape[1:]))
+            original = C.NoiseTunnel.__dict__["_add_noise_to_input"]  # the staticmethod object
+            C.NoiseTunnel._add_noise_to_input = staticmethod(
+                lambda inp, stdev, n: inp.repeat_interleave(n, dim=0) + rows)
+            try:
+                ref = nchw_to_nhwc(captum_sg())
+            finally:
+                C.NoiseTunnel._add_noise_to_input = original
+            parity[m] = _rel_err(sg_same_noise(xj, tj, jnp.asarray(noise)), ref)
+        elif m == "gradcam":
+            parity[m] = _rel_err(mine, theirs[m]().detach().numpy()[:, 0])
+        else:
+            parity[m] = _rel_err(mine, nchw_to_nhwc(theirs[m]()))
+
+    out = {"batch": batch, "parity": parity, "jaxadv_first_call_s": first_call_s,
+           "jaxadv_s": {}, "captum_s": {}, **info}
+    if f64_reference:
+        out["error_vs_float64"] = _float64_errors(tmodel, xt, tt, x, ours, xj, tj, noise,
+                                                  sg_same_noise, batch)
+    for m in METHODS:
+        out["jaxadv_s"][m] = time_call(lambda m=m: jax.block_until_ready(ours[m](xj, tj)),
+                                       repeats=repeats)
+        out["captum_s"][m] = time_call(theirs[m], repeats=repeats)
+    out["jaxadv_images_per_s"] = {m: batch / s for m, s in out["jaxadv_s"].items()}
+    out["captum_images_per_s"] = {m: batch / s for m, s in out["captum_s"].items()}
+    out["speedup_vs_captum"] = {m: out["captum_s"][m] / out["jaxadv_s"][m] for m in METHODS}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# IG-200 peak memory: child processes.
+
+
+def _peak_rss_kb() -> int:
+    """This process's peak resident set size in KiB: VmHWM from /proc/self/status (per address
+    space, so a child started by a big parent does not inherit the parent's peak, as
+    ``ru_maxrss`` does across fork + exec on Linux); ``ru_maxrss`` where /proc is missing."""
+    try:
+        for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _memory_child(kind: str, batch: int, steps: int, chunk: int) -> None:
+    """Runs in a fresh process; prints {"maxrss_kb": ...} (peak RSS) as its last line."""
+    if kind.endswith("jax"):
+        import jax
+
+        import jaxadv.attributions as A
+
+        fns, tmodel, x, t, _ = build("smallgap", batch)
+        del tmodel
+        if kind == "jax":
+            fn = jax.jit(lambda v: A.integrated_gradients(fns.logits, v, t, num_steps=steps,
+                                                          rule="gausslegendre", chunk_size=chunk))
+            jax.block_until_ready(fn(x))
+        else:
+            jax.block_until_ready(jax.jit(fns.logits)(x))
+    else:
+        import torch
+        from captum.attr import IntegratedGradients
+
+        from jaxadv.interop.torch_port import nhwc_to_nchw
+
+        fns, tmodel, x, t, _ = build("smallgap", batch)
+        xt, tt = nhwc_to_nchw(x), torch.as_tensor(t, dtype=torch.int64)
+        if kind == "torch":
+            IntegratedGradients(tmodel).attribute(xt, target=tt, n_steps=steps,
+                                                  method="gausslegendre")
+        else:
+            with torch.no_grad():
+                tmodel(xt)
+    print(json.dumps({"maxrss_kb": _peak_rss_kb()}))
+
+
+def _run_child(kind: str, batch: int, steps: int, chunk: int) -> int:
+    cmd = [sys.executable, "-m", "experiments.benchmarks.attributions", "--memory-child", kind,
+           "--memory-batch", str(batch), "--memory-steps", str(steps), "--ig-chunk", str(chunk)]
+    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"memory child {kind} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])["maxrss_kb"]
+
+
+def ig200_peak_memory(batch: int = 128, steps: int = 200, chunk: int = 20) -> dict:
+    rss = {k: _run_child(k, batch, steps, chunk) for k in ("base-jax", "jax", "base-torch",
+                                                           "torch")}
+    return {"jaxadv": (rss["jax"] - rss["base-jax"]) / 1024,
+            "captum": (rss["torch"] - rss["base-torch"]) / 1024,
+            "raw_maxrss_mb": {k: v / 1024 for k, v in rss.items()},
+            "batch": batch, "num_steps": steps, "jaxadv_chunk_size": chunk}
+
+
+def markdown_table(result: dict) -> str:
+    lines = ["| model | method | jaxadv img/s | Captum img/s | speedup | parity (rel. err.) |",
+             "|---|---|---|---|---|---|"]
+    for name, r in result["per_model"].items():
+        for m in METHODS:
+            lines.append(f"| {name} (B={r['batch']}) | {m} | {r['jaxadv_images_per_s'][m]:.1f} | "
+                         f"{r['captum_images_per_s'][m]:.1f} | {r['speedup_vs_captum'][m]:.2f}x | "
+                         f"{r['parity'][m]:.1e} |")
+    mem = result.get("ig200_peak_mb")
+    if mem:
+        lines.append("")
+        lines.append(f"IG-200 peak memory (SmallGAP, batch {mem['batch']}): jaxadv "
+                     f"{mem['jaxadv']:.0f} MB (chunks of {mem['jaxadv_chunk_size']} points), "
+                     f"Captum {mem['captum']:.0f} MB (default, all points at once).")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=pathlib.Path)
+    p.add_argument("--quick", action="store_true", help="small batches, 2 repeats")
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--models", default="smallgap,preact_resnet18")
+    p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--ig-chunk", type=int, default=20)
+    p.add_argument("--memory-child", choices=("jax", "base-jax", "torch", "base-torch"),
+                   help=argparse.SUPPRESS)
+    p.add_argument("--memory-batch", type=int, default=128, help=argparse.SUPPRESS)
+    p.add_argument("--memory-steps", type=int, default=200, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.memory_child:
+        _memory_child(args.memory_child, args.memory_batch, args.memory_steps, args.ig_chunk)
+        return {}
+    if args.out is None:
+        p.error("--out is required")
+    batches = ({"smallgap": 32, "preact_resnet18": 4} if args.quick
+               else {"smallgap": 128, "preact_resnet18": 16})
+    repeats = args.repeats or (2 if args.quick else 3)
+
+    import torch
+
+    per_model = {}
+    for name in args.models.split(","):
+        per_model[name] = bench_model(name, batches[name], repeats)
+        print(f"{name}: done", flush=True)
+    result = {
+        "parity": {m: max(r["parity"][m] for r in per_model.values()) for m in METHODS},
+        "speedup_vs_captum": {m: min(r["speedup_vs_captum"][m] for r in per_model.values())
+                              for m in METHODS},
+        "per_model": per_model,
+        "settings": {"ig_steps": IG_STEPS, "ig_rule": "gausslegendre",
+                     "smoothgrad_samples": SG_SAMPLES, "smoothgrad_stdev": SG_STDEV,
+                     "occlusion_window": OCC_WINDOW, "occlusion_stride": OCC_STRIDE,
+                     "repeats": repeats, "quick": args.quick},
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(),
+                    "note": "shared machine: timings are noisy"},
+    }
+    if not args.skip_memory:
+        result["ig200_peak_mb"] = ig200_peak_memory(chunk=args.ig_chunk)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(markdown_table(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
