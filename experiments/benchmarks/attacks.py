@@ -17,9 +17,10 @@ same budget:
 Robust accuracy is measured the same way for every library: the adversarial examples each returns
 are checked to lie in the threat model and then classified by the same JAX function; an example
 counts as robust if it is classified correctly on the clean input and on the returned example
-(percent). Timing: one warm-up call (compilation for jaxadv), then the median of ``--repeats``
-calls; images/s = n / median seconds. The benchmarks of the AutoAttack ensemble (``apgd_ce``,
-``ensemble``) and of minimum-norm attacks (``cw_l2``) are added by
+(percent). Timing: one warm-up call each (compilation for jaxadv), then ``--repeats`` rounds in
+which the competing calls run in turn (so load changes on a shared machine hit them alike); the
+median per library; images/s = n / median seconds. The benchmarks of the AutoAttack ensemble
+(``apgd_ce``, ``ensemble``) and of minimum-norm attacks (``cw_l2``) are added by
 ``experiments/benchmarks/peer_autoattack.py`` and ``peer_minnorm.py`` when those modules exist:
 each exposes ``run(setup, quick) -> dict`` of JSON sections, with ``setup`` from
 :func:`build_setup`.
@@ -64,6 +65,21 @@ def time_call(fn, *, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
+def time_interleaved(fns: dict, *, repeats: int = 3) -> dict:
+    """Median seconds of each ``fns[name]()``, after one warm-up call of each, timing the functions
+    in turn in every round, so that a change of machine load hits all of them alike (the ratio
+    of their times is what the multi-eps comparison reports)."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def build_setup(checkpoint=DEFAULT_CHECKPOINT, n: int = 1000, quick: bool = False,
                 data_dir=DEFAULT_MNIST) -> dict:
     """Loads the model, its PyTorch twin and the first n MNIST test images, and checks the twin.
@@ -78,6 +94,7 @@ def build_setup(checkpoint=DEFAULT_CHECKPOINT, n: int = 1000, quick: bool = Fals
       robust_acc(x_adv_nhwc) -> percent, with the JAX model (clean-correct and still correct).
       check_in_ball(x_adv_nhwc, eps, norm) -> max norm distance (raises if outside eps).
       time_call(fn, repeats=...) -> median seconds after a warm-up call.
+      time_interleaved({name: fn}, repeats=...) -> {name: median seconds}, run in turn per round.
     """
     import torch
 
@@ -115,6 +132,7 @@ def build_setup(checkpoint=DEFAULT_CHECKPOINT, n: int = 1000, quick: bool = Fals
         "checkpoint": str(checkpoint), "logits_max_abs_diff": diff,
         "clean_acc": float(100.0 * clean_ok.mean()), "robust_acc": robust_acc,
         "check_in_ball": check_in_ball, "time_call": time_call,
+        "time_interleaved": time_interleaved,
     }
 
 
@@ -129,7 +147,15 @@ def _nchw_to_nhwc(t) -> np.ndarray:
                         (0, 2, 3, 1))
 
 
-def bench_jaxadv(setup, cfg: dict, norm: str, repeats: int) -> dict:
+class Runner:
+    """One library's attack on the whole benchmark batch: ``run()`` attacks (blocking) and keeps
+    the result; ``x_adv()`` returns the last result as (n, 28, 28, 1) numpy."""
+
+    def __init__(self, run, x_adv):
+        self.run, self.x_adv = run, x_adv
+
+
+def runner_jaxadv(setup, cfg: dict, norm: str) -> Runner:
     f = setup["logits_fn"]
     x, y = jnp.asarray(setup["x"]), jnp.asarray(setup["y"])
 
@@ -140,12 +166,15 @@ def bench_jaxadv(setup, cfg: dict, norm: str, repeats: int) -> dict:
 
     key = jax.random.key(0)
     eps, step = jnp.float32(cfg["eps"]), jnp.float32(cfg["step_size"])
-    run = lambda: jax.block_until_ready(attack(x, y, key, eps, step))
-    seconds = time_call(run, repeats=repeats)
-    return _entry(setup, np.asarray(run()), seconds, cfg["eps"], norm)
+    out = {}
+
+    def run():
+        out["x"] = jax.block_until_ready(attack(x, y, key, eps, step))
+
+    return Runner(run, lambda: np.asarray(out["x"]))
 
 
-def bench_torchattacks(setup, cfg: dict, norm: str, repeats: int) -> dict:
+def runner_torchattacks(setup, cfg: dict, norm: str) -> Runner:
     import torch
     import torchattacks
 
@@ -158,11 +187,10 @@ def bench_torchattacks(setup, cfg: dict, norm: str, repeats: int) -> dict:
     def run():
         out["x"] = atk(setup["x_nchw"], setup["y_torch"])
 
-    seconds = time_call(run, repeats=repeats)
-    return _entry(setup, _nchw_to_nhwc(out["x"]), seconds, cfg["eps"], norm)
+    return Runner(run, lambda: _nchw_to_nhwc(out["x"]))
 
 
-def bench_foolbox(setup, cfg: dict, norm: str, repeats: int) -> dict:
+def runner_foolbox(setup, cfg: dict, norm: str) -> Runner:
     import foolbox as fb
 
     fmodel = fb.JAXModel(setup["logits_fn"], bounds=(0.0, 1.0))
@@ -175,11 +203,10 @@ def bench_foolbox(setup, cfg: dict, norm: str, repeats: int) -> dict:
         _, clipped, _ = atk(fmodel, x, y, epsilons=cfg["eps"])
         out["x"] = jax.block_until_ready(clipped)
 
-    seconds = time_call(run, repeats=repeats)
-    return _entry(setup, np.asarray(out["x"]), seconds, cfg["eps"], norm)
+    return Runner(run, lambda: np.asarray(out["x"]))
 
 
-def bench_art(setup, cfg: dict, norm: str, repeats: int) -> dict:
+def runner_art(setup, cfg: dict, norm: str) -> Runner:
     from art.attacks.evasion import ProjectedGradientDescent
     from art.estimators.classification import PyTorchClassifier
     from torch import nn
@@ -196,23 +223,26 @@ def bench_art(setup, cfg: dict, norm: str, repeats: int) -> dict:
     def run():
         out["x"] = atk.generate(x=x_nchw, y=setup["y"].astype(np.int64))
 
-    seconds = time_call(run, repeats=repeats)
-    return _entry(setup, _nchw_to_nhwc(out["x"]), seconds, cfg["eps"], norm)
+    return Runner(run, lambda: _nchw_to_nhwc(out["x"]))
 
 
-PEERS = {"jaxadv": bench_jaxadv, "torchattacks": bench_torchattacks, "foolbox": bench_foolbox,
-         "art": bench_art}
+PEERS = {"jaxadv": runner_jaxadv, "torchattacks": runner_torchattacks,
+         "foolbox": runner_foolbox, "art": runner_art}
 
 
 def bench_pgd(setup, cfg: dict, norm: str, repeats: int) -> dict:
-    results = {}
-    for lib, fn in PEERS.items():
+    """Every library's PGD with the same budget, timed in turn in each round (time_interleaved)."""
+    results, runners = {}, {}
+    for lib, make in PEERS.items():
         try:
-            results[lib] = fn(setup, cfg, norm, repeats)
+            runners[lib] = make(setup, cfg, norm)
         except ImportError as e:  # a peer library that is not installed is reported, not fatal
             results[lib] = {"error": f"not installed: {e}"}
+    seconds = time_interleaved({lib: r.run for lib, r in runners.items()}, repeats=repeats)
+    for lib, r in runners.items():
+        results[lib] = _entry(setup, r.x_adv(), seconds[lib], cfg["eps"], norm)
         print(f"  {norm} PGD {lib}: {results[lib]}", flush=True)
-    return results
+    return {lib: results[lib] for lib in PEERS}
 
 
 def bench_multi_eps(setup, repeats: int) -> dict:
@@ -235,19 +265,19 @@ def bench_multi_eps(setup, repeats: int) -> dict:
         return all_eps
 
     eps_all = jnp.asarray(MULTI_EPS, jnp.float32)
-    s_one = time_call(lambda: jax.block_until_ready(one(x, y, key, jnp.float32(0.3))),
-                      repeats=repeats)
     # Two ways to run the 8 radii in one compiled call: all vmapped (an 8 * n batch; the default)
     # and lax.map over the radii (eps_batch_size=1), which avoids the growth of the per-example
     # convolution cost with the batch size on CPU. Both are reported; s_all is the faster one.
-    modes = {"vmap": None, "eps_batch_size_1": 1}
-    s_modes = {}
-    for mode, bs in modes.items():
-        fn = all_eps_fn(bs)
-        s_modes[mode] = time_call(lambda fn=fn: jax.block_until_ready(fn(x, y, key, eps_all)),
-                                  repeats=repeats)
+    all_vmap, all_map = all_eps_fn(None), all_eps_fn(1)
+    jt = time_interleaved({
+        "one": lambda: jax.block_until_ready(one(x, y, key, jnp.float32(0.3))),
+        "vmap": lambda: jax.block_until_ready(all_vmap(x, y, key, eps_all)),
+        "eps_batch_size_1": lambda: jax.block_until_ready(all_map(x, y, key, eps_all)),
+    }, repeats=repeats)
+    s_one = jt.pop("one")
+    s_modes = jt
     best_mode = min(s_modes, key=s_modes.get)
-    swept = all_eps_fn(None)(x, y, key, eps_all)
+    swept = all_vmap(x, y, key, eps_all)
     jax_acc = [setup["robust_acc"](c) for c in np.asarray(swept.clipped)]
 
     fmodel = fb.JAXModel(f, bounds=(0.0, 1.0))
@@ -256,12 +286,13 @@ def bench_multi_eps(setup, repeats: int) -> dict:
 
     def fb_run(eps):
         def run():
-            fb_out["r"] = jax.block_until_ready(atk(fmodel, x, y, epsilons=eps)[1])
+            fb_out[np.ndim(eps)] = jax.block_until_ready(atk(fmodel, x, y, epsilons=eps)[1])
         return run
 
-    f_one = time_call(fb_run(0.3), repeats=repeats)
-    f_all = time_call(fb_run(list(MULTI_EPS)), repeats=repeats)
-    fb_acc = [setup["robust_acc"](c) for c in fb_out["r"]]
+    ft = time_interleaved({"one": fb_run(0.3), "all": fb_run(list(MULTI_EPS))},
+                          repeats=repeats)
+    f_one, f_all = ft["one"], ft["all"]
+    fb_acc = [setup["robust_acc"](c) for c in fb_out[1]]  # the 8-radius call
     s_all = s_modes[best_mode]
     return {"eps": MULTI_EPS, "jaxadv_s_one": s_one, "jaxadv_s_all": s_all,
             "foolbox_s_one": f_one, "foolbox_s_all": f_all,
@@ -314,14 +345,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed calls per PGD measurement, median (default 3)")
     parser.add_argument("--multi_eps_repeats", type=int, default=None,
-                        help="timed calls per multi_eps measurement (default: 1 quick, 3 full)")
+                        help="timed rounds of the multi_eps measurement (default: 2 quick, 3 full)")
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     parser.add_argument("--skip_peers", action="store_true",
                         help="do not run peer_autoattack.py / peer_minnorm.py")
     args = parser.parse_args(argv)
     n = args.n or (100 if args.quick else 1000)
     repeats = args.repeats or 3
-    multi_repeats = args.multi_eps_repeats or (1 if args.quick else 3)
+    multi_repeats = args.multi_eps_repeats or (2 if args.quick else 3)
     setup = build_setup(args.checkpoint, n, args.quick)
     print(f"{setup['model_name']} on {n} MNIST test images: clean accuracy "
           f"{setup['clean_acc']:.1f}%, JAX/PyTorch logits agree to "
