@@ -23,6 +23,32 @@ def _abstract(tree):
     return jax.tree.map(leaf, tree)
 
 
+def _shapes_by_path(tree) -> dict[str, tuple]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def _check_params_match(saved_params, target_params) -> None:
+    """Raises ValueError where the saved parameters' names or shapes differ from the model's.
+
+    Run before orbax reads any array: a mismatch found inside orbax's reads leaves background
+    read coroutines behind."""
+    saved, target = _shapes_by_path(saved_params), _shapes_by_path(target_params)
+    missing = sorted(set(target) - set(saved))
+    extra = sorted(set(saved) - set(target))
+    wrong = sorted(k for k in set(saved) & set(target) if saved[k] != target[k])
+    if missing or extra or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing parameters {missing[:3]}")
+        if extra:
+            parts.append(f"unexpected parameters {extra[:3]}")
+        if wrong:
+            parts.append("shape mismatch " + ", ".join(
+                f"{k}: saved {saved[k]} vs model {target[k]}" for k in wrong[:3]))
+        raise ValueError("; ".join(parts))
+
+
 class Checkpointer:
     """Keeps the last ``keep`` checkpoints under ``workdir/checkpoints`` and the best one (by
     ``best_metric``, higher is better) under ``workdir/best``."""
@@ -31,7 +57,8 @@ class Checkpointer:
         self.workdir = os.path.abspath(workdir)
         self.last = ocp.CheckpointManager(
             os.path.join(self.workdir, "checkpoints"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            item_handlers=ocp.StandardCheckpointHandler())
         self.best_metric = best_metric
         self.best = None
         if best_metric:
@@ -39,7 +66,8 @@ class Checkpointer:
                 os.path.join(self.workdir, "best"),
                 options=ocp.CheckpointManagerOptions(
                     max_to_keep=1, create=True, best_fn=lambda m: m[best_metric],
-                    best_mode="max"))
+                    best_mode="max"),
+                item_handlers=ocp.StandardCheckpointHandler())
 
     def latest_step(self) -> int | None:
         return self.last.latest_step()
@@ -60,9 +88,10 @@ class Checkpointer:
         step = mngr.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"No checkpoint found in {mngr.directory}.")
+        target = state.checkpoint_items()
         try:
-            items = mngr.restore(step, args=ocp.args.StandardRestore(
-                _abstract(state.checkpoint_items())))
+            _check_params_match(mngr.item_metadata(step).tree["params"], target["params"])
+            items = mngr.restore(step, args=ocp.args.StandardRestore(_abstract(target)))
         except Exception as e:
             raise ValueError(
                 f"Checkpoint {mngr.directory}/{step} cannot be restored into this model and "
