@@ -1,13 +1,12 @@
 """Explicit-state training: state, objectives, steps, schedules, the loop and checkpoints."""
 
 from jaxadv.training.checkpointing import Checkpointer
+from jaxadv.training.forward import attack_logits_fn, forward, logits_and_cam, masked_mean
 from jaxadv.training.loop import NonFiniteLossError, evaluate, restore_for_eval, train_and_evaluate
 from jaxadv.training.objectives import (
     available_objectives,
     cross_entropy,
-    forward,
     get_objective,
-    masked_mean,
     register_objective,
 )
 from jaxadv.training.schedules import eps_ramp, learning_rate_schedule, make_optimizer
@@ -15,8 +14,9 @@ from jaxadv.training.state import TrainState, create_train_state
 from jaxadv.training.steps import add_metrics, make_eval_step, make_train_step, summarize
 
 __all__ = [
-    "Checkpointer", "NonFiniteLossError", "TrainState", "add_metrics", "available_objectives",
+    "Checkpointer", "NonFiniteLossError", "TrainState", "add_metrics", "attack_logits_fn",
+    "available_objectives",
     "create_train_state", "cross_entropy", "eps_ramp", "evaluate", "forward", "get_objective",
-    "learning_rate_schedule", "make_eval_step", "make_optimizer", "make_train_step",
+    "learning_rate_schedule", "logits_and_cam", "make_eval_step", "make_optimizer", "make_train_step",
     "masked_mean", "register_objective", "restore_for_eval", "summarize", "train_and_evaluate",
 ]

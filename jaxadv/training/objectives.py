@@ -1,4 +1,4 @@
-"""Training objectives: pure functions of (apply_fn, params, batch_stats, batch, key).
+"""Training objectives: pure functions of (apply_fn, params, batch_stats, batch, key, *, step).
 
 An objective returns ``(loss, (per_example_metrics, new_batch_stats))`` where ``loss`` is the scalar
 that the step differentiates w.r.t. ``params``, ``per_example_metrics`` maps names to (B,) arrays
@@ -6,8 +6,11 @@ that the step differentiates w.r.t. ``params``, ``per_example_metrics`` maps nam
 updated batch-norm statistics ({} for models without batch norm).
 
 ``batch`` is ``{"image": (B, H, W, C) in [0, 1], "label": (B,), "mask": (B,) bool}``; padded examples
-(mask False) contribute nothing. Objectives are looked up by name with :func:`get_objective`, so
-configs stay plain data; later objectives (adversarial, interpretability-aware) register here too.
+(mask False) contribute nothing. ``step`` is the (traced) optimiser step, for eps ramps.
+
+Objectives are looked up by name with :func:`get_objective`, so configs stay plain data: the
+adversarial ones live in :mod:`jaxadv.training.adversarial`, the interpretability-aware ones in
+:mod:`jaxadv.training.interpretability`.
 """
 
 import functools
@@ -18,34 +21,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxadv.training.forward import forward, masked_mean
 from jaxadv.types import Array
 
 Objective = Callable[..., tuple[Array, tuple[dict[str, Array], Any]]]
 
 
-def masked_mean(values: Array, mask: Array) -> Array:
-    """Mean of ``values`` (B,) over examples where ``mask`` is True (0 if none)."""
-    m = mask.astype(values.dtype)
-    return jnp.sum(values * m) / jnp.maximum(jnp.sum(m), 1.0)
-
-
-def forward(apply_fn, params, batch_stats, x: Array, *, train: bool) -> tuple[Array, Any]:
-    """Runs the model; in training mode with batch norm, also returns the updated statistics."""
-    variables = {"params": params}
-    if batch_stats:
-        variables["batch_stats"] = batch_stats
-        if train:
-            logits, updates = apply_fn(variables, x, train=True, mutable=["batch_stats"])
-            return logits, updates["batch_stats"]
-    return apply_fn(variables, x, train=train), batch_stats
-
-
-def cross_entropy(apply_fn, params, batch_stats, batch, key, *, label_smoothing: float = 0.0):
+def cross_entropy(apply_fn, params, batch_stats, batch, key, *, step=None,
+                  label_smoothing: float = 0.0):
     """Standard training ("Normal" in Boopathy et al.): mean softmax cross-entropy on clean inputs.
 
     Returns per-example metrics ``loss`` and ``accuracy``.
     """
-    del key
+    del key, step
     logits, new_stats = forward(apply_fn, params, batch_stats, batch["image"], train=True)
     num_classes = logits.shape[-1]
     targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes, dtype=logits.dtype),
@@ -56,20 +44,46 @@ def cross_entropy(apply_fn, params, batch_stats, batch, key, *, label_smoothing:
     return loss, ({"loss": ce, "accuracy": acc}, new_stats)
 
 
-_OBJECTIVES: dict[str, Objective] = {"cross_entropy": cross_entropy, "normal": cross_entropy}
+def _registry() -> dict[str, Objective]:
+    from jaxadv.training import adversarial, interpretability
+
+    return {
+        "cross_entropy": cross_entropy, "normal": cross_entropy,
+        "pgd_at": adversarial.pgd_at, "adv": adversarial.pgd_at,
+        "trades": adversarial.trades, "fast_at": adversarial.fast_at,
+        "input_gradient": adversarial.input_gradient_regularization,
+        "int": interpretability.int_, "int_one": interpretability.int_one,
+        "intone": interpretability.int_one, "int_adv": interpretability.int_adv,
+        "intadv": interpretability.int_adv, "int2": interpretability.int2,
+        "int2_adv": interpretability.int2_adv, "int2adv": interpretability.int2_adv,
+        "ig_norm": interpretability.ig_norm, "ig": interpretability.ig_norm,
+        "ig_sum_norm": interpretability.ig_sum_norm, "igsum": interpretability.ig_sum_norm,
+    }
+
+
+_OBJECTIVES: dict[str, Objective] = {}
+
+
+def _objectives() -> dict[str, Objective]:
+    if not _OBJECTIVES:
+        _OBJECTIVES.update(_registry())
+    return _OBJECTIVES
 
 
 def register_objective(name: str, fn: Objective) -> None:
     """Registers a training objective under ``name`` (for configs)."""
-    _OBJECTIVES[name] = fn
+    _objectives()[name] = fn
 
 
 def available_objectives() -> list[str]:
-    return sorted(_OBJECTIVES)
+    """Names accepted by :func:`get_objective` (aliases use the checkpoint tags of Boopathy et
+    al.: adv, intone, intadv, int2adv, ig, igsum)."""
+    return sorted(_objectives())
 
 
 def get_objective(name: str, **kwargs) -> Objective:
     """The objective ``name`` with its hyperparameters bound (keyword-only)."""
-    if name not in _OBJECTIVES:
+    objectives = _objectives()
+    if name not in objectives:
         raise ValueError(f"Unknown objective {name!r}; available: {available_objectives()}.")
-    return functools.partial(_OBJECTIVES[name], **kwargs) if kwargs else _OBJECTIVES[name]
+    return functools.partial(objectives[name], **kwargs) if kwargs else objectives[name]

@@ -33,7 +33,8 @@ def make_train_step(*, objective: Objective, ema_decay: float | None = None
         step_key = jax.random.fold_in(key, state.step)
 
         def loss_fn(params):
-            return objective(state.apply_fn, params, state.batch_stats, batch, step_key)
+            return objective(state.apply_fn, params, state.batch_stats, batch, step_key,
+                             step=state.step)
 
         (loss, (per_example, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params)

@@ -1,0 +1,54 @@
+"""Running a model inside objectives: training-mode forward passes, eval-mode attack functions, CAM.
+
+Inner attacks run the model in eval mode (batch norm uses running statistics, so examples never
+interact and no statistics are updated) on parameters wrapped in ``stop_gradient``: the adversarial
+example is a constant of the outer loss (Madry et al. 2018), and its loop is never differentiated.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from jaxadv.types import Array
+
+
+def masked_mean(values: Array, mask: Array) -> Array:
+    """Mean of ``values`` (B,) over examples where ``mask`` is True (0 if none)."""
+    m = mask.astype(values.dtype)
+    return jnp.sum(values * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def _variables(params, batch_stats) -> dict:
+    variables = {"params": params}
+    if batch_stats:
+        variables["batch_stats"] = batch_stats
+    return variables
+
+
+def forward(apply_fn, params, batch_stats, x: Array, *, train: bool):
+    """Runs the model; in training mode with batch norm, also returns the updated statistics."""
+    variables = _variables(params, batch_stats)
+    if batch_stats and train:
+        logits, updates = apply_fn(variables, x, train=True, mutable=["batch_stats"])
+        return logits, updates["batch_stats"]
+    return apply_fn(variables, x, train=train), batch_stats
+
+
+def attack_logits_fn(apply_fn, params, batch_stats):
+    """An eval-mode ``logits_fn`` on stop-gradient'ed parameters, for inner maximisations."""
+    variables = jax.lax.stop_gradient(_variables(params, batch_stats))
+    return lambda x: apply_fn(variables, x, train=False)
+
+
+def logits_and_cam(apply_fn, params, batch_stats, x: Array, *, train: bool = False):
+    """``(logits (B, K), CAM (B, h, w, K), new_batch_stats)`` in one pass through the features,
+    differentiable w.r.t. params and x. In training mode with batch norm, the statistics update."""
+    variables = _variables(params, batch_stats)
+    if batch_stats and train:
+        feats, updates = apply_fn(variables, x, train=True, method="features",
+                                  mutable=["batch_stats"])
+        new_stats = updates["batch_stats"]
+    else:
+        feats, new_stats = apply_fn(variables, x, train=train, method="features"), batch_stats
+    logits = apply_fn(variables, feats, method="head")
+    cam = apply_fn(variables, feats, method="cam")
+    return logits, cam, new_stats
