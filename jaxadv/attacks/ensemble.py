@@ -378,16 +378,21 @@ def evaluate_ensemble(logits_fn: Callable, x: Array, y: Array, key: jax.Array, *
         flags = gradient_masking_flags(logits_fn, x, y, jax.random.fold_in(key, 100), eps=eps,
                                        norm=norm, bounds=bounds, mask=m, randomized=randomized,
                                        **flag_kwargs)
-        flags["black_box_beats_white_box"] = _square_flag(per_attack, clean_correct, m,
-                                                          square_alpha)
+        flags["black_box_beats_white_box"] = black_box_flag(per_attack, m, square_alpha)
         flags = {f: flags[f] for f in FLAGS} | {f: v for f, v in flags.items() if f not in FLAGS}
     return EnsembleResult(x_adv, robust, clean_correct, per_attack, num_grad, num_forward, flags,
                           m)
 
 
-def _square_flag(per_attack: dict, clean_correct: Array, mask: Array, alpha: float) -> bool:
-    """Square broke more than ``alpha`` of the points that survived the white-box attacks run
-    before it (AutoAttack's check_square_sr)."""
+def black_box_flag(per_attack: dict, mask: Array, alpha: float = 0.002) -> bool:
+    """Square lowered the robust accuracy (a share of the valid points) by more than ``alpha``
+    after the white-box attacks run before it (AutoAttack's ``check_square_sr``).
+
+    Args:
+      per_attack: the cumulative per-attack robust flags of an :class:`EnsembleResult`.
+      mask: (B,) valid points.
+      alpha: tolerated share (AutoAttack: 0.002).
+    """
     names = list(per_attack)
     if "square" not in names:
         return False

@@ -242,3 +242,29 @@ def test_bad_labels():
     f, x, y = data16()
     with pytest.raises(ValueError, match="labels"):
         E.evaluate_ensemble(f, x, jnp.full(16, K, jnp.int32), jax.random.key(0), eps=0.1)
+
+
+def test_new_eps_does_not_recompile(standard_result):
+    f, x, y = data16()
+    kw = {k: v for k, v in SMALL.items() if k != "large_eps_steps"}
+    E.evaluate_ensemble(f, x, y, jax.random.key(0), eps=0.1, check_flags=False, **kw)
+    size = E.run_stage._cache_size()
+    E.evaluate_ensemble(f, x, y, jax.random.key(1), eps=0.11, check_flags=False, **kw)
+    assert E.run_stage._cache_size() == size
+
+
+def test_plus_version_attacks():
+    """The two attacks only 'plus' has (APGD-DLR and untargeted FAB, 5 restarts each)."""
+    f, x, y = data16()
+    kw = {k: v for k, v in SMALL.items() if k != "large_eps_steps"}
+    res = E.evaluate_ensemble(f, x, y, jax.random.key(0), eps=EPS, version="plus",
+                              attacks=("fab", "apgd-dlr"), check_flags=False, **kw)
+    assert list(res.per_attack_robust) == ["apgd-dlr", "fab"]  # the version's order
+    assert float(jnp.max(jnp.abs(res.x_adv - x))) <= EPS + 1e-6
+    broken = np.asarray(res.clean_correct & ~res.robust)
+    assert broken.any()
+    assert np.all(np.asarray(jnp.argmax(f(res.x_adv), -1))[broken] != np.asarray(y)[broken])
+    # a point that survives: 5 restarts of N + 1 gradients (APGD-DLR), 5 x N Jacobians of K
+    # gradients each (FAB)
+    rob = np.asarray(res.robust)
+    assert rob.any() and np.all(np.asarray(res.num_grad)[rob] == 5 * (N + 1) + 5 * N * K)

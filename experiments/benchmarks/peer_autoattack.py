@@ -1,0 +1,272 @@
+"""APGD-CE and the AutoAttack ensemble: jaxadv against AutoAttack and torchattacks, same weights.
+
+Called by ``experiments/benchmarks/attacks.py`` as ``run(setup, quick) -> dict`` with the setup of
+its ``build_setup`` (JAX logits function, PyTorch twin with the same weights, the same MNIST
+examples, eps = 0.3 l-inf), or standalone on a small sample:
+
+    python -m experiments.benchmarks.peer_autoattack [--n 100] [--quick] [--out FILE]
+
+Sections (robust accuracy in percent, measured the same way for every library: the returned
+examples are checked to lie in the eps-ball and [0, 1], then classified by the same JAX function;
+a point is robust if it is classified correctly on the clean input and on the returned example):
+
+* ``apgd_ce``: APGD on cross-entropy, 100 iterations, 1 run, l-inf eps. jaxadv
+  (``jaxadv.attacks.apgd.apgd_ce``), AutoAttack's ``APGDAttack`` and torchattacks' ``APGD``.
+* ``ensemble``: the ``standard`` AutoAttack protocol (APGD-CE, APGD-T with 9 targets, FAB-T with 9
+  targets, Square with 5,000 queries). jaxadv (``evaluate_ensemble``, flags off so that the cost is
+  the attacks') against ``pyautoattack.AutoAttack(version='standard')`` on CPU.
+
+Timing: ``images_per_s = n / seconds``. jaxadv's APGD is timed after one warm-up call (which
+compiles); the jaxadv ensemble after compiling each stage by running it at eps = 1 (fast: the
+points break at once), then once; the PyTorch runs once (the ensemble is too slow to repeat on
+CPU). With ``quick`` the ensemble runs on the first 50 points. Robust accuracy after each stage is
+reported for both evaluators, and jaxadv's gradient-masking flags. Numbers measured while other
+processes share the machine are noisy; a single APGD run's robust accuracy varies by about +-1.5
+points between random starts on 100 MNIST points (seeds), for every library.
+"""
+
+import argparse
+import json
+import logging
+import pathlib
+import re
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxadv.attacks import ensemble as E
+from jaxadv.attacks.apgd import apgd_ce
+from jaxadv.attacks.ensemble import evaluate_ensemble
+from jaxadv.attacks.projections import norm_of
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+DEFAULT_CHECKPOINT = REPO.parent / "shared" / "data" / "boopathy-mnist" / "mnist_smallgap_adv_100.pkl"
+DEFAULT_MNIST = REPO.parent / "shared" / "data" / "mnist-test"
+NUM_STEPS = 100
+QUICK_ENSEMBLE_N = 50  # the ensemble takes minutes per 50 points on a CPU
+
+
+def _time_call(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _time_once(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _nchw_to_nhwc(t) -> np.ndarray:
+    a = t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
+    return np.transpose(a, (0, 2, 3, 1)).astype(np.float32)
+
+
+class _Scorer:
+    """Robust accuracy (percent) of returned examples, judged by the JAX model."""
+
+    def __init__(self, setup):
+        self.f = setup["logits_fn"]
+        self.x = np.asarray(setup["x"], np.float32)
+        self.y = np.asarray(setup["y"])
+        self.eps = float(setup["eps"])
+        self.clean_ok = np.asarray(jnp.argmax(self.f(jnp.asarray(self.x)), -1)) == self.y
+
+    def entry(self, x_adv, seconds: float) -> dict:
+        x_adv = np.asarray(x_adv, np.float32)
+        dist = float(jnp.max(norm_of(jnp.asarray(x_adv - self.x), "linf")))
+        if dist > self.eps * (1 + 1e-4) + 1e-5 or x_adv.min() < -1e-6 or x_adv.max() > 1 + 1e-6:
+            raise AssertionError(f"examples leave the l-inf ball of radius {self.eps} or [0, 1]: "
+                                 f"max distance {dist}")
+        pred = np.asarray(jnp.argmax(self.f(jnp.asarray(x_adv)), -1))
+        n = len(self.y)
+        return {"robust_acc": float(100.0 * np.mean(self.clean_ok & (pred == self.y))),
+                "images_per_s": n / seconds, "n": n, "seconds": seconds, "max_dist": dist}
+
+
+def bench_apgd_ce(setup: dict, quick: bool) -> dict:
+    import torch
+
+    score = _Scorer(setup)
+    eps = float(setup["eps"])
+    f = setup["logits_fn"]
+    x, y = jnp.asarray(setup["x"]), jnp.asarray(setup["y"]).astype(jnp.int32)
+    out = {}
+
+    attack = jax.jit(lambda x, y, key, eps: apgd_ce(f, x, y, key, eps=eps, num_steps=NUM_STEPS))
+    key = jax.random.key(0)
+
+    def run():
+        out["jax"] = jax.block_until_ready(attack(x, y, key, jnp.float32(eps)).x_adv)
+
+    seconds = _time_call(run, 1 if quick else 3)
+    res = {"jaxadv": score.entry(np.asarray(out["jax"]), seconds)}
+
+    try:
+        from pyautoattack.autopgd_base import APGDAttack
+
+        aa = APGDAttack(setup["torch_model"], n_iter=NUM_STEPS, norm="Linf", n_restarts=1,
+                        eps=eps, seed=0, loss="ce", device="cpu")
+        torch.manual_seed(0)
+        seconds = _time_once(lambda: out.__setitem__(
+            "aa", aa.perturb(setup["x_nchw"].clone(), setup["y_torch"].clone())))
+        res["autoattack"] = score.entry(_nchw_to_nhwc(out["aa"]), seconds)
+    except ImportError as e:
+        res["autoattack"] = {"error": f"not installed: {e}"}
+
+    try:
+        import torchattacks
+
+        ta = torchattacks.APGD(setup["torch_model"], norm="Linf", eps=eps, steps=NUM_STEPS,
+                               n_restarts=1, seed=0, loss="ce")
+        seconds = _time_once(lambda: out.__setitem__(
+            "ta", ta(setup["x_nchw"].clone(), setup["y_torch"].clone())))
+        res["torchattacks"] = score.entry(_nchw_to_nhwc(out["ta"]), seconds)
+    except ImportError as e:
+        res["torchattacks"] = {"error": f"not installed: {e}"}
+    return res
+
+
+def _warm_up_ensemble(f, x, y, eps_warm: float) -> float:
+    """Compiles every stage of the standard ensemble for this batch shape by running each one at
+    a radius that breaks the points quickly (eps is traced: the executables are the ones the
+    timed call uses; APGD-T/FAB-T skip their remaining targets and Square stops once no point
+    is left). Returns the seconds spent."""
+    t0 = time.perf_counter()
+    active = jnp.argmax(f(x), -1) == y
+    for stage in E.version_stages("standard"):
+        jax.block_until_ready(E.run_stage(x, y, jax.random.key(0), jnp.float32(eps_warm), active,
+                                          logits_fn=f, stage=stage, norm="linf",
+                                          bounds=(0.0, 1.0)))
+    return time.perf_counter() - t0
+
+
+class _StageLog(logging.Handler):
+    """Collects AutoAttack's 'robust accuracy after X: Y%' messages."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.acc = {}
+
+    def emit(self, record):
+        m = re.match(r"robust accuracy after (\S+): ([\d.]+)%", record.getMessage())
+        if m:
+            self.acc[m.group(1).lower()] = float(m.group(2))
+
+
+def bench_ensemble(setup: dict, quick: bool) -> dict:
+    """The standard ensemble on the first n points (quick: at most QUICK_ENSEMBLE_N)."""
+    n = len(setup["y"]) if not quick else min(len(setup["y"]), QUICK_ENSEMBLE_N)
+    sub = {k: setup[k][:n] for k in ("x", "y", "x_nchw", "y_torch")}
+    score = _Scorer(setup | sub)
+    eps = float(setup["eps"])
+    f = setup["logits_fn"]
+    x, y = jnp.asarray(sub["x"]), jnp.asarray(sub["y"]).astype(jnp.int32)
+    out = {}
+    key = jax.random.key(0)
+
+    def run_jax():
+        r = evaluate_ensemble(f, x, y, key, eps=eps, version="standard", check_flags=False)
+        out["jax"] = jax.block_until_ready(r)
+
+    seconds_compile = _warm_up_ensemble(f, x, y, 1.0)
+    seconds = _time_once(run_jax)
+    r = out["jax"]
+    res = {"jaxadv": score.entry(np.asarray(r.x_adv), seconds)}
+    res["jaxadv"]["seconds_warm_up"] = seconds_compile
+    res["jaxadv"]["per_attack_robust_acc"] = {
+        k: float(100.0 * np.mean(np.asarray(v))) for k, v in r.per_attack_robust.items()}
+    res["jaxadv"]["num_grad_mean"] = float(np.mean(np.asarray(r.num_grad)))
+    res["jaxadv"]["num_forward_mean"] = float(np.mean(np.asarray(r.num_forward)))
+    # The score must agree with the evaluator's own per-point verdict.
+    res["jaxadv"]["evaluator_robust_acc"] = float(100.0 * np.mean(np.asarray(r.robust)))
+    flags = E.gradient_masking_flags(f, x, y, key, eps=eps)
+    flags["black_box_beats_white_box"] = E.black_box_flag(r.per_attack_robust, r.mask)
+    res["jaxadv"]["flags"] = flags
+
+    try:
+        import torch
+        from pyautoattack import AutoAttack
+
+        log = logging.getLogger("auto-attack")
+        log.setLevel(logging.DEBUG)
+        handler = _StageLog()
+        log.addHandler(handler)
+        log.propagate = False
+        aa = AutoAttack(setup["torch_model"], norm="Linf", eps=eps, version="standard",
+                        device="cpu", seed=0)
+
+        def run_aa():
+            with torch.no_grad():
+                out["aa"] = aa.run_standard_evaluation(sub["x_nchw"].clone(),
+                                                       sub["y_torch"].clone(), batch_size=n)[0]
+
+        seconds = _time_once(run_aa)
+        log.removeHandler(handler)
+        res["autoattack"] = score.entry(_nchw_to_nhwc(out["aa"]), seconds)
+        res["autoattack"]["per_attack_robust_acc"] = handler.acc
+    except ImportError as e:
+        res["autoattack"] = {"error": f"not installed: {e}"}
+    return res
+
+
+def run(setup: dict, quick: bool) -> dict:
+    """Both sections; each inner dict has ``robust_acc`` (percent), ``images_per_s`` and ``n``."""
+    sections = {}
+    sections["apgd_ce"] = bench_apgd_ce(setup, quick)
+    print(f"  apgd_ce: {sections['apgd_ce']}", flush=True)
+    sections["ensemble"] = bench_ensemble(setup, quick)
+    print(f"  ensemble: {sections['ensemble']}", flush=True)
+    return sections
+
+
+def build_setup(n: int, checkpoint=DEFAULT_CHECKPOINT, data_dir=DEFAULT_MNIST) -> dict:
+    """The setup of ``attacks.build_setup``, minimal: model, PyTorch twin, first n test images."""
+    import torch
+
+    from jaxadv.data import load_dataset
+    from jaxadv.interop.torch_port import check_logits_agree, nhwc_to_nchw, to_torch
+    from jaxadv.models import get_model, load_official_checkpoint
+
+    name, params = load_official_checkpoint(checkpoint)
+    model = get_model(name)
+    variables = {"params": params}
+    logits_fn = jax.jit(lambda v: model.apply(variables, v))
+    images, labels = load_dataset("mnist_idx", "test", data_dir=str(data_dir)).arrays()
+    x = np.asarray(images[:n], np.float32)
+    y = np.asarray(labels[:n], np.int32)
+    torch_model = to_torch(name, variables)
+    diff = check_logits_agree(logits_fn, torch_model, x)
+    return {"logits_fn": logits_fn, "torch_model": torch_model, "x": x, "y": y,
+            "x_nchw": nhwc_to_nchw(x), "y_torch": torch.from_numpy(y.astype(np.int64)),
+            "eps": 0.3, "logits_max_abs_diff": diff}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=None, help="JSON file to write (optional)")
+    args = parser.parse_args(argv)
+    setup = build_setup(args.n)
+    print(f"n={args.n}, JAX/PyTorch logits agree to {setup['logits_max_abs_diff']:.2g}",
+          flush=True)
+    results = run(setup, args.quick)
+    text = json.dumps(results, indent=2)
+    if args.out:
+        pathlib.Path(args.out).write_text(text)
+    print(text)
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)
