@@ -39,6 +39,7 @@ from jaxadv.metrics.robustness import (
     accuracy_sum_count,
     make_robust_counts_fn,
     masked_sum_count,
+    nested_robust_accuracy,
     ratio,
     robust_accuracy_curve,
 )
@@ -54,7 +55,8 @@ __all__ = [
     "avg_sensitivity", "class_discrepancies", "completeness_error", "deletion_auc", "discrepancy",
     "energy_share", "insertion_auc", "interpretability_score", "interpretability_scores",
     "kendall_tau", "label_free_discrepancy", "local_lipschitz_estimate", "make_robust_counts_fn",
-    "map_discrepancy", "margin_lower_bound", "masked_sum_count", "max_sensitivity", "pearson",
-    "ratio", "representation_discrepancy", "robust_accuracy_curve", "saliency_mask",
-    "spearman", "top_k_intersection", "top_k_intersection_b", "worst_case_sensitivity",
+    "map_discrepancy", "margin_lower_bound", "masked_sum_count", "max_sensitivity",
+    "nested_robust_accuracy", "pearson", "ratio", "representation_discrepancy",
+    "robust_accuracy_curve", "saliency_mask", "spearman", "top_k_intersection",
+    "top_k_intersection_b", "worst_case_sensitivity",
 ]

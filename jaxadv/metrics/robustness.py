@@ -173,3 +173,54 @@ def robust_accuracy_curve(logits_fn: Callable, data, attack_fn: Callable, *, eps
 
 __all__ = ["RobustAccuracy", "accuracy_sum_count", "make_robust_counts_fn", "masked_sum_count",
            "ratio", "robust_accuracy_curve"]
+
+
+def nested_robust_accuracy(success_fn: Callable[[Array, Array, Array], Array],
+                           predict_fn: Callable[[Array], Array], x, y, *,
+                           epsilons: Iterable[float], chunk: int = 256) -> dict[float, float]:
+    """Robust accuracy at each radius, attacking only the points still robust at smaller radii.
+
+    Radii run in ascending order; a point broken at a smaller radius stays broken at every larger
+    one (its adversarial example lies inside every larger ball), so each radius attacks only the
+    survivors: for robust models nearly every point, for weak models few. This is the cheap way to
+    evaluate expensive attacks (PGD-200) on many radii; it can only report a robust accuracy lower
+    than or equal to attacking each radius independently, and equal where the attack is monotone.
+
+    Args:
+      success_fn: ``(x (C, ...), y (C,), eps scalar) -> success (C,) bool``, typically a jitted
+        attack; it always sees chunks of exactly ``chunk`` points (the last chunk is padded with
+        repeats), so it compiles once.
+      predict_fn: ``x (C, ...) -> predicted labels (C,)``, called on chunks of ``chunk`` points.
+      x: (N, ...) images (numpy). y: (N,) labels.
+      epsilons: radii (eps = 0 gives the clean accuracy).
+      chunk: points per call.
+
+    Returns:
+      {eps: accuracy} over the N points, accuracy = share classified correctly clean and robust
+      at every radius up to eps.
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    n = len(x)
+    if n == 0:
+        raise ValueError("nested_robust_accuracy needs at least one example.")
+
+    def padded(idx):
+        return np.resize(idx, chunk)
+
+    robust = np.zeros(n, bool)
+    for i in range(0, n, chunk):
+        part = np.arange(i, min(i + chunk, n))
+        robust[part] = np.asarray(predict_fn(x[padded(part)]))[:len(part)] == y[part]
+    out = {}
+    for eps in sorted(float(e) for e in epsilons):
+        if eps < 0:
+            raise ValueError(f"epsilons must be >= 0; got {eps}.")
+        if eps > 0:
+            idx = np.flatnonzero(robust)
+            for i in range(0, len(idx), chunk):
+                part = idx[i:i + chunk]
+                success = np.asarray(success_fn(x[padded(part)], y[padded(part)],
+                                                np.float32(eps)))[:len(part)]
+                robust[part[success]] = False
+        out[eps] = float(robust.mean())
+    return out

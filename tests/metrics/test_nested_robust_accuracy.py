@@ -1,0 +1,56 @@
+"""nested_robust_accuracy: closed form on a toy threat model and agreement with per-radius PGD."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxadv.attacks import pgd
+from jaxadv.metrics import nested_robust_accuracy
+
+
+def test_closed_form_margins():
+    # Point i falls at radius >= r_i (an exact attack); predictions wrong for the first 3.
+    rng = np.random.default_rng(0)
+    r = rng.uniform(0, 1, 50).astype(np.float32)
+    x = np.arange(50, dtype=np.float32)[:, None]
+    y = np.ones(50, int)
+    y_pred = y.copy()
+    y_pred[:3] = 0
+    calls = []
+
+    def success(xb, yb, eps):
+        calls.append(len(xb))
+        return r[xb[:, 0].astype(int)] <= eps
+
+    def predict(xb):
+        return y_pred[xb[:, 0].astype(int)]
+
+    eps = [0.0, 0.5, 0.25, 0.9]
+    got = nested_robust_accuracy(success, predict, x, y, epsilons=eps, chunk=16)
+    assert list(got) == [0.0, 0.25, 0.5, 0.9]  # ascending
+    for e in eps:
+        want = np.mean((np.arange(50) >= 3) & (r > e))
+        assert got[e] == pytest.approx(want)
+    assert set(calls) == {16}  # fixed chunk shape: one compile
+
+
+def test_equals_independent_radii_for_pgd_on_linear_model():
+    w = jax.random.normal(jax.random.key(0), (12, 3))
+    fn = lambda z: z.reshape(z.shape[0], -1) @ w
+    x = np.asarray(jax.random.uniform(jax.random.key(1), (40, 2, 2, 3)))
+    y = np.asarray(jnp.argmax(fn(x), -1))
+    attack = jax.jit(lambda xb, yb, e: pgd(fn, xb, yb, jax.random.key(0), eps=e, step_size=e / 4,
+                                           num_steps=20, random_start=False).success)
+    predict = jax.jit(lambda xb: jnp.argmax(fn(xb), -1))
+    eps = [0.01, 0.03, 0.1]
+    got = nested_robust_accuracy(attack, predict, x, y, epsilons=eps, chunk=16)
+    for e in eps:
+        independent = 1 - np.mean(np.asarray(attack(x, y, np.float32(e))))
+        assert got[e] == pytest.approx(independent)  # linear model: PGD is monotone in eps
+
+
+def test_rejects_negative_eps():
+    with pytest.raises(ValueError, match="epsilons must be >= 0"):
+        nested_robust_accuracy(lambda *a: None, lambda xb: np.zeros(len(xb)), np.zeros((2, 1)),
+                               np.zeros(2), epsilons=[-0.1])
