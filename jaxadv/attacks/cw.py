@@ -77,14 +77,15 @@ def is_adversarial(logits: Array, y: Array, t: Array | None, kappa) -> Array:
     return is_success(logits, y, t) & (gap >= jnp.asarray(kappa, logits.dtype))
 
 
-def binary_search_update(c: Array, lower: Array, upper: Array, found: Array
-                         ) -> tuple[Array, Array, Array]:
+def binary_search_update(c: Array, lower: Array, upper: Array, found: Array, *,
+                         factor: float = 10.0) -> tuple[Array, Array, Array]:
     """One step of C&W's per-example search over c: (c, lower, upper) after a round that found
-    (``found``) or did not find an adversarial example."""
+    (``found``) or did not find an adversarial example; before any success c grows by
+    ``factor`` (10 in C&W and EAD, 5 in StrAttack)."""
     upper = jnp.where(found, jnp.minimum(upper, c), upper)
     lower = jnp.where(found, lower, jnp.maximum(lower, c))
     bracketed = upper < C_UPPER_INIT
-    c = jnp.where(bracketed, 0.5 * (lower + upper), jnp.where(found, c, 10.0 * c))
+    c = jnp.where(bracketed, 0.5 * (lower + upper), jnp.where(found, c, factor * c))
     return c, lower, upper
 
 
