@@ -21,10 +21,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.dataset.data_dir = ""  # '' = $JAXADV_FASHION_MNIST_DIR or Debian's directory
     config.dataset.train_split = "train"
     config.dataset.test_split = "test"
+    config.dataset.validation_examples = 0  # > 0 holds the last N training examples out
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "smallgap"
-    config.model.kwargs = ml_collections.ConfigDict({"num_classes": 10, "activation": "relu"})
+    # Input standardisation inside the model (attacks still work in [0, 1] pixels): the
+    # Fashion-MNIST training set's pixel mean and standard deviation.
+    config.model.kwargs = ml_collections.ConfigDict({
+        "num_classes": 10, "activation": "relu", "mean": (0.286,), "std": (0.353,)})
 
     config.objective = ml_collections.ConfigDict()
     config.objective.name = "cross_entropy"
@@ -48,10 +52,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.keep_checkpoints = 2
     config.train.ema_decay = 0.0
     config.train.eval_ema = False
+    config.train.best_metric = "accuracy"  # or "robust_accuracy" (needs eval.robust_attack)
+    config.train.final_from_best = False  # True: early stopping on the best evaluation
 
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 1000
     config.eval.num_examples = -1  # -1 = the full test set
+    config.eval.robust_attack = ""  # e.g. "pgd": also report robust accuracy at each evaluation
+    config.eval.robust_kwargs = ml_collections.ConfigDict()
+    config.eval.robust_examples = 1000
 
     if arg == "quick":
         config.train.num_steps = 40

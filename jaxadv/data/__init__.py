@@ -9,10 +9,16 @@ from jaxadv.data.pipeline import (
     steps_per_epoch,
     train_batches,
 )
-from jaxadv.data.sources import ArrayDataset, TfdsSource, load_dataset, load_idx_dataset
+from jaxadv.data.sources import (
+    ArrayDataset,
+    Subset,
+    TfdsSource,
+    load_dataset,
+    load_idx_dataset,
+)
 
 __all__ = [
-    "ArrayDataset", "CorruptDataError", "TfdsSource", "epoch_permutation", "eval_batches",
+    "ArrayDataset", "CorruptDataError", "Subset", "TfdsSource", "epoch_permutation", "eval_batches",
     "load_dataset", "load_idx_dataset", "num_eval_batches", "parse_idx", "process_slice",
     "read_idx", "steps_per_epoch", "train_batches", "write_idx",
 ]

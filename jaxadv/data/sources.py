@@ -101,6 +101,27 @@ class ArrayDataset:
         return _to_float_images(self.images), self.labels
 
 
+class Subset:
+    """Examples ``[start, stop)`` of any source (e.g. a validation split held out of training)."""
+
+    def __init__(self, source: Source, start: int, stop: int):
+        if not 0 <= start <= stop <= len(source):
+            raise ValueError(f"Subset [{start}, {stop}) is outside the {len(source)} examples of "
+                             f"{getattr(source, 'name', 'the source')}.")
+        self.source, self.start, self.stop = source, int(start), int(stop)
+        self.name = f"{getattr(source, 'name', 'source')}[{start}:{stop}]"
+        self.num_classes = getattr(source, "num_classes", None)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        indices = np.asarray(indices)
+        if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"index out of range for {self.name}.")
+        return self.source.get(indices + self.start)
+
+
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),

@@ -21,7 +21,13 @@ from jaxadv.training.checkpointing import Checkpointer
 from jaxadv.training.objectives import get_objective
 from jaxadv.training.schedules import make_optimizer
 from jaxadv.training.state import TrainState, create_train_state
-from jaxadv.training.steps import add_metrics, make_eval_step, make_train_step, summarize
+from jaxadv.training.steps import (
+    add_metrics,
+    make_eval_step,
+    make_robust_eval_step,
+    make_train_step,
+    summarize,
+)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -35,13 +41,23 @@ def _kwargs(cfg) -> dict:
     return {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
 
 
-def load_sources(config):
-    """(train source, test source) from ``config.dataset``."""
+def load_sources(config, *, with_validation: bool = False):
+    """(train source, test source) from ``config.dataset``; with ``with_validation``, (train,
+    validation, test), where the validation source is the last ``dataset.validation_examples``
+    training examples, held out of training (None when that is 0)."""
     ds = config.dataset
     data_dir = ds.get("data_dir") or None
     train = data_lib.load_dataset(ds.name, ds.get("train_split", "train"), data_dir=data_dir)
     test = data_lib.load_dataset(ds.name, ds.get("test_split", "test"), data_dir=data_dir)
-    return train, test
+    held = int(ds.get("validation_examples", 0))
+    val = None
+    if held:
+        if not 0 < held < len(train):
+            raise ValueError(f"dataset.validation_examples must lie in (0, {len(train)}); got "
+                             f"{held}.")
+        val = data_lib.Subset(train, len(train) - held, len(train))
+        train = data_lib.Subset(train, 0, len(train) - held)
+    return (train, val, test) if with_validation else (train, test)
 
 
 def build_model(config):
@@ -85,6 +101,20 @@ def evaluate(state: TrainState, source, *, batch_size: int, mesh=None, eval_step
     return summarize(acc)
 
 
+def robust_evaluate(state: TrainState, source, *, robust_step, batch_size: int, key,
+                    mesh=None, num_examples: int | None = None) -> dict[str, float]:
+    """Robust accuracy over ``source`` with a jitted step of
+    :func:`jaxadv.training.steps.make_robust_eval_step`."""
+    mesh = mesh or sharding.data_mesh()
+    batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
+    acc = None
+    for i, batch in enumerate(data_lib.eval_batches(source, batch_size=batch_size,
+                                                    num_examples=num_examples)):
+        acc = add_metrics(acc, robust_step(state, sharding.shard_batch(batch, mesh),
+                                           jax.random.fold_in(key, i)))
+    return summarize(acc)
+
+
 def _check_finite(summary: dict, step: int, workdir: str, last_good: int | None) -> None:
     bad = {k: v for k, v in summary.items() if not np.isfinite(v)}
     if bad:
@@ -106,7 +136,7 @@ def train_and_evaluate(config: Mapping, workdir: str, *, verbose: bool = True) -
     t = config.train
     mesh = sharding.data_mesh()
     sharding.check_divisible(t.batch_size, mesh, "training batch size")
-    train_src, test_src = load_sources(config)
+    train_src, val_src, test_src = load_sources(config, with_validation=True)
     model = build_model(config)
     total_steps = total_train_steps(config, len(train_src))
     tx = make_optimizer(config.optimizer, total_steps=total_steps)
@@ -117,7 +147,8 @@ def train_and_evaluate(config: Mapping, workdir: str, *, verbose: bool = True) -
     state = create_train_state(model, tx, init_key, sample_shape, ema=ema_decay is not None)
     state = sharding.replicate(state, mesh)
 
-    ckpt = Checkpointer(workdir, keep=int(t.get("keep_checkpoints", 2)))
+    best_metric = t.get("best_metric", "accuracy")
+    ckpt = Checkpointer(workdir, keep=int(t.get("keep_checkpoints", 2)), best_metric=best_metric)
     start = ckpt.latest_step()
     if start is not None:
         state = ckpt.restore(state, start)
@@ -140,6 +171,30 @@ def train_and_evaluate(config: Mapping, workdir: str, *, verbose: bool = True) -
     num_eval = config.get("eval", {}).get("num_examples", -1)
     num_eval = None if num_eval is None or num_eval < 0 else int(num_eval)
     eval_bs = int(config.get("eval", {}).get("batch_size", 1000))
+    ev_cfg = config.get("eval", {})
+    robust_step = None
+    if ev_cfg.get("robust_attack"):
+        robust_step = jax.jit(make_robust_eval_step(
+            attack=ev_cfg.robust_attack, attack_kwargs=_kwargs(ev_cfg.get("robust_kwargs")),
+            use_ema=bool(t.get("eval_ema", False))))
+    elif best_metric == "robust_accuracy":
+        raise ValueError("train.best_metric='robust_accuracy' needs eval.robust_attack (e.g. "
+                         "'pgd') and eval.robust_kwargs (eps, step_size, num_steps).")
+    num_robust = int(ev_cfg.get("robust_examples", 1000))
+    robust_key = jax.random.fold_in(key, 7)
+    # Periodic evaluations (and the best checkpoint) use the held-out validation examples when
+    # there are any (fast AT's guard against catastrophic overfitting), else the test set.
+    select_src, select_name = (val_src, "val") if val_src is not None else (test_src, "test")
+
+    def run_evals(src, prefix, n_clean):
+        out = {f"{prefix}_{k}": v for k, v in evaluate(
+            state, src, batch_size=eval_bs, mesh=mesh, eval_step=eval_step,
+            num_examples=n_clean).items()}
+        if robust_step is not None:
+            out.update({f"{prefix}_{k}": v for k, v in robust_evaluate(
+                state, src, robust_step=robust_step, batch_size=eval_bs, key=robust_key,
+                mesh=mesh, num_examples=min(num_robust, len(src))).items()})
+        return out
 
     acc, last_good, compile_s = None, (start or None), 0.0
     examples, t_train = 0, 0.0
@@ -169,24 +224,29 @@ def train_and_evaluate(config: Mapping, workdir: str, *, verbose: bool = True) -
             record = {"step": done, "split": "train", **summary,
                       "examples_per_second": examples / max(elapsed, 1e-9)}
             if is_eval:
-                ev = evaluate(state, test_src, batch_size=eval_bs, mesh=mesh,
-                              eval_step=eval_step, num_examples=num_eval)
-                record.update({f"test_{k}": v for k, v in ev.items()})
+                record.update(run_evals(select_src, select_name,
+                                        num_eval if select_name == "test" else None))
             logger.write(record)
             bar.set_postfix(loss=f"{summary.get('loss', summary['objective']):.4f}",
                             ex_s=f"{record['examples_per_second']:.0f}")
             acc = None
             if is_ckpt:
-                ckpt.save(state, metrics={"accuracy": record["test_accuracy"]} if is_eval else None)
+                sel = {k[len(select_name) + 1:]: v for k, v in record.items()
+                       if k.startswith(select_name + "_")}
+                ckpt.save(state, metrics=sel if is_eval else None)
                 last_good = done
         bar.update(1)
     bar.close()
     t_train = time.perf_counter() - tic
     ckpt.wait()
+    final_step = total_steps
+    if t.get("final_from_best", False) and best_metric and ckpt.best.latest_step() is not None:
+        # Early stopping on the validation metric (Wong et al. 2020's guard for fast AT).
+        final_step = ckpt.best.latest_step()
+        state = ckpt.restore(state, final_step, best=True)
     ckpt.close()
-    final = evaluate(state, test_src, batch_size=eval_bs, mesh=mesh, eval_step=eval_step,
-                     num_examples=num_eval)
-    result = {"step": total_steps, "test_accuracy": final["accuracy"], "test_loss": final["loss"],
+    final = run_evals(test_src, "test", num_eval)
+    result = {"step": final_step, **final,
               "num_test_examples": num_eval or len(test_src), "train_seconds": t_train,
               "examples_per_second": examples / max(t_train, 1e-9), "compile_seconds": compile_s,
               "num_devices": int(mesh.devices.size)}

@@ -78,3 +78,31 @@ def summarize(metrics: Metrics) -> dict[str, float]:
     """Fetches metrics to the host: name -> mean (this is a device sync)."""
     host = jax.device_get(metrics)
     return {k: float(s) / max(float(c), 1e-12) for k, (s, c) in host.items()}
+
+
+def make_robust_eval_step(*, attack: str, attack_kwargs: dict | None = None,
+                          use_ema: bool = False) -> Callable[[TrainState, dict, jax.Array],
+                                                             Metrics]:
+    """Returns ``robust_eval_step(state, batch, key) -> metrics`` with ``robust_accuracy``: the
+    share of (unmasked) examples classified correctly on the clean input and on the example of
+    ``attack`` (a name of :func:`jaxadv.attacks.get_attack`, run on the eval-mode model).
+
+    Example: ``make_robust_eval_step(attack="pgd", attack_kwargs={"eps": 0.1, "step_size": 0.01,
+    "num_steps": 20})``.
+    """
+    from jaxadv.attacks import get_attack
+    from jaxadv.training.forward import attack_logits_fn
+
+    attack_fn = get_attack(attack, **(attack_kwargs or {}))
+
+    def robust_eval_step(state: TrainState, batch: dict, key: jax.Array) -> Metrics:
+        params = state.ema_params if (use_ema and state.ema_params is not None) else state.params
+        logits_fn = attack_logits_fn(state.apply_fn, params, state.batch_stats)
+        x, y = batch["image"], batch["label"]
+        res = attack_fn(logits_fn, x, y, key)
+        clean_ok = jnp.argmax(logits_fn(x), -1) == y
+        adv_ok = jnp.argmax(logits_fn(res.x_adv), -1) == y
+        return reduce_metrics({"robust_accuracy": (clean_ok & adv_ok).astype(jnp.float32)},
+                              batch["mask"])
+
+    return robust_eval_step

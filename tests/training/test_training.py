@@ -197,3 +197,35 @@ def test_batch_not_divisible_by_devices_is_rejected(synthetic_fmnist, tmp_path):
     cfg.train.batch_size = 30  # 8 fake devices
     with pytest.raises(ValueError, match="not divisible by the 8 devices"):
         train_and_evaluate(cfg, str(tmp_path / "w"), verbose=False)
+
+
+def test_fast_at_guard_validation_robust_check_and_early_stopping(synthetic_fmnist, tmp_path):
+    """Fast AT's guard (Wong et al. 2020): a PGD check on held-out training examples picks the
+    best checkpoint, and the final model is that checkpoint."""
+    import json
+
+    cfg = _config(num_steps=12)
+    cfg.objective.name = "fast_at"
+    cfg.objective.kwargs = {"eps": 0.1}
+    cfg.dataset.validation_examples = 64
+    cfg.train.eval_every = 4
+    cfg.train.best_metric = "robust_accuracy"
+    cfg.train.final_from_best = True
+    cfg.eval.robust_attack = "pgd"
+    cfg.eval.robust_kwargs = {"eps": 0.1, "step_size": 0.05, "num_steps": 3}
+    cfg.eval.robust_examples = 64
+    result = train_and_evaluate(cfg, str(tmp_path / "w"), verbose=False)
+    records = [json.loads(ln) for ln in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "val_robust_accuracy" in r]
+    assert [r["step"] for r in evals] == [4, 8, 12]
+    assert not any("test_accuracy" in r for r in records)  # selection never sees the test set
+    best = max(evals, key=lambda r: r["val_robust_accuracy"])
+    assert result["step"] == best["step"]
+    assert 0.0 <= result["test_robust_accuracy"] <= result["test_accuracy"]
+    assert result["num_test_examples"] == 128
+
+
+def test_robust_best_metric_needs_an_attack(synthetic_fmnist, tmp_path):
+    cfg = _config(num_steps=4, best_metric="robust_accuracy")
+    with pytest.raises(ValueError, match="needs eval.robust_attack"):
+        train_and_evaluate(cfg, str(tmp_path / "w"), verbose=False)
