@@ -1,0 +1,49 @@
+"""AAI (top-k attack on a map): closed form on a linear map, containment, Kendall over kept labels."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxadv.analysis import cam_map_fn, map_robustness, mean_over_kept, top_k_attack, top_k_mask
+from jaxadv.models import get_model
+
+
+def test_top_k_mask():
+    m = jnp.asarray([[[3.0, 1.0], [2.0, 0.0]]])
+    np.testing.assert_array_equal(top_k_mask(m, 2), [[[1, 0], [1, 0]]])
+    with pytest.raises(ValueError, match="k must lie in"):
+        top_k_mask(m, 5)
+
+
+def test_attack_on_identity_map_moves_top_k_pixels_down_by_eps():
+    # map = the image itself: the optimum lowers each top-k pixel by eps (inside the box).
+    x = jax.random.uniform(jax.random.key(0), (4, 6, 6), minval=0.2, maxval=0.8)
+    res = top_k_attack(lambda z, y: z, x, jnp.zeros(4, jnp.int32), jax.random.key(1), eps=0.1,
+                       k=5, step_size=0.05, num_steps=10)
+    mask = np.asarray(top_k_mask(x, 5)).astype(bool)
+    d = np.asarray(res.x_adv - x)
+    np.testing.assert_allclose(d[mask], -0.1, atol=1e-6)
+    assert np.max(np.abs(d)) <= 0.1 + 1e-6
+    np.testing.assert_allclose(np.asarray(res.loss), -(np.asarray(x)[mask].reshape(4, 5) - 0.1)
+                               .sum(-1), rtol=1e-5)
+
+
+def test_cam_attack_lowers_tau_and_stays_in_ball():
+    model = get_model("smallgap", num_classes=10)
+    x = jax.random.uniform(jax.random.key(2), (8, 28, 28, 1))
+    variables = model.init(jax.random.key(3), x[:1])
+    logits_fn = lambda z: model.apply(variables, z)
+    y = jnp.argmax(logits_fn(x), -1)
+    map_fn = cam_map_fn(model.apply, variables)
+    res = top_k_attack(map_fn, x, y, jax.random.key(4), eps=0.1, num_steps=10)
+    assert float(jnp.max(jnp.abs(res.x_adv - x))) <= 0.1 + 1e-6
+    clean_topk = jnp.sum(map_fn(x, y) * top_k_mask(map_fn(x, y), 8), axis=(1, 2))
+    adv_topk = jnp.sum(map_fn(res.x_adv, y) * top_k_mask(map_fn(x, y), 8), axis=(1, 2))
+    assert np.all(np.asarray(adv_topk) < np.asarray(clean_topk))
+    r = map_robustness(map_fn, logits_fn, x, y, res.x_adv)
+    same = map_robustness(map_fn, logits_fn, x, y, x)
+    np.testing.assert_allclose(same.kendall_tau, 1.0, atol=1e-6)
+    np.testing.assert_allclose(same.top_k_kept, 1.0)
+    assert float(mean_over_kept(r.kendall_tau, r.label_kept)) < 1.0
+    assert np.isnan(float(mean_over_kept(r.kendall_tau, jnp.zeros(8, bool))))
