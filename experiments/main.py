@@ -40,12 +40,12 @@ def _usage() -> str:
 
 
 def _set_host_devices(n: int) -> None:
-    if n == 1:
+    """--host_devices, unless XLA_FLAGS already chooses a count (an explicit environment wins)."""
+    from jaxadv.devices import use_host_devices
+
+    if n == 1 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         return
-    n = n or os.cpu_count() or 1
-    flag = f"--xla_force_host_platform_device_count={n}"
-    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+    use_host_devices(n or None)
 
 
 def _train() -> None:

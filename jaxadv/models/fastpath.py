@@ -1,27 +1,238 @@
-"""Convolution and pooling lowerings used by every jaxadv model.
+"""Convolution and pooling lowerings used by every jaxadv model (the CPU fast path).
 
-This module is the single switch point for faster lowerings (issue: CPU fast path). For now both
-functions are the standard XLA lowerings.
+Every convolution of jaxadv's models goes through :func:`conv_general_dilated` (plugged into Flax's
+``nn.Conv`` by ``jaxadv.models.layers.conv``) and every max-pool through :func:`max_pool`. On CPU
+they use lowerings that XLA:CPU runs faster than its native convolution and ``reduce_window``,
+with the same outputs and gradients (tests: ``tests/models/test_fastpath.py``):
+
+* convolution as patch extraction + one ``dot_general`` (im2col). Patches are strided slices of the
+  padded input concatenated along channels, so (B, Ho, Wo, kh*kw*C) @ (kh*kw*C, O). Its reverse-mode
+  derivative is matmuls too: ``d kernel = patches^T @ g``, ``d input = col2im(g @ kernel^T)`` (the
+  transpose of the slices: interior-padded adds). It is plain JAX, so every order of forward and
+  reverse differentiation works (double backprop for Int/Int2 training, jvp, hessians).
+* max-pool, when windows tile the input (window == stride, sizes divide), as a reshape and a
+  select of the first maximum of each window, which routes the gradient exactly as
+  ``reduce_window``'s ``select_and_scatter_add`` does (to the first maximum on ties); otherwise
+  ``reduce_window``.
+
+The fast path is on by default when JAX's default backend is CPU and the convolution is a plain
+NHWC/HWIO one (no input dilation, feature_group_count = batch_group_count = 1, any stride,
+kernel dilation and padding); everything else, and every GPU/TPU, uses the standard lowerings.
+Switch it with ``JAXADV_FASTPATH=0`` / ``1`` in the environment, :func:`set_enabled`, or the
+:func:`enabled` context manager. The switch is read when a function is *traced*: re-jit (or call
+a fresh ``jax.jit``) after switching.
+
+Measurements (2-core AMD EPYC, shared and noisy; batch 128 float32, medians of interleaved runs,
+ms; ``python -m experiments.benchmarks.step_speed``):
+
+MEASUREMENTS_PLACEHOLDER
 """
 
+import contextlib
+import functools
+import os
+from collections.abc import Iterator
+
 import jax
+import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from jaxadv.types import Array
+
+_ENABLED: bool | None = None  # None: automatic (on for CPU); set by set_enabled / enabled
+
+
+def _env_setting() -> bool | None:
+    value = os.environ.get("JAXADV_FASTPATH", "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value in ("0", "false", "off", "no"):
+        return False
+    if value in ("1", "true", "on", "yes"):
+        return True
+    raise ValueError(f"JAXADV_FASTPATH={value!r} is not understood; use 0 (standard lowerings), "
+                     "1 (fast path everywhere it applies) or leave it unset (fast path on CPU).")
+
+
+def set_enabled(flag: bool | None) -> None:
+    """Turns the fast path on (True), off (False), or back to automatic (None: on for CPU).
+
+    Read at trace time: functions already jitted keep the lowering they were traced with.
+    """
+    global _ENABLED
+    if flag is not None and not isinstance(flag, bool):
+        raise ValueError(f"set_enabled takes True, False or None; got {flag!r}.")
+    _ENABLED = flag
+
+
+@contextlib.contextmanager
+def enabled(flag: bool | None) -> Iterator[None]:
+    """Context manager form of :func:`set_enabled`; restores the previous setting on exit."""
+    global _ENABLED
+    previous = _ENABLED
+    set_enabled(flag)
+    try:
+        yield
+    finally:
+        _ENABLED = previous
+
+
+def is_enabled() -> bool:
+    """Whether the fast path would be used by a function traced now."""
+    if _ENABLED is not None:
+        return _ENABLED
+    env = _env_setting()
+    if env is not None:
+        return env
+    return jax.default_backend() == "cpu"
+
+
+_NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
+                                 out_spec=(0, 3, 1, 2))
+
+
+def _pairs(padding, in_hw, window_hw, strides) -> list[tuple[int, int]] | None:
+    if isinstance(padding, str):
+        return [tuple(p) for p in lax.padtype_to_pads(in_hw, window_hw, strides, padding)]
+    pads = [tuple(int(v) for v in p) for p in padding]
+    return pads if len(pads) == 2 and all(len(p) == 2 for p in pads) else None
+
+
+def _tap_slices(xp: Array, kernel_hw, strides, dilation, out_hw) -> list[Array]:
+    """The kh*kw strided views of the padded input that each kernel tap sees, (B, Ho, Wo, C)."""
+    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel_hw, strides, dilation, out_hw
+    b, _, _, c = xp.shape
+    return [lax.slice(xp, (0, i * dh, j * dw, 0),
+                      (b, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c), (1, sh, sw, 1))
+            for i in range(kh) for j in range(kw)]
+
+
+def _pad_hw(x: Array, pads) -> Array:
+    return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+
+
+def _std_conv(x, w, strides, pads, dilation, precision, preferred_element_type):
+    return lax.conv_general_dilated(x, w, strides, pads, rhs_dilation=dilation,
+                                    dimension_numbers=_NHWC, precision=precision,
+                                    preferred_element_type=preferred_element_type)
+
+
+def _taps_conv(x, w, strides, pads, dilation, precision, preferred_element_type):
+    """The convolution as a sum over kernel taps of (B*Ho*Wo, C) @ (C, O) matmuls. Used for the
+    kernel tangent only: its transpose w.r.t. the kernel is one (C, B*Ho*Wo) @ (B*Ho*Wo, O) matmul
+    per tap, which XLA:CPU runs far faster than its backward-filter convolution."""
+    kh, kw = w.shape[:2]
+    xp = _pad_hw(x, pads)
+    out_hw = tuple((n - (k - 1) * d - 1) // s + 1
+                   for n, k, d, s in zip(xp.shape[1:3], (kh, kw), dilation, strides, strict=True))
+    out = None
+    for t, sl in enumerate(_tap_slices(xp, (kh, kw), strides, dilation, out_hw)):
+        y = lax.dot_general(sl, w[t // kw, t % kw], (((3,), (0,)), ((), ())), precision=precision,
+                            preferred_element_type=preferred_element_type)
+        out = y if out is None else out + y
+    return out
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _conv_fast_dw(x, w, strides, pads, dilation, precision, preferred_element_type):
+    """XLA's convolution, whose derivative w.r.t. the kernel goes through :func:`_taps_conv`."""
+    return _std_conv(x, w, strides, pads, dilation, precision, preferred_element_type)
+
+
+def _conv_fast_dw_jvp(strides, pads, dilation, precision, preferred_element_type, primals,
+                      tangents):
+    x, w = primals
+    dx, dw = tangents
+    static = (strides, pads, dilation, precision, preferred_element_type)
+    y = _conv_fast_dw(x, w, *static)
+    ty = None
+    if not isinstance(dx, SymbolicZero):
+        ty = _std_conv(dx, w, *static)
+    if not isinstance(dw, SymbolicZero):
+        t_w = _taps_conv(x, dw, *static)
+        ty = t_w if ty is None else ty + t_w
+    if ty is None:
+        ty = jnp.zeros_like(y)
+    return y, ty
+
+
+_conv_fast_dw.defjvp(_conv_fast_dw_jvp, symbolic_zeros=True)
+
+
+def _taps_pay(x_shape, w_shape, strides) -> bool:
+    """Where the per-tap kernel gradient beats XLA:CPU's backward-filter convolution (measured:
+    3x3 stride-1 convolutions on maps of 16x16 and more; not 5x5/7x7 kernels on small maps)."""
+    kh, kw = w_shape[:2]
+    return kh * kw <= 9 and x_shape[1] * x_shape[2] >= 256
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1,
                          precision=None, preferred_element_type=None):
-    """Drop-in for ``lax.conv_general_dilated`` (same signature, same results)."""
-    return lax.conv_general_dilated(
+    """Drop-in for ``lax.conv_general_dilated`` (same signature, same results); the im2col lowering
+    where the fast path is on and the case is supported (see the module docstring)."""
+    standard = lambda: lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
         dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
         batch_group_count=batch_group_count, precision=precision,
         preferred_element_type=preferred_element_type)
+    if not is_enabled() or lhs.ndim != 4 or rhs.ndim != 4:
+        return standard()
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    rhs_dilation = tuple(rhs_dilation or (1, 1))
+    if (dn != _NHWC or feature_group_count != 1 or batch_group_count != 1
+            or tuple(lhs_dilation or (1, 1)) != (1, 1) or rhs.shape[2] != lhs.shape[3]):
+        return standard()
+    strides = tuple(window_strides)
+    dilated_hw = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:2], rhs_dilation, strict=True)]
+    pads = _pairs(padding, lhs.shape[1:3], dilated_hw, strides)
+    if pads is None:
+        return standard()
+    static = (strides, tuple(pads), rhs_dilation, precision, preferred_element_type)
+    if rhs.shape[:2] == (1, 1):
+        # A 1x1 convolution is a (strided) slice and one matmul; plain autodiff gives matmuls.
+        return _taps_conv(lhs, rhs, *static)
+    if _taps_pay(lhs.shape, rhs.shape, strides):
+        return _conv_fast_dw(lhs, rhs, *static)
+    return standard()
+
+
+def _first_max_mask(blocks: Array, out: Array) -> Array:
+    """(B, Ho, k, Wo, k, C) bool: the first maximum of each window in row-major window order."""
+    b, ho, k, wo, _, c = blocks.shape
+    eq = blocks == out[:, :, None, :, None, :]
+    flat = eq.transpose(0, 1, 3, 5, 2, 4).reshape(b, ho, wo, c, k * k)
+    first = flat & (jnp.cumsum(flat.astype(jnp.int32), axis=-1) == 1)
+    return first.reshape(b, ho, wo, c, k, k).transpose(0, 1, 4, 2, 5, 3)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _tiled_max_pool(x: Array, window: int) -> Array:
+    b, h, w, c = x.shape
+    return jnp.max(x.reshape(b, h // window, window, w // window, window, c), axis=(2, 4))
+
+
+def _tiled_max_pool_jvp(window, primals, tangents):
+    # The tangent (hence the gradient) goes to the first maximum of each window, as with
+    # reduce_window's select_and_scatter_add; jnp.max's own rule would split it over ties.
+    (x,), (dx,) = primals, tangents
+    b, h, w, c = x.shape
+    shape = (b, h // window, window, w // window, window, c)
+    out = _tiled_max_pool(x, window)
+    mask = _first_max_mask(x.reshape(shape), out)
+    return out, jnp.sum(jnp.where(mask, dx.reshape(shape), 0), axis=(2, 4))
+
+
+_tiled_max_pool.defjvp(_tiled_max_pool_jvp)
 
 
 def max_pool(x: Array, *, window: int, stride: int, padding: str = "VALID") -> Array:
-    """Max-pool over the spatial axes of (B, H, W, C)."""
+    """Max-pool over the spatial axes of (B, H, W, C) (same results and gradients as
+    ``lax.reduce_window``)."""
+    h, w = x.shape[1:3]
+    if (is_enabled() and window == stride and h % window == 0 and w % window == 0
+            and padding in ("VALID", "SAME")):
+        return _tiled_max_pool(x, window)
     return lax.reduce_window(
-        x, -jax.numpy.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), padding)
+        x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), padding)

@@ -1,0 +1,69 @@
+"""Host-device set-up for CPU runs: split batches over several XLA host devices.
+
+On CPU, XLA runs one computation on one "device". Splitting the batch over several host devices
+(``--xla_force_host_platform_device_count``) lets the same ``jax.jit`` + ``NamedSharding`` code that
+scales to GPUs run the shards concurrently, which keeps every core busy in the parts of a step that
+XLA:CPU runs on one thread (see ``experiments/benchmarks/step_speed.py`` for measurements). The count
+must be chosen *before* JAX initialises its backends (before the first JAX operation).
+
+In a notebook, first cell::
+
+    from jaxadv.devices import use_host_devices
+    use_host_devices(2)          # or use_host_devices() for one device per core
+    import jax                   # any JAX work comes after
+
+The command line (``jaxadv train ... --host_devices N``) calls the same function. XLA:CPU flags
+(``xla_cpu_use_xnnpack``, ``xla_cpu_use_onednn``, ``xla_cpu_experimental_xnn_graph_fusion_mode``,
+``xla_cpu_multi_thread_eigen``) were measured on the convolutions of jaxadv's models and gave no
+change beyond noise, so none is set.
+"""
+
+import os
+import re
+import sys
+
+_FLAG = "--xla_force_host_platform_device_count"
+
+
+def _with_count(xla_flags: str, n: int) -> str:
+    kept = re.sub(rf"{_FLAG}=\S*", "", xla_flags).split()
+    return " ".join([*kept, f"{_FLAG}={n}"])
+
+
+def use_host_devices(n: int | None = None) -> int:
+    """Makes JAX's CPU backend expose ``n`` host devices (default: one per core).
+
+    Call before any JAX operation (importing jax is fine; creating an array is not). Sets
+    ``XLA_FLAGS=--xla_force_host_platform_device_count=n`` (inherited by subprocesses) and, if jax is
+    already imported, the equivalent ``jax_num_cpu_devices`` config. Calling it again with the count
+    already in effect is a no-op.
+
+    Args:
+      n: number of host devices, >= 1 (None: ``os.cpu_count()``).
+
+    Returns:
+      The number of host devices requested.
+
+    Raises:
+      ValueError: if ``n`` is not a positive integer.
+      RuntimeError: if JAX's backends are already initialised with a different number of CPU
+        devices (restart the process or kernel and call this first).
+    """
+    if n is None:
+        n = os.cpu_count() or 1
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"use_host_devices needs a positive integer number of devices; got {n!r}.")
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        try:
+            jax.config.update("jax_num_cpu_devices", n)
+        except RuntimeError:  # raised once the backends exist
+            have = len(jax.devices("cpu"))
+            if have != n:
+                raise RuntimeError(
+                    f"JAX is already initialised with {have} CPU device(s), so use_host_devices({n}) "
+                    "cannot take effect. Call it before any JAX operation: in a notebook, restart "
+                    "the kernel and run it in the first cell; in a script, before creating arrays."
+                ) from None
+    os.environ["XLA_FLAGS"] = _with_count(os.environ.get("XLA_FLAGS", ""), n)
+    return n

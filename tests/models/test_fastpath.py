@@ -1,0 +1,223 @@
+"""The CPU fast path computes what the standard lowerings compute: outputs, input and kernel
+gradients, second-order derivatives (double backprop, forward-over-reverse) and max-pool gradient
+routing on ties, on odd sizes, strides 1/2, SAME/VALID/explicit padding, 1x1/3x3/4x4 kernels, and
+batches that do not divide the device count."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxadv import sharding
+from jaxadv.models import fastpath, get_model, init_variables
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def fast_compile():
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)
+
+
+@pytest.fixture
+def force_taps(monkeypatch):
+    """Route every supported convolution through the per-tap kernel gradient (on small test sizes
+    the size heuristic would otherwise keep XLA's convolution)."""
+    monkeypatch.setattr(fastpath, "_taps_pay", lambda *a: True)
+    with fastpath.enabled(True):
+        yield
+
+
+def _std(x, w, strides, padding, dilation=(1, 1)):
+    return lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation,
+                                    dimension_numbers=NHWC)
+
+
+def _fast(x, w, strides, padding, dilation=(1, 1)):
+    return fastpath.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation,
+                                         dimension_numbers=NHWC)
+
+
+def _close(a, b, rtol=1e-5):
+    a, b = np.asarray(a), np.asarray(b)
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * max(1.0, float(np.abs(b).max())))
+
+
+def _data(b, h, w, c, kh, kw, o, seed=0):
+    kx, kk = jax.random.split(jax.random.key(seed))
+    return (jax.random.normal(kx, (b, h, w, c)),
+            jax.random.normal(kk, (kh, kw, c, o)) / np.sqrt(kh * kw * c))
+
+
+CASES = [  # (B, H, W, C, kh, kw, O, strides, padding, dilation)
+    (3, 9, 7, 2, 3, 3, 4, (1, 1), "SAME", (1, 1)),
+    (3, 9, 7, 2, 3, 3, 4, (2, 2), "SAME", (1, 1)),
+    (2, 9, 7, 3, 3, 3, 5, (2, 1), "VALID", (1, 1)),
+    (2, 10, 11, 3, 3, 3, 2, (1, 2), ((2, 0), (1, 3)), (1, 1)),
+    (2, 8, 8, 1, 4, 4, 3, (2, 2), "SAME", (1, 1)),  # SmallGAP's first layer, asymmetric pads
+    (5, 7, 7, 3, 7, 7, 2, (1, 1), "SAME", (1, 1)),  # SmallGAP's last layer
+    (2, 9, 9, 3, 3, 3, 4, (1, 1), "SAME", (2, 2)),
+    (3, 9, 7, 4, 1, 1, 5, (1, 1), "VALID", (1, 1)),
+    (3, 9, 7, 4, 1, 1, 5, (2, 2), "SAME", (1, 1)),  # ResNet's strided shortcut
+    (2, 6, 6, 2, 1, 1, 3, (1, 1), ((1, 0), (0, 1)), (1, 1)),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[4]}x{c[5]}-s{c[7]}-{c[8]}-d{c[9]}" for c in CASES])
+def test_conv_matches_standard(case, force_taps):
+    b, h, w, c, kh, kw, o, strides, padding, dilation = case
+    x, k = _data(b, h, w, c, kh, kw, o)
+
+    def loss(conv):
+        return lambda x, k: jnp.sum(jnp.sin(conv(x, k, strides, padding, dilation)))
+
+    def outputs(conv):
+        return jax.jit(lambda x, k: (conv(x, k, strides, padding, dilation),
+                                     *jax.grad(loss(conv), (0, 1))(x, k)))(x, k)
+
+    for a, b in zip(outputs(_fast), outputs(_std), strict=True):  # output, d input, d kernel
+        _close(a, b)
+
+
+@pytest.mark.parametrize("strides", [(1, 1), (2, 2)])
+def test_second_order_matches_standard(strides, force_taps):
+    x, k = _data(2, 9, 8, 2, 3, 3, 3, seed=1)
+
+    def input_grad_penalty(conv):  # Int/Int2-style: a loss of the input gradient, w.r.t. weights
+        f = lambda x, k: jnp.sum(jnp.tanh(conv(x, k, strides, "SAME")) ** 2)
+        return lambda k: jnp.sum(jax.grad(f)(x, k) ** 2)
+
+    # and forward mode (jvp), forward-over-reverse (Hessian-vector products)
+    f = lambda conv: (lambda k: jnp.sum(jnp.tanh(conv(x, k, strides, "SAME")) ** 2))
+
+    def outputs(conv):
+        return jax.jit(lambda k: (jax.grad(input_grad_penalty(conv))(k),
+                                  jax.jvp(f(conv), (k,), (k,))[1],
+                                  jax.jvp(jax.grad(f(conv)), (k,), (jnp.cos(k),))[1]))(k)
+
+    for a, b in zip(outputs(_fast), outputs(_std), strict=True):
+        _close(a, b, 1e-4)
+
+
+def test_dispatch_and_fallbacks(force_taps):
+    x, k = _data(2, 16, 16, 2, 3, 3, 4)
+
+    def prims(fn, *args):
+        return {e.primitive.name for e in jax.make_jaxpr(jax.grad(fn))(*args).eqns}
+
+    fast = prims(lambda k: jnp.sum(_fast(x, k, (1, 1), "SAME")), k)
+    assert "custom_jvp_call" in fast
+    with fastpath.enabled(False):
+        assert "custom_jvp_call" not in prims(lambda k: jnp.sum(_fast(x, k, (1, 1), "SAME")), k)
+    # unsupported cases fall back to lax.conv_general_dilated and still agree with it
+    grouped = lambda x, k: fastpath.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=NHWC,
+                                                         feature_group_count=2)
+    k2 = k[:, :, :1, :]
+    np.testing.assert_array_equal(grouped(x, k2), lax.conv_general_dilated(
+        x, k2, (1, 1), "SAME", dimension_numbers=NHWC, feature_group_count=2))
+    nchw = jnp.transpose(x, (0, 3, 1, 2))
+    np.testing.assert_array_equal(fastpath.conv_general_dilated(nchw, jnp.transpose(k, (3, 2, 0, 1)),
+                                                                (1, 1), "SAME"),
+                                  lax.conv_general_dilated(nchw, jnp.transpose(k, (3, 2, 0, 1)),
+                                                           (1, 1), "SAME"))
+    up = lambda conv: conv(x, k, (1, 1), ((1, 1), (1, 1)), lhs_dilation=(2, 2),
+                           dimension_numbers=NHWC)
+    np.testing.assert_array_equal(up(fastpath.conv_general_dilated), up(lax.conv_general_dilated))
+
+
+def test_switch(monkeypatch):
+    monkeypatch.setattr(fastpath, "_ENABLED", None)
+    monkeypatch.setenv("JAXADV_FASTPATH", "0")
+    assert not fastpath.is_enabled()
+    monkeypatch.setenv("JAXADV_FASTPATH", "1")
+    assert fastpath.is_enabled()
+    monkeypatch.delenv("JAXADV_FASTPATH")
+    assert fastpath.is_enabled() == (jax.default_backend() == "cpu")
+    with fastpath.enabled(False):
+        assert not fastpath.is_enabled()
+        with fastpath.enabled(True):
+            assert fastpath.is_enabled()
+        assert not fastpath.is_enabled()
+    monkeypatch.setenv("JAXADV_FASTPATH", "maybe")
+    with pytest.raises(ValueError, match="JAXADV_FASTPATH"):
+        fastpath.is_enabled()
+    with pytest.raises(ValueError, match="True, False or None"):
+        fastpath.set_enabled("yes")
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 6, 2), (2, 4, 4, 5)])
+def test_max_pool_matches_reduce_window_with_ties(shape):
+    x = jax.random.normal(jax.random.key(0), shape)
+    x = x.at[:, :2].set(0.0).at[:, 2:, :2].set(1.0)  # whole windows of equal values
+    x = jnp.round(x * 2) / 2  # and scattered ties
+
+    def pool(on):
+        def f(x):
+            with fastpath.enabled(on):
+                return fastpath.max_pool(x, window=2, stride=2)
+        return f
+
+    def outputs(on):  # value, gradient (distinct weights per output), forward mode
+        def loss(x):
+            out = pool(on)(x)
+            return jnp.sum(jnp.sin(out) * jnp.arange(out.size).reshape(out.shape))
+        return jax.jit(lambda x: (pool(on)(x), jax.grad(loss)(x),
+                                  jax.jvp(pool(on), (x,), (x + 1,))[1]))(x)
+
+    for a, b in zip(outputs(True), outputs(False), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with fastpath.enabled(True):
+        jaxpr = jax.make_jaxpr(lambda x: fastpath.max_pool(x, window=2, stride=2))(x)
+    assert "reduce_window_max" not in {e.primitive.name for e in jaxpr.eqns}
+
+
+@pytest.mark.parametrize("size,window,stride", [(7, 2, 2), (8, 3, 2), (9, 3, 3)])
+def test_max_pool_non_tiling_falls_back(size, window, stride):
+    x = jax.random.normal(jax.random.key(1), (2, size, size, 3))
+    with fastpath.enabled(True):
+        out = fastpath.max_pool(x, window=window, stride=stride)
+        g = jax.grad(lambda x: jnp.sum(fastpath.max_pool(x, window=window, stride=stride) ** 2))(x)
+    ref = lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1),
+                            "VALID")
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(g, jax.grad(lambda x: jnp.sum(lax.reduce_window(
+        x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), "VALID") ** 2))(x))
+
+
+@pytest.mark.parametrize("name,size,kwargs", [
+    ("poolgap", 12, {"widths": (4, 6)}),
+    ("smallgap", 16, {"widths": (4, 6, 8)}),
+])
+def test_models_sharded_odd_batch(name, size, kwargs, force_taps):
+    """Whole models, fast path vs standard, with a batch of 13 split over 3 devices (XLA pads the
+    uneven shards): logits, input and parameter gradients agree. (ResNet's layers -- 3x3 stride
+    1/2 and strided 1x1 convolutions -- are covered by test_conv_matches_standard.)"""
+    channels = 1
+    model = get_model(name, **kwargs)
+    variables = jax.jit(lambda key: init_variables(model, key, (1, size, size, channels)))(
+        jax.random.key(0))  # jitted: eager initialisation is slower than its compilation
+    x = jax.random.uniform(jax.random.key(1), (13, size, size, channels))
+    y = jnp.arange(13) % 10
+    mesh = sharding.data_mesh(jax.devices()[:3])
+    batch_spec = NamedSharding(mesh, P(sharding.DATA_AXIS))
+
+    def loss(v, x):
+        x = lax.with_sharding_constraint(x, batch_spec)
+        logits = model.apply(v, x)
+        return jnp.sum(jax.nn.log_softmax(logits)[jnp.arange(13), y]), logits
+
+    def run(on):
+        with fastpath.enabled(on):
+            return jax.jit(jax.grad(loss, (0, 1), has_aux=True))(variables, x)
+
+    (gv_fast, gx_fast), logits_fast = run(True)
+    (gv_std, gx_std), logits_std = run(False)
+    _close(logits_fast, logits_std, 1e-4)
+    _close(gx_fast, gx_std, 1e-4)
+    jax.tree.map(lambda a, b: _close(a, b, 1e-4), gv_fast, gv_std)
