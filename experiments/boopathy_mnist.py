@@ -1,0 +1,131 @@
+"""Robust accuracy of the official Boopathy et al. (ICML 2020) MNIST checkpoints.
+
+Regenerates ``results/boopathy_mnist.json``:
+
+    python -m experiments.boopathy_mnist --out results/boopathy_mnist.json
+
+Data: the first ``--n`` images of the MNIST test set (``../shared/data/mnist-test``; the official
+code used 200, the default here is 1,000). Models: the 20 official checkpoints in
+``../shared/data/boopathy-mnist`` (SmallGAP and PoolGAP x normal, adv, trades, int, int2, intone,
+intadv, int2adv, ig, igsum). Attack: the paper's evaluation PGD (methods.md 1.8): untargeted l-inf
+PGD on cross-entropy, 200 steps of 0.01, no random start, at each eps of ``--eps``.
+
+Accuracy at eps is the share of the n points that are classified correctly on the clean input and
+on the attack's example at every radius up to eps (eps are run in ascending order and a point broken
+at a smaller radius stays broken: its example lies in every larger ball), so each radius attacks
+only the points still robust. Optionally (``--ensemble_eps``) the AutoAttack-protocol ensemble
+(APGD-CE, APGD-T, FAB-T, Square; ``jaxadv.attacks.ensemble``) on the first ``--ensemble_n`` points.
+
+The JSON maps each checkpoint file stem to {"<eps>": accuracy}, plus "ensemble" entries
+{"<eps>": accuracy} where run, and a "settings" record. Checkpoints already in ``--out`` are
+skipped, so an interrupted run continues where it stopped.
+"""
+
+import argparse
+import functools
+import json
+import os
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxadv.attacks.ensemble import evaluate_ensemble
+from jaxadv.attacks.gradient import pgd_boopathy_eval
+from jaxadv.data import load_dataset
+from jaxadv.metrics import nested_robust_accuracy
+from jaxadv.models import get_model, load_official_checkpoint
+
+SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+METHODS = ("normal", "adv", "trades", "int", "int2", "intone", "intadv", "int2adv", "ig", "igsum")
+
+
+def _missing(path: pathlib.Path) -> None:
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: this script needs ../shared/data (the MNIST test set "
+                         "and the official Boopathy et al. checkpoints); pass --shared DIR.")
+
+
+def pgd_accuracies(model, params, x, y, *, epsilons, chunk, num_steps, step_size):
+    """{"<eps>": accuracy} of the evaluation PGD, radii nested (see the module docstring)."""
+    success = jax.jit(lambda xb, yb, e: pgd_boopathy_eval(
+        functools.partial(_apply, model, params), xb, yb, jax.random.key(0), eps=e,
+        num_steps=num_steps, step_size=step_size).success)
+    predict = jax.jit(lambda xb: jnp.argmax(_apply(model, params, xb), -1))
+    acc = nested_robust_accuracy(success, predict, x, y, epsilons=epsilons, chunk=chunk)
+    return {f"{e:g}": v for e, v in acc.items()}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="results/boopathy_mnist.json")
+    parser.add_argument("--shared", default=str(SHARED))
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--eps", type=float, nargs="+",
+                        default=[0.0, 0.05, 0.1, 0.2, 0.3, 0.35, 0.4])
+    parser.add_argument("--num_steps", type=int, default=200)
+    parser.add_argument("--step_size", type=float, default=0.01)
+    parser.add_argument("--chunk", type=int, default=250)
+    parser.add_argument("--models", nargs="+", default=["smallgap", "pool"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--ensemble_eps", type=float, nargs="*", default=[0.3, 0.4])
+    parser.add_argument("--ensemble_n", type=int, default=1000)
+    args = parser.parse_args(argv)
+
+    shared = pathlib.Path(args.shared)
+    _missing(shared / "mnist-test")
+    images, labels = load_dataset("mnist_idx", "test", data_dir=str(shared / "mnist-test")).get(
+        np.arange(args.n))
+    out_path = pathlib.Path(args.out)
+    results = json.loads(out_path.read_text()) if out_path.exists() else {}
+    results["settings"] = {
+        "data": f"first {args.n} MNIST test images", "attack": (
+            f"PGD l-inf on CE, {args.num_steps} steps of {args.step_size}, no random start "
+            "(Boopathy et al. evaluation); eps ascending, a point broken at a smaller eps stays "
+            "broken"),
+        "ensemble": (f"AutoAttack-protocol standard ensemble (APGD-CE, APGD-T 9 targets, FAB-T, "
+                     f"Square 5000 queries) on the first {args.ensemble_n} images"),
+        "command": "python -m experiments.boopathy_mnist " + " ".join(argv or []),
+    }
+    for arch in args.models:
+        for method in args.methods:
+            stem = f"mnist_{arch}_{method}_100"
+            path = shared / "boopathy-mnist" / f"{stem}.pkl"
+            _missing(path)
+            done = results.get(stem, {})
+            need_ens = [e for e in args.ensemble_eps if f"{e:g}" not in done.get("ensemble", {})]
+            if all(f"{e:g}" in done for e in args.eps) and not need_ens:
+                continue
+            name, params = load_official_checkpoint(path)
+            model = get_model(name)
+            params = jax.tree.map(jnp.asarray, params)
+            tic = time.perf_counter()
+            if not all(f"{e:g}" in done for e in args.eps):
+                done.update(pgd_accuracies(
+                    model, params, images, labels, epsilons=args.eps, chunk=args.chunk,
+                    num_steps=args.num_steps, step_size=args.step_size))
+            ens = done.get("ensemble", {})
+            for eps in need_ens:
+                logits_fn = jax.tree_util.Partial(_apply, model, params)
+                n = args.ensemble_n
+                res = evaluate_ensemble(logits_fn, jnp.asarray(images[:n]), jnp.asarray(labels[:n]),
+                                        jax.random.key(0), eps=eps, check_flags=False)
+                ens[f"{eps:g}"] = float(np.mean(np.asarray(res.robust)))
+            if ens:
+                done["ensemble"] = ens
+            results[stem] = done
+            print(f"{stem}: {json.dumps(done)} ({time.perf_counter() - tic:.0f} s)", flush=True)
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
+            os.replace(tmp, out_path)  # atomic: an interrupted run never leaves half a file
+
+
+def _apply(model, params, x):
+    return model.apply({"params": params}, x)
+
+
+if __name__ == "__main__":
+    main()

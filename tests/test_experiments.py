@@ -1,0 +1,36 @@
+"""The results scripts run end to end (quick settings, synthetic Fashion-MNIST-shaped data)."""
+
+import json
+
+import pytest
+
+from tests.training.helpers import make_synthetic_idx
+
+
+@pytest.fixture
+def synthetic_fmnist(tmp_path, monkeypatch):
+    d = make_synthetic_idx(tmp_path / "data", num_train=256, num_test=128)
+    monkeypatch.setenv("JAXADV_FASHION_MNIST_DIR", str(d))
+    return d
+
+
+@pytest.mark.slow
+def test_fashion_mnist_robust_quick(synthetic_fmnist, tmp_path):
+    from experiments import fashion_mnist_robust
+
+    out = tmp_path / "r.json"
+    args = ["--quick", "--methods", "normal", "int2", "--root", str(tmp_path / "w"),
+            "--out", str(out), "--eps", "0.1", "0.2"]
+    results = fashion_mnist_robust.main(args)
+    assert set(results["methods"]) == {"normal", "int2"}
+    for r in results["methods"].values():
+        acc = r["pgd200"]
+        assert acc["0"] >= acc["0.1"] >= acc["0.2"]  # nested radii
+        assert abs(acc["0"] - r["test_accuracy"]) < 0.2  # first 100 vs all 128 test images
+        assert -1 <= r["aai"]["kendall_tau"] <= 1
+    assert json.loads(out.read_text())["methods"].keys() == results["methods"].keys()
+    assert "| int2 |" in out.with_suffix(".md").read_text()
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    # A second call reuses the finished runs (no retraining) and gives the same table.
+    again = fashion_mnist_robust.main(args)
+    assert again["methods"]["int2"]["pgd200"] == results["methods"]["int2"]["pgd200"]
