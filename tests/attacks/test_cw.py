@@ -125,6 +125,15 @@ def test_clean_misclassified_is_returned_unchanged(key):
     assert float(res.loss[0]) == 0.0
 
 
+def test_examples_do_not_interact(key):
+    """Per-example c search and early abort: an example's result does not depend on the batch."""
+    _, w, b, x, y = linear_problem(1, num_classes=4)
+    full = _cw_linear(w, b, x, y, key, num_binary_steps=3, num_steps=50)
+    half = _cw_linear(w, b, x[:4], y[:4], key, num_binary_steps=3, num_steps=50)
+    np.testing.assert_allclose(np.asarray(full.x_adv[:4]), np.asarray(half.x_adv), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(full.success[:4]), np.asarray(half.success))
+
+
 def test_binary_search_update():
     c = jnp.asarray([1.0, 1.0, 4.0, 4.0])
     lower = jnp.asarray([0.0, 0.0, 2.0, 2.0])

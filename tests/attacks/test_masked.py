@@ -77,8 +77,8 @@ def test_all_ones_mask_is_pgd(norm, key):
     y = jnp.argmax(f(x), -1)
     kw = dict(eps=0.1 if norm == "linf" else 0.5, step_size=0.03 if norm == "linf" else 0.15,
               num_steps=5, norm=norm)
-    ours = M.masked_pgd(f, x, y, key, mask=jnp.ones((6, 4, 4, 1)), **kw)
-    ref = G.pgd(f, x, y, key, **kw)
+    ours = jax.jit(lambda k: M.masked_pgd(f, x, y, k, mask=jnp.ones((6, 4, 4, 1)), **kw))(key)
+    ref = jax.jit(lambda k: G.pgd(f, x, y, k, **kw))(key)
     np.testing.assert_allclose(np.asarray(ours.x_adv), np.asarray(ref.x_adv), atol=1e-5)
     np.testing.assert_array_equal(np.asarray(ours.success), np.asarray(ref.success))
     np.testing.assert_allclose(np.asarray(ours.loss), np.asarray(ref.loss), rtol=1e-4, atol=1e-5)
@@ -88,8 +88,8 @@ def test_zero_mask_returns_x_and_clean_success(key):
     f = mlp(16, 2)
     x = jax.random.uniform(jax.random.key(2), (5, 4, 4, 1))
     y = jnp.asarray([0, 1, 2, 3, 4])
-    res = M.masked_pgd(f, x, y, key, mask=jnp.zeros((4, 4, 1)), eps=0.3, step_size=0.1,
-                       num_steps=3)
+    res = jax.jit(lambda k: M.masked_pgd(f, x, y, k, mask=jnp.zeros((4, 4, 1)), eps=0.3,
+                                         step_size=0.1, num_steps=3))(key)
     np.testing.assert_array_equal(np.asarray(res.x_adv), np.asarray(x))
     np.testing.assert_array_equal(np.asarray(res.success), np.asarray(jnp.argmax(f(x), -1) != y))
 
@@ -107,7 +107,7 @@ def test_masked_fgsm_linear_closed_form_and_soft_mask(key):
     y = jnp.asarray([0, 1, 2, 3])
     soft = jnp.asarray(rng.choice([0.0, 0.5, 1.0], (4, 4, 4, 1)).astype(np.float32))
     eps = 0.1
-    res = M.masked_fgsm(f, x, y, key, mask=soft, eps=eps)
+    res = jax.jit(lambda k: M.masked_fgsm(f, x, y, k, mask=soft, eps=eps))(key)
     p = np.asarray(jax.nn.softmax(f(x)))
     g = (p - np.eye(K)[np.asarray(y)]) @ w.T  # d CE / d x, (B, 16)
     expect = np.asarray(x).reshape(4, -1) + eps * np.asarray(soft).reshape(4, -1) * np.sign(g)
