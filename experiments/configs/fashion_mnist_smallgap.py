@@ -5,8 +5,10 @@ Launch (the README's main job):
 Quick smoke run (seconds):
   jaxadv train --config experiments/configs/fashion_mnist_smallgap.py:quick --workdir /tmp/quick
 
-Expected result: test accuracy >= 0.89 on the full 10,000-image Fashion-MNIST test set after 8
-epochs (batch 128, Adam 3e-3 with cosine decay); see the README for the measured figure and time.
+Expected result: test accuracy 0.892 on the full 10,000-image Fashion-MNIST test set after 10
+epochs (batch 128, Adam 3e-3 with 200 warm-up steps and cosine decay, inputs standardised inside
+the model; measured with `--host_devices=1`; 8 epochs without standardisation gave 0.879). See
+the README for the time.
 """
 
 import ml_collections
@@ -44,7 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 128
-    config.train.num_epochs = 8.0
+    config.train.num_epochs = 10.0
     config.train.num_steps = -1  # > 0 overrides num_epochs
     config.train.log_every = 100
     config.train.checkpoint_every = 500

@@ -14,8 +14,10 @@ Attacks by family (module: functions):
 * apgd: ``apgd``, ``apgd_ce``, ``apgd_dlr``, ``apgd_t`` (Croce & Hein 2020)
 * square: ``square`` (Andriushchenko et al. 2020); fab: ``fab``, ``fab_t`` (Croce & Hein 2020)
 * minimum norm: ``cw_l2`` (Carlini & Wagner 2017), ``deepfool`` (Moosavi-Dezfooli et al. 2016),
-  ``min_eps_bisection`` / ``minimal_eps`` (Boopathy et al. 2020), and the sparse and structured
-  attacks listed in :data:`ATTACKS`.
+  ``min_eps_bisection`` / ``minimal_eps`` (Boopathy et al. 2020), ``ead`` (Chen et al. 2018)
+* sparse and structured: ``jsma`` (Papernot et al. 2016, on the adversarial saliency map),
+  ``str_attack`` (Xu et al. 2019, ADMM group sparsity), ``masked_pgd`` / ``masked_fgsm`` /
+  ``masked_bim`` (the perturbation confined to a mask, for CAM-guided and region studies)
 
 ``get_attack(name, **hyperparameters)`` looks an attack up by name, for configs.
 
@@ -37,13 +39,18 @@ ATTACKS: dict[str, tuple[str, str]] = {
     "square": ("square", "square"), "fab": ("fab", "fab"), "fab_t": ("fab", "fab_t"),
     "cw_l2": ("cw", "cw_l2"), "cw": ("cw", "cw_l2"), "deepfool": ("deepfool", "deepfool"),
     "min_eps_bisection": ("min_eps", "min_eps_bisection"),
+    "ead": ("ead", "ead"), "jsma": ("jsma", "jsma"), "str_attack": ("str_attack", "str_attack"),
+    "masked_pgd": ("masked", "masked_pgd"), "masked_fgsm": ("masked", "masked_fgsm"),
+    "masked_bim": ("masked", "masked_bim"),
 }
 
 # Other public names, imported lazily from their modules.
 _OTHER: dict[str, str] = {
     "AttackResult": "base", "is_success": "base",
     "pgd_objective": "gradient", "classification_objective": "gradient",
-    "minimal_eps": "min_eps",
+    "minimal_eps": "min_eps", "masked_pgd_objective": "masked", "check_mask": "masked",
+    "shrinkage_threshold": "ead", "group_norms": "str_attack", "group_soft_threshold": "str_attack",
+    "margin_loss": "cw", "is_adversarial": "cw", "binary_search_update": "cw",
     "project": "projections", "project_l1_ball": "projections", "check_attack_inputs": "projections",
     "get_loss": "losses", "get_step_rule": "step_rules", "resolve_targets": "targets",
     "attack_over_eps": "sweep", "attack_over_restarts": "sweep", "attack_over_targets": "sweep",
