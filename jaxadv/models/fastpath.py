@@ -22,10 +22,24 @@ Switch it with ``JAXADV_FASTPATH=0`` / ``1`` in the environment, :func:`set_enab
 :func:`enabled` context manager. The switch is read when a function is *traced*: re-jit (or call
 a fresh ``jax.jit``) after switching.
 
-Measurements (2-core AMD EPYC, shared and noisy; batch 128 float32, medians of interleaved runs,
-ms; ``python -m experiments.benchmarks.step_speed``):
+What was measured (2-core AMD EPYC shared with other jobs, load 4-12, so absolute times are 3-6x
+a quiet machine's; batch 128 float32; medians of interleaved runs; ms, standard / fast):
 
-MEASUREMENTS_PLACEHOLDER
+* im2col for the whole convolution (patches concatenated along channels + one dot) was *slower*
+  everywhere: XLA:CPU's concatenate of kh*kw strided slices runs at ~1/10 of memory bandwidth
+  (patches of a 14x14x32 map, 5x5 kernel: 285 ms vs 1.6 ms for a copy of the input), so forward
+  2-9x slower. Dropped; so were per-tap forward / input-gradient matmuls (slower except on 4x4 maps).
+* kernel gradient per tap (what is kept): 3x3 stride-1 layers 26x26x32->64: 958 -> 264;
+  32x32x64->64: 5324 -> 824; 16x16x128->128: 1047 -> 353; 4x4x512: 137 -> 208 and 5x5/7x7 kernels
+  on 7x7-14x14 maps 1.7-2x slower, hence the size rule in :func:`_taps_pay`. PreAct ResNet-18
+  train step: 40.1 s -> 24.9 s (x1.6); SmallGAP/PoolGAP do not reach the rule.
+* reshape max-pool with first-max routing: gradient of a 2x2 pool on 128x28x28x32: 174 -> 58,
+  on 128x14x14x64: 89 -> 26; forward unchanged. PoolGAP train step x1.1-1.9 over runs.
+* XLA:CPU flags ``xla_cpu_use_xnnpack``, ``xla_cpu_use_onednn``, XNN graph fusion, the
+  concurrency-optimised scheduler: no change beyond noise on these convolutions (none set).
+* Not addressed here: inside ``lax.fori_loop`` (the attack loops) the input-gradient convolutions
+  are compiled with an ``01oi`` kernel layout and a 10-step PGD takes ~2.2x ten single steps
+  (SmallGAP: fori 4300 ms vs unrolled 1745 ms); unrolling the loop removes it.
 """
 
 import contextlib

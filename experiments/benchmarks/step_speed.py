@@ -1,0 +1,407 @@
+"""Step-speed benchmark: jaxadv against PyTorch on identical weights, and against the hardware limit.
+
+    python -m experiments.benchmarks.step_speed --out results/step_speed.json
+        [--quick] [--host_devices N] [--models smallgap,poolgap,preact_resnet18] [--repeats R]
+        [--compare_standard] [--no_fastpath]
+
+Models (batch 128, float32, random N(0, 1/fan_in) weights, key 0): SmallGAP and PoolGAP on 28x28x1,
+PreAct ResNet-18 (batch norm) on 32x32x3. Each is built in jaxadv and as its PyTorch twin with the
+same weights (``jaxadv.interop.torch_port.to_torch``); logits and the input gradient of the loss are
+checked to agree before anything is timed. Ops, the same work in both frameworks:
+
+* ``forward``: eval-mode logits.
+* ``pgd_step``: one l-inf PGD step, eps 8/255, step 2/255 (input gradient of the summed
+  cross-entropy, signed step, projection onto the ball and [0, 1]).
+* ``pgd10``: ``jaxadv.attacks.gradient.pgd`` with 10 steps and a random start; the PyTorch loop does
+  the same work (random start, 10 forward+backward passes with best-so-far tracking, a final
+  forward pass for the last iterate).
+* ``train_step``: one SGD (lr 0.1, momentum 0.9) step on the mean cross-entropy in training mode
+  (batch statistics for batch norm); jaxadv's ``make_train_step`` with donated state.
+
+Timing: after a warm-up call of each (compilation for jaxadv), ``--repeats`` rounds in which the
+contestants run in turn (the order alternating between rounds), so a change of load on this shared
+machine hits them alike; medians with the interquartile range. ``speedup_vs_torch`` is torch median /
+jaxadv median. ``gflops`` is jaxadv's achieved GFLOP/s, the op's FLOPs (XLA's cost analysis of the
+standard lowering: forward, pgd_step, train_step; pgd10 = 10 pgd_step + forward) over its median
+time, next to ``matmul_peak_gflops``, a 4096^3 float32 ``jnp.dot`` timed in the same run.
+
+``--host_devices N`` splits the batch over N XLA host devices (set before JAX initialises, with
+``jaxadv.devices.use_host_devices``); ``--compare_standard`` adds jaxadv with the fast path off
+(``jaxadv_std``) as a third contestant; ``--no_fastpath`` turns it off for the ``jaxadv`` one.
+``--quick``: batch 32, 2 rounds, a 1024^3 matmul (a smoke test, not a measurement).
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+OPS = ("forward", "pgd_step", "pgd10", "train_step")
+MODELS = {"smallgap": (28, 28, 1), "poolgap": (28, 28, 1), "preact_resnet18": (32, 32, 3)}
+EPS, STEP = 8 / 255, 2 / 255
+LR, MOMENTUM = 0.1, 0.9
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=pathlib.Path, default=None, help="JSON file for the results.")
+    p.add_argument("--quick", action="store_true", help="Smoke test: batch 32, 2 rounds.")
+    p.add_argument("--host_devices", type=int, default=1,
+                   help="Split the batch over this many XLA host devices (0: one per core).")
+    p.add_argument("--models", default=",".join(MODELS), help="Comma-separated subset of "
+                   f"{', '.join(MODELS)}.")
+    p.add_argument("--ops", default=",".join(OPS), help=f"Comma-separated subset of {OPS}.")
+    p.add_argument("--batch", type=int, default=None, help="Batch size (default 128; quick 32).")
+    p.add_argument("--repeats", type=int, default=None, help="Timed rounds (default 7; quick 2).")
+    p.add_argument("--repeats_resnet", type=int, default=None,
+                   help="Timed rounds for preact_resnet18 (default: --repeats, at most 5).")
+    p.add_argument("--compare_standard", action="store_true",
+                   help="Also time jaxadv with the fast path off (contestant 'jaxadv_std').")
+    p.add_argument("--no_fastpath", action="store_true", help="Turn the fast path off.")
+    p.add_argument("--torch_threads", type=int, default=0,
+                   help="torch.set_num_threads (0: PyTorch's default).")
+    args = p.parse_args(argv)
+    for name in args.models.split(","):
+        if name not in MODELS:
+            p.error(f"unknown model {name!r}; choose from {sorted(MODELS)}")
+    for op in args.ops.split(","):
+        if op not in OPS:
+            p.error(f"unknown op {op!r}; choose from {OPS}")
+    return args
+
+
+def summary(times: list[float]) -> dict:
+    """Seconds -> milliseconds: median, quartiles, min, max, n."""
+    ms = sorted(t * 1e3 for t in times)
+    q = statistics.quantiles(ms, n=4, method="inclusive") if len(ms) > 1 else [ms[0]] * 3
+    return {"median": statistics.median(ms), "q25": q[0], "q75": q[2], "min": ms[0],
+            "max": ms[-1], "n": len(ms)}
+
+
+def time_rounds(fns: dict, repeats: int) -> dict:
+    """``fns[name]()`` must block until done. One warm-up call each, then ``repeats`` rounds with
+    every contestant in turn (order reversed every other round). Returns name -> summary."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    return {name: summary(ts) for name, ts in times.items()}
+
+
+def matmul_peak_gflops(n: int, repeats: int = 5) -> float:
+    """Achieved GFLOP/s of an (n, n) @ (n, n) float32 ``jnp.dot`` (best of ``repeats``)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    jax.block_until_ready(dot(a, a))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(dot(a, a))
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def torch_matmul_gflops(n: int, repeats: int = 5) -> float:
+    import torch
+
+    a = torch.randn(n, n)
+    a @ a
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+# ----------------------------------------------------------------------------------------------
+# jaxadv side
+
+
+def jax_ops(name: str, x_np, y_np, *, fast: bool, mesh) -> tuple[dict, dict, dict]:
+    """Compiled jaxadv ops for model ``name`` with the fast path on or off.
+
+    Returns (fns, flops, handles): fns[op]() runs op once and blocks; flops[op] is XLA's FLOP count
+    of the op's standard lowering (None where unavailable); handles has the model, variables and the
+    jitted logits and input-gradient functions for the parity checks.
+    """
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from jaxadv import sharding
+    from jaxadv.attacks import gradient, losses, projections
+    from jaxadv.models import fastpath, get_model
+    from jaxadv.training import create_train_state, cross_entropy, make_train_step
+
+    model = get_model(name)
+    state = create_train_state(model, optax.sgd(LR, momentum=MOMENTUM), jax.random.key(0),
+                               x_np.shape)
+    variables = state.eval_variables()
+    x, y = jnp.asarray(x_np), jnp.asarray(y_np)
+    mask = jnp.ones(y.shape, jnp.bool_)
+    if mesh is not None:
+        x, y, mask = sharding.shard_batch((x, y, mask), mesh)
+        state = sharding.replicate(state, mesh)
+        variables = sharding.replicate(variables, mesh)
+    batch = {"image": x, "label": y, "mask": mask}
+    key = jax.random.key(0)
+    eps, step = jnp.float32(EPS), jnp.float32(STEP)
+
+    def logits(v, x):
+        return model.apply(v, x, train=False)
+
+    def input_grad(v, x, y):
+        return jax.grad(lambda x: jnp.sum(losses.cross_entropy(logits(v, x), y)))(x)
+
+    def pgd_step(v, x_adv, x, y, eps, step):
+        g = input_grad(v, x_adv, y)
+        return projections.project_to_feasible(x_adv + step * jnp.sign(g), x, eps, "linf",
+                                               (0.0, 1.0))
+
+    def pgd10(v, x, y, key, eps, step):
+        return gradient.pgd(lambda z: logits(v, z), x, y, key, eps=eps, step_size=step,
+                            num_steps=10, norm="linf", random_start=True).x_adv
+
+    train_step = make_train_step(objective=cross_entropy)
+    args = {"forward": (variables, x), "pgd_step": (variables, x, x, y, eps, step),
+            "pgd10": (variables, x, y, key, eps, step), "train_step": (state, batch, key)}
+    defs = {"forward": logits, "pgd_step": pgd_step, "pgd10": pgd10, "train_step": train_step}
+
+    flops = {}
+    with fastpath.enabled(False):
+        for op in ("forward", "pgd_step", "train_step"):
+            try:
+                flops[op] = float(jax.jit(defs[op]).lower(*args[op]).cost_analysis()["flops"])
+            except Exception:  # cost analysis is best effort
+                flops[op] = None
+    flops["pgd10"] = (10 * flops["pgd_step"] + flops["forward"]
+                      if flops["pgd_step"] and flops["forward"] else None)
+
+    with fastpath.enabled(fast):
+        compiled = {op: jax.jit(defs[op], donate_argnums=(0,) if op == "train_step" else ())
+                    .lower(*args[op]).compile() for op in OPS}
+        handles = {"model": model, "variables": variables, "logits": jax.jit(logits),
+                   "input_grad": jax.jit(input_grad), "x": x, "y": y}
+
+    carry = {"state": state}
+
+    def run_train():
+        carry["state"], metrics = compiled["train_step"](carry["state"], batch, key)
+        jax.block_until_ready(metrics)
+
+    fns = {op: (lambda op=op: jax.block_until_ready(compiled[op](*args[op])))
+           for op in ("forward", "pgd_step", "pgd10")}
+    fns["train_step"] = run_train
+    return fns, flops, handles
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch side
+
+
+def torch_ops(tmodel, x_np, y_np) -> dict:
+    """The same four ops on the PyTorch twin (NCHW). The train step runs on a deep copy."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    from jaxadv.interop.torch_port import nhwc_to_nchw
+
+    x = nhwc_to_nchw(x_np)
+    y = torch.from_numpy(y_np.astype("int64"))
+    eval_model = tmodel.eval()
+    for p in eval_model.parameters():
+        p.requires_grad_(False)
+    train_model = copy.deepcopy(tmodel).train()
+    for p in train_model.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.SGD(train_model.parameters(), lr=LR, momentum=MOMENTUM)
+    gen = torch.Generator().manual_seed(0)
+
+    def forward():
+        with torch.no_grad():
+            return eval_model(x)
+
+    def grad_and_loss(x_adv):
+        x_adv = x_adv.detach().requires_grad_(True)
+        loss = F.cross_entropy(eval_model(x_adv), y, reduction="none")
+        (g,) = torch.autograd.grad(loss.sum(), x_adv)
+        return g, loss.detach()
+
+    def project(x_adv):
+        return torch.clamp(torch.min(torch.max(x_adv, x - EPS), x + EPS), 0.0, 1.0)
+
+    def pgd_step():
+        g, _ = grad_and_loss(x)
+        return project(x + STEP * g.sign())
+
+    def pgd10():
+        x_adv = project(x + torch.empty_like(x).uniform_(-EPS, EPS, generator=gen))
+        best, best_loss = x_adv.clone(), torch.full((x.shape[0],), -float("inf"))
+
+        def keep(x_adv, loss):
+            better = loss > best_loss
+            best[better] = x_adv[better]
+            best_loss[better] = loss[better]
+
+        for _ in range(10):
+            g, loss = grad_and_loss(x_adv)
+            keep(x_adv, loss)
+            x_adv = project(x_adv + STEP * g.sign())
+        with torch.no_grad():
+            keep(x_adv, F.cross_entropy(eval_model(x_adv), y, reduction="none"))
+        return best
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(train_model(x), y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return {"forward": forward, "pgd_step": pgd_step, "pgd10": pgd10, "train_step": train_step}
+
+
+def check_parity(name: str, handles: dict, tmodel, x_np, y_np) -> dict:
+    """Raises unless logits and input gradients agree; returns their max abs differences."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from jaxadv.interop.torch_port import nchw_to_nhwc, nhwc_to_nchw
+
+    n = min(32, x_np.shape[0])
+    ours = np.asarray(handles["logits"](handles["variables"], handles["x"]))[:n]
+    xt = nhwc_to_nchw(x_np[:n]).requires_grad_(True)
+    out = tmodel.eval()(xt)
+    theirs = out.detach().numpy()
+    (gt,) = torch.autograd.grad(F.cross_entropy(out, torch.from_numpy(y_np[:n].astype("int64")),
+                                                reduction="sum"), xt)
+    g_ours = np.asarray(handles["input_grad"](handles["variables"], handles["x"], handles["y"]))[:n]
+    g_theirs = nchw_to_nhwc(gt)
+    d_logits = float(np.max(np.abs(ours - theirs)))
+    scale = float(np.max(np.abs(g_theirs))) or 1.0
+    d_grad = float(np.max(np.abs(g_ours - g_theirs))) / scale
+    if d_logits > 1e-3 * max(1.0, float(np.max(np.abs(theirs)))) or d_grad > 1e-3:
+        raise AssertionError(f"{name}: jaxadv and its PyTorch twin disagree (logits {d_logits:.3g}, "
+                             f"input gradient {d_grad:.3g} relative); timings would be meaningless.")
+    return {"logits_max_abs_diff": d_logits, "input_grad_max_rel_diff": d_grad}
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    from jaxadv.devices import use_host_devices
+
+    use_host_devices(args.host_devices or None)
+    import jax
+    import numpy as np
+    import torch
+
+    from jaxadv import sharding
+    from jaxadv.interop.torch_port import to_torch
+    from jaxadv.models import fastpath
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    batch = args.batch or (32 if args.quick else 128)
+    repeats = args.repeats or (2 if args.quick else 7)
+    repeats_resnet = args.repeats_resnet or min(repeats, 5)
+    mesh = sharding.data_mesh() if jax.device_count() > 1 else None
+    if mesh is not None:
+        sharding.check_divisible(batch, mesh)
+    ops = args.ops.split(",")
+    mm_n = 1024 if args.quick else 4096
+    peak_before = matmul_peak_gflops(mm_n)
+
+    results = {"times_ms": {}, "speedup_vs_torch": {}, "gflops": {}, "flops": {}, "parity": {}}
+    if args.compare_standard:
+        results["speedup_vs_standard"] = {}
+    rng = np.random.default_rng(0)
+    for name in args.models.split(","):
+        shape = (batch,) + MODELS[name]
+        x_np = rng.uniform(0.0, 1.0, shape).astype(np.float32)
+        y_np = rng.integers(0, 10, (batch,)).astype(np.int32)
+        fns, flops, handles = jax_ops(name, x_np, y_np, fast=not args.no_fastpath, mesh=mesh)
+        tmodel = to_torch(name, jax.device_get(handles["variables"]))
+        results["parity"][name] = check_parity(name, handles, tmodel, x_np, y_np)
+        tfns = torch_ops(tmodel, x_np, y_np)
+        std = jax_ops(name, x_np, y_np, fast=False, mesh=mesh)[0] if args.compare_standard else None
+        for op in ops:
+            contestants = {"jaxadv": fns[op], "torch": tfns[op]}
+            if std is not None:
+                contestants["jaxadv_std"] = std[op]
+            t = time_rounds(contestants, repeats_resnet if name == "preact_resnet18" else repeats)
+            k = f"{name}/{op}"
+            results["times_ms"][k] = t
+            results["speedup_vs_torch"][k] = t["torch"]["median"] / t["jaxadv"]["median"]
+            if std is not None:
+                results["speedup_vs_standard"][k] = t["jaxadv_std"]["median"] / t["jaxadv"]["median"]
+            results["flops"][k] = flops[op]
+            results["gflops"][k] = (flops[op] / (t["jaxadv"]["median"] / 1e3) / 1e9
+                                    if flops[op] else None)
+            extra = (f"  std {t['jaxadv_std']['median']:8.1f} ms" if std is not None else "")
+            print(f"{k:28s} jaxadv {t['jaxadv']['median']:8.1f} ms  torch {t['torch']['median']:8.1f}"
+                  f" ms  x{results['speedup_vs_torch'][k]:5.2f}{extra}  "
+                  f"{results['gflops'][k] or float('nan'):6.1f} GFLOP/s", flush=True)
+    peak_after = matmul_peak_gflops(mm_n)
+    results["matmul_peak_gflops"] = max(peak_before, peak_after)
+    results["matmul_peak_gflops_before_after"] = [peak_before, peak_after]
+    results["torch_matmul_gflops"] = torch_matmul_gflops(mm_n)
+    results["config"] = {
+        "batch": batch, "repeats": repeats, "repeats_resnet": repeats_resnet,
+        "host_devices": jax.device_count(), "fastpath": fastpath.is_enabled() and not args.no_fastpath,
+        "matmul_n": mm_n, "quick": args.quick, "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(), "jax": jax.__version__, "torch": torch.__version__,
+        "platform": platform.platform(), "backend": jax.default_backend(),
+        "devices": str(jax.devices()[0].device_kind), "argv": sys.argv[1:] if argv is None else argv,
+    }
+    print(format_table(results))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1))
+    return results
+
+
+def format_table(results: dict) -> str:
+    """A Markdown table of the results."""
+    std = "speedup_vs_standard" in results
+    head = "| model/op | jaxadv ms (IQR) | PyTorch ms (IQR) | speedup | GFLOP/s | % of matmul peak |"
+    head += " fast path gain |" if std else ""
+    lines = [head, "|" + "---|" * (7 if std else 6)]
+    peak = results.get("matmul_peak_gflops")
+    for k, t in results["times_ms"].items():
+        j, tt = t["jaxadv"], t["torch"]
+        gf = results["gflops"][k]
+        row = (f"| {k} | {j['median']:.1f} ({j['q25']:.0f}-{j['q75']:.0f}) | {tt['median']:.1f} "
+               f"({tt['q25']:.0f}-{tt['q75']:.0f}) | {results['speedup_vs_torch'][k]:.2f} | "
+               f"{gf:.1f} | {100 * gf / peak:.0f}% |" if gf and peak else
+               f"| {k} | {j['median']:.1f} | {tt['median']:.1f} | "
+               f"{results['speedup_vs_torch'][k]:.2f} | - | - |")
+        if std:
+            row += f" {results['speedup_vs_standard'][k]:.2f} |"
+        lines.append(row)
+    if peak:
+        lines.append(f"\nfloat32 matmul peak (jnp.dot {results.get('config', {}).get('matmul_n')}^3): "
+                     f"{peak:.0f} GFLOP/s; PyTorch: {results.get('torch_matmul_gflops', 0):.0f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
