@@ -25,9 +25,10 @@ jaxadv median. ``gflops`` is jaxadv's achieved GFLOP/s, the op's FLOPs (XLA's co
 standard lowering: forward, pgd_step, train_step; pgd10 = 10 pgd_step + forward) over its median
 time, next to ``matmul_peak_gflops``, a 4096^3 float32 ``jnp.dot`` timed in the same run.
 
-``--host_devices N`` splits the batch over N XLA host devices (set before JAX initialises, with
-``jaxadv.devices.use_host_devices``); ``--compare_standard`` adds jaxadv with the fast path off
-(``jaxadv_std``) as a third contestant; ``--no_fastpath`` turns it off for the ``jaxadv`` one.
+``--host_devices N`` splits the batch over N XLA host devices (default 8; set before JAX
+initialises, with ``jaxadv.devices.use_host_devices``); ``--compare_standard`` adds jaxadv with
+the fast path off (``jaxadv_std``) as a third contestant; ``--no_fastpath`` turns it off for the
+``jaxadv`` one.
 ``--quick``: batch 32, 2 rounds, a 1024^3 matmul (a smoke test, not a measurement).
 """
 
@@ -50,8 +51,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=pathlib.Path, default=None, help="JSON file for the results.")
     p.add_argument("--quick", action="store_true", help="Smoke test: batch 32, 2 rounds.")
-    p.add_argument("--host_devices", type=int, default=1,
-                   help="Split the batch over this many XLA host devices (0: one per core).")
+    p.add_argument("--host_devices", type=int, default=8,
+                   help="Split the batch over this many XLA host devices (0: one per core, 1: off). "
+                   "Default 8: on the 2-core machine it beat 1 device on every op (SmallGAP pgd_step "
+                   "x3.7 vs x2.6 over PyTorch, PoolGAP train_step x2.3 vs x1.0).")
     p.add_argument("--models", default=",".join(MODELS), help="Comma-separated subset of "
                    f"{', '.join(MODELS)}.")
     p.add_argument("--ops", default=",".join(OPS), help=f"Comma-separated subset of {OPS}.")
