@@ -77,13 +77,16 @@ class JsonLogger:
 
     def __init__(self, workdir: str, *, start_step: int):
         self.path = os.path.join(workdir, "metrics.jsonl")
-        if os.path.exists(self.path):  # drop lines from beyond the checkpoint we resume from
+        # drop lines from beyond the checkpoint we resume from (one writer on multi-process runs)
+        if os.path.exists(self.path) and jax.process_index() == 0:
             with open(self.path) as f:
                 kept = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= start_step]
             with open(self.path, "w") as f:
                 f.writelines(kept)
 
     def write(self, record: dict) -> None:
+        if jax.process_index() != 0:  # one writer on multi-process runs
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -155,8 +158,10 @@ def train_and_evaluate(config: Mapping, workdir: str, *, verbose: bool = True) -
         if verbose:
             print(f"Resuming from the checkpoint at step {start} in {workdir}.")
     start = int(jax.device_get(state.step))
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json(indent=2) if hasattr(config, "to_json") else json.dumps(config))
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json(indent=2) if hasattr(config, "to_json")
+                    else json.dumps(config))
     logger = JsonLogger(workdir, start_step=start)
 
     objective = get_objective(config.objective.name, **_kwargs(config.objective.get("kwargs")))
@@ -250,8 +255,9 @@ def train_and_evaluate(config: Mapping, workdir: str, *, verbose: bool = True) -
               "num_test_examples": num_eval or len(test_src), "train_seconds": t_train,
               "examples_per_second": examples / max(t_train, 1e-9), "compile_seconds": compile_s,
               "num_devices": int(mesh.devices.size)}
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump(result, f, indent=2)
     return result
 
 
