@@ -48,13 +48,24 @@ def _missing(path: pathlib.Path) -> None:
                          "and the official Boopathy et al. checkpoints); pass --shared DIR.")
 
 
-def pgd_accuracies(model, params, x, y, *, epsilons, chunk, num_steps, step_size):
+@functools.cache
+def _compiled(name: str, num_steps: int, step_size: float):
+    """(success, predict) jitted once per architecture, the parameters an argument. The 200 steps
+    are unrolled: on CPU that runs about 2.4x faster than a loop, and compiles once per model."""
+    model = get_model(name)
+    success = jax.jit(lambda p, xb, yb, e: pgd_boopathy_eval(
+        functools.partial(_apply, model, p), xb, yb, jax.random.key(0), eps=e,
+        num_steps=num_steps, step_size=step_size, unroll=True).success)
+    predict = jax.jit(lambda p, xb: jnp.argmax(_apply(model, p, xb), -1))
+    return success, predict
+
+
+def pgd_accuracies(name, params, x, y, *, epsilons, chunk, num_steps, step_size):
     """{"<eps>": accuracy} of the evaluation PGD, radii nested (see the module docstring)."""
-    success = jax.jit(lambda xb, yb, e: pgd_boopathy_eval(
-        functools.partial(_apply, model, params), xb, yb, jax.random.key(0), eps=e,
-        num_steps=num_steps, step_size=step_size).success)
-    predict = jax.jit(lambda xb: jnp.argmax(_apply(model, params, xb), -1))
-    acc = nested_robust_accuracy(success, predict, x, y, epsilons=epsilons, chunk=chunk)
+    success, predict = _compiled(name, num_steps, step_size)
+    acc = nested_robust_accuracy(functools.partial(success, params),
+                                 functools.partial(predict, params), x, y, epsilons=epsilons,
+                                 chunk=chunk)
     return {f"{e:g}": v for e, v in acc.items()}
 
 
@@ -104,7 +115,7 @@ def main(argv=None) -> None:
             tic = time.perf_counter()
             if not all(f"{e:g}" in done for e in args.eps):
                 done.update(pgd_accuracies(
-                    model, params, images, labels, epsilons=args.eps, chunk=args.chunk,
+                    name, params, images, labels, epsilons=args.eps, chunk=args.chunk,
                     num_steps=args.num_steps, step_size=args.step_size))
             ens = done.get("ensemble", {})
             for eps in need_ens:
