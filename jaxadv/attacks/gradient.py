@@ -24,6 +24,7 @@ References: Goodfellow et al. 2015 (FGSM); Kurakin et al. 2017 (BIM / I-FGSM); M
 (sparse l1 descent); Zhang et al. 2019 (TRADES); Boopathy et al. 2020 (evaluation preset).
 """
 
+import os
 from collections.abc import Callable
 
 import jax
@@ -171,7 +172,10 @@ def pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, eps, step
     return best_over(jax.vmap(run)(jax.random.split(key, num_restarts)))
 
 
-UNROLL_MAX_STEPS = 50
+# Step loops up to this many steps are unrolled on CPU when ``unroll=None`` (override with the
+# environment variable JAXADV_UNROLL_MAX_STEPS, read at import; the test suite sets 0 because its
+# many small compiles dominate its time).
+UNROLL_MAX_STEPS = int(os.environ.get("JAXADV_UNROLL_MAX_STEPS", "50"))
 
 
 def _unrolled(unroll: bool | None, num_steps: int) -> bool:

@@ -451,3 +451,20 @@ def test_float_labels_and_wrong_logits_shape_raise(key):
         G.fgsm(mlp_model(), x, jnp.zeros(4), key, eps=0.1)
     with pytest.raises(ValueError, match="logits_fn must map"):
         G.fgsm(lambda x: x.reshape(-1), x, jnp.zeros(4, jnp.int32), key, eps=0.1)
+
+
+def test_unrolled_loop_equals_fori_loop():
+    """The CPU default unrolls short step loops; results equal the fori_loop's (a linear model:
+    no gradient coordinate near zero, so no sign flips from rounding)."""
+    w = jax.random.normal(jax.random.key(0), (48, 5))
+    fn = lambda z: z.reshape(z.shape[0], -1) @ w
+    x = jax.random.uniform(jax.random.key(1), (6, 4, 4, 3))
+    y = jnp.argmax(fn(x), -1)
+    kw = dict(eps=0.05, step_size=0.01, num_steps=7, random_start=True)
+    rolled = G.pgd(fn, x, y, jax.random.key(2), unroll=False, **kw)
+    unrolled = G.pgd(fn, x, y, jax.random.key(2), unroll=True, **kw)
+    np.testing.assert_allclose(unrolled.x_adv, rolled.x_adv, atol=1e-6)
+    np.testing.assert_array_equal(unrolled.success, rolled.success)
+    assert G._unrolled(None, 7) == (jax.default_backend() == "cpu"
+                                           and 7 <= G.UNROLL_MAX_STEPS)
+    assert G._unrolled(True, 1000) and not G._unrolled(False, 1)
