@@ -119,7 +119,7 @@ def main(argv=None) -> None:
                     num_steps=args.num_steps, step_size=args.step_size))
             ens = done.get("ensemble", {})
             for eps in need_ens:
-                logits_fn = jax.tree_util.Partial(_apply, model, params)
+                logits_fn = functools.partial(_apply, model, params)
                 n = args.ensemble_n
                 res = evaluate_ensemble(logits_fn, jnp.asarray(images[:n]), jnp.asarray(labels[:n]),
                                         jax.random.key(0), eps=eps, check_flags=False)

@@ -22,6 +22,7 @@ attacks (a smoke test of the whole pipeline, not a result).
 """
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -63,7 +64,7 @@ def evaluate_model(state, model, test_src, args) -> dict:
     variables = {"params": state.params}
     if state.batch_stats:
         variables["batch_stats"] = state.batch_stats
-    logits_fn = jax.tree_util.Partial(_logits, model.apply, variables)
+    logits_fn = functools.partial(_logits, model.apply, variables)
     out, timings = {}, {}
     n = min(args.n_pgd, len(test_src))
     x, y = test_src.get(np.arange(n))
