@@ -130,14 +130,7 @@ def pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, eps, step
                          momentum_decay=momentum_decay)
     step = _per_example(step_size, x)
 
-    def evaluate(x_adv):
-        out = objective_fn(x_adv)
-        obj, succ = out if has_aux else (out, jnp.zeros((b,), jnp.bool_))
-        if obj.shape != (b,):
-            raise ValueError(f"objective_fn must return one value per example, shape ({b},); "
-                             f"got {obj.shape}.")
-        obj = obj.astype(x.dtype)
-        return jnp.sum(obj), (obj, succ.astype(jnp.bool_))
+    evaluate = summed_objective(objective_fn, b, x.dtype, has_aux=has_aux)
 
     value_and_grad = jax.value_and_grad(evaluate, has_aux=True)
 
@@ -175,6 +168,24 @@ def pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, eps, step
 # Step loops up to this many steps are unrolled on CPU when ``unroll=None`` (override with the
 # environment variable JAXADV_UNROLL_MAX_STEPS, read at import; the test suite sets 0 because its
 # many small compiles dominate its time).
+def summed_objective(objective_fn: Callable, batch_size: int, dtype, *, has_aux: bool
+                     ) -> Callable:
+    """``z -> (sum of objectives, (objectives (B,), success (B,)))`` for ``jax.value_and_grad``:
+    checks that ``objective_fn`` gives one value per example; without ``has_aux`` success is all
+    False. Shared by the PGD engines (:func:`pgd_objective`, masked PGD)."""
+
+    def evaluate(z):
+        out = objective_fn(z)
+        obj, succ = out if has_aux else (out, jnp.zeros((batch_size,), jnp.bool_))
+        if obj.shape != (batch_size,):
+            raise ValueError(f"objective_fn must return one value per example, shape "
+                             f"({batch_size},); got {obj.shape}.")
+        obj = obj.astype(dtype)
+        return jnp.sum(obj), (obj, succ.astype(jnp.bool_))
+
+    return evaluate
+
+
 UNROLL_MAX_STEPS = int(os.environ.get("JAXADV_UNROLL_MAX_STEPS", "50"))
 
 

@@ -28,7 +28,7 @@ from jax import lax
 
 from jaxadv.attacks import projections
 from jaxadv.attacks.base import AttackResult, is_success, update_best
-from jaxadv.attacks.gradient import KL_LOSSES, classification_objective
+from jaxadv.attacks.gradient import KL_LOSSES, classification_objective, summed_objective
 from jaxadv.attacks.step_rules import get_step_rule
 from jaxadv.attacks.sweep import best_over
 from jaxadv.types import Array, LogitsFn
@@ -117,14 +117,8 @@ def masked_pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, ma
         z = x + m * delta
         return jnp.where(inside, z + lax.stop_gradient(jnp.clip(z, lo, hi) - z), x)
 
-    def evaluate(delta):
-        out = objective_fn(to_x_differentiable(delta))
-        obj, succ = out if has_aux else (out, jnp.zeros((b,), jnp.bool_))
-        if obj.shape != (b,):
-            raise ValueError(f"objective_fn must return one value per example, shape ({b},); "
-                             f"got {obj.shape}.")
-        obj = obj.astype(x.dtype)
-        return jnp.sum(obj), (obj, succ.astype(jnp.bool_))
+    evaluate = summed_objective(lambda delta: objective_fn(to_x_differentiable(delta)), b,
+                                x.dtype, has_aux=has_aux)
 
     value_and_grad = jax.value_and_grad(evaluate, has_aux=True)
 
