@@ -57,7 +57,10 @@ class Checkpointer:
         self.workdir = os.path.abspath(workdir)
         self.last = ocp.CheckpointManager(
             os.path.join(self.workdir, "checkpoints"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    barrier_sync_key_prefix="jaxadv_last")),
             item_handlers=ocp.StandardCheckpointHandler())
         self.best_metric = best_metric
         self.best = None
@@ -66,7 +69,11 @@ class Checkpointer:
                 os.path.join(self.workdir, "best"),
                 options=ocp.CheckpointManagerOptions(
                     max_to_keep=1, create=True, best_fn=lambda m: m[best_metric],
-                    best_mode="max"),
+                    best_mode="max",
+                    # Both managers save the same step concurrently: without distinct prefixes
+                    # their multi-process barriers share a key and deadlock.
+                    multiprocessing_options=ocp.options.MultiprocessingOptions(
+                        barrier_sync_key_prefix="jaxadv_best")),
                 item_handlers=ocp.StandardCheckpointHandler())
 
     def latest_step(self) -> int | None:

@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -20,23 +21,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(nproc, data, workdir, out):
+def _run(nproc, data, workdir, out, *, timeout=300):
+    """Runs ``nproc`` workers; logs go to files (a full pipe cannot block a worker), and the first
+    worker to fail, or the timeout, stops all of them with every worker's log in the message."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "tests.training.multiprocess_worker", str(i), str(nproc),
-         str(port), str(data), str(workdir), str(out)], cwd=REPO, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(nproc)]
-    logs = []
-    for p in procs:
-        try:
-            logs.append(p.communicate(timeout=600)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-    for p, log in zip(procs, logs, strict=True):
-        assert p.returncode == 0, log[-3000:]
+    log_paths = [f"{workdir}.log{i}" for i in range(nproc)]
+    procs = []
+    for i, log_path in enumerate(log_paths):
+        with open(log_path, "w") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "tests.training.multiprocess_worker", str(i), str(nproc),
+                 str(port), str(data), str(workdir), str(out)], cwd=REPO, env=env,
+                stdout=log, stderr=subprocess.STDOUT))
+
+    def logs():
+        return "\n".join(f"--- worker {i} ---\n" + open(p).read()[-3000:]
+                         for i, p in enumerate(log_paths))
+
+    deadline = time.monotonic() + timeout
+    while any(p.poll() is None for p in procs):
+        failed = [p for p in procs if p.poll() not in (None, 0)]
+        if failed or time.monotonic() > deadline:
+            for p in procs:
+                p.kill()
+                p.wait()
+            pytest.fail(("a worker failed" if failed else f"timed out after {timeout} s")
+                        + "\n" + logs())
+        time.sleep(0.5)
+    assert all(p.returncode == 0 for p in procs), logs()
     return dict(np.load(out))
 
 
