@@ -8,6 +8,20 @@ from jaxadv.analysis.interpretation_attacks import (
     top_k_attack,
     top_k_mask,
 )
+from jaxadv.analysis.isa import (
+    ISACurve,
+    ISAResult,
+    MarginDiscrepancy,
+    attribution_class_maps,
+    cam_class_maps,
+    cam_plus_plus_class_maps,
+    isa,
+    isa_curve,
+    margin_discrepancy,
+    representation_maps,
+)
 
-__all__ = ["MapRobustness", "cam_map_fn", "map_robustness", "mean_over_kept", "top_k_attack",
-           "top_k_mask"]
+__all__ = ["ISACurve", "ISAResult", "MapRobustness", "MarginDiscrepancy", "attribution_class_maps",
+           "cam_class_maps", "cam_map_fn", "cam_plus_plus_class_maps", "isa", "isa_curve",
+           "map_robustness", "margin_discrepancy", "mean_over_kept", "representation_maps",
+           "top_k_attack", "top_k_mask"]
