@@ -3,8 +3,10 @@
 from jaxadv.analysis.interpretation_attacks import (
     MapRobustness,
     cam_map_fn,
+    map_manipulation_attack,
     map_robustness,
     mean_over_kept,
+    region_mass,
     top_k_attack,
     top_k_mask,
 )
@@ -23,5 +25,6 @@ from jaxadv.analysis.isa import (
 
 __all__ = ["ISACurve", "ISAResult", "MapRobustness", "MarginDiscrepancy", "attribution_class_maps",
            "cam_class_maps", "cam_map_fn", "cam_plus_plus_class_maps", "isa", "isa_curve",
-           "map_robustness", "margin_discrepancy", "mean_over_kept", "representation_maps",
+           "map_manipulation_attack", "map_robustness", "margin_discrepancy", "mean_over_kept",
+           "region_mass", "representation_maps",
            "top_k_attack", "top_k_mask"]

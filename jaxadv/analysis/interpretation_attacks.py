@@ -65,6 +65,54 @@ def top_k_attack(map_fn: MapFn, x: Array, y: Array, key: jax.Array, *, eps, k: i
                          random_start=random_start, step_rule="sign", bounds=bounds)
 
 
+def region_mass(maps: Array, region: Array) -> Array:
+    """Share of a map's positive mass inside a region: sum(R relu(I)) / sum(relu(I)) (B,).
+
+    Args:
+      maps: (B, ...) maps.
+      region: (B, ...) or (...) weights in [0, 1] (1 inside the region), broadcastable to maps.
+    """
+    pos = jax.nn.relu(maps).reshape(maps.shape[0], -1)
+    reg = jnp.broadcast_to(jnp.asarray(region, maps.dtype), maps.shape).reshape(pos.shape)
+    return jnp.sum(pos * reg, -1) / jnp.maximum(jnp.sum(pos, -1), 1e-12)
+
+
+def map_manipulation_attack(map_fn: MapFn, logits_fn: LogitsFn, x: Array, y: Array,
+                            region: Array, key: jax.Array, *, eps, step_size=0.01,
+                            num_steps: int = 200, label_weight=1.0, random_start: bool = True,
+                            bounds: tuple[float, float] = (0.0, 1.0)) -> AttackResult:
+    """Targeted map manipulation: move the map I(x', y) into ``region`` while keeping the label.
+
+    After Ghorbani et al. (AAAI 2019) and Dombrowski et al. (NeurIPS 2019): maximise
+
+        region_mass(I(x', y), R) - label_weight * CE(f(x'), y)
+
+    by signed-gradient steps in B_inf(x, eps) ∩ box. The returned example is the iterate with the
+    largest region mass among those still classified as y (``success``: some iterate kept the
+    label); ``loss`` is its objective. The cross-entropy weight is the project's choice [rec].
+
+    Args:
+      map_fn: ``(x, y) -> (B, ...)`` differentiable map (CAM: :func:`cam_map_fn`).
+      logits_fn: images -> logits (B, K).
+      x: (B, ...) images. y: (B,) labels (the class whose map is moved and must be kept).
+      region: target region, (B, ...) or one (...) for all, shaped like the map.
+      key: typed PRNG key (random start).
+      eps, step_size, num_steps, random_start, bounds: as :func:`top_k_attack`.
+      label_weight: weight of the cross-entropy that keeps the label (>= 0).
+    """
+    y = jnp.asarray(y)
+
+    def objective(x_adv):
+        logits = logits_fn(x_adv)
+        ce = -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), y[:, None], -1)[:, 0]
+        obj = region_mass(map_fn(x_adv, y), region) - label_weight * ce
+        return obj, jnp.argmax(logits, -1) == y
+
+    return pgd_objective(objective, x, key, eps=eps, step_size=step_size, num_steps=num_steps,
+                         random_start=random_start, step_rule="sign", bounds=bounds,
+                         has_aux=True)
+
+
 class MapRobustness(NamedTuple):
     """Per-example results of :func:`map_robustness` (all (B,))."""
 

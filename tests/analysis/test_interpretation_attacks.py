@@ -5,7 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxadv.analysis import cam_map_fn, map_robustness, mean_over_kept, top_k_attack, top_k_mask
+from jaxadv.analysis import (
+    cam_map_fn,
+    map_manipulation_attack,
+    map_robustness,
+    mean_over_kept,
+    region_mass,
+    top_k_attack,
+    top_k_mask,
+)
 from jaxadv.models import get_model
 
 
@@ -47,3 +55,42 @@ def test_cam_attack_lowers_tau_and_stays_in_ball():
     np.testing.assert_allclose(same.top_k_kept, 1.0)
     assert float(mean_over_kept(r.kendall_tau, r.label_kept)) < 1.0
     assert np.isnan(float(mean_over_kept(r.kendall_tau, jnp.zeros(8, bool))))
+
+
+def test_region_mass():
+    m = jnp.asarray([[[1.0, -2.0], [3.0, 0.0]]])
+    region = jnp.asarray([[1.0, 1.0], [0.0, 0.0]])
+    np.testing.assert_allclose(region_mass(m, region), [0.25])
+
+
+def test_map_manipulation_moves_identity_map_into_region_and_keeps_label():
+    # map = the image; a label-constant model: the optimum raises the region by eps and lowers
+    # the rest by eps.
+    x = jax.random.uniform(jax.random.key(5), (3, 6, 6), minval=0.2, maxval=0.8)
+    region = jnp.zeros((6, 6)).at[:, :3].set(1.0)
+    logits_fn = lambda z: jnp.zeros((z.shape[0], 3)).at[:, 1].set(1.0)  # noqa: E731
+    y = jnp.ones(3, jnp.int32)
+    res = map_manipulation_attack(lambda z, yy: z, logits_fn, x, y, region, jax.random.key(6),
+                                  eps=0.1, step_size=0.05, num_steps=6, random_start=False)
+    d = np.asarray(res.x_adv - x)
+    np.testing.assert_allclose(d[:, :, :3], 0.1, atol=1e-6)
+    np.testing.assert_allclose(d[:, :, 3:], -0.1, atol=1e-6)
+    assert np.all(np.asarray(res.success))
+    assert np.all(np.asarray(region_mass(res.x_adv, region) > region_mass(x, region)))
+
+
+def test_map_manipulation_never_returns_a_flipped_label():
+    # the model predicts class 1 iff the left half is brighter: moving the map left flips it, so
+    # the kept example is the last one before the flip (the start, with no random start).
+    x = jnp.full((2, 4, 4), 0.5).at[:, :, 2:].add(0.05)
+    region = jnp.zeros((4, 4)).at[:, :2].set(1.0)
+
+    def logits_fn(z):
+        left, right = z[:, :, :2].mean((1, 2)), z[:, :, 2:].mean((1, 2))
+        return jnp.stack([right - left, left - right], -1)
+
+    y = jnp.zeros(2, jnp.int32)
+    res = map_manipulation_attack(lambda z, yy: z, logits_fn, x, y, region, jax.random.key(0),
+                                  eps=0.2, step_size=0.1, num_steps=3, label_weight=0.0,
+                                  random_start=False)
+    assert np.all(np.asarray(jnp.argmax(logits_fn(res.x_adv), -1)) == 0)
