@@ -30,3 +30,81 @@ def bars(ax, values: Mapping[str, float], *, ylabel: str, title: str = "", ylim=
         ax.set_title(title)
     ax.grid(alpha=0.3, axis="y")
     return ax
+
+
+def curves(ax, x: Sequence[float], ys: Mapping[str, Sequence[float]], *, xlabel: str,
+           ylabel: str, title: str = "", logy: bool = False):
+    """One line per entry of ``ys`` against ``x`` (e.g. ISA discrepancy or AAI Kendall tau
+    against eps); a sequence of x per entry is accepted as ``ys[name] = (x_i, y_i)``."""
+    for name, v in ys.items():
+        xs, vs = (v if isinstance(v, tuple) and len(v) == 2 else (x, v))
+        ax.plot(list(xs), list(vs), marker="o", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    if len(ys) > 1:
+        ax.legend(fontsize="small")
+    return ax
+
+
+def margin_scatter(ax, bound: Sequence[float], discrepancy: Sequence[float], *, title: str = "",
+                   label: str = "attacked images"):
+    """Boopathy et al.'s section 1.4 check: discrepancy against the margin bound
+    (f_t - f_t')(x) / 2, with the line y = x that no successful targeted attack can go under."""
+    import numpy as np
+
+    b, d = np.asarray(bound, float), np.asarray(discrepancy, float)
+    ax.scatter(b, d, s=10, alpha=0.7, label=label)
+    hi = float(max(np.nanmax(b, initial=0.0), np.nanmax(d, initial=0.0))) * 1.05 or 1.0
+    ax.plot([0, hi], [0, hi], color="k", lw=1, ls="--", label="bound: D = (f_t - f_t') / 2")
+    ax.set_xlabel("(f_t(x) - f_t'(x)) / 2")
+    ax.set_ylabel("two-class l1 discrepancy / map size")
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize="small")
+    return ax
+
+
+def map_overlay(ax, image, saliency, *, title: str = "", alpha: float = 0.5, cmap: str = "jet"):
+    """An image (H, W) or (H, W, C) in [0, 1] with a map (h, w) upsampled (nearest) over it."""
+    import numpy as np
+
+    img = np.asarray(image, float)
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
+    sal = np.asarray(saliency, float)
+    h, w = img.shape[:2]
+    sal = np.kron(sal, np.ones((max(1, h // sal.shape[0]), max(1, w // sal.shape[1]))))
+    sal = sal[:h, :w]
+    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+    rng = np.ptp(sal)
+    ax.imshow((sal - sal.min()) / rng if rng > 0 else np.zeros_like(sal), cmap=cmap, alpha=alpha,
+              extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize="small")
+    return ax
+
+
+def histograms(ax, values: Mapping[str, Sequence[float]], *, bins=20, xlabel: str,
+               title: str = "", value_range=None):
+    """Overlaid step histograms, one per entry (e.g. the promotion ratio per attack)."""
+    import numpy as np
+
+    for name, v in values.items():
+        v = np.asarray(v, float)
+        ax.hist(v[np.isfinite(v)], bins=bins, range=value_range, histtype="step", lw=1.5,
+                label=name, density=True)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize="small")
+    return ax

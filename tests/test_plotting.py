@@ -1,0 +1,48 @@
+"""Figures draw what they claim on a headless (Agg) axis."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from jaxadv import plotting  # noqa: E402
+
+
+@pytest.fixture
+def ax():
+    fig, ax = plt.subplots()
+    yield ax
+    plt.close(fig)
+
+
+def test_curves_and_robustness(ax):
+    plotting.curves(ax, [0.1, 0.2], {"a": [1.0, 0.5], "b": ([0.1, 0.3], [2.0, 1.0])},
+                    xlabel="eps", ylabel="D", logy=True)
+    assert len(ax.lines) == 2 and ax.get_yscale() == "log"
+    np.testing.assert_allclose(ax.lines[1].get_xdata(), [0.1, 0.3])
+    ax.clear()
+    plotting.robustness_curves(ax, [0, 0.1], {"m": [0.9, 0.5]})
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [90, 50])
+
+
+def test_margin_scatter_draws_points_and_the_bound(ax):
+    plotting.margin_scatter(ax, [0.1, 0.2, 0.3], [0.2, 0.3, 0.5])
+    assert ax.collections[0].get_offsets().shape == (3, 2)
+    line = ax.lines[0]
+    np.testing.assert_allclose(line.get_xdata(), line.get_ydata())  # y = x
+
+
+def test_map_overlay_upsamples_the_map(ax):
+    plotting.map_overlay(ax, np.zeros((28, 28, 1)), np.arange(49.0).reshape(7, 7), title="cam")
+    imgs = ax.get_images()
+    assert len(imgs) == 2 and imgs[1].get_array().shape == (28, 28)
+    assert float(imgs[1].get_array().max()) == 1.0
+
+
+def test_histograms(ax):
+    plotting.histograms(ax, {"fgsm": [0.1, 0.2, np.nan], "cw": [0.9]}, xlabel="r",
+                        value_range=(0, 1))
+    assert len(ax.patches) == 2
