@@ -275,3 +275,22 @@ def restore_for_eval(config, workdir: str, *, best: bool = False) -> tuple[Train
     return state, model
 
 
+
+
+def load_trained_model(workdir: str, *, best: bool = False, use_ema: bool = False):
+    """(model, eval variables, config) of a finished or interrupted run, from its ``workdir``
+    alone (the ``config.json`` that training writes and the latest or best checkpoint).
+
+    Raises:
+      FileNotFoundError: no ``config.json`` (not a jaxadv training directory) or no checkpoint.
+    """
+    import ml_collections
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing: {workdir} is not a jaxadv training directory "
+                                "(train one with `python -m experiments.main --workdir DIR`).")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    state, model = restore_for_eval(config, workdir, best=best)
+    return model, state.eval_variables(use_ema=use_ema), config

@@ -17,6 +17,7 @@ from jaxadv.training import (
     eps_ramp,
     get_objective,
     learning_rate_schedule,
+    load_trained_model,
     make_eval_step,
     make_train_step,
     summarize,
@@ -152,6 +153,12 @@ def test_train_and_evaluate_learns_and_resumes_exactly(synthetic_fmnist, tmp_pat
     assert again["test_accuracy"] == full["test_accuracy"]
     lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     assert [__import__("json").loads(ln)["step"] for ln in lines] == [4, 8, 12, 16, 20, 24]
+    # the run can be loaded back from its directory alone
+    model, variables, loaded_cfg = load_trained_model(str(tmp_path / "full"))
+    jax.tree.map(np.testing.assert_array_equal, variables["params"], _params(tmp_path / "full", cfg))
+    assert loaded_cfg.train.num_steps == 24 and model.num_classes == 10
+    with pytest.raises(FileNotFoundError, match="not a jaxadv training directory"):
+        load_trained_model(str(tmp_path))
 
 
 def test_nan_stops_with_message_and_keeps_last_good_checkpoint(synthetic_fmnist, tmp_path):
