@@ -71,7 +71,7 @@ def margin_scatter(ax, bound: Sequence[float], discrepancy: Sequence[float], *, 
 
 
 def map_overlay(ax, image, saliency, *, title: str = "", alpha: float = 0.5, cmap: str = "jet"):
-    """An image (H, W) or (H, W, C) in [0, 1] with a map (h, w) upsampled (nearest) over it."""
+    """An image (H, W) or (H, W, C) in [0, 1] with a map (h, w), scaled to [0, 1], over it."""
     import numpy as np
 
     img = np.asarray(image, float)
@@ -79,12 +79,11 @@ def map_overlay(ax, image, saliency, *, title: str = "", alpha: float = 0.5, cma
         img = img[..., 0]
     sal = np.asarray(saliency, float)
     h, w = img.shape[:2]
-    sal = np.kron(sal, np.ones((max(1, h // sal.shape[0]), max(1, w // sal.shape[1]))))
-    sal = sal[:h, :w]
     ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
     rng = np.ptp(sal)
+    # the map is stretched over the image and interpolated bilinearly (as CAM figures are)
     ax.imshow((sal - sal.min()) / rng if rng > 0 else np.zeros_like(sal), cmap=cmap, alpha=alpha,
-              extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+              extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="bilinear")
     ax.set_xticks([])
     ax.set_yticks([])
     if title:

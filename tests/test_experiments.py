@@ -33,3 +33,28 @@ def test_fashion_mnist_robust_quick(synthetic_fmnist, tmp_path):
     assert out.with_suffix(".png").stat().st_size > 10_000
     # The finished runs' results are what a second call reuses instead of retraining.
     assert (tmp_path / "w_quick" / "int2" / "results.json").exists()
+
+
+SHARED = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED / "boopathy-mnist").exists(),
+                    reason="needs ../shared/data (official checkpoints, MNIST test set)")
+def test_reproduce_boopathy_quick(tmp_path):
+    from experiments import reproduce_boopathy
+
+    out = tmp_path / "b"
+    r = reproduce_boopathy.main(["--quick", "--n", "4", "--isa_maps", "cam", "rep",
+                                 "--out", str(out)])
+    b1 = r["b1"]
+    assert set(b1) == {"smallgap/normal", "smallgap/adv", "smallgap/int2"}
+    for acc in b1.values():
+        assert acc["0"] >= acc["0.1"] >= acc["0.3"]
+    assert r["b6"]["smallgap/normal"] == 1.0  # a model agrees with itself
+    assert set(r["b7"]["smallgap/normal"]) == {"cam/one/l1", "cam/two/l1", "rep/all/l1"}
+    assert r["margin_check"]["smallgap/normal"]["violations"] == 0
+    for f in ("tables.md", "results.json", "b1_robustness.png", "b7_isa.png", "margin_bound.png",
+              "cam_overlays.png"):
+        assert (out / f).stat().st_size > 500, f
+    assert "## B-7" in (out / "tables.md").read_text()

@@ -38,7 +38,8 @@ def test_margin_scatter_draws_points_and_the_bound(ax):
 def test_map_overlay_upsamples_the_map(ax):
     plotting.map_overlay(ax, np.zeros((28, 28, 1)), np.arange(49.0).reshape(7, 7), title="cam")
     imgs = ax.get_images()
-    assert len(imgs) == 2 and imgs[1].get_array().shape == (28, 28)
+    assert len(imgs) == 2 and imgs[1].get_array().shape == (7, 7)
+    assert imgs[1].get_extent() == [-0.5, 27.5, 27.5, -0.5]  # stretched over the image
     assert float(imgs[1].get_array().max()) == 1.0
 
 
