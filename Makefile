@@ -10,17 +10,24 @@ FMNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 WORKDIR ?= workdirs/fashion_mnist_smallgap
 CONFIG ?= experiments/configs/fashion_mnist_smallgap.py
 
-.PHONY: run test data venv venv-test lint bench clean
+.PHONY: run test data browser venv venv-test lint bench clean
 
 # One XLA device: the configuration the README's figure was measured with (on a busy 2-core machine
 # a 2-device all-reduce once missed XLA's rendezvous timeout).
 run: venv data
 	$(BIN)/jaxadv train --config $(CONFIG) --workdir $(WORKDIR) --host_devices=1
 
-test: venv-test data
+test: venv-test data browser
 	$(BIN)/python -m pytest -q
 
 data: $(FMNIST)
+
+# Debian's chromium renders `jaxadv report` pages in the tests (headless).
+browser: /usr/bin/chromium
+
+/usr/bin/chromium:
+	$(SUDO) apt-get install -y -q chromium || \
+	  ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium)
 
 $(FMNIST):
 	$(SUDO) apt-get install -y -q dataset-fashion-mnist || \

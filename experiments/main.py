@@ -5,6 +5,7 @@
   jaxadv eval  --config CONFIG --workdir DIR [--best]          # a checkpoint of a training run
   jaxadv eval  --checkpoint ../shared/data/boopathy-mnist/mnist_smallgap_normal_100.pkl \
       --dataset mnist_idx --data_dir ../shared/data/mnist-test  # an official checkpoint
+  jaxadv report WORKDIR [--out FILE.html] [--eps 0.1]          # an HTML page of a run
 
 (``python -m experiments.main ...`` is the same command.) On CPU the batch is split over
 ``--host_devices`` XLA host devices (default: the number of cores), set before JAX initialises.
@@ -17,7 +18,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "eval")
+COMMANDS = ("train", "eval", "report")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file "
                                           "(optionally with ':quick').", lock_config=True)
@@ -28,14 +29,19 @@ _DATASET = flags.DEFINE_string("dataset", "mnist_idx", "eval --checkpoint: datas
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "eval --checkpoint: data directory.")
 _SPLIT = flags.DEFINE_string("split", "test", "eval: split to evaluate.")
 _BEST = flags.DEFINE_bool("best", False, "eval: use the best checkpoint instead of the last.")
+_OUT = flags.DEFINE_string("out", None, "report: output HTML file (default WORKDIR/report.html).")
+_EPS = flags.DEFINE_float("eps", None, "report: l-inf eps of the sample adversarial examples "
+                          "(default: the run's robust-evaluation eps, else 0.1).")
+_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 6, "report: sample images shown.")
 _HOST_DEVICES = flags.DEFINE_integer(
     "host_devices", 0, "CPU only: split batches over this many XLA host devices (0 = one per core,"
     " 1 = off). Must be set before JAX initialises, which this entry point does.")
 
 
 def _usage() -> str:
-    return ("usage: jaxadv {train,eval} [flags]\n  jaxadv train --config CONFIG --workdir DIR\n"
+    return ("usage: jaxadv {train,eval,report} [flags]\n  jaxadv train --config CONFIG --workdir DIR\n"
             "  jaxadv eval (--config CONFIG --workdir DIR | --checkpoint FILE.pkl)\n"
+            "  jaxadv report WORKDIR [--out FILE.html]\n"
             "  jaxadv <command> --helpfull for every flag")
 
 
@@ -98,9 +104,24 @@ def _eval() -> None:
     print(json.dumps({"checkpoint": label, "num_examples": len(source), **result}))
 
 
+def _report(workdir: str | None) -> None:
+    from jaxadv.report import write_report
+
+    workdir = workdir or _WORKDIR.value
+    if not workdir:
+        raise app.UsageError("report needs a run directory: jaxadv report WORKDIR.")
+    path = write_report(workdir, out=_OUT.value, eps=_EPS.value, num_examples=_NUM_EXAMPLES.value)
+    print(f"Report written to {path}")
+
+
 def main(argv) -> None:
     if len(argv) < 2 or argv[1] not in COMMANDS:
         raise app.UsageError(_usage())
+    if argv[1] == "report" and len(argv) <= 3:
+        _set_host_devices(1)
+        logging.set_verbosity(logging.WARNING)
+        _report(argv[2] if len(argv) == 3 else None)
+        return
     if len(argv) > 2:
         raise app.UsageError(f"Unexpected arguments {argv[2:]}.\n{_usage()}")
     _set_host_devices(_HOST_DEVICES.value)

@@ -3,6 +3,7 @@ checkpoint, usage errors. Each test runs ``python -m experiments.main`` in a sub
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -96,6 +97,14 @@ def test_config_override_and_main_output(data_dir, tmp_path):
                               f"--workdir={tmp_path / 'w2'}"), cwd=REPO, env=_env(data_dir),
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "no_such_field" in bad.stderr
+    # the run renders into a self-contained HTML page with its figures inline
+    rep = subprocess.run(_cmd("report", str(tmp_path / "w"), "--num_examples=3"), cwd=REPO,
+                         env=_env(data_dir), capture_output=True, text=True, timeout=600)
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    page = (tmp_path / "w" / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 2  # training curves, examples
+    assert "Not shown" not in page and "results.json" in page and "http" not in page
+    check_in_browser(tmp_path / "w" / "report.html", num_images=2)
 
 
 def test_eval_official_checkpoint(shared_data):
@@ -108,8 +117,43 @@ def test_eval_official_checkpoint(shared_data):
     assert result["num_examples"] == 10_000 and result["accuracy"] >= 0.97
 
 
+def check_in_browser(page, *, num_images):
+    """Loads ``page`` in headless chromium (Debian's) and checks that every figure decoded
+    (naturalWidth > 0) and that the screenshot holds the figures' colours; skips without it."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (`make test` installs Debian's chromium)")
+    probe = page.with_name("probe.html")
+    probe.write_text(page.read_text().replace("</body>", (
+        "<script>window.addEventListener('load',()=>{const ok=[...document.images].filter("
+        "i=>i.complete&&i.naturalWidth>0).length;document.title='decoded:'+ok;});</script>"
+        "</body>")))
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             "--virtual-time-budget=5000"]
+    dom = subprocess.run([*flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True,
+                         timeout=120)
+    assert f"<title>decoded:{num_images}</title>" in dom.stdout, dom.stderr[-2000:]
+    shot = page.with_name("shot.png")
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1200,2400", page.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    import matplotlib.image
+
+    rgb = matplotlib.image.imread(shot)[..., :3]
+    colourful = (rgb.max(-1) - rgb.min(-1)) > 0.3  # the plots' lines and the CAM colour maps
+    assert colourful.mean() > 0.01, colourful.mean()
+
+
+def test_report_errors(tmp_path):
+    from jaxadv.report import write_report
+
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        write_report(str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        write_report(str(tmp_path))
+
+
 def test_usage_errors():
     out = subprocess.run(_cmd("fly"), cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert out.returncode != 0 and "usage: jaxadv {train,eval}" in out.stderr
+    assert out.returncode != 0 and "usage: jaxadv {train,eval,report}" in out.stderr
     out = subprocess.run(_cmd("train"), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "train needs --config and --workdir" in out.stderr
