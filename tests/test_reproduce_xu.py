@@ -1,0 +1,42 @@
+"""experiments/reproduce_xu.py runs end to end on the official MNIST checkpoints (tiny settings)."""
+
+import json
+
+import numpy as np
+import pytest
+
+
+def test_concept_masks_proxy():
+    from experiments.reproduce_xu import CONCEPTS, concept_masks
+
+    x = np.zeros((2, 3, 3, 1), np.float32)
+    x[0, 1, 1] = 0.9
+    x[1, 0, :] = 0.7
+    m = concept_masks(x, np.asarray([4, 7]))
+    assert m.shape == (2, 3, 3, len(CONCEPTS))
+    np.testing.assert_array_equal(m[..., 0].sum((1, 2)), [1, 3])  # stroke
+    np.testing.assert_array_equal(m[..., 1].sum((1, 2)), [8, 6])  # background
+    assert m[0, 1, 1, 2 + 4] and m[1, 0, 0, 2 + 7] and m[..., 2:].sum() == 4  # stroke of class
+
+
+@pytest.mark.slow
+def test_reproduce_xu_quick(shared_data, tmp_path):
+    from experiments import reproduce_xu
+
+    out = tmp_path / "xu"
+    results = reproduce_xu.main([
+        "--quick", "--n", "4", "--n_probe", "20", "--attacks", "fgsm", "str",
+        "--masked_units", "0", "3", "--pixel_method", "first_order", "--chunk", "98",
+        "--out_dir", str(out), "--shared", str(shared_data)])
+    rec = results["models"]["mnist_smallgap_normal_100"]
+    assert rec["n_images"] == 4 and set(rec["attacks"]) == {"fgsm", "str"}
+    for a in rec["attacks"].values():
+        frac = [v for v in a["x1"]["image_types"].values() if v is not None]
+        assert not frac or abs(sum(frac) - 1) < 1e-5
+        assert 0 <= a["x2"]["IS"]["mean"] <= 1 if a["x2"]["IS"]["mean"] is not None else True
+    assert rec["masking"]["num_masked"] == [0, 3]
+    assert len(results["claims"]) == 5
+    assert json.loads((out / "results.json").read_text())["settings"]["quick"]
+    text = (out / "tables.md").read_text()
+    assert "### X-1" in text and "### X-5" in text and "Str-attack" in text
+    assert (out / "ratio_hist_mnist_smallgap_normal_100.png").stat().st_size > 5_000
