@@ -342,6 +342,21 @@ def top_fraction_mask(scores: Array, fraction) -> Array:
     return (ranks < k).reshape(scores.shape)
 
 
+def random_region_like(mask: Array, key: PRNGKey) -> Array:
+    """A control region: per example, as many pixels as ``mask`` holds, drawn uniformly at random.
+
+    Neutralising it instead of RoA \\ RoI tells how much of the recovery comes from blocking
+    *those* pixels rather than any pixels of the same area. mask (B, ...) -> (B, ...) bool.
+    """
+    if getattr(mask, "ndim", 0) < 2:
+        raise ValueError(f"mask must be a batch (B, ...); got shape {getattr(mask, 'shape', None)}.")
+    flat = mask.reshape(mask.shape[0], -1)
+    count = jnp.sum(flat.astype(jnp.int32), axis=-1, keepdims=True)
+    order = jnp.argsort(jax.random.uniform(key, flat.shape), axis=-1)
+    ranks = jnp.argsort(order, axis=-1)
+    return (ranks < count).reshape(mask.shape)
+
+
 class Regions(NamedTuple):
     """RoI and RoA masks, (B, H, W) bool each."""
 

@@ -150,6 +150,13 @@ def test_top_fraction_ties_are_broken_by_position_and_fraction_is_traced():
     assert len(traces) == 1
 
 
+def test_random_region_control_keeps_the_count():
+    m = jax.random.uniform(jax.random.key(6), (3, 8, 8)) < jnp.array([0.0, 0.2, 0.7])[:, None, None]
+    r = rr.random_region_like(m, jax.random.key(7))
+    np.testing.assert_array_equal(r.sum((1, 2)), m.sum((1, 2)))
+    assert not np.array_equal(r, m)
+
+
 def test_threshold_segregation():
     s = jnp.arange(16.0).reshape(1, 4, 4) / 15
     r = rr.segregate(s, 1 - s, tau_importance=0.5, tau_attack=0.9)
