@@ -17,8 +17,12 @@ CONFIG ?= experiments/configs/fashion_mnist_smallgap.py
 run: venv data
 	$(BIN)/jaxadv train --config $(CONFIG) --workdir $(WORKDIR) --host_devices=1
 
+# Two pytest workers (the CI machine's two cores): the suite is dominated by single-threaded XLA
+# compilation, so it runs in about half the time. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
+
 test: venv-test data browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 data: $(FMNIST)
 
