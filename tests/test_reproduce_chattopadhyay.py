@@ -42,9 +42,11 @@ def test_reproduce_chattopadhyay_quick(shared_data, tmp_path):
         frac = np.asarray(r2["mask_fraction"])
         assert frac[0, 0] <= frac[0, 1] + 1e-6
     assert results["claim"]["verdict"] in ("supported", "not supported")
+    assert set(results["claim"]["per_fill"]) == set(s["fills"])
+    assert set(fgsm["random_control_recovery"]["proxy"]) == set(s["fills"])
     assert json.loads((out / "results.json").read_text())["models"].keys() == {
         "mnist_smallgap_normal"}
     text = (out / "tables.md").read_text()
-    assert "## R-1" in text and "| mnist_smallgap_normal | fgsm |" in text and "Verdict" in text
+    assert "## R-1" in text and "| mnist_smallgap_normal | fgsm |" in text and "Overall:" in text
     for name in ("overlays_mnist_smallgap_normal.png", "recovery_vs_pA.png"):
         assert (out / name).stat().st_size > 10_000
