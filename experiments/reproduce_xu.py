@@ -632,37 +632,6 @@ def tables(results: dict) -> str:
 
 # --- figures (each drawing function takes an ax, as in jaxadv.plotting) ------------------------------
 
-def plot_pse_overlay(axes, ov: dict, *, title: str = ""):
-    """Four panels for one example: the image with the CAM regions of t0 (blue) and t (red), the
-    perturbation, per-pixel promotion and per-pixel suppression (each with its CAM region)."""
-    panels = [("x", "gray", None), ("delta", "seismic", None),
-              ("promotion", "seismic", "m_tgt"), ("suppression", "seismic", "m_src")]
-    for ax, (k, cmap, contour) in zip(axes, panels, strict=True):
-        v = np.asarray(ov[k], float)
-        lim = float(np.max(np.abs(v))) or 1.0
-        ax.imshow(v, cmap=cmap, vmin=0 if k == "x" else -lim, vmax=1 if k == "x" else lim)
-        for mk, color in ((("m_src", "tab:blue"), ("m_tgt", "tab:red")) if contour is None
-                          else ((contour, "k"),)):
-            ax.contour(np.asarray(ov[mk], float), levels=[0.5], colors=color, linewidths=0.8)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_title(f"{title} {k}" if k == "x" else k, fontsize="x-small")
-    return axes
-
-
-def plot_sensitivity_iou(ax, sensitivity, max_iou, interpretable, *, title: str = ""):
-    """Scatter of s_u against max IoU_u, interpretable units highlighted."""
-    s, m, i = (np.asarray(v) for v in (sensitivity, max_iou, interpretable))
-    ax.scatter(m[~i], s[~i], s=10, alpha=0.6, label="not interpretable")
-    ax.scatter(m[i], s[i], s=10, alpha=0.8, label="interpretable (IoU > 0.04)")
-    ax.set_xlabel("max IoU over concepts")
-    ax.set_ylabel("sensitivity s_u")
-    ax.grid(alpha=0.3)
-    ax.set_title(title, fontsize="small")
-    ax.legend(fontsize="x-small")
-    return ax
-
-
 def write_figures(figures: dict, results: dict, out_dir: pathlib.Path) -> None:
     import matplotlib
 
@@ -688,7 +657,7 @@ def write_figures(figures: dict, results: dict, out_dir: pathlib.Path) -> None:
         if ovs:
             fig, axes = plt.subplots(len(ovs), 4, figsize=(7, 1.9 * len(ovs)), squeeze=False)
             for row, (name, ov) in zip(axes, ovs.items(), strict=True):
-                plot_pse_overlay(row, ov, title=f"{name} {ov['y']}->{ov['t']}")
+                plotting.pse_overlay(row, ov, title=f"{name} {ov['y']}->{ov['t']}")
             fig.tight_layout()
             fig.savefig(out_dir / f"pse_overlay_{safe}.png", dpi=120)
             plt.close(fig)
@@ -698,7 +667,7 @@ def write_figures(figures: dict, results: dict, out_dir: pathlib.Path) -> None:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
         name = next(iter(figs["sensitivity"]), None)
         if name is not None:
-            plot_sensitivity_iou(axes[0], figs["sensitivity"][name], figs["max_iou"],
+            plotting.sensitivity_iou_scatter(axes[0], figs["sensitivity"][name], figs["max_iou"],
                                  figs["interpretable"], title=f"{tag}: sensitivity to {name}")
         ys = {f"{w} units: {f}": [100 * v for v in m[w][f]] for w in ("top", "random")
               for f in ("clean", "transfer", "adaptive")}

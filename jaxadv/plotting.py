@@ -107,3 +107,40 @@ def histograms(ax, values: Mapping[str, Sequence[float]], *, bins=20, xlabel: st
         ax.set_title(title)
     ax.legend(fontsize="small")
     return ax
+
+
+def pse_overlay(axes, ov: Mapping, *, title: str = ""):
+    """Four panels (a sequence of 4 axes) for one example of Xu et al.'s promotion-suppression
+    analysis: the image with the CAM regions of t0 (blue) and t (red), the perturbation, per-pixel
+    promotion and per-pixel suppression (each with its CAM region). ``ov`` holds (H, W) arrays
+    ``x``, ``delta``, ``promotion``, ``suppression``, ``m_src`` and ``m_tgt``."""
+    import numpy as np
+
+    panels = [("x", "gray", None), ("delta", "seismic", None),
+              ("promotion", "seismic", "m_tgt"), ("suppression", "seismic", "m_src")]
+    for ax, (k, cmap, contour) in zip(axes, panels, strict=True):
+        v = np.asarray(ov[k], float)
+        lim = float(np.max(np.abs(v))) or 1.0
+        ax.imshow(v, cmap=cmap, vmin=0 if k == "x" else -lim, vmax=1 if k == "x" else lim)
+        for mk, color in ((("m_src", "tab:blue"), ("m_tgt", "tab:red")) if contour is None
+                          else ((contour, "k"),)):
+            ax.contour(np.asarray(ov[mk], float), levels=[0.5], colors=color, linewidths=0.8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"{title} {k}" if k == "x" else k, fontsize="x-small")
+    return axes
+
+
+def sensitivity_iou_scatter(ax, sensitivity, max_iou, interpretable, *, title: str = ""):
+    """Scatter of s_u against max IoU_u, interpretable units highlighted."""
+    import numpy as np
+
+    s, m, i = (np.asarray(v) for v in (sensitivity, max_iou, interpretable))
+    ax.scatter(m[~i], s[~i], s=10, alpha=0.6, label="not interpretable")
+    ax.scatter(m[i], s[i], s=10, alpha=0.8, label="interpretable (IoU > 0.04)")
+    ax.set_xlabel("max IoU over concepts")
+    ax.set_ylabel("sensitivity s_u")
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize="small")
+    ax.legend(fontsize="x-small")
+    return ax

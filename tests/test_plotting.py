@@ -47,3 +47,20 @@ def test_histograms(ax):
     plotting.histograms(ax, {"fgsm": [0.1, 0.2, np.nan], "cw": [0.9]}, xlabel="r",
                         value_range=(0, 1))
     assert len(ax.patches) == 2
+
+
+def test_pse_overlay_and_sensitivity_scatter():
+    fig, axes = plt.subplots(1, 4)
+    m = np.zeros((8, 8))
+    m[2:5, 2:5] = 1
+    rng = np.random.default_rng(0)
+    ov = {"x": rng.random((8, 8)), "delta": rng.normal(size=(8, 8)), "m_src": m, "m_tgt": m.T,
+          "promotion": rng.normal(size=(8, 8)), "suppression": rng.normal(size=(8, 8))}
+    plotting.pse_overlay(axes, ov, title="7->1")
+    assert all(len(ax.get_images()) == 1 for ax in axes)
+    assert len(axes[0].collections) >= 2  # the two CAM contours
+    plt.close(fig)
+    fig, ax = plt.subplots()
+    plotting.sensitivity_iou_scatter(ax, [0.1, 0.2, 0.3], [0.01, 0.05, 0.1], [False, True, True])
+    assert [c.get_offsets().shape[0] for c in ax.collections] == [1, 2]
+    plt.close(fig)
