@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxadv import plotting
 from jaxadv.analysis import roi_roa as rr
 from jaxadv.attacks import get_attack
 from jaxadv.data import load_dataset
@@ -505,71 +506,15 @@ def write_tables(results: dict) -> str:
 
 
 # --------------------------------------------------------------------------- figures
-# Drawing helpers in the style of jaxadv.plotting (take an ax, return it); the script uses
-# plotting's own functions of the same names where they exist.
-
-def _show_image(ax, image, *, title=""):
-    ax.imshow(np.asarray(image)[..., 0] if np.ndim(image) == 3 else image, cmap="gray",
-              vmin=0, vmax=1)
-    ax.set_title(title, fontsize=7)
-    ax.axis("off")
-    return ax
-
-
-def _map_image(ax, m, *, title="", cmap="viridis"):
-    ax.imshow(np.asarray(m), cmap=cmap)
-    ax.set_title(title, fontsize=7)
-    ax.axis("off")
-    return ax
-
-
-def _roi_roa_overlay(ax, image, roi, roa, *, title="", alpha=0.55):
-    """Grey image with the four isolation regions coloured: RoI only blue, RoA only red, both
-    magenta, rest untouched."""
-    img = np.asarray(image)
-    grey = img[..., 0] if img.ndim == 3 else img
-    rgb = np.repeat(grey[..., None], 3, axis=-1).astype(np.float32)
-    roi, roa = np.asarray(roi, bool), np.asarray(roa, bool)
-    colours = {(True, False): (0.1, 0.3, 1.0), (False, True): (1.0, 0.15, 0.1),
-               (True, True): (0.9, 0.1, 0.9)}
-    for (i, a), c in colours.items():
-        sel = (roi == i) & (roa == a)
-        rgb[sel] = (1 - alpha) * rgb[sel] + alpha * np.asarray(c)
-    ax.imshow(np.clip(rgb, 0, 1))
-    ax.set_title(title, fontsize=7)
-    ax.axis("off")
-    return ax
-
-
-def _recovery_curves(ax, p_values, rates, *, xlabel="p_A", ylabel="recovery rate (%)", title=""):
-    for name, r in rates.items():
-        ax.plot(list(p_values), [np.nan if v is None else 100 * v for v in r], marker="o",
-                label=name)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    if title:
-        ax.set_title(title, fontsize=9)
-    ax.legend(fontsize="x-small")
-    return ax
-
-
-def _plot(name, fallback):
-    from jaxadv import plotting
-
-    return getattr(plotting, name, fallback)
-
-
 def overlay_figure(fig_data: dict, mkey: str, path: pathlib.Path, num_examples: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    overlay = _plot("roi_roa_overlay", _roi_roa_overlay)
-    show = _plot("show_image", _show_image)
-    heat = _plot("map_image", _map_image)
+    overlay = plotting.roi_roa_overlay
+    show = plotting.show_image
+    heat = plotting.map_image
     rows = [(a, i) for a, d in fig_data.items() for i in np.flatnonzero(d["attacked"])[:num_examples]]
     if not rows:
         return
@@ -598,7 +543,7 @@ def recovery_figure(results: dict, path: pathlib.Path, fills=("zero", "blur")) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = _plot("recovery_curves", _recovery_curves)
+    curves = plotting.recovery_curves
     s = results["settings"]
     fills = [f for f in fills if f in s["fills"]]
     fig, axes = plt.subplots(len(fills), len(VARIANTS), figsize=(4 * len(VARIANTS),

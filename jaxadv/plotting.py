@@ -144,3 +144,62 @@ def sensitivity_iou_scatter(ax, sensitivity, max_iou, interpretable, *, title: s
     ax.set_title(title, fontsize="small")
     ax.legend(fontsize="x-small")
     return ax
+
+
+def show_image(ax, image, *, title=""):
+    """A grayscale image (H, W) or (H, W, 1) in [0, 1], without axes."""
+    import numpy as np
+
+    ax.imshow(np.asarray(image)[..., 0] if np.ndim(image) == 3 else image, cmap="gray",
+              vmin=0, vmax=1)
+    ax.set_title(title, fontsize=7)
+    ax.axis("off")
+    return ax
+
+
+def map_image(ax, m, *, title="", cmap="viridis"):
+    """A map (h, w) as a heat image, without axes."""
+    import numpy as np
+
+    ax.imshow(np.asarray(m), cmap=cmap)
+    ax.set_title(title, fontsize=7)
+    ax.axis("off")
+    return ax
+
+
+def roi_roa_overlay(ax, image, roi, roa, *, title="", alpha=0.55):
+    """Grey image with the four isolation regions coloured: RoI only blue, RoA only red, both
+    magenta, rest untouched (Chattopadhyay et al. 2020's isolation; masks (H, W) bool)."""
+    import numpy as np
+
+    img = np.asarray(image)
+    grey = img[..., 0] if img.ndim == 3 else img
+    rgb = np.repeat(grey[..., None], 3, axis=-1).astype(np.float32)
+    roi, roa = np.asarray(roi, bool), np.asarray(roa, bool)
+    colours = {(True, False): (0.1, 0.3, 1.0), (False, True): (1.0, 0.15, 0.1),
+               (True, True): (0.9, 0.1, 0.9)}
+    for (i, a), c in colours.items():
+        sel = (roi == i) & (roa == a)
+        rgb[sel] = (1 - alpha) * rgb[sel] + alpha * np.asarray(c)
+    ax.imshow(np.clip(rgb, 0, 1))
+    ax.set_title(title, fontsize=7)
+    ax.axis("off")
+    return ax
+
+
+def recovery_curves(ax, p_values, rates, *, xlabel="p_A", ylabel="recovery rate (%)",
+                    title=""):
+    """Recovery rate (in [0, 1], drawn in percent; None for missing) against a region fraction."""
+    import numpy as np
+
+    for name, r in rates.items():
+        ax.plot(list(p_values), [np.nan if v is None else 100 * v for v in r], marker="o",
+                label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize="x-small")
+    return ax

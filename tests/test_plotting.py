@@ -64,3 +64,25 @@ def test_pse_overlay_and_sensitivity_scatter():
     plotting.sensitivity_iou_scatter(ax, [0.1, 0.2, 0.3], [0.01, 0.05, 0.1], [False, True, True])
     assert [c.get_offsets().shape[0] for c in ax.collections] == [1, 2]
     plt.close(fig)
+
+
+def test_roi_roa_overlay_colours_the_four_regions(ax):
+    roi = np.zeros((4, 4), bool)
+    roa = np.zeros((4, 4), bool)
+    roi[0, :2] = True
+    roa[0, 1:3] = True
+    plotting.roi_roa_overlay(ax, np.zeros((4, 4, 1)), roi, roa, alpha=1.0)
+    rgb = ax.get_images()[0].get_array()
+    np.testing.assert_allclose(rgb[0, 0], (0.1, 0.3, 1.0))  # RoI only: blue
+    np.testing.assert_allclose(rgb[0, 1], (0.9, 0.1, 0.9))  # both: magenta
+    np.testing.assert_allclose(rgb[0, 2], (1.0, 0.15, 0.1))  # RoA only: red
+    np.testing.assert_allclose(rgb[1, 1], (0.0, 0.0, 0.0))  # rest: the image
+
+
+def test_show_map_and_recovery_curves(ax):
+    plotting.show_image(ax, np.ones((5, 5, 1)), title="x")
+    plotting.map_image(ax, np.eye(3))
+    assert len(ax.get_images()) == 2
+    ax.clear()
+    plotting.recovery_curves(ax, [0.1, 0.2], {"oracle": [0.5, None]})
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [50.0, np.nan])
