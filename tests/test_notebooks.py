@@ -10,8 +10,9 @@ NOTEBOOKS = sorted((pathlib.Path(__file__).resolve().parents[1] / "notebooks").g
 
 def test_notebooks_exist():
     names = {p.stem for p in NOTEBOOKS}
-    assert {"01_quickstart", "02_interpretation_discrepancy_and_isa",
-            "03_int_training_vs_adversarial_training", "06_scaling"} <= names
+    assert names == {"01_quickstart", "02_interpretation_discrepancy_and_isa",
+                     "03_int_training_vs_adversarial_training", "04_promotion_suppression",
+                     "05_roi_roa_neutralisation", "06_scaling"}
 
 
 @pytest.mark.slow
