@@ -285,7 +285,9 @@ def margin_check(subjects, cfg) -> dict:
 def write_tables(results: dict, path: pathlib.Path) -> str:
     st = results["settings"]
     lines = ["# Boopathy et al. (ICML 2020) regenerated with jaxadv", "",
-             f"Data: {st['data']}. Command: `{st['command']}`.", ""]
+             f"Data: {st['data']}. Commands per section: " + "; ".join(
+                 f"{k}: `{v}`" for k, v in results.get("commands", {}).items())
+             + f". Seconds per section: {results.get('seconds', {})}.", ""]
     b1 = results.get("b1", {})
     if b1:
         eps = list(next(iter(b1.values())))
@@ -456,16 +458,18 @@ def main(argv=None) -> dict:
     out = pathlib.Path(args.out or ("results/boopathy_quick" if args.quick else
                                     "results/boopathy"))
     out.mkdir(parents=True, exist_ok=True)
-    tic = time.perf_counter()
     subjects = load_subjects(args, cfg)
-    results = {"settings": {
+    # Sections run separately accumulate: earlier sections in --out are kept.
+    previous = out / "results.json"
+    results = json.loads(previous.read_text()) if previous.exists() else {}
+    results["settings"] = {
         **{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
         "data": f"first {cfg['n']} MNIST test images (official checkpoints)"
                 + (f"; first {cfg['n']} Fashion-MNIST test images ({', '.join(args.fmnist)})"
                    if args.fmnist else ""),
         "command": "python -m experiments.reproduce_boopathy " + " ".join(
-            sys.argv[1:] if argv is None else argv)}}
-    timings = {}
+            sys.argv[1:] if argv is None else argv)}
+    timings = dict(results.get("seconds", {}))
     steps = {"b1": lambda: table_b1(subjects, cfg), "b5": lambda: table_b5(subjects, cfg),
              "b6": lambda: table_b6(subjects), "b7": lambda: table_b7(subjects, cfg),
              "margin": lambda: margin_check(subjects, cfg)}
@@ -473,9 +477,10 @@ def main(argv=None) -> dict:
         t0 = time.perf_counter()
         results["margin_check" if name == "margin" else name] = steps[name]()
         timings[name] = round(time.perf_counter() - t0, 1)
+        results.setdefault("commands", {})[name] = results["settings"]["command"]
         (out / "results.json").write_text(json.dumps(results, indent=1))
     write_figures(results, subjects, cfg, out)
-    results["settings"]["seconds"] = {**timings, "total": round(time.perf_counter() - tic, 1)}
+    results["seconds"] = timings
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=1))
     os.replace(tmp, out / "results.json")

@@ -25,10 +25,12 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+    """The sharding that puts a full copy on every device of ``mesh``."""
     return NamedSharding(mesh, P())
 
 
 def check_divisible(batch_size: int, mesh: Mesh, what: str = "batch size") -> None:
+    """Raises a ValueError naming the fix when ``batch_size`` does not split over the mesh."""
     n = mesh.devices.size
     if batch_size % n:
         raise ValueError(

@@ -32,3 +32,24 @@ def test_lazy_names_and_errors():
 def test_metrics_exports():
     for name in metrics.__all__:
         assert callable(getattr(metrics, name)), name
+
+
+PUBLIC_MODULES = ["jaxadv.attacks", "jaxadv.attributions", "jaxadv.metrics", "jaxadv.models",
+                  "jaxadv.training", "jaxadv.analysis", "jaxadv.data", "jaxadv.sharding",
+                  "jaxadv.devices", "jaxadv.plotting", "jaxadv.report"]
+
+
+@pytest.mark.parametrize("module", PUBLIC_MODULES)
+def test_public_functions_and_classes_have_docstrings(module):
+    import importlib
+
+    mod = importlib.import_module(module)
+    names = getattr(mod, "__all__", None) or [n for n in dir(mod) if not n.startswith("_")]
+    undocumented = []
+    for name in names:
+        obj = getattr(mod, name)
+        if getattr(obj, "__module__", "").startswith("jaxadv") and (
+                inspect.isfunction(obj) or inspect.isclass(obj)):
+            if not (inspect.getdoc(obj) or "").strip():
+                undocumented.append(name)
+    assert not undocumented, f"{module}: add docstrings to {undocumented}"

@@ -90,4 +90,5 @@ def eval_batches(source: Source, *, batch_size: int, num_examples: int | None = 
 
 
 def num_eval_batches(num_examples: int, batch_size: int) -> int:
+    """Padded evaluation batches needed for ``num_examples`` (the last one is masked)."""
     return -(-num_examples // batch_size)

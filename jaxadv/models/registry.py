@@ -20,6 +20,7 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {
 
 
 def available_models() -> list[str]:
+    """The names :func:`get_model` accepts, sorted."""
     return sorted(_MODELS)
 
 
