@@ -226,7 +226,9 @@ def _maps_fn(kind, subject, cfg):
 
 def table_b7(subjects, cfg) -> dict:
     out = {}
-    for s in (s for s in subjects if s.label.endswith("/normal")):
+    isa_models = cfg.get("isa_models")
+    for s in (s for s in subjects if s.label.endswith("/normal")
+              and (not isa_models or s.label.split("/")[0] in isa_models)):
         rows = {}
         for kind in cfg["isa_maps"]:
             # rep maps have no classes: every class set gives the same mean per-channel measure
@@ -284,6 +286,11 @@ def margin_check(subjects, cfg) -> dict:
 
 def write_tables(results: dict, path: pathlib.Path) -> str:
     st = results["settings"]
+    per = results.get("section_settings", {})
+
+    def n_of(section, key="n"):
+        return per.get(section, st).get(key, "?")
+
     lines = ["# Boopathy et al. (ICML 2020) regenerated with jaxadv", "",
              f"Data: {st['data']}. Commands per section: " + "; ".join(
                  f"{k}: `{v}`" for k, v in results.get("commands", {}).items())
@@ -291,7 +298,8 @@ def write_tables(results: dict, path: pathlib.Path) -> str:
     b1 = results.get("b1", {})
     if b1:
         eps = list(next(iter(b1.values())))
-        lines += [f"## B-1: PGD-{st['pgd_steps']} accuracy (%) against l-inf eps", "",
+        lines += [f"## B-1: PGD-{st['pgd_steps']} accuracy (%) against l-inf eps "
+                  f"({n_of('b1')} images)", "",
                   "| model | " + " | ".join(eps) + " |", "|---" * (len(eps) + 1) + "|"]
         lines += [f"| {k} | " + " | ".join(f"{100 * v[e]:.1f}" for e in eps) + " |"
                   for k, v in b1.items()]
@@ -300,21 +308,24 @@ def write_tables(results: dict, path: pathlib.Path) -> str:
     if b5:
         eps = list(next(iter(b5.values())))
         lines += [f"## B-5: AAI Kendall tau (CAM, k = 8, {st['aai_steps']} steps), over images "
-                  "whose label was kept", "", "| model | " + " | ".join(eps) + " |",
+                  f"whose label was kept ({n_of('b5')} images)", "",
+                  "| model | " + " | ".join(eps) + " |",
                   "|---" * (len(eps) + 1) + "|"]
         lines += [f"| {k} | " + " | ".join(f"{v[e]['kendall_tau']:.3f}" for e in eps) + " |"
                   for k, v in b5.items()]
         lines.append("")
     b6 = results.get("b6", {})
     if b6:
-        lines += ["## B-6: top-8 CAM intersection with the Normal model (clean images)", "",
+        lines += [f"## B-6: top-8 CAM intersection with the Normal model ({n_of('b6')} clean "
+                  "images)", "",
                   "| model | intersection / k |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in b6.items()]
         lines.append("")
     b7 = results.get("b7", {})
     for model, rows in b7.items():
         mult = next(iter(rows.values()))["multipliers"] if rows else []
-        lines += [f"## B-7: ISA on {model}: mean normalised discrepancy at eps multiplier, and NS",
+        lines += [f"## B-7: ISA on {model}: mean normalised discrepancy at eps multiplier, and NS "
+                  f"(IG: {n_of('b7', 'ig_steps')}-point right Riemann sum on a softplus copy)",
                   "", "| map/classes/norm | images | " + " | ".join(f"x{m:g}" for m in mult)
                   + " | NS |", "|---" * (len(mult) + 3) + "|"]
         for k, r in rows.items():
@@ -444,6 +455,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--n", type=int, default=None, help="override the number of images")
     parser.add_argument("--isa_maps", nargs="+", default=None, choices=list(ISA_MAPS),
                         help="override the maps of B-7")
+    parser.add_argument("--isa_models", nargs="+", default=None,
+                        help="architectures whose Normal model B-7 attacks (default: all)")
+    for name in ("n_isa", "n_ig", "ig_steps", "isa_rounds"):
+        parser.add_argument(f"--{name}", type=int, default=None, help=f"override {name}")
+    for name in ("isa_classes", "isa_norms", "ig_classes"):
+        parser.add_argument(f"--{name}", nargs="+", default=None, help=f"override {name}")
+    parser.add_argument("--table_only", action="store_true",
+                        help="only rewrite tables.md from --out/results.json")
     parser.add_argument("--sections", nargs="+", default=["b1", "b5", "b6", "b7", "margin"],
                         choices=["b1", "b5", "b6", "b7", "margin"])
     args = parser.parse_args(argv)
@@ -455,9 +474,19 @@ def main(argv=None) -> dict:
         cfg["n_scatter"] = min(cfg["n_scatter"], args.n)
     if args.isa_maps:
         cfg["isa_maps"] = tuple(args.isa_maps)
+    for name in ("n_isa", "n_ig", "ig_steps", "isa_rounds", "isa_classes", "isa_norms",
+                 "ig_classes", "isa_models"):
+        value = getattr(args, name)
+        if value is not None:
+            cfg[name] = tuple(value) if isinstance(value, list) else value
     out = pathlib.Path(args.out or ("results/boopathy_quick" if args.quick else
                                     "results/boopathy"))
     out.mkdir(parents=True, exist_ok=True)
+    if args.table_only:
+        results = json.loads((out / "results.json").read_text())
+        write_figures(results, [], cfg, out)  # every figure but the CAM overlays
+        print(write_tables(results, out / "tables.md"))
+        return results
     subjects = load_subjects(args, cfg)
     # Sections run separately accumulate: earlier sections in --out are kept.
     previous = out / "results.json"
@@ -478,6 +507,7 @@ def main(argv=None) -> dict:
         results["margin_check" if name == "margin" else name] = steps[name]()
         timings[name] = round(time.perf_counter() - t0, 1)
         results.setdefault("commands", {})[name] = results["settings"]["command"]
+        results.setdefault("section_settings", {})[name] = dict(results["settings"])
         (out / "results.json").write_text(json.dumps(results, indent=1))
     write_figures(results, subjects, cfg, out)
     results["seconds"] = timings
