@@ -324,8 +324,10 @@ def write_tables(results: dict, path: pathlib.Path) -> str:
     b7 = results.get("b7", {})
     for model, rows in b7.items():
         mult = next(iter(rows.values()))["multipliers"] if rows else []
-        lines += [f"## B-7: ISA on {model}: mean normalised discrepancy at eps multiplier, and NS "
-                  f"(IG: {n_of('b7', 'ig_steps')}-point right Riemann sum on a softplus copy)",
+        ig = (f" (IG: {n_of('b7', 'ig_steps')}-point right Riemann sum on a softplus copy)"
+              if any(k.startswith("ig/") for k in rows) else "")
+        lines += [f"## B-7: ISA on {model}: mean normalised discrepancy at eps multiplier, and NS"
+                  + ig,
                   "", "| map/classes/norm | images | " + " | ".join(f"x{m:g}" for m in mult)
                   + " | NS |", "|---" * (len(mult) + 3) + "|"]
         for k, r in rows.items():
@@ -459,7 +461,7 @@ def main(argv=None) -> dict:
                         help="architectures whose Normal model B-7 attacks (default: all)")
     for name in ("n_isa", "n_ig", "ig_steps", "isa_rounds"):
         parser.add_argument(f"--{name}", type=int, default=None, help=f"override {name}")
-    for name in ("isa_classes", "isa_norms", "ig_classes"):
+    for name in ("isa_classes", "isa_norms", "ig_classes", "models", "methods"):
         parser.add_argument(f"--{name}", nargs="+", default=None, help=f"override {name}")
     parser.add_argument("--table_only", action="store_true",
                         help="only rewrite tables.md from --out/results.json")
@@ -475,7 +477,7 @@ def main(argv=None) -> dict:
     if args.isa_maps:
         cfg["isa_maps"] = tuple(args.isa_maps)
     for name in ("n_isa", "n_ig", "ig_steps", "isa_rounds", "isa_classes", "isa_norms",
-                 "ig_classes", "isa_models"):
+                 "ig_classes", "isa_models", "models", "methods"):
         value = getattr(args, name)
         if value is not None:
             cfg[name] = tuple(value) if isinstance(value, list) else value
@@ -504,9 +506,18 @@ def main(argv=None) -> dict:
              "margin": lambda: margin_check(subjects, cfg)}
     for name in args.sections:
         t0 = time.perf_counter()
-        results["margin_check" if name == "margin" else name] = steps[name]()
+        key = "margin_check" if name == "margin" else name
+        new = steps[name]()
+        if name == "b7":  # ISA rows accumulate per model (maps may be run separately)
+            merged = results.get("b7", {})
+            for model, rows in new.items():
+                merged.setdefault(model, {}).update(rows)
+            new = merged
+        results[key] = new
         timings[name] = round(time.perf_counter() - t0, 1)
-        results.setdefault("commands", {})[name] = results["settings"]["command"]
+        cmds = results.setdefault("commands", {})
+        command = results["settings"]["command"]
+        cmds[name] = (cmds[name] + " ; " + command) if name == "b7" and name in cmds else command
         results.setdefault("section_settings", {})[name] = dict(results["settings"])
         (out / "results.json").write_text(json.dumps(results, indent=1))
     write_figures(results, subjects, cfg, out)
