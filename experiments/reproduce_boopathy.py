@@ -54,6 +54,7 @@ from jaxadv.analysis import (
 from jaxadv.analysis.isa import attribution_class_maps, cam_plus_plus_class_maps
 from jaxadv.attacks.gradient import pgd_boopathy_eval
 from jaxadv.attacks.min_eps import min_eps_bisection
+from jaxadv.attacks.targets import random_targets
 from jaxadv.attributions import integrated_gradients
 from jaxadv.data import load_dataset
 from jaxadv.metrics import nested_robust_accuracy
@@ -264,12 +265,12 @@ def margin_check(subjects, cfg) -> dict:
     for s in (s for s in subjects if s.label.endswith("/normal")):
         x, y = (jnp.asarray(a[:cfg["n_scatter"]]) for a in s.data)
         logits_fn = s.logits_fn()
-        res = jax.jit(lambda xx, yy, lf=logits_fn: min_eps_bisection(
-            lf, xx, yy, jax.random.key(3), targets="random"))(x, y)
-        # the targets min_eps_bisection drew (same key, same rule)
-        from jaxadv.attacks.cw import prepare
-
-        t = prepare(logits_fn, x, y, jax.random.key(3), "random", (0.0, 1.0))[2]
+        # random targets t' != y, drawn once and passed to the attack (the same draw that
+        # targets="random" makes inside it with this key)
+        t = random_targets(jax.random.fold_in(jax.random.key(3), 1), y,
+                           logits_fn(x[:1]).shape[-1])
+        res = jax.jit(lambda xx, yy, tt, lf=logits_fn: min_eps_bisection(
+            lf, xx, yy, jax.random.key(3), targets=tt))(x, y, t)
         md = margin_discrepancy(logits_fn, _maps_fn("cam", s, cfg), x, res.x_adv, y, t)
         ok = np.asarray(md.success)
         bound, disc = np.asarray(md.bound)[ok], np.asarray(md.discrepancy)[ok]

@@ -46,7 +46,7 @@ from jax import lax
 
 from jaxadv.attacks.apgd import check_int, per_example
 from jaxadv.attacks.cw import margin_loss, prepare
-from jaxadv.attacks.min_eps import min_eps_bisection
+from jaxadv.attacks.min_eps import _check_positive, min_eps_bisection
 from jaxadv.attributions import cam_plus_plus
 from jaxadv.metrics.discrepancy import class_discrepancies, margin_lower_bound
 from jaxadv.metrics.rank import kendall_tau, pearson
@@ -159,11 +159,6 @@ class ISAResult(NamedTuple):
     x_adv: Array
 
 
-def _check_fraction(name, value, low=0.0):
-    if not float(value) > low:
-        raise ValueError(f"{name} must be > {low}; got {value}.")
-
-
 def isa(logits_fn: LogitsFn, maps_fn: ClassMapsFn, x: Array, y: Array, key: jax.Array, *,
         multipliers=(1.0, 1.2, 1.4, 1.6, 1.8, 2.0), targets="random", classes: str = "two",
         norm: str = "l1", kappa=0.1, num_steps: int = 10, step_scale=0.2, grad_scale=1000.0,
@@ -209,8 +204,8 @@ def isa(logits_fn: LogitsFn, maps_fn: ClassMapsFn, x: Array, y: Array, key: jax.
     if mult.size == 0 or np.any(~(mult > 0)):
         raise ValueError(f"multipliers must be a non-empty list of positive numbers; got "
                          f"{multipliers}.")
-    _check_fraction("step_scale", step_scale)
-    _check_fraction("grad_scale", grad_scale)
+    _check_positive("step_scale", step_scale)
+    _check_positive("grad_scale", grad_scale)
     if not 0.0 <= gamma_bounds[0] < gamma_bounds[1]:
         raise ValueError(f"gamma_bounds must be (low, high) with 0 <= low < high; got "
                          f"{gamma_bounds}.")
