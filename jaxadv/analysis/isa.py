@@ -46,7 +46,12 @@ from jax import lax
 
 from jaxadv.attacks.apgd import check_int, per_example
 from jaxadv.attacks.cw import margin_loss, prepare
-from jaxadv.attacks.min_eps import _check_positive, min_eps_bisection
+from jaxadv.attacks.min_eps import (
+    _check_positive,
+    expanding_bisection,
+    min_eps_bisection,
+    scaled_clip_step,
+)
 from jaxadv.attributions import cam_plus_plus
 from jaxadv.metrics.discrepancy import class_discrepancies, margin_lower_bound
 from jaxadv.metrics.rank import kendall_tau, pearson
@@ -213,7 +218,6 @@ def isa(logits_fn: LogitsFn, maps_fn: ClassMapsFn, x: Array, y: Array, key: jax.
     logits = logits_fn(x)
     cls = select_classes(classes, y, t, logits.shape[-1])
     loss_norm = "l1" if norm == "l1" else "l2sq"
-    lo, hi = bounds
     b, dt = x.shape[0], x.dtype
 
     first = min_eps_bisection(logits_fn, x, y, key, targets=t, kappa=kappa, eps_init=eps_init,
@@ -246,8 +250,8 @@ def isa(logits_fn: LogitsFn, maps_fn: ClassMapsFn, x: Array, y: Array, key: jax.
             z, best = carry
             g, (m, d) = grad_fn(z, gamma)
             best = keep(z, m, d, best)
-            z = z - step_scale * e * jnp.clip(grad_scale * g, -1.0, 1.0)
-            return jnp.clip(jnp.clip(z, x - e, x + e), lo, hi), best
+            return scaled_clip_step(z, g, x, e, step_scale=step_scale, grad_scale=grad_scale,
+                                    bounds=bounds), best
 
         init = (jnp.zeros((b,), jnp.bool_), jnp.full((b,), jnp.inf, dt), x)
         z, best = lax.fori_loop(0, num_steps, body, (x, init))
@@ -261,10 +265,7 @@ def isa(logits_fn: LogitsFn, maps_fn: ClassMapsFn, x: Array, y: Array, key: jax.
         def round_(_, carry):
             gamma, g_min, g_max = carry
             ok, _ = attack(eps, gamma)
-            g_min = jnp.where(ok, gamma, g_min)
-            g_max = jnp.where(ok, g_max, gamma)
-            mid = 0.5 * (g_min + g_max)
-            return jnp.where(ok, jnp.minimum(2.0 * gamma, mid), mid), g_min, g_max
+            return expanding_bisection(gamma, ok, g_min, g_max)
 
         full = lambda v: jnp.full((b,), v, dt)  # noqa: E731
         _, g_min, _ = lax.fori_loop(0, gamma_rounds, round_,

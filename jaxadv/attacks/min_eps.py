@@ -45,6 +45,33 @@ def _check_positive(name: str, value) -> None:
         raise ValueError(f"{name} must be > 0; got {value}.")
 
 
+def scaled_clip_step(z: Array, grad: Array, x: Array, eps: Array, *, step_scale, grad_scale,
+                     bounds: tuple[float, float]) -> Array:
+    """One descent step of Boopathy et al.'s attacks (module docstring), projected.
+
+    ``Proj_{B_inf(x, eps) ∩ box}(z - step_scale * eps * clip(grad_scale * grad, -1, 1))``; z, grad
+    and x are (B, ...), eps broadcasts against them (e.g. (B, 1, 1, 1)). Shared by
+    :func:`min_eps_bisection` and the ISA (``jaxadv.analysis.isa``).
+    """
+    z = z - step_scale * eps * jnp.clip(grad_scale * grad, -1.0, 1.0)
+    return jnp.clip(jnp.clip(z, x - eps, x + eps), *bounds)
+
+
+def expanding_bisection(value: Array, grow: Array, low: Array, high: Array
+                        ) -> tuple[Array, Array, Array]:
+    """One round of the doubling bisection both of Boopathy et al.'s searches use, per example.
+
+    Where ``grow`` the value was too small: ``low = value`` and the next value is
+    ``min(2 value, (low + high) / 2)``; elsewhere ``high = value`` and the next is the midpoint.
+    Returns (next value, low, high), all shaped like ``value``. The eps search grows on failure,
+    the ISA's gamma search on success.
+    """
+    low = jnp.where(grow, value, low)
+    high = jnp.where(grow, high, value)
+    mid = 0.5 * (low + high)
+    return jnp.where(grow, jnp.minimum(2.0 * value, mid), mid), low, high
+
+
 def min_eps_bisection(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, targets=None,
                       kappa=0.1, eps_init=0.05, eps_bounds: tuple[float, float] = (0.0, 1.0),
                       num_rounds: int = 10, num_steps: int = 10, step_scale=0.2,
@@ -88,7 +115,6 @@ def min_eps_bisection(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *
         raise ValueError(f"eps_init must be > 0; got {eps_init}.")
     x, y, t, _ = prepare(logits_fn, x, y, key, targets, bounds)
     b, dt = x.shape[0], x.dtype
-    lo, hi = bounds
 
     def margins(z):
         m = margin_loss(logits_fn(z), y, t, kappa)
@@ -105,8 +131,8 @@ def min_eps_bisection(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *
             g, m = grad_fn(z)
             hit = (m < 0) & ~found
             z_found = jnp.where(per_example(hit, x), z, z_found)
-            z = z - step_scale * e * jnp.clip(grad_scale * g, -1.0, 1.0)
-            z = jnp.clip(jnp.clip(z, x - e, x + e), lo, hi)
+            z = scaled_clip_step(z, g, x, e, step_scale=step_scale, grad_scale=grad_scale,
+                                 bounds=bounds)
             return z, found | hit, z_found
 
         z, found, z_found = lax.fori_loop(0, num_steps, body,
@@ -118,10 +144,7 @@ def min_eps_bisection(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *
         eps, eps_min, eps_max, found_any, x_best = carry
         succ, z = attack(eps)
         x_best = jnp.where(per_example(succ, x), z, x_best)
-        eps_max = jnp.where(succ, eps, eps_max)
-        eps_min = jnp.where(succ, eps_min, eps)
-        mid = 0.5 * (eps_min + eps_max)
-        eps = jnp.where(succ, mid, jnp.minimum(2.0 * eps, mid))
+        eps, eps_min, eps_max = expanding_bisection(eps, ~succ, eps_min, eps_max)
         return eps, eps_min, eps_max, found_any | succ, x_best
 
     full = lambda v: jnp.broadcast_to(jnp.asarray(v, dt), (b,))  # noqa: E731
@@ -136,4 +159,4 @@ def minimal_eps(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, **kwarg
     return -min_eps_bisection(logits_fn, x, y, key, **kwargs).loss
 
 
-__all__ = ["min_eps_bisection", "minimal_eps"]
+__all__ = ["expanding_bisection", "min_eps_bisection", "minimal_eps", "scaled_clip_step"]

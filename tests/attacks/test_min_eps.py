@@ -118,3 +118,27 @@ def test_errors(kwargs, match, key):
     f, _, _, x, y = linear_problem(0, batch=4)
     with pytest.raises(ValueError, match=match):
         M.min_eps_bisection(f, x, y, key, **kwargs)
+
+
+def test_expanding_bisection_brackets_a_threshold():
+    """Against the oracle 'value >= threshold', doubling from below then halving the bracket
+    traps each threshold: low < threshold <= high, and the bracket halves every round after the
+    first success; growing on success (the ISA's gamma search) mirrors it."""
+    thresholds = jnp.array([0.003, 0.3, 0.95])
+    value, low, high = jnp.full(3, 0.05), jnp.zeros(3), jnp.ones(3)
+    for _ in range(20):
+        value, low, high = M.expanding_bisection(value, value < thresholds, low, high)
+    assert bool(jnp.all((low < thresholds) & (thresholds <= high)))
+    assert float(jnp.max(high - low)) < 1e-4
+    # mirrored: grow while the value still succeeds (largest value below the threshold)
+    value, low, high = jnp.full(3, 0.05), jnp.zeros(3), jnp.ones(3)
+    for _ in range(20):
+        value, low, high = M.expanding_bisection(value, value <= thresholds, low, high)
+    assert bool(jnp.all((low <= thresholds) & (thresholds < high + 1e-6)))
+
+
+def test_scaled_clip_step_stays_in_ball_and_box():
+    x = jnp.array([[0.0, 0.5, 1.0]])
+    z = M.scaled_clip_step(x, jnp.array([[1.0, -1.0, -1e-6]]), x, jnp.float32(0.1),
+                           step_scale=2.0, grad_scale=1000.0, bounds=(0.0, 1.0))
+    np.testing.assert_allclose(z, [[0.0, 0.6, 1.0]], atol=1e-6)  # box, ball, box
