@@ -34,9 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxadv.attacks.ensemble import evaluate_ensemble
-from jaxadv.attacks.gradient import pgd_boopathy_eval
 from jaxadv.data import load_dataset
-from jaxadv.metrics import nested_robust_accuracy
+from jaxadv.metrics import pgd_eval_accuracy
 from jaxadv.models import get_model, load_official_checkpoint
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -50,24 +49,16 @@ def _missing(path: pathlib.Path) -> None:
 
 
 @functools.cache
-def _compiled(name: str, num_steps: int, step_size: float):
-    """(success, predict) jitted once per architecture, the parameters an argument. The 200 steps
-    are unrolled: on CPU that runs about 2.4x faster than a loop, and compiles once per model."""
-    model = get_model(name)
-    success = jax.jit(lambda p, xb, yb, e: pgd_boopathy_eval(
-        functools.partial(_apply, model, p), xb, yb, jax.random.key(0), eps=e,
-        num_steps=num_steps, step_size=step_size, unroll=True).success)
-    predict = jax.jit(lambda p, xb: jnp.argmax(_apply(model, p, xb), -1))
-    return success, predict
+def _model(name: str):
+    """One Flax module per architecture, so the attack compiles once for all its checkpoints."""
+    return get_model(name)
 
 
 def pgd_accuracies(name, params, x, y, *, epsilons, chunk, num_steps, step_size):
-    """{"<eps>": accuracy} of the evaluation PGD, radii nested (see the module docstring)."""
-    success, predict = _compiled(name, num_steps, step_size)
-    acc = nested_robust_accuracy(functools.partial(success, params),
-                                 functools.partial(predict, params), x, y, epsilons=epsilons,
-                                 chunk=chunk)
-    return {f"{e:g}": v for e, v in acc.items()}
+    """{"<eps>": accuracy} of the evaluation PGD, radii nested (see the module docstring); the
+    steps are unrolled on CPU (about 2.4x faster than a loop there)."""
+    return pgd_eval_accuracy(_model(name).apply, {"params": params}, x, y, epsilons=epsilons,
+                             chunk=chunk, num_steps=num_steps, step_size=step_size)
 
 
 def main(argv=None) -> None:
@@ -118,7 +109,7 @@ def main(argv=None) -> None:
             if all(f"{e:g}" in done for e in args.eps) and not need_ens:
                 continue
             name, params = load_official_checkpoint(path)
-            model = get_model(name)
+            model = _model(name)
             params = jax.tree.map(jnp.asarray, params)
             tic = time.perf_counter()
             if not all(f"{e:g}" in done for e in args.eps):

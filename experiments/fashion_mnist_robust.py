@@ -19,6 +19,12 @@ interrupted one resumes), then evaluates every model on the same data:
 Writes ``--out`` (JSON, with the settings and wall times), a markdown table next to it (.md) and a
 figure (.png). ``--quick`` trains 20 steps per method and evaluates on 100 images with 20-step
 attacks (a smoke test of the whole pipeline, not a result).
+
+``--main`` is the project's main job (``make run``): PGD-AT and Int2 side by side, each trained for
+300 steps (the configs' ``,short`` variant) in ``workdirs/main_job``, then PGD-50 accuracy on the
+first 500 test images, the AAI Kendall tau on the first 100 (50 steps) and a table printed and
+written to ``workdirs/main_job/comparison.{json,md,png}``, with an HTML report per run
+(``jaxadv report``).
 """
 
 import argparse
@@ -35,20 +41,22 @@ import numpy as np
 from experiments.configs import fashion_mnist_robust
 from jaxadv.analysis import cam_map_fn, map_robustness, mean_over_kept, top_k_attack
 from jaxadv.attacks.ensemble import evaluate_ensemble
-from jaxadv.attacks.gradient import pgd_boopathy_eval
-from jaxadv.metrics import nested_robust_accuracy
+from jaxadv.metrics import pgd_eval_accuracy
 from jaxadv.training import restore_for_eval, train_and_evaluate
 from jaxadv.training.loop import load_sources
 
 DEFAULT_METHODS = ("normal", "pgd_at", "trades", "fast_at", "int", "int2", "ig_norm")
+ROOT, OUT = "workdirs/fashion_mnist_robust", "results/fashion_mnist_robust.json"
 
 
 def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
-    p.add_argument("--root", default="workdirs/fashion_mnist_robust")
-    p.add_argument("--out", default="results/fashion_mnist_robust.json")
+    p.add_argument("--root", default=ROOT)
+    p.add_argument("--out", default=OUT)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--main", action="store_true",
+                   help="the main job: PGD-AT vs Int2, short runs, light evaluation")
     p.add_argument("--eps", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2])
     p.add_argument("--n_pgd", type=int, default=2000)
     p.add_argument("--n_ensemble", type=int, default=500)
@@ -69,13 +77,9 @@ def evaluate_model(state, model, test_src, args) -> dict:
     n = min(args.n_pgd, len(test_src))
     x, y = test_src.get(np.arange(n))
     tic = time.perf_counter()
-    success = jax.jit(lambda xb, yb, e: pgd_boopathy_eval(logits_fn, xb, yb, jax.random.key(0),
-                                                          eps=e, num_steps=args.pgd_steps).success)
-    predict = jax.jit(lambda xb: jnp.argmax(logits_fn(xb), -1))
-    chunk = min(args.chunk, n)
-    pgd = nested_robust_accuracy(success, predict, x, y, epsilons=[0.0, *args.eps], chunk=chunk)
-    out["pgd200"] = {f"{e:g}": v for e, v in pgd.items()}  # named for the default 200 steps
-    timings["pgd200_s"] = time.perf_counter() - tic
+    out["pgd"] = pgd_eval_accuracy(model.apply, variables, x, y, epsilons=[0.0, *args.eps],
+                                   num_steps=args.pgd_steps, chunk=args.chunk)
+    timings["pgd_s"] = time.perf_counter() - tic
 
     eps = fashion_mnist_robust.EPS
     m = min(args.n_ensemble, len(test_src))
@@ -111,22 +115,30 @@ def _logits(apply_fn, variables, x):
     return apply_fn(variables, x)
 
 
+def _pgd(r: dict) -> dict:
+    """{eps: PGD accuracy} of one method (results written before 2026-12 call it "pgd200")."""
+    return r["pgd"] if "pgd" in r else r["pgd200"]
+
+
 def write_table(results: dict, eps: list[float], path: pathlib.Path) -> None:
-    cols = ["clean (10k)"] + [f"PGD-200 {e:g}" for e in eps] + ["ensemble 0.1", "AAI tau",
-                                                                  "train s"]
+    steps = results["settings"]["pgd_steps"]
+    cols = ["clean (10k)"] + [f"PGD-{steps} {e:g}" for e in eps] + ["ensemble 0.1", "AAI tau",
+                                                                     "train s"]
     lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for method, r in results["methods"].items():
         row = [f"{100 * r['test_accuracy']:.2f}"]
-        row += [f"{100 * r['pgd200'][f'{e:g}']:.1f}" for e in eps]
+        row += [f"{100 * _pgd(r)[f'{e:g}']:.1f}" for e in eps]
         row.append(f"{100 * r['ensemble']['0.1']:.1f}" if "ensemble" in r else "-")
         row.append(f"{r['aai']['kendall_tau']:.3f}" if "aai" in r else "-")
         row.append(f"{r['train_seconds']:.0f}")
         lines.append(f"| {method} | " + " | ".join(row) + " |")
     s = results["settings"]
     notes = [
-        "", f"Data: Fashion-MNIST; clean accuracy on the full test set; PGD-200 on the first "
-        f"{s['n_pgd']} test images, ensemble on the first {s['n_ensemble']}, AAI on the first "
-        f"{s['n_aai']}. Model: SmallGAP. Training: {s['training']}.",
+        "", f"Data: Fashion-MNIST; clean accuracy on the full test set; PGD-{steps} (step 0.01, no "
+        f"random start) on the first "
+        f"{s['n_pgd']} test images, ensemble on the first {s['n_ensemble']}, AAI "
+        f"({s['aai_steps']} steps, top-8, eps 0.1) on the first {s['n_aai']}. Model: SmallGAP. "
+        f"Training: {s['training']}.",
         f"Command: `{s['command']}`.", ""]
     path.write_text("\n".join(lines + notes))
 
@@ -142,9 +154,10 @@ def write_figure(results: dict, eps: list[float], path: pathlib.Path) -> None:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     grid = [0.0, *eps]
     plotting.robustness_curves(
-        a1, grid, {m: [r["pgd200"][f"{e:g}"] for e in grid] for m, r in
+        a1, grid, {m: [_pgd(r)[f"{e:g}"] for e in grid] for m, r in
                    results["methods"].items()},
-        title=f"SmallGAP / Fashion-MNIST: PGD-200 (n={results['settings']['n_pgd']})")
+        title=f"SmallGAP / Fashion-MNIST: PGD-{results['settings']['pgd_steps']} "
+              f"(n={results['settings']['n_pgd']})")
     plotting.bars(a2, {m: r["aai"]["kendall_tau"] for m, r in results["methods"].items()
                        if "aai" in r}, ylabel="Kendall tau (clean vs AAI CAM)",
                   title="Interpretation robustness at eps 0.1 (higher is better)", ylim=(0, 1))
@@ -155,25 +168,39 @@ def write_figure(results: dict, eps: list[float], path: pathlib.Path) -> None:
 
 def main(argv=None) -> dict:
     args = _parse(argv)
+    if args.quick and args.main:
+        raise ValueError("--quick and --main are exclusive; --main is already short.")
+    variant = ",quick" if args.quick else ",short" if args.main else ""
     if args.quick:
         args.n_pgd, args.n_ensemble, args.n_aai = 100, 0, 50
         args.pgd_steps, args.aai_steps = 20, 20
+    if args.main:
+        if args.methods == list(DEFAULT_METHODS):
+            args.methods = ["pgd_at", "int2"]
+        args.n_pgd, args.n_ensemble, args.n_aai = 500, 0, 100
+        args.pgd_steps, args.aai_steps = 50, 50
+        if args.root == ROOT:
+            args.root = "workdirs/main_job"
+        if args.out == OUT:
+            args.out = os.path.join(args.root, "comparison.json")
     out = pathlib.Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
     results.setdefault("methods", {})
-    base = fashion_mnist_robust.get_config(args.methods[0] + (",quick" if args.quick else ""))
+    base = fashion_mnist_robust.get_config(args.methods[0] + variant)
     results["settings"] = {
-        "training": (f"{base.train.num_epochs:g} epochs of batch {base.train.batch_size}, Adam "
-                     f"{base.optimizer.learning_rate:g} constant, eps 0.1 ramped from step "
-                     "100 to 400, inner PGD 10 x 0.025 (see experiments/configs/"
-                     "fashion_mnist_robust.py)") if not args.quick else "quick: 20 steps",
+        "training": "quick: 20 steps" if args.quick else (
+            f"{_length(base.train)} of batch {base.train.batch_size}, Adam "
+            f"{base.optimizer.learning_rate:g} constant, eps 0.1 ramped from step "
+            f"{base.objective.kwargs.get('ramp_start', 0)} to "
+            f"{base.objective.kwargs.get('ramp_end', 0)}, inner PGD 10 x 0.025 (see "
+            "experiments/configs/fashion_mnist_robust.py)"),
         "n_pgd": args.n_pgd, "pgd_steps": args.pgd_steps, "aai_steps": args.aai_steps,
         "n_ensemble": args.n_ensemble, "n_aai": args.n_aai,
         "eps": args.eps, "command": "python -m experiments.fashion_mnist_robust "
         + " ".join(argv if argv is not None else os.sys.argv[1:]),
     }
     for method in args.methods:
-        config = fashion_mnist_robust.get_config(method + (",quick" if args.quick else ""))
+        config = fashion_mnist_robust.get_config(method + variant)
         workdir = os.path.join(args.root + ("_quick" if args.quick else ""), method)
         done = pathlib.Path(workdir, "results.json")
         if done.exists():
@@ -192,8 +219,24 @@ def main(argv=None) -> dict:
         out.write_text(json.dumps(results, indent=1))
     write_table(results, args.eps, out.with_suffix(".md"))
     write_figure(results, args.eps, out.with_suffix(".png"))
+    if args.main:
+        from jaxadv.report import write_report
+
+        for method in args.methods:
+            write_report(os.path.join(args.root, method))
+        print(out.with_suffix(".md").read_text())
+        print(f"Reports: {', '.join(os.path.join(args.root, m, 'report.html') for m in args.methods)}")
     return results
 
 
+def _length(train) -> str:
+    steps = train.get("num_steps", -1)
+    return f"{steps} steps" if steps and steps > 0 else f"{train.num_epochs:g} epochs"
+
+
 if __name__ == "__main__":
+    from jaxadv.devices import use_host_devices
+
+    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        use_host_devices()  # one XLA host device per core on CPU, as `jaxadv train` does
     main()

@@ -57,7 +57,7 @@ from jaxadv.attacks.min_eps import min_eps_bisection
 from jaxadv.attacks.targets import random_targets
 from jaxadv.attributions import integrated_gradients
 from jaxadv.data import load_dataset
-from jaxadv.metrics import nested_robust_accuracy
+from jaxadv.metrics import pgd_eval_accuracy
 from jaxadv.metrics.rank import top_k_intersection
 from jaxadv.models import get_model, load_official_checkpoint
 
@@ -128,18 +128,11 @@ def load_subjects(args, cfg) -> list[Subject]:
 
 
 @functools.cache
-def _pgd_fns(arch_key, model, num_steps):
-    def logits(v, x):
-        return model.apply(v, x)
-
-    success = jax.jit(lambda v, xb, yb, e: pgd_boopathy_eval(
-        functools.partial(logits, v), xb, yb, jax.random.key(0), eps=e,
-        num_steps=num_steps).success)
-    predict = jax.jit(lambda v, xb: jnp.argmax(logits(v, xb), -1))
-    adv = jax.jit(lambda v, xb, yb, e: pgd_boopathy_eval(
-        functools.partial(logits, v), xb, yb, jax.random.key(0), eps=e,
+def _pgd_adv(model, num_steps):
+    """Evaluation-PGD examples (the CAM overlays), jitted once per architecture."""
+    return jax.jit(lambda v, xb, yb, e: pgd_boopathy_eval(
+        functools.partial(model.apply, v), xb, yb, jax.random.key(0), eps=e,
         num_steps=num_steps).x_adv)
-    return success, predict, adv
 
 
 @functools.cache
@@ -166,11 +159,8 @@ def table_b1(subjects, cfg) -> dict:
     out = {}
     for s in subjects:
         x, y = s.data
-        success, predict, _ = _pgd_fns(s.arch_key, s.model, cfg["pgd_steps"])
-        acc = nested_robust_accuracy(functools.partial(success, s.variables),
-                                     functools.partial(predict, s.variables), x, y,
-                                     epsilons=cfg["eps"], chunk=min(len(x), 100))
-        out[s.label] = {f"{e:g}": v for e, v in acc.items()}
+        out[s.label] = pgd_eval_accuracy(s.model.apply, s.variables, x, y, epsilons=cfg["eps"],
+                                         num_steps=cfg["pgd_steps"], chunk=min(len(x), 100))
         print("B-1", s.label, json.dumps(out[s.label]), flush=True)
     return out
 
@@ -435,7 +425,7 @@ def write_figures(results: dict, subjects, cfg, out: pathlib.Path) -> None:
         fig, axes = plt.subplots(len(shown), 6, figsize=(9, 1.6 * len(shown)), squeeze=False)
         for row, s in zip(axes, shown, strict=True):
             x, y = (jnp.asarray(a[:3]) for a in s.data)
-            _, _, adv = _pgd_fns(s.arch_key, s.model, cfg["pgd_steps"])
+            adv = _pgd_adv(s.model, cfg["pgd_steps"])
             x_adv = adv(s.variables, x, y, jnp.float32(0.2))
             clean, attacked = _cam_true(s, x, y), _cam_true(s, x_adv, y)
             for i in range(3):

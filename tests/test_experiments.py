@@ -24,15 +24,31 @@ def test_fashion_mnist_robust_quick(synthetic_fmnist, tmp_path):
     results = fashion_mnist_robust.main(args)
     assert set(results["methods"]) == {"normal", "int2"}
     for r in results["methods"].values():
-        acc = r["pgd200"]
+        acc = r["pgd"]
         assert acc["0"] >= acc["0.1"] >= acc["0.2"]  # nested radii
         assert abs(acc["0"] - r["test_accuracy"]) < 0.2  # first 100 vs all 128 test images
         assert -1 <= r["aai"]["kendall_tau"] <= 1
     assert json.loads(out.read_text())["methods"].keys() == results["methods"].keys()
     assert "| int2 |" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").stat().st_size > 10_000
+    assert "PGD-20 0.1" in out.with_suffix(".md").read_text()  # the step count actually run
     # The finished runs' results are what a second call reuses instead of retraining.
     assert (tmp_path / "w_quick" / "int2" / "results.json").exists()
+
+
+def test_main_job_settings():
+    """The main job (make run) is PGD-AT vs Int2 on the configs' 300-step variant."""
+    from experiments import fashion_mnist_robust
+    from experiments.configs import fashion_mnist_robust as configs
+
+    for method in ("pgd_at", "int2"):
+        c = configs.get_config(method + ",short")
+        assert c.train.num_steps == 300 and c.method == method
+        assert (c.objective.kwargs.ramp_start, c.objective.kwargs.ramp_end) == (30, 150)
+    with pytest.raises(ValueError, match="exclusive"):
+        fashion_mnist_robust.main(["--main", "--quick"])
+    with pytest.raises(ValueError, match="short"):
+        configs.get_config("int2,long")
 
 
 SHARED = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data"

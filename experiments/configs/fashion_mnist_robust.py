@@ -7,8 +7,10 @@ CPU: eps 0.1, inner PGD of 10 steps of 0.025 from a uniform start, Adam 1e-3 con
 
 Launch one method (METHOD in normal, pgd_at, trades, fast_at, int, int2, ig_norm, ...):
   jaxadv train --config experiments/configs/fashion_mnist_robust.py:METHOD --workdir DIR
-Add ``,quick`` (e.g. ``:int2,quick``) for a smoke run of 20 steps. All methods plus their
-evaluation: ``python -m experiments.fashion_mnist_robust`` (see that script for the results).
+Add ``,quick`` (e.g. ``:int2,quick``) for a smoke run of 20 steps, or ``,short`` for the main
+job's 300 steps (eps ramped from step 30 to 150). All methods plus their evaluation:
+``python -m experiments.fashion_mnist_robust`` (see that script for the results); the main job
+(``make run``) is ``python -m experiments.fashion_mnist_robust --main`` (PGD-AT vs Int2, short).
 
 Fast AT (``fast_at``) holds out the last 1,000 training images and keeps the checkpoint with the
 best PGD-10 accuracy on them (Wong et al. 2020's guard against catastrophic overfitting).
@@ -62,8 +64,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.train.best_metric = "robust_accuracy"
         config.train.final_from_best = True
     for v in variants:
-        if v != "quick":
-            raise ValueError(f"Unknown config variant {v!r}; use ',quick' or nothing.")
+        if v not in ("quick", "short"):
+            raise ValueError(f"Unknown config variant {v!r}; use ',quick', ',short' or nothing.")
+        if v == "short":
+            config.train.num_steps = 300
+            config.train.log_every = 25
+            config.train.checkpoint_every = 100
+            config.train.eval_every = 100 if method == "fast_at" else 0
+            config.eval.robust_examples = 500
+            if "ramp_start" in kwargs:
+                config.objective.kwargs.ramp_start, config.objective.kwargs.ramp_end = 30, 150
+            continue
         config.train.num_steps = 20
         config.train.log_every = 10
         config.train.checkpoint_every = 10

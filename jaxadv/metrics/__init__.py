@@ -40,6 +40,7 @@ from jaxadv.metrics.robustness import (
     make_robust_counts_fn,
     masked_sum_count,
     nested_robust_accuracy,
+    pgd_eval_accuracy,
     ratio,
     robust_accuracy_curve,
 )
@@ -56,7 +57,7 @@ __all__ = [
     "energy_share", "insertion_auc", "interpretability_score", "interpretability_scores",
     "kendall_tau", "label_free_discrepancy", "local_lipschitz_estimate", "make_robust_counts_fn",
     "map_discrepancy", "margin_lower_bound", "masked_sum_count", "max_sensitivity",
-    "nested_robust_accuracy", "pearson", "ratio", "representation_discrepancy",
+    "nested_robust_accuracy", "pearson", "pgd_eval_accuracy", "ratio", "representation_discrepancy",
     "robust_accuracy_curve", "saliency_mask", "spearman", "top_k_intersection",
     "top_k_intersection_b", "worst_case_sensitivity",
 ]

@@ -54,3 +54,32 @@ def test_rejects_negative_eps():
     with pytest.raises(ValueError, match="epsilons must be >= 0"):
         nested_robust_accuracy(lambda *a: None, lambda xb: np.zeros(len(xb)), np.zeros((2, 1)),
                                np.zeros(2), epsilons=[-0.1])
+
+
+def _linear_apply(variables, z):
+    return z.reshape(z.shape[0], -1) @ variables["w"]
+
+
+@pytest.mark.parametrize("unroll", [False, True])
+def test_pgd_eval_accuracy_equals_the_attack_per_radius(unroll):
+    """The helper runs Boopathy et al.'s evaluation PGD: on a linear model (PGD monotone in eps)
+    its nested accuracies equal the attack run independently at each radius, whether the chunks
+    are split over the 8 test devices (chunk 16) or not (chunk 10), looped or unrolled."""
+    from jaxadv.attacks import pgd_boopathy_eval
+    from jaxadv.metrics import pgd_eval_accuracy
+
+    # committed to one device, as restored checkpoints are
+    v = jax.device_put({"w": jax.random.normal(jax.random.key(0), (12, 3))}, jax.devices()[0])
+    x = np.asarray(jax.random.uniform(jax.random.key(1), (40, 2, 2, 3)))
+    y = np.array(jnp.argmax(_linear_apply(v, x), -1))
+    y[:4] = (y[:4] + 1) % 3  # four misclassified points count as broken at every radius
+    eps = [0.0, 0.01, 0.03]
+    for chunk in (16, 10):
+        got = pgd_eval_accuracy(_linear_apply, v, x, y, epsilons=eps, num_steps=5,
+                                step_size=0.01, chunk=chunk, unroll=unroll)
+        assert list(got) == ["0", "0.01", "0.03"]
+        assert got["0"] == pytest.approx(0.9)
+        for e in eps[1:]:
+            res = pgd_boopathy_eval(lambda z: _linear_apply(v, z), jnp.asarray(x), jnp.asarray(y),
+                                    jax.random.key(0), eps=e, num_steps=5, step_size=0.01)
+            assert got[f"{e:g}"] == pytest.approx(float(np.mean(~np.asarray(res.success))))
