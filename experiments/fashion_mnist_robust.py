@@ -55,6 +55,8 @@ def _parse(argv):
     p.add_argument("--root", default=ROOT)
     p.add_argument("--out", default=OUT)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--table_only", action="store_true",
+                   help="redraw the table and figure from --out without training or evaluating")
     p.add_argument("--main", action="store_true",
                    help="the main job: PGD-AT vs Int2, short runs, light evaluation")
     p.add_argument("--eps", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2])
@@ -142,7 +144,7 @@ def write_table(results: dict, eps: list[float], path: pathlib.Path) -> None:
         f"({s['aai_steps']} steps, top-8, eps 0.1; Kendall tau over images whose label survived) "
         f"on the first {s['n_aai']}. Model: SmallGAP. Training: {s['training']}; 'train s' is "
         "the wall time on the machine that ran it.",
-        f"Command: `{s['command']}`.", ""]
+        f"Command: `{s['command']}`." + (f" {s['note']}" if s.get("note") else ""), ""]
     path.write_text("\n".join(lines + notes))
 
 
@@ -187,15 +189,20 @@ def main(argv=None) -> dict:
         if args.out == OUT:
             args.out = os.path.join(args.root, "comparison.json")
     out = pathlib.Path(args.out)
+    if args.table_only:
+        results = json.loads(out.read_text())
+        write_table(results, results["settings"]["eps"], out.with_suffix(".md"))
+        write_figure(results, results["settings"]["eps"], out.with_suffix(".png"))
+        return results
     results = json.loads(out.read_text()) if out.exists() else {}
     results.setdefault("methods", {})
     base = fashion_mnist_robust.get_config(args.methods[0] + variant)
+    ramp = fashion_mnist_robust.get_config("pgd_at" + variant).objective.kwargs  # every robust one
     results["settings"] = {
         "training": "quick: 20 steps" if args.quick else (
             f"{_length(base.train)} of batch {base.train.batch_size}, Adam "
             f"{base.optimizer.learning_rate:g} constant, eps 0.1 ramped from step "
-            f"{base.objective.kwargs.get('ramp_start', 0)} to "
-            f"{base.objective.kwargs.get('ramp_end', 0)}, inner PGD 10 x 0.025 (see "
+            f"{ramp.ramp_start} to {ramp.ramp_end}, inner PGD 10 x 0.025 (see "
             "experiments/configs/fashion_mnist_robust.py)"),
         "n_pgd": args.n_pgd, "pgd_steps": args.pgd_steps, "aai_steps": args.aai_steps,
         "n_ensemble": args.n_ensemble, "n_aai": args.n_aai,
