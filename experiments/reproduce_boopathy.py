@@ -420,7 +420,8 @@ def write_figures(results: dict, subjects, cfg, out: pathlib.Path) -> None:
         fig.savefig(out / "margin_bound.png", dpi=100)
         plt.close(fig)
     # CAM overlays: clean vs PGD-attacked (eps 0.2), true class, 3 images, one row per model
-    shown = [s for s in subjects if s.label.startswith(cfg["models"][0] + "/")]
+    prefix = cfg["models"][0] + "/" if cfg["models"] else "fmnist/"
+    shown = [s for s in subjects if s.label.startswith(prefix)]
     if shown:
         fig, axes = plt.subplots(len(shown), 6, figsize=(9, 1.6 * len(shown)), squeeze=False)
         for row, s in zip(axes, shown, strict=True):
@@ -452,8 +453,10 @@ def main(argv=None) -> dict:
                         help="architectures whose Normal model B-7 attacks (default: all)")
     for name in ("n_isa", "n_ig", "ig_steps", "isa_rounds"):
         parser.add_argument(f"--{name}", type=int, default=None, help=f"override {name}")
-    for name in ("isa_classes", "isa_norms", "ig_classes", "models", "methods"):
+    for name in ("isa_classes", "isa_norms", "ig_classes", "methods"):
         parser.add_argument(f"--{name}", nargs="+", default=None, help=f"override {name}")
+    parser.add_argument("--models", nargs="*", default=None,
+                        help="override models (MNIST architectures; none: only --fmnist runs)")
     parser.add_argument("--table_only", action="store_true",
                         help="only rewrite tables.md from --out/results.json")
     parser.add_argument("--sections", nargs="+", default=["b1", "b5", "b6", "b7", "margin"],
