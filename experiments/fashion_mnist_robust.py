@@ -117,11 +117,6 @@ def _logits(apply_fn, variables, x):
     return apply_fn(variables, x)
 
 
-def _pgd(r: dict) -> dict:
-    """{eps: PGD accuracy} of one method (results written before 2026-12 call it "pgd200")."""
-    return r["pgd"] if "pgd" in r else r["pgd200"]
-
-
 def write_table(results: dict, eps: list[float], path: pathlib.Path) -> None:
     s = results["settings"]
     steps, ensemble = s["pgd_steps"], s["n_ensemble"] > 0
@@ -130,7 +125,7 @@ def write_table(results: dict, eps: list[float], path: pathlib.Path) -> None:
     lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for method, r in results["methods"].items():
         row = [f"{100 * r['test_accuracy']:.2f}"]
-        row += [f"{100 * _pgd(r)[f'{e:g}']:.1f}" for e in eps]
+        row += [f"{100 * r['pgd'][f'{e:g}']:.1f}" for e in eps]
         if ensemble:
             row.append(f"{100 * r['ensemble']['0.1']:.1f}" if "ensemble" in r else "-")
         row.append(f"{r['aai']['kendall_tau']:.3f}" if "aai" in r else "-")
@@ -159,7 +154,7 @@ def write_figure(results: dict, eps: list[float], path: pathlib.Path) -> None:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     grid = [0.0, *eps]
     plotting.robustness_curves(
-        a1, grid, {m: [_pgd(r)[f"{e:g}"] for e in grid] for m, r in
+        a1, grid, {m: [r['pgd'][f"{e:g}"] for e in grid] for m, r in
                    results["methods"].items()},
         title=f"SmallGAP / Fashion-MNIST: PGD-{results['settings']['pgd_steps']} "
               f"(n={results['settings']['n_pgd']})")
