@@ -91,11 +91,19 @@ class JsonLogger:
             f.write(json.dumps(record) + "\n")
 
 
+def _eval_batch_size(batch_size: int, source, num_examples: int | None, mesh) -> int:
+    """``batch_size`` rounded up to a multiple of the device count, and no larger than the
+    examples evaluated (rounded likewise): 128 test images are not padded to a batch of 1,000."""
+    n = len(source) if num_examples is None else min(num_examples, len(source))
+    d = mesh.devices.size
+    return -(-max(1, min(batch_size, n)) // d) * d
+
+
 def evaluate(state: TrainState, source, *, batch_size: int, mesh=None, eval_step=None,
              num_examples: int | None = None, use_ema: bool = False) -> dict[str, float]:
     """Clean loss and accuracy over ``source`` (padded, masked batches; no example dropped)."""
     mesh = mesh or sharding.data_mesh()
-    batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
+    batch_size = _eval_batch_size(batch_size, source, num_examples, mesh)
     if eval_step is None:
         eval_step = jax.jit(make_eval_step(use_ema=use_ema))
     acc = None
@@ -109,7 +117,7 @@ def robust_evaluate(state: TrainState, source, *, robust_step, batch_size: int, 
     """Robust accuracy over ``source`` with a jitted step of
     :func:`jaxadv.training.steps.make_robust_eval_step`."""
     mesh = mesh or sharding.data_mesh()
-    batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
+    batch_size = _eval_batch_size(batch_size, source, num_examples, mesh)
     acc = None
     for i, batch in enumerate(data_lib.eval_batches(source, batch_size=batch_size,
                                                     num_examples=num_examples)):
@@ -202,6 +210,7 @@ def train_and_evaluate(config: Mapping, workdir: str, *, verbose: bool = True) -
         return out
 
     acc, last_good, compile_s = None, (start or None), 0.0
+    last_evals = None  # (step, split name, metrics) of the latest periodic evaluation
     examples, t_train = 0, 0.0
     bar = tqdm(total=total_steps, initial=start, disable=not verbose, unit="step",
                dynamic_ncols=True)
@@ -229,8 +238,10 @@ def train_and_evaluate(config: Mapping, workdir: str, *, verbose: bool = True) -
             record = {"step": done, "split": "train", **summary,
                       "examples_per_second": examples / max(elapsed, 1e-9)}
             if is_eval:
-                record.update(run_evals(select_src, select_name,
-                                        num_eval if select_name == "test" else None))
+                evals = run_evals(select_src, select_name,
+                                  num_eval if select_name == "test" else None)
+                record.update(evals)
+                last_evals = (done, select_name, evals)
             logger.write(record)
             bar.set_postfix(loss=f"{summary.get('loss', summary['objective']):.4f}",
                             ex_s=f"{record['examples_per_second']:.0f}")
@@ -250,7 +261,10 @@ def train_and_evaluate(config: Mapping, workdir: str, *, verbose: bool = True) -
         final_step = ckpt.best.latest_step()
         state = ckpt.restore(state, final_step, best=True)
     ckpt.close()
-    final = run_evals(test_src, "test", num_eval)
+    if last_evals is not None and last_evals[:2] == (final_step, "test"):
+        final = last_evals[2]  # the state evaluated at the last step is the final one
+    else:
+        final = run_evals(test_src, "test", num_eval)
     result = {"step": final_step, **final,
               "num_test_examples": num_eval or len(test_src), "train_seconds": t_train,
               "examples_per_second": examples / max(t_train, 1e-9), "compile_seconds": compile_s,

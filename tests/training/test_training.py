@@ -44,7 +44,7 @@ def _batch(shape, key, num_classes=10):
 
 
 @pytest.mark.parametrize("name,kwargs,shape", MODELS)
-def test_one_step_per_model(name, kwargs, shape, key):
+def test_one_step_per_model(name, kwargs, shape, key, fast_compile):
     model = get_model(name, **kwargs)
     state = create_train_state(model, optax.adam(1e-3), key, shape)
     step = jax.jit(make_train_step(objective=get_objective("cross_entropy")))
@@ -230,6 +230,45 @@ def test_fast_at_guard_validation_robust_check_and_early_stopping(synthetic_fmni
     assert result["step"] == best["step"]
     assert 0.0 <= result["test_robust_accuracy"] <= result["test_accuracy"]
     assert result["num_test_examples"] == 128
+
+
+def test_final_evaluation_reuses_the_last_one_and_batches_fit_the_data(synthetic_fmnist,
+                                                                       tmp_path, monkeypatch):
+    """The test evaluation at the last step is the final result (not computed twice), and 128
+    test images are evaluated in one batch of 128, not padded to eval.batch_size=1000."""
+    import json
+
+    from jaxadv.training import loop
+
+    calls, sizes = [], []
+    real, real_batches = loop.robust_evaluate, loop.data_lib.eval_batches
+
+    def counting(state, source, **kw):
+        calls.append(1)
+        return real(state, source, **kw)
+
+    def batches(source, **kw):
+        sizes.append(kw["batch_size"])
+        return real_batches(source, **kw)
+
+    monkeypatch.setattr(loop, "robust_evaluate", counting)
+    monkeypatch.setattr(loop.data_lib, "eval_batches", batches)
+    cfg = _config(num_steps=8, eval_every=4)
+    cfg.eval.batch_size = 1000
+    cfg.eval.robust_attack = "pgd"
+    cfg.eval.robust_kwargs = {"eps": 0.1, "step_size": 0.05, "num_steps": 2}
+    result = train_and_evaluate(cfg, str(tmp_path / "w"), verbose=False)
+    assert len(calls) == 2  # steps 4 and 8; no third evaluation at the end
+    assert set(sizes) == {128}  # clean and robust: the 128 test images in one batch
+    last = json.loads((tmp_path / "w" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 8
+    assert result["test_robust_accuracy"] == last["test_robust_accuracy"]
+    assert result["test_accuracy"] == last["test_accuracy"]
+    mesh = loop.sharding.data_mesh()
+    d = mesh.devices.size
+    assert loop._eval_batch_size(1000, range(128), None, mesh) == -(-128 // d) * d
+    assert loop._eval_batch_size(1000, range(5000), 130, mesh) == -(-130 // d) * d
+    assert loop._eval_batch_size(64, range(5000), None, mesh) == -(-64 // d) * d
 
 
 def test_robust_best_metric_needs_an_attack(synthetic_fmnist, tmp_path):
