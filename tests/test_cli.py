@@ -46,13 +46,22 @@ def _final_params(workdir, steps):
     return jax.device_get(state.params)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def shared_jit_cache(tmp_path_factory):
+    """The subprocesses of this module share a persistent compilation cache: a rerun of the same
+    config (resume, report) loads its compiled steps instead of compiling them again."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jit-cache")))
+        yield
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return make_synthetic_idx(tmp_path_factory.mktemp("fmnist"), num_train=1024)
 
 
 def test_sigkill_then_rerun_resumes_to_identical_params(data_dir, tmp_path):
-    steps = 160
+    steps = 80
     args = [*QUICK, f"--config.train.num_steps={steps}"]
     ref = subprocess.run(_cmd("train", *args, f"--workdir={tmp_path / 'ref'}"), cwd=REPO,
                          env=_env(data_dir), capture_output=True, text=True, timeout=600)
