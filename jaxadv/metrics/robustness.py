@@ -228,9 +228,27 @@ def nested_robust_accuracy(success_fn: Callable[[Array, Array, Array], Array],
     return out
 
 
+class _ByOwner:
+    """Wraps ``apply_fn`` for the compile cache: a bound method is keyed by its function and its
+    owner compared by value, so ``model.apply`` of two equal Flax modules (built separately, with
+    the same fields) shares one compilation; Python compares bound methods' owners by identity."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        owner = getattr(fn, "__self__", None)
+        self.key = (fn.__func__, owner) if owner is not None and hasattr(fn, "__func__") else fn
+
+    def __eq__(self, other):
+        return isinstance(other, _ByOwner) and self.key == other.key
+
+    def __hash__(self):
+        return hash(self.key)
+
+
 @functools.cache
-def _pgd_eval_fns(apply_fn: Callable, num_steps: int, step_size: float, unroll: bool):
+def _pgd_eval_fns(fn: _ByOwner, num_steps: int, step_size: float, unroll: bool):
     """(success, predict), jitted once per (model, settings) with the variables an argument."""
+    apply_fn = fn.fn
     success = jax.jit(lambda v, xb, yb, e: pgd_boopathy_eval(
         functools.partial(apply_fn, v), xb, yb, jax.random.key(0), eps=e, num_steps=num_steps,
         step_size=step_size, unroll=unroll).success)
@@ -247,11 +265,13 @@ def pgd_eval_accuracy(apply_fn: Callable, variables, x, y, *, epsilons: Iterable
     start, absolute step ``step_size``; methods.md 1.8), evaluated by
     :func:`nested_robust_accuracy` (each radius attacks only the points robust at the smaller
     ones). The attack is compiled once per ``(apply_fn, num_steps, step_size, unroll)`` with the
-    variables an argument, so many checkpoints of one architecture share one compilation.
+    variables an argument, so many checkpoints of one architecture share one compilation (also
+    when each comes with its own, equal, Flax module: ``model.apply`` is keyed by the module's
+    value).
 
     Args:
       apply_fn: ``(variables, x (B, ...)) -> logits (B, K)``, e.g. a Flax ``model.apply``; must
-        be hashable (bound methods of Flax modules are).
+        be hashable (Flax modules and their bound methods are).
       variables: the model's variables.
       x: (N, ...) images in [0, 1] (numpy). y: (N,) int labels.
       epsilons: l-inf radii (0 gives the clean accuracy).
@@ -267,7 +287,8 @@ def pgd_eval_accuracy(apply_fn: Callable, variables, x, y, *, epsilons: Iterable
     """
     if unroll is None:
         unroll = jax.default_backend() == "cpu"
-    success, predict = _pgd_eval_fns(apply_fn, int(num_steps), float(step_size), bool(unroll))
+    success, predict = _pgd_eval_fns(_ByOwner(apply_fn), int(num_steps), float(step_size),
+                                     bool(unroll))
     mesh = mesh if mesh is not None else sharding_lib.data_mesh()
     n = len(x)
     chunk = max(1, min(chunk, n))

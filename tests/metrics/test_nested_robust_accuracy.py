@@ -83,3 +83,27 @@ def test_pgd_eval_accuracy_equals_the_attack_per_radius(unroll):
             res = pgd_boopathy_eval(lambda z: _linear_apply(v, z), jnp.asarray(x), jnp.asarray(y),
                                     jax.random.key(0), eps=e, num_steps=5, step_size=0.01)
             assert got[f"{e:g}"] == pytest.approx(float(np.mean(~np.asarray(res.success))))
+
+
+def test_pgd_eval_accuracy_compiles_once_for_equal_modules():
+    """Two checkpoints of one architecture, each with its own (equal) Flax module, share one
+    compiled attack: the cache keys ``model.apply`` by the module's value, not its identity."""
+    from jaxadv.metrics import pgd_eval_accuracy
+    from jaxadv.metrics.robustness import _pgd_eval_fns
+    from jaxadv.models import get_model, init_variables
+
+    x = np.asarray(jax.random.uniform(jax.random.key(1), (8, 8, 8, 1)))
+    y = np.zeros(8, np.int32)
+    for seed in (0, 1):
+        model = get_model("mlp", hidden=(4,), num_classes=3)  # a new, equal module each time
+        v = init_variables(model, jax.random.key(seed), (1, 8, 8, 1))
+        before = _pgd_eval_fns.cache_info().misses
+        pgd_eval_accuracy(model.apply, v, x, y, epsilons=[0.0, 0.05], num_steps=7,
+                          step_size=0.01, chunk=8, unroll=False)
+        misses = _pgd_eval_fns.cache_info().misses - before
+        assert misses == (1 if seed == 0 else 0)
+    other = get_model("mlp", hidden=(5,), num_classes=3)  # a different architecture compiles anew
+    before = _pgd_eval_fns.cache_info().misses
+    pgd_eval_accuracy(other.apply, init_variables(other, jax.random.key(0), (1, 8, 8, 1)), x, y,
+                      epsilons=[0.0], num_steps=7, step_size=0.01, chunk=8, unroll=False)
+    assert _pgd_eval_fns.cache_info().misses - before == 1
