@@ -173,6 +173,18 @@ def test_path_ig_completeness_on_smooth_model(setup):
     np.testing.assert_allclose(ig.reshape(16, -1).sum(-1), delta, rtol=2e-2, atol=2e-3)
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 5])
+def test_path_ig_chunking_does_not_change_it(setup, chunk):
+    """All path points at once (vmap) or ``chunk`` at a time (lax.map): the same IG."""
+    model, state, batch = setup
+    fn = functools.partial(model.apply, {"params": state.params})
+    x, y = batch["image"], batch["label"]
+    x2 = jnp.clip(x + 0.2, 0, 1)
+    whole = path_integrated_gradients_ce(fn, x, x2, y, num_steps=5)
+    part = path_integrated_gradients_ce(fn, x, x2, y, num_steps=5, path_chunk=chunk)
+    np.testing.assert_allclose(part, whole, rtol=1e-5, atol=1e-7)
+
+
 def test_input_gradient_formula(setup):
     model, state, batch = setup
     x, y = batch["image"], batch["label"]
