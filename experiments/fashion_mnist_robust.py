@@ -204,7 +204,6 @@ def main(argv=None) -> dict:
         "eps": args.eps, "command": "python -m experiments.fashion_mnist_robust "
         + " ".join(argv if argv is not None else os.sys.argv[1:]),
     }
-    modules = {}
     for method in args.methods:
         config = fashion_mnist_robust.get_config(method + variant)
         workdir = os.path.join(args.root + ("_quick" if args.quick else ""), method)
@@ -215,8 +214,6 @@ def main(argv=None) -> dict:
             trained = train_and_evaluate(config, workdir, verbose=False)
         state, model = restore_for_eval(config, workdir,
                                         best=bool(config.train.get("final_from_best", False)))
-        # One module per architecture: the evaluation PGD compiles once for every method.
-        model = modules.setdefault(repr(model), model)
         _, test_src = load_sources(config)
         r = {"test_accuracy": trained["test_accuracy"],
              "train_seconds": trained["train_seconds"], "train_step": trained["step"],
