@@ -13,6 +13,7 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_force_host_platform_device_count=8").strip()
 
+import contextlib  # noqa: E402
 import pathlib  # noqa: E402
 
 import jax  # noqa: E402
@@ -27,14 +28,25 @@ def strict_promotion():
     with jax.numpy_dtype_promotion("strict"):
         yield
 
-@pytest.fixture
-def fast_compile():
-    """For tests dominated by XLA compile time (deep models, one step): compile with most
-    optimisations off (about 2x faster for a ResNet train step; numerics are unchanged)."""
+
+@contextlib.contextmanager
+def most_optimizations_off():
+    """XLA compiles with most optimisations off inside the block (``jax_disable_most_optimizations``),
+    for tests dominated by compile time: about 2x faster for a ResNet train step. Programs that run
+    long get slower (``reproduce_xu --quick``: 51 s -> 150 s), so it is opt-in per test."""
     old = jax.config.read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", old)
+
+
+@pytest.fixture
+def fast_compile():
+    """One test under :func:`most_optimizations_off` (deep models, one step)."""
+    with most_optimizations_off():
+        yield
 
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

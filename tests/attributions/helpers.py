@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxadv.models import get_model, init_variables, model_fns
+from tests.conftest import most_optimizations_off
 
 TINY_WIDTHS = (4, 8, 10)
 
@@ -90,7 +91,5 @@ def torch_mlp(variables, hidden=(12, 8)):
 @pytest.fixture(autouse=True)
 def fast_compile():
     """Compiles with most XLA optimisations off: these tests are dominated by compile time."""
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
+    with most_optimizations_off():
+        yield

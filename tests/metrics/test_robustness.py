@@ -14,6 +14,7 @@ from jaxadv.attacks import gradient as G
 from jaxadv.attacks import sweep as S
 from jaxadv.data import ArrayDataset, eval_batches
 from jaxadv.metrics import accuracy_sum_count, masked_sum_count, robust_accuracy_curve
+from tests.conftest import most_optimizations_off
 
 K = 4
 N = 21  # not a multiple of the batch size: the last batch is padded
@@ -22,10 +23,8 @@ EPS = [0.0, 0.03, 0.1, 0.3]
 
 @pytest.fixture(autouse=True, scope="module")
 def _fast_compile():
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
+    with most_optimizations_off():
+        yield
 
 
 def mlp_model(seed=0, dim=16, hidden=8):

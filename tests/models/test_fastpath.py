@@ -13,16 +13,15 @@ from jax.sharding import PartitionSpec as P
 
 from jaxadv import sharding
 from jaxadv.models import fastpath, get_model, init_variables
+from tests.conftest import most_optimizations_off
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 @pytest.fixture(autouse=True, scope="module")
 def fast_compile():
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
+    with most_optimizations_off():
+        yield
 
 
 @pytest.fixture

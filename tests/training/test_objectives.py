@@ -19,15 +19,14 @@ from jaxadv.training.interpretability import (
     path_integrated_gradients_ce,
     true_class_discrepancy,
 )
+from tests.conftest import most_optimizations_off
 
 
 @pytest.fixture(scope="module", autouse=True)
 def fast_compile():
     """These tests are dominated by compile time: compile with most XLA optimisations off."""
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
+    with most_optimizations_off():
+        yield
 
 
 FAST = {"eps": 0.1, "step_size": 0.05, "num_steps": 2}
