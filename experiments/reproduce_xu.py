@@ -5,6 +5,12 @@ Fashion-MNIST model).
     python -m experiments.reproduce_xu            # full settings (methods.md 2.2 attack defaults)
     python -m experiments.reproduce_xu --quick    # smoke run: fewer images and attack steps
 
+Results accumulate in ``--out_dir``: each model is saved (results.json, figures) as soon as it is
+done, and a later run with the same settings skips the models already there, so an interrupted
+run resumes and the checkpoints can be run one invocation at a time
+(``--checkpoints mnist_pool_normal_100``); a run with other settings stops with an error rather
+than overwrite them (``--fresh`` replaces them).
+
 Data: the first ``--n`` MNIST test images that the model classifies correctly
 (``../shared/data/mnist-test``), models: ``--checkpoints`` from ``../shared/data/boopathy-mnist``
 (Boopathy et al.'s SmallGAP / PoolGAP, loaded with :func:`jaxadv.models.load_official_checkpoint`),
@@ -397,6 +403,9 @@ def _parse(argv):
     p.add_argument("--chunk", type=int, default=49, help="groups per vectorised PSE evaluation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no_figures", action="store_true")
+    p.add_argument("--fresh", action="store_true",
+                   help="ignore (and replace) results already in --out_dir; by default models "
+                        "already there with the same settings are skipped")
     args = p.parse_args(argv)
     q = args.quick
     if args.checkpoints is None:
@@ -406,6 +415,35 @@ def _parse(argv):
     args.pixel_method = args.pixel_method or ("first_order" if q else "exact")
     args.masked_units = args.masked_units or ([0, 5, 20] if q else [0, 1, 2, 5, 10, 20, 40, 60])
     return args
+
+
+def _save(results: dict, out_dir: pathlib.Path) -> dict:
+    """Writes results.json atomically (non-finite numbers as null); returns what was written."""
+    results = _finite_or_none(results)
+    tmp = out_dir / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=1, allow_nan=False))
+    os.replace(tmp, out_dir / "results.json")
+    return results
+
+
+def _earlier_models(path: pathlib.Path, settings: dict, fresh: bool) -> dict:
+    """The models of an earlier run into the same directory with the same settings (the command
+    aside), so an interrupted run resumes and models can be run one invocation at a time. An
+    earlier run with other settings is an error (nothing saved is overwritten) unless ``fresh``."""
+    if fresh or not path.exists():
+        return {}
+    try:
+        earlier = json.loads(path.read_text())
+        old = {k: v for k, v in earlier["settings"].items() if k != "command"}
+    except (ValueError, KeyError) as e:
+        raise SystemExit(f"{path} is not a results file of this script ({e!r}); move it away or "
+                         "pass --fresh to overwrite it.") from None
+    new = json.loads(json.dumps({k: v for k, v in settings.items() if k != "command"}))
+    if old != new:
+        diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        raise SystemExit(f"{path} holds results with other settings (differing: "
+                         f"{', '.join(diff)}); use another --out_dir, or --fresh to replace them.")
+    return earlier.get("models", {})
 
 
 def main(argv=None) -> dict:
@@ -428,24 +466,26 @@ def main(argv=None) -> dict:
                     for k, v in attack_settings(args.quick, args.eps).items()
                     if k in args.attacks}},
         "models": {}}
-    figures = {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results["models"] = _earlier_models(out_dir / "results.json", results["settings"], args.fresh)
     for tag, bound, x, y, probe in load_models(args):
+        if tag in results["models"]:
+            print(f"{tag}: already in {out_dir / 'results.json'} (same settings); skipped",
+                  flush=True)
+            continue
         t0 = time.perf_counter()
         rec, figs = analyse_model(tag, bound, x, y, probe, args)
         rec["seconds"] = time.perf_counter() - t0
+        rec["command"] = results["settings"]["command"]
         results["models"][tag] = rec
-        figures[tag] = figs
+        _save(results, out_dir)  # each finished model survives an interrupted run
+        if not args.no_figures:
+            write_figures({tag: figs}, results, out_dir)
         print(f"{tag}: done in {rec['seconds']:.0f} s", flush=True)
-    results["wall_seconds"] = time.perf_counter() - tic
-    out_dir.mkdir(parents=True, exist_ok=True)
+    results["wall_seconds"] = sum(m["seconds"] for m in results["models"].values())
     results["claims"] = claims(results)
-    results = _finite_or_none(results)
-    tmp = out_dir / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1, allow_nan=False))
-    os.replace(tmp, out_dir / "results.json")
+    results = _save(results, out_dir)
     (out_dir / "tables.md").write_text(tables(results))
-    if not args.no_figures:
-        write_figures(figures, results, out_dir)
     print(f"wrote {out_dir} in {time.perf_counter() - tic:.0f} s", flush=True)
     return results
 
@@ -528,12 +568,19 @@ def claims(results: dict) -> list[dict]:
     return out
 
 
+def _commands(results: dict) -> str:
+    """The command(s) that produced the models (one per invocation when a run was resumed)."""
+    cmds = dict.fromkeys(m.get("command", results["settings"]["command"])
+                         for m in results["models"].values()) or [results["settings"]["command"]]
+    return " then ".join(f"`{c}`" for c in cmds)
+
+
 def tables(results: dict) -> str:
     s = results["settings"]
     lines = ["# Xu et al. (2019), promotion-suppression: tables X-1 to X-5", "",
              "Models: the official Boopathy et al. MNIST checkpoints (and a Fashion-MNIST model "
              "where given; there 'stroke' means object pixels > 0.5).", "",
-             f"Command: `{s['command']}` ({results['wall_seconds']:.0f} s). "
+             f"Command: {_commands(results)} ({results['wall_seconds']:.0f} s of analysis). "
              f"{'QUICK settings (a smoke run, not a result). ' if s['quick'] else ''}"
              f"Targeted attacks, {s['targets']}; eps {s['eps']} for FGSM / I-FGSM; per-attack "
              "settings in results.json. Statistics over the successful examples.", ""]

@@ -24,10 +24,10 @@ def test_reproduce_xu_quick(shared_data, tmp_path):
     from experiments import reproduce_xu
 
     out = tmp_path / "xu"
-    results = reproduce_xu.main([
-        "--quick", "--n", "4", "--n_probe", "20", "--attacks", "fgsm", "str",
-        "--masked_units", "0", "3", "--pixel_method", "first_order", "--chunk", "98",
-        "--out_dir", str(out), "--shared", str(shared_data)])
+    args = ["--quick", "--n", "4", "--n_probe", "20", "--attacks", "fgsm", "str",
+            "--masked_units", "0", "3", "--pixel_method", "first_order", "--chunk", "98",
+            "--out_dir", str(out), "--shared", str(shared_data)]
+    results = reproduce_xu.main(args)
     rec = results["models"]["mnist_smallgap_normal_100"]
     assert rec["n_images"] == 4 and set(rec["attacks"]) == {"fgsm", "str"}
     for a in rec["attacks"].values():
@@ -40,6 +40,14 @@ def test_reproduce_xu_quick(shared_data, tmp_path):
     text = (out / "tables.md").read_text()
     assert "### X-1" in text and "### X-5" in text and "Str-attack" in text
     assert (out / "ratio_hist_mnist_smallgap_normal_100.png").stat().st_size > 5_000
+    # A second run with the same settings keeps the saved model instead of redoing it ...
+    saved = (out / "results.json").read_text()
+    again = reproduce_xu.main(args)
+    assert again["models"] == json.loads(saved)["models"]
+    # ... and one with other settings stops rather than overwrite it.
+    with pytest.raises(SystemExit, match="other settings.*eps"):
+        reproduce_xu.main([*args, "--eps", "0.2"])
+    assert json.loads((out / "results.json").read_text())["models"] == again["models"]
 
 
 @pytest.mark.slow
