@@ -8,6 +8,11 @@ Full: SmallGAP and Pool x normal, adv, int2 on 200 images (Boopathy et al. evalu
 SmallGAP normal and adv on 64 images with short attacks (measured 3.5 min on the shared 2-core
 machine; DeepFool and C&W on Pool take minutes per 100 images there, hence no Pool in quick).
 
+Each model is saved (results.json, overlay figure) as soon as it is done; a later run with the same
+settings skips the models already in ``--out_dir``, so an interrupted run resumes and the models can
+be run one invocation at a time (``--models pool_int2``); other settings there stop the run with an
+error (``--fresh`` replaces them).
+
 Data: the first ``--n`` MNIST test images are evaluated; the next ``--n`` are attacked to build the
 data-wide RoA prior and the dataset-mean fill (``../shared/data/mnist-test``). Models: official
 Boopathy et al. checkpoints (``../shared/data/boopathy-mnist``), plus optionally jaxadv-trained
@@ -39,7 +44,6 @@ Writes ``--out_dir``/{results.json, tables.md, overlays_<model>.png, recovery_vs
 import argparse
 import functools
 import json
-import os
 import pathlib
 import sys
 import time
@@ -48,6 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import resumable
 from jaxadv import plotting
 from jaxadv.analysis import roi_roa as rr
 from jaxadv.attacks import get_attack
@@ -103,6 +108,9 @@ def _parse(argv):
     p.add_argument("--blur_sigma", type=float, default=1.5)
     p.add_argument("--num_examples", type=int, default=1, help="overlay rows per attack")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fresh", action="store_true",
+                   help="ignore (and replace) results already in --out_dir; by default models "
+                        "already there with the same settings are skipped")
     p.add_argument("--table_only", action="store_true",
                    help="only rewrite tables.md and the claim from --out_dir/results.json")
     args = p.parse_args(argv)
@@ -345,23 +353,30 @@ def main(argv=None) -> dict:
         "command": "python -m experiments.reproduce_chattopadhyay " + " ".join(
             sys.argv[1:] if argv is None else argv),
     }, "models": {}}
-    runners, figures = {}, {}
+    results["models"] = resumable.earlier_models(out_dir / "results.json", results["settings"],
+                                                 fresh=args.fresh)
+    runners = {}
     key = jax.random.key(args.seed)
     for mi, (mkey, arch, model, variables, x, y) in enumerate(load_models(args)):
+        if mkey in results["models"]:
+            print(f"{mkey}: already in {out_dir / 'results.json'} (same settings); skipped",
+                  flush=True)
+            continue
         print(f"{mkey}:", flush=True)
+        tic = time.perf_counter()
         if arch not in runners:
             runners[arch] = Runner(model, args)
         res, fig = evaluate(runners[arch], variables, x, y, args, jax.random.fold_in(key, mi))
+        res["seconds"] = time.perf_counter() - tic
+        res["command"] = results["settings"]["command"]
         results["models"][mkey] = res
-        figures[mkey] = fig
-    results["settings"]["seconds"] = time.perf_counter() - t0
-    results["claim"] = claim_check(results)
-    tmp = out_dir / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1))
-    os.replace(tmp, out_dir / "results.json")
-    (out_dir / "tables.md").write_text(write_tables(results))
-    for mkey, fig in figures.items():
+        resumable.save_results(results, out_dir)  # each finished model survives an interruption
         overlay_figure(fig, mkey, out_dir / f"overlays_{mkey}.png", args.num_examples)
+    results["settings"]["seconds"] = sum(m.get("seconds", 0.0)
+                                         for m in results["models"].values())
+    results["claim"] = claim_check(results)
+    results = resumable.save_results(results, out_dir)
+    (out_dir / "tables.md").write_text(write_tables(results))
     recovery_figure(results, out_dir / "recovery_vs_pA.png")
     print(f"wrote {out_dir} in {time.perf_counter() - t0:.0f} s", flush=True)
     return results
@@ -426,8 +441,8 @@ def write_tables(results: dict) -> str:
               f"{s['attack_map']}. Attacks: " + "; ".join(
                   f"{k} = {v['attack']}(" + ", ".join(f"{a}={b}" for a, b in v.items()
                                                       if a != "attack") + ")"
-                  for k, v in s["attacks"].items()) + f". Command: `{s['command']}` "
-              f"({s.get('seconds', 0):.0f} s).", ""]
+                  for k, v in s["attacks"].items()) + f". Command: {resumable.commands(results)} "
+              f"({s.get('seconds', 0):.0f} s of evaluation).", ""]
     pi, pa = pd, pd
     rand_iou = pi * pa / (pi + pa - pi * pa)
     lines += [f"## R-1: RoI (Grad-CAM of the true class on x) vs RoA (true delta), p_I = p_A = {pd}",

@@ -52,7 +52,6 @@ tables.md.
 import argparse
 import functools
 import json
-import os
 import pathlib
 import sys
 import time
@@ -61,6 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import resumable
 from jaxadv.analysis import promotion_suppression as pse
 from jaxadv.analysis import units
 from jaxadv.attacks import get_attack
@@ -417,35 +417,6 @@ def _parse(argv):
     return args
 
 
-def _save(results: dict, out_dir: pathlib.Path) -> dict:
-    """Writes results.json atomically (non-finite numbers as null); returns what was written."""
-    results = _finite_or_none(results)
-    tmp = out_dir / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1, allow_nan=False))
-    os.replace(tmp, out_dir / "results.json")
-    return results
-
-
-def _earlier_models(path: pathlib.Path, settings: dict, fresh: bool) -> dict:
-    """The models of an earlier run into the same directory with the same settings (the command
-    aside), so an interrupted run resumes and models can be run one invocation at a time. An
-    earlier run with other settings is an error (nothing saved is overwritten) unless ``fresh``."""
-    if fresh or not path.exists():
-        return {}
-    try:
-        earlier = json.loads(path.read_text())
-        old = {k: v for k, v in earlier["settings"].items() if k != "command"}
-    except (ValueError, KeyError) as e:
-        raise SystemExit(f"{path} is not a results file of this script ({e!r}); move it away or "
-                         "pass --fresh to overwrite it.") from None
-    new = json.loads(json.dumps({k: v for k, v in settings.items() if k != "command"}))
-    if old != new:
-        diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-        raise SystemExit(f"{path} holds results with other settings (differing: "
-                         f"{', '.join(diff)}); use another --out_dir, or --fresh to replace them.")
-    return earlier.get("models", {})
-
-
 def main(argv=None) -> dict:
     args = _parse(argv)
     tic = time.perf_counter()
@@ -467,7 +438,8 @@ def main(argv=None) -> dict:
                     if k in args.attacks}},
         "models": {}}
     out_dir.mkdir(parents=True, exist_ok=True)
-    results["models"] = _earlier_models(out_dir / "results.json", results["settings"], args.fresh)
+    results["models"] = resumable.earlier_models(out_dir / "results.json", results["settings"],
+                                                 fresh=args.fresh)
     for tag, bound, x, y, probe in load_models(args):
         if tag in results["models"]:
             print(f"{tag}: already in {out_dir / 'results.json'} (same settings); skipped",
@@ -478,27 +450,16 @@ def main(argv=None) -> dict:
         rec["seconds"] = time.perf_counter() - t0
         rec["command"] = results["settings"]["command"]
         results["models"][tag] = rec
-        _save(results, out_dir)  # each finished model survives an interrupted run
+        resumable.save_results(results, out_dir)  # each finished model survives an interrupted run
         if not args.no_figures:
             write_figures({tag: figs}, results, out_dir)
         print(f"{tag}: done in {rec['seconds']:.0f} s", flush=True)
     results["wall_seconds"] = sum(m["seconds"] for m in results["models"].values())
     results["claims"] = claims(results)
-    results = _save(results, out_dir)
+    results = resumable.save_results(results, out_dir)
     (out_dir / "tables.md").write_text(tables(results))
     print(f"wrote {out_dir} in {time.perf_counter() - tic:.0f} s", flush=True)
     return results
-
-
-def _finite_or_none(obj):
-    """NaN and infinities -> None, recursively (JSON has no NaN)."""
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite_or_none(v) for v in obj]
-    if isinstance(obj, float | np.floating):
-        return float(obj) if np.isfinite(obj) else None
-    return obj
 
 
 # --- tables and the check against the paper's claims -----------------------------------------------
@@ -568,19 +529,13 @@ def claims(results: dict) -> list[dict]:
     return out
 
 
-def _commands(results: dict) -> str:
-    """The command(s) that produced the models (one per invocation when a run was resumed)."""
-    cmds = dict.fromkeys(m.get("command", results["settings"]["command"])
-                         for m in results["models"].values()) or [results["settings"]["command"]]
-    return " then ".join(f"`{c}`" for c in cmds)
-
-
 def tables(results: dict) -> str:
     s = results["settings"]
     lines = ["# Xu et al. (2019), promotion-suppression: tables X-1 to X-5", "",
              "Models: the official Boopathy et al. MNIST checkpoints (and a Fashion-MNIST model "
              "where given; there 'stroke' means object pixels > 0.5).", "",
-             f"Command: {_commands(results)} ({results['wall_seconds']:.0f} s of analysis). "
+             f"Command: {resumable.commands(results)} "
+             f"({results['wall_seconds']:.0f} s of analysis). "
              f"{'QUICK settings (a smoke run, not a result). ' if s['quick'] else ''}"
              f"Targeted attacks, {s['targets']}; eps {s['eps']} for FGSM / I-FGSM; per-attack "
              "settings in results.json. Statistics over the successful examples.", ""]

@@ -20,11 +20,11 @@ def test_reproduce_chattopadhyay_quick(shared_data, tmp_path):
     from experiments import reproduce_chattopadhyay
 
     out = tmp_path / "chat"
-    results = reproduce_chattopadhyay.main([
-        "--quick", "--shared", str(shared_data), "--out_dir", str(out), "--n", "8",
-        "--models", "smallgap_normal", "--attacks", "fgsm", "deepfool",
-        "--p_importance", "0.2", "--p_attack", "0.1", "0.2",
-        "--fmnist_workdir", str(tmp_path / "no_such_run")])
+    args = ["--quick", "--shared", str(shared_data), "--out_dir", str(out), "--n", "8",
+            "--models", "smallgap_normal", "--attacks", "fgsm", "deepfool",
+            "--p_importance", "0.2", "--p_attack", "0.1", "0.2",
+            "--fmnist_workdir", str(tmp_path / "no_such_run")]
+    results = reproduce_chattopadhyay.main(args)
     s = results["settings"]
     assert s["mode"] == "quick" and s["p_attack"] == [0.1, 0.2]
     m = results["models"]["mnist_smallgap_normal"]
@@ -50,3 +50,9 @@ def test_reproduce_chattopadhyay_quick(shared_data, tmp_path):
     assert "## R-1" in text and "| mnist_smallgap_normal | fgsm |" in text and "Overall:" in text
     for name in ("overlays_mnist_smallgap_normal.png", "recovery_vs_pA.png"):
         assert (out / name).stat().st_size > 10_000
+    # A second run with the same settings keeps the saved model; other settings stop the run.
+    saved = json.loads((out / "results.json").read_text())
+    assert reproduce_chattopadhyay.main(args)["models"] == saved["models"]
+    with pytest.raises(SystemExit, match="other settings.*p_default"):
+        reproduce_chattopadhyay.main([*args, "--p_default", "0.1"])
+    assert json.loads((out / "results.json").read_text())["models"] == saved["models"]
