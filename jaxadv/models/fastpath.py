@@ -37,9 +37,12 @@ a quiet machine's; batch 128 float32; medians of interleaved runs; ms, standard 
   on 128x14x14x64: 89 -> 26; forward unchanged. PoolGAP train step x1.1-1.9 over runs.
 * XLA:CPU flags ``xla_cpu_use_xnnpack``, ``xla_cpu_use_onednn``, XNN graph fusion, the
   concurrency-optimised scheduler: no change beyond noise on these convolutions (none set).
-* Not addressed here: inside ``lax.fori_loop`` (the attack loops) the input-gradient convolutions
-  are compiled with an ``01oi`` kernel layout and a 10-step PGD takes ~2.2x ten single steps
-  (SmallGAP: fori 4300 ms vs unrolled 1745 ms); unrolling the loop removes it.
+* input gradient inside loops: in a ``lax.fori_loop`` body (every attack loop) XLA:CPU compiles
+  JAX's transpose of a convolution (kernel dimensions swapped in the dimension numbers, ``01oi``)
+  as it is and runs it ~2.5x slower than in straight-line code. :func:`_input_grad` writes it with
+  an explicitly flipped and transposed (HWIO) kernel instead: a sign-gradient step of 100 images
+  in a loop, SmallGAP 61.8 -> 24.1 ms (unrolled: 23.9), PoolGAP 135.4 -> 47.1 ms
+  (``python -m experiments.benchmarks.loop_speed``, quiet 2-core Xeon, results/loop_speed.json).
 """
 
 import contextlib
@@ -148,30 +151,58 @@ def _taps_conv(x, w, strides, pads, dilation, precision, preferred_element_type)
     return out
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6))
-def _conv_fast_dw(x, w, strides, pads, dilation, precision, preferred_element_type):
-    """XLA's convolution, whose derivative w.r.t. the kernel goes through :func:`_taps_conv`."""
+def _input_grad(g, w, x_hw, strides, pads, dilation, precision):
+    """The convolution's derivative w.r.t. its input, ``g`` (B, Ho, Wo, O) -> (B, H, W, C): ``g``
+    dilated by the strides, convolved with the spatially flipped kernel transposed to HWIO.
+
+    JAX's own transpose rule gives the same convolution with the kernel's in/out dimensions swapped
+    in the dimension numbers instead (``01oi``). Inside a ``while`` loop (every attack loop) XLA:CPU
+    keeps that form and runs it about 2.5x slower than in straight-line code, where it transposes
+    the kernel once; the explicit transpose here gives the fast form in both."""
+    wt = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+    pads_t = []
+    for n, k, d, s, (lo, _), o in zip(x_hw, w.shape[:2], dilation, strides, pads, g.shape[1:3],
+                                      strict=True):
+        kd = (k - 1) * d + 1
+        pads_t.append((kd - 1 - lo, n + lo - (o - 1) * s - 1))
+    return lax.conv_general_dilated(g, wt, (1, 1), pads_t, lhs_dilation=strides,
+                                    rhs_dilation=dilation, dimension_numbers=_NHWC,
+                                    precision=precision)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
+def _conv(x, w, strides, pads, dilation, precision, preferred_element_type, taps_dw):
+    """XLA's convolution with two derivative rules of its own: the input tangent is written as the
+    transpose of :func:`_input_grad`, so that reverse mode (which transposes it back) runs that
+    form; the kernel tangent goes through :func:`_taps_conv` where ``taps_dw``."""
     return _std_conv(x, w, strides, pads, dilation, precision, preferred_element_type)
 
 
-def _conv_fast_dw_jvp(strides, pads, dilation, precision, preferred_element_type, primals,
-                      tangents):
+def _conv_jvp(strides, pads, dilation, precision, preferred_element_type, taps_dw, primals,
+              tangents):
     x, w = primals
     dx, dw = tangents
     static = (strides, pads, dilation, precision, preferred_element_type)
-    y = _conv_fast_dw(x, w, *static)
+    y = _conv(x, w, *static, taps_dw)
     ty = None
     if not isinstance(dx, SymbolicZero):
-        ty = _std_conv(dx, w, *static)
+        fits = all(lo <= (k - 1) * d
+                   for (lo, _), k, d in zip(pads, w.shape[:2], dilation, strict=True))
+        if preferred_element_type is None and dx.dtype == y.dtype and fits:
+            grad_fn = lambda g: _input_grad(g, w, x.shape[1:3], strides, pads, dilation,
+                                            precision)
+            ty = jax.linear_transpose(grad_fn, jax.ShapeDtypeStruct(y.shape, y.dtype))(dx)[0]
+        else:  # mixed precision, or padding beyond the kernel: JAX's own rule
+            ty = _std_conv(dx, w, *static)
     if not isinstance(dw, SymbolicZero):
-        t_w = _taps_conv(x, dw, *static)
+        t_w = (_taps_conv if taps_dw else _std_conv)(x, dw, *static)
         ty = t_w if ty is None else ty + t_w
     if ty is None:
         ty = jnp.zeros_like(y)
     return y, ty
 
 
-_conv_fast_dw.defjvp(_conv_fast_dw_jvp, symbolic_zeros=True)
+_conv.defjvp(_conv_jvp, symbolic_zeros=True)
 
 
 def _taps_pay(x_shape, w_shape, strides) -> bool:
@@ -207,9 +238,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     if rhs.shape[:2] == (1, 1):
         # A 1x1 convolution is a (strided) slice and one matmul; plain autodiff gives matmuls.
         return _taps_conv(lhs, rhs, *static)
-    if _taps_pay(lhs.shape, rhs.shape, strides):
-        return _conv_fast_dw(lhs, rhs, *static)
-    return standard()
+    return _conv(lhs, rhs, *static, _taps_pay(lhs.shape, rhs.shape, strides))
 
 
 def _first_max_mask(blocks: Array, out: Array) -> Array:

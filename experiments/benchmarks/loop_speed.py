@@ -1,0 +1,100 @@
+"""Cost of one PGD step inside ``lax.fori_loop`` vs unrolled, with and without the CPU fast path.
+
+    python -m experiments.benchmarks.loop_speed --out results/loop_speed.json
+
+Every jaxadv attack runs its steps in a ``lax.fori_loop``. XLA:CPU compiles the input-gradient
+convolution of a loop body with the kernel's dimensions swapped (``01oi``, JAX's transpose rule)
+and runs it about 2.5x slower than the same step in straight-line code;
+``jaxadv.models.fastpath`` writes that convolution with an explicit HWIO kernel instead. This script
+measures ms per sign-gradient step (cross-entropy input gradient, step, clip) for SmallGAP and
+PoolGAP at a given batch, for the four combinations of {fast path on, off} x {loop, unrolled}, and
+writes {"<model>": {"fast/loop": ms, "fast/unrolled": ms, "standard/loop": ms,
+"standard/unrolled": ms}} with the settings. Weights are random (the cost does not depend on them).
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxadv.models import fastpath, get_model, init_variables
+
+
+def step_fns(model, num_steps: int) -> dict:
+    """``{"loop" | "unrolled": jitted (variables, x, y) -> x after num_steps sign steps}``, traced
+    under the fast-path setting in effect when they are first called."""
+
+    def loss(v, z, y):
+        logp = jax.nn.log_softmax(model.apply(v, z))
+        return -jnp.sum(jnp.take_along_axis(logp, y[:, None], 1))
+
+    def step(v, z, y):
+        return jnp.clip(z + 0.01 * jnp.sign(jax.grad(loss, argnums=1)(v, z, y)), 0.0, 1.0)
+
+    def unrolled(v, z, y):
+        for _ in range(num_steps):
+            z = step(v, z, y)
+        return z
+
+    return {"loop": jax.jit(lambda v, z, y: lax.fori_loop(0, num_steps,
+                                                          lambda i, z: step(v, z, y), z)),
+            "unrolled": jax.jit(unrolled)}
+
+
+def measure(name: str, *, batch: int, num_steps: int, repeats: int) -> dict:
+    model = get_model(name)
+    key = jax.random.key(0)
+    v = init_variables(model, key, (1, 28, 28, 1))
+    x = jax.random.uniform(jax.random.fold_in(key, 1), (batch, 28, 28, 1))
+    y = jax.random.randint(jax.random.fold_in(key, 2), (batch,), 0, 10)
+    fns = {}
+    for mode, flag in (("fast", True), ("standard", False)):
+        with fastpath.enabled(flag):
+            for kind, fn in step_fns(model, num_steps).items():
+                jax.block_until_ready(fn(v, x, y))  # trace and compile under this setting
+                fns[f"{mode}/{kind}"] = fn
+    times = {k: [] for k in fns}
+    for _ in range(repeats):  # interleaved, so a change of load hits every variant alike
+        for k, fn in fns.items():
+            tic = time.perf_counter()
+            jax.block_until_ready(fn(v, x, y))
+            times[k].append(time.perf_counter() - tic)
+    return {k: 1000 * float(np.median(t)) / num_steps for k, t in times.items()}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", nargs="+", default=["smallgap", "poolgap"])
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--num_steps", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    out = {"settings": {"batch": args.batch, "num_steps": args.num_steps,
+                        "repeats": args.repeats, "unit": "ms per step (median)",
+                        "backend": jax.default_backend(), "devices": jax.device_count(),
+                        "cpu_count": os.cpu_count(), "jax": jax.__version__,
+                        "platform": platform.platform(),
+                        "command": "python -m experiments.benchmarks.loop_speed "
+                                   + " ".join(argv if argv is not None else os.sys.argv[1:])}}
+    for name in args.models:
+        out[name] = measure(name, batch=args.batch, num_steps=args.num_steps,
+                            repeats=args.repeats)
+        r = out[name]
+        print(f"{name}: " + ", ".join(f"{k} {v:.1f}" for k, v in r.items())
+              + f" ms/step; loop speed-up from the fast path "
+                f"{r['standard/loop'] / r['fast/loop']:.2f}x", flush=True)
+    if args.out:
+        pathlib.Path(args.out).write_text(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()
