@@ -6,9 +6,6 @@ XLA_FLAGS must be set before JAX initialises its backends, hence at import time 
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Attack step loops stay rolled in tests (compile time dominates the suite); the unrolled path that
-# users get on CPU is checked against the loop in tests/attacks/test_gradient.py.
-os.environ.setdefault("JAXADV_UNROLL_MAX_STEPS", "0")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_force_host_platform_device_count=8").strip()

@@ -98,12 +98,14 @@ def pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, eps, step
       momentum_decay: mu of the "momentum" rule.
       has_aux: whether ``objective_fn`` also returns per-example success.
       unroll: unroll the step loop (True) or keep it a ``lax.fori_loop`` (False). None (default)
-        unrolls on CPU when ``num_steps <= UNROLL_MAX_STEPS``: XLA:CPU runs the convolution
-        gradients of a while-loop body about 2.4x slower than the same steps unrolled (SmallGAP,
-        20 PGD steps on 100 images: 4.0 s vs 1.6 s, ``experiments/benchmarks/step_speed.py``
-        measures the effect), at the price of a compile time that grows with the step count
-        (about 0.2 s per step for SmallGAP). Results agree up to floating-point rounding (a sign
-        step can flip where a gradient coordinate is near zero).
+        keeps the loop unless ``num_steps <= UNROLL_MAX_STEPS`` on CPU (0 unless the environment
+        variable JAXADV_UNROLL_MAX_STEPS says otherwise). jaxadv's models run a loop step as fast
+        as an unrolled one on CPU (``jaxadv.models.fastpath``; SmallGAP, 100 images: 24.1 vs
+        24.0 ms, ``python -m experiments.benchmarks.loop_speed``) and compile in half the time
+        in a loop; a model whose convolutions are XLA's own runs loop bodies about 2.5x slower on
+        CPU (61.0 vs 23.9 ms), where unrolling pays at a compile time that grows with the step
+        count. Results agree up to floating-point rounding (a sign step can flip where a gradient
+        coordinate is near zero).
 
     Returns:
       AttackResult: ``x_adv`` (B, ...) the best iterate per example (successful first, then the
@@ -155,7 +157,7 @@ def pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, eps, step
         carry = (x0, rule.init(x0), best0)
         if num_steps:
             carry = lax.fori_loop(0, num_steps, body, carry,
-                                  unroll=True if _unrolled(unroll, num_steps) else 1)
+                                  unroll=True if resolve_unroll(unroll, num_steps) else 1)
         x_last, _, best = carry
         _, (obj, succ) = evaluate(x_last)
         return update_best(best, x_last, succ, obj)
@@ -165,9 +167,8 @@ def pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, eps, step
     return best_over(jax.vmap(run)(jax.random.split(key, num_restarts)))
 
 
-# Step loops up to this many steps are unrolled on CPU when ``unroll=None`` (override with the
-# environment variable JAXADV_UNROLL_MAX_STEPS, read at import; the test suite sets 0 because its
-# many small compiles dominate its time).
+# Step loops up to this many steps are unrolled on CPU when ``unroll=None``: none by default (see
+# ``pgd``'s ``unroll``); the environment variable JAXADV_UNROLL_MAX_STEPS, read at import, sets it.
 def summed_objective(objective_fn: Callable, batch_size: int, dtype, *, has_aux: bool
                      ) -> Callable:
     """``z -> (sum of objectives, (objectives (B,), success (B,)))`` for ``jax.value_and_grad``:
@@ -186,10 +187,12 @@ def summed_objective(objective_fn: Callable, batch_size: int, dtype, *, has_aux:
     return evaluate
 
 
-UNROLL_MAX_STEPS = int(os.environ.get("JAXADV_UNROLL_MAX_STEPS", "50"))
+UNROLL_MAX_STEPS = int(os.environ.get("JAXADV_UNROLL_MAX_STEPS", "0"))
 
 
-def _unrolled(unroll: bool | None, num_steps: int) -> bool:
+def resolve_unroll(unroll: bool | None, num_steps: int) -> bool:
+    """Whether a step loop of ``num_steps`` is unrolled for the ``unroll`` argument of an attack
+    (None: on CPU up to ``UNROLL_MAX_STEPS`` steps, see :func:`pgd`)."""
     if unroll is None:
         return jax.default_backend() == "cpu" and num_steps <= UNROLL_MAX_STEPS
     return bool(unroll)

@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxadv import sharding as sharding_lib
-from jaxadv.attacks.gradient import pgd_boopathy_eval
+from jaxadv.attacks.gradient import pgd_boopathy_eval, resolve_unroll
 from jaxadv.attacks.sweep import attack_over_eps
 from jaxadv.data.pipeline import eval_batches
 from jaxadv.types import Array
@@ -278,15 +278,15 @@ def pgd_eval_accuracy(apply_fn: Callable, variables, x, y, *, epsilons: Iterable
       num_steps: PGD steps (static). step_size: absolute step.
       chunk: points per call; each chunk is split over ``mesh``'s devices when it divides evenly
         (on CPU, the host devices of :func:`jaxadv.devices.use_host_devices`).
-      unroll: unroll the step loop (None: on CPU, where XLA runs the convolution gradients of a
-        loop body about 2.4x slower; elsewhere keep the loop).
+      unroll: unroll the step loop; None follows :func:`jaxadv.attacks.pgd` (a loop unless
+        JAXADV_UNROLL_MAX_STEPS allows ``num_steps`` on CPU).
       mesh: device mesh (default: all devices on one ``"data"`` axis).
 
     Returns:
       ``{"<eps>": accuracy}`` with eps formatted by ``"%g"``.
     """
     if unroll is None:
-        unroll = jax.default_backend() == "cpu"
+        unroll = resolve_unroll(None, int(num_steps))
     success, predict = _pgd_eval_fns(_ByOwner(apply_fn), int(num_steps), float(step_size),
                                      bool(unroll))
     mesh = mesh if mesh is not None else sharding_lib.data_mesh()

@@ -41,7 +41,7 @@ a quiet machine's; batch 128 float32; medians of interleaved runs; ms, standard 
   JAX's transpose of a convolution (kernel dimensions swapped in the dimension numbers, ``01oi``)
   as it is and runs it ~2.5x slower than in straight-line code. :func:`_input_grad` writes it with
   an explicitly flipped and transposed (HWIO) kernel instead: a sign-gradient step of 100 images
-  in a loop, SmallGAP 61.8 -> 24.1 ms (unrolled: 23.9), PoolGAP 135.4 -> 47.1 ms
+  in a loop, SmallGAP 61.0 -> 24.1 ms (unrolled: 24.0), PoolGAP 126.7 -> 42.8 ms
   (``python -m experiments.benchmarks.loop_speed``, quiet 2-core Xeon, results/loop_speed.json).
 """
 

@@ -454,7 +454,7 @@ def test_float_labels_and_wrong_logits_shape_raise(key):
 
 
 def test_unrolled_loop_equals_fori_loop():
-    """The CPU default unrolls short step loops; results equal the fori_loop's (a linear model:
+    """Unrolled steps (``unroll=True``) give the fori_loop's results (a linear model:
     no gradient coordinate near zero, so no sign flips from rounding)."""
     w = jax.random.normal(jax.random.key(0), (48, 5))
     fn = lambda z: z.reshape(z.shape[0], -1) @ w
@@ -465,6 +465,6 @@ def test_unrolled_loop_equals_fori_loop():
     unrolled = G.pgd(fn, x, y, jax.random.key(2), unroll=True, **kw)
     np.testing.assert_allclose(unrolled.x_adv, rolled.x_adv, atol=1e-6)
     np.testing.assert_array_equal(unrolled.success, rolled.success)
-    assert G._unrolled(None, 7) == (jax.default_backend() == "cpu"
+    assert G.resolve_unroll(None, 7) == (jax.default_backend() == "cpu"
                                            and 7 <= G.UNROLL_MAX_STEPS)
-    assert G._unrolled(True, 1000) and not G._unrolled(False, 1)
+    assert G.resolve_unroll(True, 1000) and not G.resolve_unroll(False, 1)
