@@ -126,9 +126,11 @@ def path_integrated_gradients_ce(logits_fn, x: Array, x_adv: Array, y: Array, *,
 
     ``path_chunk`` path points are evaluated at once (``lax.map`` with that batch size; None: all
     ``num_steps`` together through ``vmap``, one batch of B * num_steps images, no loop); a
-    smaller chunk bounds the memory for large models. On a 2-core CPU all at once made IG-Norm's
-    training step 1.32x faster than one point at a time (SmallGAP, batch 128:
-    ``python -m experiments.benchmarks.ig_norm_step``, results/ig_norm_step.json).
+    smaller chunk bounds the memory for large models. Which is faster depends on the machine
+    (SmallGAP, batch 128, ``python -m experiments.benchmarks.ig_norm_step``): all at once was
+    1.32x faster than one point at a time on a loaded 2-core VM
+    (results/ig_norm_step_2026-12-02.json) and 1.6x slower on a quiet one
+    (results/ig_norm_step.json: 32.5 s vs 20.2 s).
     """
 
     def ce_sum(z):
