@@ -167,8 +167,6 @@ def pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, eps, step
     return best_over(jax.vmap(run)(jax.random.split(key, num_restarts)))
 
 
-# Step loops up to this many steps are unrolled on CPU when ``unroll=None``: none by default (see
-# ``pgd``'s ``unroll``); the environment variable JAXADV_UNROLL_MAX_STEPS, read at import, sets it.
 def summed_objective(objective_fn: Callable, batch_size: int, dtype, *, has_aux: bool
                      ) -> Callable:
     """``z -> (sum of objectives, (objectives (B,), success (B,)))`` for ``jax.value_and_grad``:
@@ -187,6 +185,8 @@ def summed_objective(objective_fn: Callable, batch_size: int, dtype, *, has_aux:
     return evaluate
 
 
+# Step loops up to this many steps are unrolled on CPU when ``unroll=None``: none by default (see
+# ``pgd``'s ``unroll``); the environment variable JAXADV_UNROLL_MAX_STEPS, read at import, sets it.
 UNROLL_MAX_STEPS = int(os.environ.get("JAXADV_UNROLL_MAX_STEPS", "0"))
 
 

@@ -215,8 +215,9 @@ def _taps_pay(x_shape, w_shape, strides) -> bool:
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1,
                          precision=None, preferred_element_type=None):
-    """Drop-in for ``lax.conv_general_dilated`` (same signature, same results); the im2col lowering
-    where the fast path is on and the case is supported (see the module docstring)."""
+    """Drop-in for ``lax.conv_general_dilated`` (same signature, same results); where the fast path
+    is on and the case is supported, the derivative rules of :func:`_conv` (or per-tap matmuls for
+    1x1 kernels; see the module docstring)."""
     standard = lambda: lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
         dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
