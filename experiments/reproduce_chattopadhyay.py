@@ -334,7 +334,7 @@ def main(argv=None) -> dict:
     if args.table_only:
         results = json.loads((out_dir / "results.json").read_text())
         results["claim"] = claim_check(results)
-        (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+        results = resumable.save_results(results, out_dir)
         (out_dir / "tables.md").write_text(write_tables(results))
         return results
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -358,9 +358,7 @@ def main(argv=None) -> dict:
     runners = {}
     key = jax.random.key(args.seed)
     for mi, (mkey, arch, model, variables, x, y) in enumerate(load_models(args)):
-        if mkey in results["models"]:
-            print(f"{mkey}: already in {out_dir / 'results.json'} (same settings); skipped",
-                  flush=True)
+        if resumable.already_saved(results, mkey, out_dir):
             continue
         print(f"{mkey}:", flush=True)
         tic = time.perf_counter()

@@ -441,9 +441,7 @@ def main(argv=None) -> dict:
     results["models"] = resumable.earlier_models(out_dir / "results.json", results["settings"],
                                                  fresh=args.fresh)
     for tag, bound, x, y, probe in load_models(args):
-        if tag in results["models"]:
-            print(f"{tag}: already in {out_dir / 'results.json'} (same settings); skipped",
-                  flush=True)
+        if resumable.already_saved(results, tag, out_dir):
             continue
         t0 = time.perf_counter()
         rec, figs = analyse_model(tag, bound, x, y, probe, args)

@@ -59,6 +59,15 @@ def earlier_models(path: pathlib.Path, settings: dict, *, fresh: bool,
     return earlier.get("models", {})
 
 
+def already_saved(results: dict, model: str, out_dir: pathlib.Path) -> bool:
+    """Whether ``model`` is among the saved models of ``results`` (says so when it is)."""
+    if model in results["models"]:
+        print(f"{model}: already in {out_dir / 'results.json'} (same settings); skipped",
+              flush=True)
+        return True
+    return False
+
+
 def commands(results: dict) -> str:
     """The command(s) that produced the models, in order (several where a run was resumed)."""
     cmds = dict.fromkeys(m.get("command", results["settings"]["command"])

@@ -466,5 +466,5 @@ def test_unrolled_loop_equals_fori_loop():
     np.testing.assert_allclose(unrolled.x_adv, rolled.x_adv, atol=1e-6)
     np.testing.assert_array_equal(unrolled.success, rolled.success)
     assert G.resolve_unroll(None, 7) == (jax.default_backend() == "cpu"
-                                           and 7 <= G.UNROLL_MAX_STEPS)
+                                         and 7 <= G.UNROLL_MAX_STEPS)
     assert G.resolve_unroll(True, 1000) and not G.resolve_unroll(False, 1)
