@@ -332,6 +332,9 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     out_dir = pathlib.Path(args.out_dir)
     if args.table_only:
+        if not (out_dir / "results.json").exists():
+            raise SystemExit(f"--table_only needs {out_dir / 'results.json'} from an earlier run; "
+                             "run without --table_only first (or pass its --out_dir).")
         results = json.loads((out_dir / "results.json").read_text())
         results["claim"] = claim_check(results)
         results = resumable.save_results(results, out_dir)

@@ -15,6 +15,13 @@ def test_missing_shared_data_is_a_clear_error(tmp_path):
                                       "--out_dir", str(tmp_path / "out")])
 
 
+def test_table_only_without_results_is_a_clear_error(tmp_path):
+    from experiments import reproduce_chattopadhyay
+
+    with pytest.raises(SystemExit, match="--table_only needs"):
+        reproduce_chattopadhyay.main(["--table_only", "--out_dir", str(tmp_path / "none")])
+
+
 @pytest.mark.slow
 def test_reproduce_chattopadhyay_quick(shared_data, tmp_path):
     from experiments import reproduce_chattopadhyay
