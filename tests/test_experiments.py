@@ -74,3 +74,19 @@ def test_reproduce_boopathy_quick(tmp_path):
               "cam_overlays.png"):
         assert (out / f).stat().st_size > 500, f
     assert "## B-7" in (out / "tables.md").read_text()
+
+
+def test_loop_speed_benchmark_smoke(tmp_path):
+    """The loop benchmark runs both orders and writes the variants it reports (tiny sizes: this
+    checks the script, not the speed)."""
+    from experiments.benchmarks import loop_speed
+
+    out = tmp_path / "loop.json"
+    loop_speed.main(["--models", "smallgap", "--batch", "2", "--num_steps", "2", "--repeats", "1",
+                     "--second_order", "--second_order_steps", "1", "--out", str(out)])
+    result = json.loads(out.read_text())
+    for key in ("smallgap", "smallgap/second_order"):
+        assert set(result[key]) == {"fast/loop", "fast/unrolled", "standard/loop",
+                                    "standard/unrolled", "first_call_s"}
+        assert all(v > 0 for k, v in result[key].items() if k != "first_call_s")
+    assert result["settings"]["second_order_steps"] == 1

@@ -115,20 +115,66 @@ def test_second_order_matches_standard(strides, kernel_grad):
         _close(a, b, 1e-4)
 
 
+@pytest.mark.parametrize("strides", [(1, 1), (2, 2)])
+def test_higher_orders_in_the_input_match_standard(strides, kernel_grad):
+    """What IG-Norm's inner attack and attacks on gradient maps differentiate: the gradient, in
+    the input, of a function of the input gradient (reverse over reverse), a third derivative, and
+    the weights' gradient of that (the training step's double backprop)."""
+    x, k = _data(2, 9, 8, 2, 3, 3, 3, seed=2)
+
+    def outputs(conv):
+        f = lambda x, k: jnp.sum(jnp.tanh(conv(x, k, strides, "SAME")) ** 2)
+        g_norm = lambda x, k: jnp.sum(jnp.abs(jax.grad(f)(x, k)))
+        third = lambda x, k: jnp.sum(jax.grad(lambda x: jnp.sum(jax.grad(f)(x, k) ** 2))(x) ** 2)
+        return jax.jit(lambda x, k: (jax.grad(g_norm)(x, k), jax.grad(third)(x, k),
+                                     jax.grad(lambda k: jnp.sum(jax.grad(g_norm)(x, k) ** 2))(k),
+                                     jax.hessian(lambda x: f(x, k))(x[:1, :3, :3])))(x, k)
+
+    for a, b in zip(outputs(_fast), outputs(_std), strict=True):
+        _close(a, b, 1e-4)
+
+
+def test_vmap_linearize_and_remat_match_standard(kernel_grad):
+    """vmap over an extra leading axis of the input (IG's path points, folded into the batch) and
+    over the kernel (ensembles of weights: the standard lowering), in either order with grad;
+    linearize and checkpoint (remat) go through the same rules."""
+    x, k = _data(2, 8, 8, 2, 3, 3, 3, seed=3)
+    xs = jnp.stack([x, 0.5 * x, -x])
+    ks = jnp.stack([k, 2 * k, -k])
+
+    def outputs(conv):
+        f = lambda x, k: jnp.sum(jnp.tanh(conv(x, k, (2, 2), "SAME")) ** 2)
+        gx = jax.grad(f)
+        lin_out, lin_fn = jax.linearize(lambda x: conv(x, k, (1, 1), "SAME"), x)
+        return jax.jit(lambda xs, ks: (
+            jax.vmap(gx, (0, None))(xs, k), jax.grad(lambda xs: jnp.sum(
+                jax.vmap(gx, (0, None))(xs, k) ** 2))(xs),
+            jax.vmap(gx, (None, 0))(x, ks), jax.vmap(gx, (1, None))(jnp.moveaxis(xs, 0, 1), k),
+            jax.vmap(jax.grad(lambda k: jnp.sum(gx(x, k) ** 2)))(ks),
+            jax.grad(lambda x: jnp.sum(jax.checkpoint(gx)(x, k) ** 2))(x),
+            lin_out, lin_fn(xs[1])))(xs, ks)
+
+    for a, b in zip(outputs(_fast), outputs(_std), strict=True):
+        _close(a, b, 1e-4)
+
+
 def test_input_gradient_in_a_loop_uses_an_hwio_kernel():
     """Inside a while loop (attack loops) XLA:CPU keeps JAX's swapped-dimension (``01oi``) kernel
     for the input-gradient convolution and runs it ~2.5x slower; the fast path's explicit HWIO
     kernel avoids that form."""
     x, k = _data(4, 12, 12, 3, 4, 4, 8)
 
-    def compiled_text(conv):
+    def compiled_text(conv, order):
         g = jax.grad(lambda z: jnp.sum(jnp.tanh(conv(z, k, (2, 2), "SAME"))))
+        if order == 2:  # IG-Norm's inner attack: the gradient of a norm of input gradients
+            g = jax.grad(lambda z, g=g: jnp.sum(jnp.abs(g(z))))
         loop = jax.jit(lambda z: lax.fori_loop(0, 3, lambda i, z: z + 0.1 * g(z), z))
         return loop.lower(x).compile().as_text()
 
-    with fastpath.enabled(True):
-        assert "01oi" not in compiled_text(_fast)
-    assert "01oi" in compiled_text(_std)  # what the test guards against
+    for order in (1, 2):
+        with fastpath.enabled(True):
+            assert "01oi" not in compiled_text(_fast, order)
+        assert "01oi" in compiled_text(_std, order)  # what the test guards against
 
 
 def test_dispatch_and_fallbacks(force_taps):
@@ -138,9 +184,12 @@ def test_dispatch_and_fallbacks(force_taps):
         return {e.primitive.name for e in jax.make_jaxpr(jax.grad(fn))(*args).eqns}
 
     fast = prims(lambda k: jnp.sum(_fast(x, k, (1, 1), "SAME")), k)
-    assert "custom_jvp_call" in fast
+    assert "jaxadv_conv" in fast
     with fastpath.enabled(False):
-        assert "custom_jvp_call" not in prims(lambda k: jnp.sum(_fast(x, k, (1, 1), "SAME")), k)
+        assert "jaxadv_conv" not in prims(lambda k: jnp.sum(_fast(x, k, (1, 1), "SAME")), k)
+    # padding larger than the kernel: JAX's input-tangent rule, the per-tap kernel gradient
+    wide = prims(lambda k: jnp.sum(_fast(x, k, (1, 1), ((3, 3), (3, 3)))), k)
+    assert "custom_jvp_call" in wide and "jaxadv_conv" not in wide
     # unsupported cases fall back to lax.conv_general_dilated and still agree with it
     grouped = lambda x, k: fastpath.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=NHWC,
                                                          feature_group_count=2)
