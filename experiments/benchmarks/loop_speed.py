@@ -33,7 +33,6 @@ from jax import lax
 
 from jaxadv.models import fastpath, get_model, init_variables
 
-
 IG_POINTS = 5
 
 
