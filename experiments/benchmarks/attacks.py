@@ -265,9 +265,10 @@ def bench_multi_eps(setup, repeats: int) -> dict:
         return all_eps
 
     eps_all = jnp.asarray(MULTI_EPS, jnp.float32)
-    # Two ways to run the 8 radii in one compiled call: all vmapped (an 8 * n batch; the default)
-    # and lax.map over the radii (eps_batch_size=1), which avoids the growth of the per-example
-    # convolution cost with the batch size on CPU. Both are reported; s_all is the faster one.
+    # Two ways to run the 8 radii in one compiled call: all vmapped (an 8 * n batch; the default
+    # off CPU) and lax.map over the radii (eps_batch_size=1, the default on CPU), which avoids the
+    # growth of the per-example convolution cost with the batch size on CPU. Both are reported;
+    # s_all is the faster one.
     all_vmap, all_map = all_eps_fn(None), all_eps_fn(1)
     jt = time_interleaved({
         "one": lambda: jax.block_until_ready(one(x, y, key, jnp.float32(0.3))),

@@ -2,7 +2,7 @@
 
 Metrics are accumulated on device as ``(sum, count)`` pairs over padded, masked batches (padding
 never counts) and fetched once at the end. ``robust_accuracy_curve`` jits one function that attacks
-a batch at every epsilon (``jaxadv.attacks.sweep.attack_over_eps``: one vmapped call), so the whole
+a batch at every epsilon (``jaxadv.attacks.sweep.attack_over_eps``: one compiled call), so the whole
 curve compiles once; with a ``Mesh`` the batch is sharded ``NamedSharding(mesh, P("data"))`` and
 XLA splits the attack over the devices.
 
@@ -106,7 +106,7 @@ def _batches(data, batch_size: int, num_examples: int | None) -> Iterable[dict]:
 
 def make_robust_counts_fn(logits_fn: Callable, attack_fn: Callable, **attack_kw) -> Callable:
     """A jitted ``counts(images, labels, mask, key, epsilons) -> (robust (K,), clean, count)`` on
-    one padded batch, attacking at every epsilon in one vmapped call (compiles once per batch
+    one padded batch, attacking at every epsilon in one compiled call (compiles once per batch
     shape and number of epsilons; eps values are traced)."""
 
     @jax.jit

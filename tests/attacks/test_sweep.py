@@ -60,10 +60,12 @@ def test_attack_over_eps_shapes_and_equality_with_a_loop(key):
         one = G.pgd(f, x, y, key, eps=e, **PGD_KW)
         np.testing.assert_allclose(sw.raw[i], one.x_adv, atol=1e-6)
         np.testing.assert_array_equal(sw.success[i], one.success)
-    # Chunked over eps with lax.map: the same results.
-    chunked = S.attack_over_eps(G.pgd, f, x, y, key, epsilons=EPS, eps_batch_size=2, **PGD_KW)
-    np.testing.assert_allclose(chunked.raw, sw.raw, atol=1e-6)
-    np.testing.assert_array_equal(chunked.success, sw.success)
+    # Chunked over eps with lax.map, and all vmapped at once: the same results.
+    for batch_size in (2, None):
+        chunked = S.attack_over_eps(G.pgd, f, x, y, key, epsilons=EPS, eps_batch_size=batch_size,
+                                    **PGD_KW)
+        np.testing.assert_allclose(chunked.raw, sw.raw, atol=1e-6)
+        np.testing.assert_array_equal(chunked.success, sw.success)
     # Fixed-eps attacks already return feasible points: clipped == raw.
     np.testing.assert_allclose(sw.clipped, sw.raw, atol=0)
     # eps = 0 is clean accuracy; success never decreases much with eps on this model.
@@ -205,6 +207,8 @@ def test_sweep_argument_errors(key):
         S.attack_over_eps(G.pgd, f, x, y, key, epsilons=0.1, **PGD_KW)
     with pytest.raises(ValueError, match="eps_batch_size"):
         S.attack_over_eps(G.pgd, f, x, y, key, epsilons=[0.1], eps_batch_size=0, **PGD_KW)
+    with pytest.raises(ValueError, match="eps_batch_size"):
+        S.attack_over_eps(G.pgd, f, x, y, key, epsilons=[0.1], eps_batch_size="all", **PGD_KW)
     with pytest.raises(ValueError, match="Unknown norm"):
         S.attack_over_eps(G.pgd, f, x, y, key, epsilons=[0.1], norm="l0", **PGD_KW)
     with pytest.raises(ValueError, match="resolve targets"):
@@ -217,3 +221,20 @@ def test_sweep_argument_errors(key):
     with pytest.raises(ValueError, match="shape"):
         S.attack_over_targets(G.pgd, f, x, y, key, targets=jnp.zeros((B,), jnp.int32),
                               eps=0.1, **PGD_KW)
+
+
+def test_attack_over_eps_auto_runs_one_radius_at_a_time_on_cpu(key, monkeypatch):
+    """The default maps over the radii on CPU (faster there) and vmaps them elsewhere."""
+    f = mlp_model()
+    x, y = data()
+    eps = [0.01, 0.02, 0.03, 0.04, 0.05]  # a length no loop inside the attack has
+
+    def radius_map(**kw):
+        jaxpr = jax.make_jaxpr(lambda x: S.attack_over_eps(G.pgd, f, x, y, key, epsilons=eps,
+                                                           **kw, **PGD_KW).raw)(x)
+        return any(e.primitive.name == "scan" and e.params["length"] == len(eps)
+                   for e in jaxpr.eqns)
+
+    assert radius_map() and radius_map(eps_batch_size=1) and not radius_map(eps_batch_size=None)
+    monkeypatch.setattr(S.jax, "default_backend", lambda: "gpu")
+    assert not radius_map()
