@@ -17,10 +17,12 @@ same budget:
 Robust accuracy is measured the same way for every library: the adversarial examples each returns
 are checked to lie in the threat model and then classified by the same JAX function; an example
 counts as robust if it is classified correctly on the clean input and on the returned example
-(percent). Timing: one warm-up call each (compilation for jaxadv), then ``--repeats`` rounds in
-which the competing calls run in turn (so load changes on a shared machine hit them alike); the
-median per library; images/s = n / median seconds. The benchmarks of the AutoAttack ensemble
-(``apgd_ce``, ``ensemble``) and of minimum-norm attacks (``cw_l2``) are added by
+(percent); with ``--seeds S`` (default 5, quick 1) each library's PGD runs with S seeds of its
+random start and the mean and standard error over seeds are reported. Timing: one warm-up call
+each (compilation for jaxadv), then ``--repeats`` rounds in which the competing calls run in turn
+(so load changes on a shared machine hit them alike); the median per library; images/s = n / median
+seconds. The benchmarks of the AutoAttack ensemble (``apgd_ce``, ``ensemble``) and of minimum-norm
+attacks (``cw_l2``) are added by
 ``experiments/benchmarks/peer_autoattack.py`` and ``peer_minnorm.py`` when those modules exist:
 each exposes ``run(setup, quick) -> dict`` of JSON sections, with ``setup`` from
 :func:`build_setup`.
@@ -149,10 +151,11 @@ def _nchw_to_nhwc(t) -> np.ndarray:
 
 class Runner:
     """One library's attack on the whole benchmark batch: ``run()`` attacks (blocking) and keeps
-    the result; ``x_adv()`` returns the last result as (n, 28, 28, 1) numpy."""
+    the result; ``x_adv()`` returns the last result as (n, 28, 28, 1) numpy; ``reseed(s)`` sets
+    the seed of the library's random start for the following runs."""
 
-    def __init__(self, run, x_adv):
-        self.run, self.x_adv = run, x_adv
+    def __init__(self, run, x_adv, reseed):
+        self.run, self.x_adv, self.reseed = run, x_adv, reseed
 
 
 def runner_jaxadv(setup, cfg: dict, norm: str) -> Runner:
@@ -164,14 +167,16 @@ def runner_jaxadv(setup, cfg: dict, norm: str) -> Runner:
         return gradient.pgd(f, x, y, key, eps=eps, step_size=step, num_steps=cfg["num_steps"],
                             norm=norm, random_start=True).x_adv
 
-    key = jax.random.key(0)
     eps, step = jnp.float32(cfg["eps"]), jnp.float32(cfg["step_size"])
-    out = {}
+    out = {"key": jax.random.key(0)}
 
     def run():
-        out["x"] = jax.block_until_ready(attack(x, y, key, eps, step))
+        out["x"] = jax.block_until_ready(attack(x, y, out["key"], eps, step))
 
-    return Runner(run, lambda: np.asarray(out["x"]))
+    def reseed(seed):
+        out["key"] = jax.random.key(seed)
+
+    return Runner(run, lambda: np.asarray(out["x"]), reseed)
 
 
 def runner_torchattacks(setup, cfg: dict, norm: str) -> Runner:
@@ -187,7 +192,7 @@ def runner_torchattacks(setup, cfg: dict, norm: str) -> Runner:
     def run():
         out["x"] = atk(setup["x_nchw"], setup["y_torch"])
 
-    return Runner(run, lambda: _nchw_to_nhwc(out["x"]))
+    return Runner(run, lambda: _nchw_to_nhwc(out["x"]), torch.manual_seed)
 
 
 def runner_foolbox(setup, cfg: dict, norm: str) -> Runner:
@@ -203,7 +208,12 @@ def runner_foolbox(setup, cfg: dict, norm: str) -> Runner:
         _, clipped, _ = atk(fmodel, x, y, epsilons=cfg["eps"])
         out["x"] = jax.block_until_ready(clipped)
 
-    return Runner(run, lambda: np.asarray(out["x"]))
+    def reseed(seed):  # eagerpy's JAX tensors draw from one class-level key
+        import eagerpy.tensor.jax
+
+        eagerpy.tensor.jax.JAXTensor.key = jax.random.PRNGKey(seed)
+
+    return Runner(run, lambda: np.asarray(out["x"]), reseed)
 
 
 def runner_art(setup, cfg: dict, norm: str) -> Runner:
@@ -223,24 +233,40 @@ def runner_art(setup, cfg: dict, norm: str) -> Runner:
     def run():
         out["x"] = atk.generate(x=x_nchw, y=setup["y"].astype(np.int64))
 
-    return Runner(run, lambda: _nchw_to_nhwc(out["x"]))
+    return Runner(run, lambda: _nchw_to_nhwc(out["x"]), np.random.seed)  # ART draws from numpy
 
 
 PEERS = {"jaxadv": runner_jaxadv, "torchattacks": runner_torchattacks,
          "foolbox": runner_foolbox, "art": runner_art}
 
 
-def bench_pgd(setup, cfg: dict, norm: str, repeats: int) -> dict:
-    """Every library's PGD with the same budget, timed in turn in each round (time_interleaved)."""
+def bench_pgd(setup, cfg: dict, norm: str, repeats: int, seeds: int = 1) -> dict:
+    """Every library's PGD with the same budget, timed in turn in each round (time_interleaved).
+
+    With ``seeds`` > 1 each library then attacks again with seeds 1..seeds-1 of its random start
+    (seed 0 is the timed run); ``robust_acc`` is the mean over the seeds, ``robust_acc_seeds``
+    each, and ``robust_acc_se`` the standard error of the mean over seeds."""
     results, runners = {}, {}
     for lib, make in PEERS.items():
         try:
             runners[lib] = make(setup, cfg, norm)
         except ImportError as e:  # a peer library that is not installed is reported, not fatal
             results[lib] = {"error": f"not installed: {e}"}
+    for r in runners.values():
+        r.reseed(0)
     seconds = time_interleaved({lib: r.run for lib, r in runners.items()}, repeats=repeats)
     for lib, r in runners.items():
         results[lib] = _entry(setup, r.x_adv(), seconds[lib], cfg["eps"], norm)
+        accs = [results[lib]["robust_acc"]]
+        for seed in range(1, seeds):
+            r.reseed(seed)
+            r.run()
+            setup["check_in_ball"](r.x_adv(), cfg["eps"], norm)
+            accs.append(setup["robust_acc"](r.x_adv()))
+        if seeds > 1:
+            results[lib].update(
+                robust_acc=float(np.mean(accs)), robust_acc_seeds=accs,
+                robust_acc_se=float(np.std(accs, ddof=1) / np.sqrt(len(accs))))
         print(f"  {norm} PGD {lib}: {results[lib]}", flush=True)
     return {lib: results[lib] for lib in PEERS}
 
@@ -325,7 +351,8 @@ def markdown_table(results: dict) -> str:
             if "error" in r:
                 lines.append(f"| {section} | {lib} | {r['error']} | | |")
                 continue
-            lines.append(f"| {section} | {lib} | {r.get('robust_acc', float('nan')):.1f} | "
+            se = f" +- {r['robust_acc_se']:.1f}" if "robust_acc_se" in r else ""
+            lines.append(f"| {section} | {lib} | {r.get('robust_acc', float('nan')):.1f}{se} | "
                          f"{r.get('images_per_s', float('nan')):.1f} | {r.get('n', '')} |")
     m = results.get("multi_eps")
     if m:
@@ -347,6 +374,9 @@ def main(argv=None) -> dict:
                         help="timed calls per PGD measurement, median (default 3)")
     parser.add_argument("--multi_eps_repeats", type=int, default=None,
                         help="timed rounds of the multi_eps measurement (default: 2 quick, 3 full)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="random starts per library for the PGD robust accuracy, mean and "
+                             "standard error reported (default 5; quick 1)")
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     parser.add_argument("--skip_peers", action="store_true",
                         help="do not run peer_autoattack.py / peer_minnorm.py")
@@ -354,13 +384,14 @@ def main(argv=None) -> dict:
     n = args.n or (100 if args.quick else 1000)
     repeats = args.repeats or 3
     multi_repeats = args.multi_eps_repeats or (2 if args.quick else 3)
+    seeds = args.seeds or (1 if args.quick else 5)
     setup = build_setup(args.checkpoint, n, args.quick)
     print(f"{setup['model_name']} on {n} MNIST test images: clean accuracy "
           f"{setup['clean_acc']:.1f}%, JAX/PyTorch logits agree to "
           f"{setup['logits_max_abs_diff']:.2g}", flush=True)
     results = {"setup": {
         "checkpoint": setup["checkpoint"], "n": n, "quick": args.quick, "repeats": repeats,
-        "multi_eps_repeats": multi_repeats,
+        "multi_eps_repeats": multi_repeats, "seeds": seeds,
         "clean_acc": setup["clean_acc"], "logits_max_abs_diff": setup["logits_max_abs_diff"],
         "pgd_linf": LINF, "pgd_l2": L2, "robust_acc_unit": "percent",
         "jax": jax.__version__, "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
@@ -368,8 +399,8 @@ def main(argv=None) -> dict:
         "note": "same weights and examples for every library; robust accuracy measured by the "
                 "same JAX function on each library's examples; timings are medians after a "
                 "warm-up call"}}
-    results["pgd"] = bench_pgd(setup, LINF, "linf", repeats)
-    results["pgd_l2"] = bench_pgd(setup, L2, "l2", repeats)
+    results["pgd"] = bench_pgd(setup, LINF, "linf", repeats, seeds)
+    results["pgd_l2"] = bench_pgd(setup, L2, "l2", repeats, seeds)
     results["multi_eps"] = bench_multi_eps(setup, multi_repeats)
     if not args.skip_peers:
         results.update(run_peer_modules(setup, args.quick))
