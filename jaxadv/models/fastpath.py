@@ -234,10 +234,13 @@ def _batch_rule(prim, impl):
         (v, w), (dv, dw) = args, dims
         if dw is not None:  # batched kernels (ensembles of weights): the standard lowering
             return jax.vmap(functools.partial(impl, **params), in_axes=(dv, dw))(v, w), 0
-        v = jnp.moveaxis(v, dv, 0)
-        k, b = v.shape[:2]
-        out = prim.bind(v.reshape(k * b, *v.shape[2:]), w, **params)
-        return out.reshape(k, b, *out.shape[1:]), 0
+        # The mapped axis goes *after* the batch axis: (B, K, ...) -> (B * K, ...) keeps each
+        # example's rows together, so a batch sharded over devices stays where it is (JAX's
+        # convolution rule merges K-major and makes XLA reshuffle the shards with all-to-alls).
+        v = jnp.moveaxis(v, dv, 1)
+        b, k = v.shape[:2]
+        out = prim.bind(v.reshape(b * k, *v.shape[2:]), w, **params)
+        return out.reshape(b, k, *out.shape[1:]), 1
     return rule
 
 

@@ -13,7 +13,7 @@ import optax
 
 from jaxadv.attacks import gradient
 from jaxadv.attacks.losses import kl_divergence
-from jaxadv.training.forward import attack_logits_fn, forward, masked_mean
+from jaxadv.training.forward import attack_logits_fn, forward, masked_mean, pair_batch, unpair
 from jaxadv.training.schedules import eps_ramp
 
 
@@ -71,9 +71,8 @@ def trades(apply_fn, params, batch_stats, batch, key, *, step=None, eps: float =
     res = gradient.trades_kl_pgd(logits_fn, x, batch["label"], key, eps=e, step_size=step_size,
                                  num_steps=num_steps)
     x_adv = jax.lax.stop_gradient(res.x_adv)
-    both, new_stats = forward(apply_fn, params, batch_stats, jnp.concatenate([x, x_adv]),
-                              train=True)
-    logits, logits_adv = jnp.split(both, 2)
+    both, new_stats = forward(apply_fn, params, batch_stats, pair_batch(x, x_adv), train=True)
+    logits, logits_adv = unpair(both)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     kl = kl_divergence(logits_adv, logits)
     per_example = ce + beta * kl

@@ -17,6 +17,22 @@ def masked_mean(values: Array, mask: Array) -> Array:
     return jnp.sum(values * m) / jnp.maximum(jnp.sum(m), 1.0)
 
 
+def pair_batch(x: Array, x_adv: Array) -> Array:
+    """(B, ...) and (B, ...) -> (2B, ...) with example i's clean and adversarial input in rows 2i
+    and 2i + 1, for one forward pass over both (batch-norm statistics over the 2B inputs).
+
+    Interleaved rather than concatenated: with the batch sharded over devices, each device's rows
+    stay on it (a concatenation along the sharded axis makes XLA move half of every shard with
+    all-to-alls, and on XLA:CPU's host devices those collectives have deadlocked a long run)."""
+    return jnp.stack([x, x_adv], axis=1).reshape(2 * x.shape[0], *x.shape[1:])
+
+
+def unpair(both: Array) -> tuple[Array, Array]:
+    """The inverse of :func:`pair_batch` on its outputs: (2B, ...) -> ((B, ...), (B, ...))."""
+    pairs = both.reshape(both.shape[0] // 2, 2, *both.shape[1:])
+    return pairs[:, 0], pairs[:, 1]
+
+
 def _variables(params, batch_stats) -> dict:
     variables = {"params": params}
     if batch_stats:

@@ -33,7 +33,14 @@ import optax
 from jaxadv.attacks import gradient
 from jaxadv.metrics.discrepancy import label_free_discrepancy
 from jaxadv.training.adversarial import current_eps, pgd_example
-from jaxadv.training.forward import attack_logits_fn, forward, logits_and_cam, masked_mean
+from jaxadv.training.forward import (
+    attack_logits_fn,
+    forward,
+    logits_and_cam,
+    masked_mean,
+    pair_batch,
+    unpair,
+)
 from jaxadv.types import Array
 
 _INNER = {"int": "disc", "int_one": "disc_one", "int_adv": "ce+disc", "int2": "ce",
@@ -82,9 +89,9 @@ def _int_family(name, apply_fn, params, batch_stats, batch, key, *, step, eps, s
     x_adv = _inner_example(_INNER[name], apply_fn, params, batch_stats, batch, key, eps=e,
                            step_size=step_size, num_steps=num_steps, gamma=gamma)
     logits_both, cam_both, new_stats = logits_and_cam(
-        apply_fn, params, batch_stats, jnp.concatenate([x, x_adv]), train=True)
-    logits, logits_adv = jnp.split(logits_both, 2)
-    cam, cam_adv = jnp.split(cam_both, 2)
+        apply_fn, params, batch_stats, pair_batch(x, x_adv), train=True)
+    logits, logits_adv = unpair(logits_both)
+    cam, cam_adv = unpair(cam_both)
     if name == "int_one":
         disc = true_class_discrepancy(cam, cam_adv, y)
     else:
@@ -174,9 +181,9 @@ def _ig_family(sum_norm, apply_fn, params, batch_stats, batch, key, *, step, eps
     ig = path_integrated_gradients_ce(train_logits_fn, x, x_adv, y, num_steps=ig_steps,
                                       path_chunk=ig_path_chunk)
     ig_norm = jnp.sum(jnp.abs(ig).reshape(x.shape[0], -1), axis=-1)
-    logits_both, new_stats = forward(apply_fn, params, batch_stats, jnp.concatenate([x, x_adv]),
+    logits_both, new_stats = forward(apply_fn, params, batch_stats, pair_batch(x, x_adv),
                                      train=True)
-    logits, logits_adv = jnp.split(logits_both, 2)
+    logits, logits_adv = unpair(logits_both)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits_adv if sum_norm else logits, y)
     per_example = ce + weight * ig_norm
     metrics = {"loss": per_example, "ce": ce, "ig_norm": ig_norm,

@@ -14,6 +14,7 @@ from jaxadv import sharding
 from jaxadv.models import get_model
 from jaxadv.training import create_train_state, get_objective, make_train_step, summarize
 from jaxadv.training.adversarial import pgd_example
+from jaxadv.training.forward import pair_batch, unpair
 from jaxadv.training.interpretability import (
     label_free_discrepancy,
     path_integrated_gradients_ce,
@@ -220,3 +221,33 @@ def test_mesh_step_equals_single_device(setup, name):
     s1, s2 = summarize(single_m), summarize(mesh_m)
     for k in s1:
         assert s1[k] == pytest.approx(s2[k], rel=1e-4, abs=1e-6), k
+
+
+def test_pair_batch_interleaves_and_unpair_inverts():
+    x, x_adv = jnp.arange(6.0).reshape(3, 2), -jnp.arange(6.0).reshape(3, 2)
+    both = pair_batch(x, x_adv)
+    np.testing.assert_array_equal(both[::2], x)
+    np.testing.assert_array_equal(both[1::2], x_adv)
+    a, b = unpair(both)
+    np.testing.assert_array_equal(a, x)
+    np.testing.assert_array_equal(b, x_adv)
+
+
+@pytest.mark.parametrize("name", ["trades", "int2", "ig_norm"])
+def test_mesh_step_moves_no_batch_shards(name):
+    """On a batch-sharded mesh the only collectives of a step are the all-reduces of gradients
+    and metrics: the clean/adversarial pair and IG's path points stay on each example's device
+    (concatenating along the sharded axis, or merging IG's points K-major, made XLA move shards
+    with all-to-alls / all-gathers, and such collectives deadlocked a long run on host devices)."""
+    model = get_model("smallgap", widths=(2, 2, 4))
+    x = jax.random.uniform(jax.random.key(1), (16, 8, 8, 1))
+    batch = {"image": x, "label": jnp.arange(16) % 10, "mask": jnp.ones(16, bool)}
+    state = create_train_state(model, optax.sgd(0.1), jax.random.key(0), x.shape)
+    mesh = sharding.data_mesh()
+    step = make_train_step(objective=get_objective(name, **OBJECTIVES[name]))
+    hlo = jax.jit(step).lower(sharding.replicate(state, mesh),
+                              sharding.shard_batch(jax.device_get(batch), mesh),
+                              jax.random.key(9)).compile().as_text()
+    assert " all-reduce(" in hlo  # the test sees the collectives it looks for
+    for op in ("all-to-all", "all-gather", "collective-permute"):
+        assert f" {op}(" not in hlo, op
