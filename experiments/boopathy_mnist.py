@@ -95,7 +95,9 @@ def main(argv=None) -> None:
             "(Boopathy et al. evaluation); eps ascending, a point broken at a smaller eps stays "
             "broken"),
         "ensemble": (f"AutoAttack-protocol standard ensemble (APGD-CE, APGD-T 9 targets, FAB-T, "
-                     f"Square 5000 queries) on the first {args.ensemble_n} images"),
+                     f"Square 5000 queries) on the first {args.ensemble_n} images at eps "
+                     + ", ".join(f"{e:g}" for e in args.ensemble_eps)
+                     if args.ensemble_eps else "not run (--ensemble_eps empty)"),
         "command": "python -m experiments.boopathy_mnist " + " ".join(
             sys.argv[1:] if argv is None else argv),
     }
