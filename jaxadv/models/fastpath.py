@@ -42,13 +42,20 @@ a quiet machine's; batch 128 float32; medians of interleaved runs; ms, standard 
   as it is and runs it ~2.5x slower than in straight-line code. :func:`_input_grad` writes it with
   an explicitly flipped and transposed (HWIO) kernel instead: a sign-gradient step of 100 images
   in a loop, SmallGAP 61.0 -> 24.1 ms (unrolled: 24.0), PoolGAP 126.7 -> 42.8 ms
-  (``python -m experiments.benchmarks.loop_speed``, quiet 2-core Xeon, results/loop_speed.json).
+  (``python -m experiments.benchmarks.loop_speed``, quiet 2-core Xeon; a later run on the same
+  kind of VM, results/loop_speed.json: SmallGAP 68.6 -> 26.9, PoolGAP 136.2 -> 49.0).
 * higher orders inside loops: with JAX's rules the transpose of that input gradient (double
   backprop: IG-Norm's inner attack, attacks on gradient maps) is a ``01oi`` convolution again.
   The convolution and its input gradient are therefore a pair of primitives, :data:`conv_p` and
   :data:`conv_input_p`, each the other's transpose, so that every order of forward and reverse
-  differentiation stays in the fast forms: the gradient of the l1 norm of a 5-point IG path on
-  SmallGAP (batch 128) in a loop, 1,803 -> 370 ms per step (straight-line code: 381 ms).
+  differentiation stays in the fast forms. A sign step on the l1 norm of the integrated
+  gradients over 5 path points (IG-Norm's inner attack), 100 images in a loop: SmallGAP 280 ms
+  (standard lowerings 690, unrolled 282), PoolGAP 583 ms (standard 1,340); the IG-Norm training
+  step (SmallGAP, batch 128, 10 inner steps, 2 host devices) 2.78 s, 11x a PGD-AT step
+  (``python -m experiments.benchmarks.loop_speed --second_order``, results/loop_speed.json;
+  ``python -m experiments.benchmarks.ig_norm_step``, results/ig_norm_step.json; quiet 2-core
+  Xeon). The ``custom_jvp`` this replaced took 17-32 s for that training step (its double
+  backprop put a ``01oi`` convolution back in the loop).
 """
 
 import contextlib

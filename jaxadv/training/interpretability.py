@@ -133,11 +133,11 @@ def path_integrated_gradients_ce(logits_fn, x: Array, x_adv: Array, y: Array, *,
 
     ``path_chunk`` path points are evaluated at once (``lax.map`` with that batch size; None: all
     ``num_steps`` together through ``vmap``, one batch of B * num_steps images, no loop); a
-    smaller chunk bounds the memory for large models. Which is faster depends on the machine
-    (SmallGAP, batch 128, ``python -m experiments.benchmarks.ig_norm_step``): all at once was
-    1.32x faster than one point at a time on a loaded 2-core VM
-    (results/ig_norm_step_2026-12-02.json) and 1.6x slower on a quiet one
-    (results/ig_norm_step.json: 32.5 s vs 20.2 s).
+    smaller chunk bounds the memory for large models. All at once is the faster on CPU since the
+    fast path's convolution primitives keep the double backprop in fast forms (SmallGAP, batch
+    128, ``python -m experiments.benchmarks.ig_norm_step``, results/ig_norm_step.json, quiet 2-core
+    VM: IG-Norm step 2.78 s all at once vs 5.84 s one point at a time; before those primitives it
+    was machine-dependent, results/ig_norm_step_2026-12-02.json).
     """
 
     def ce_sum(z):
