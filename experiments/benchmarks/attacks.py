@@ -11,18 +11,19 @@ same budget:
 
 * ``pgd``: l-inf PGD, eps 0.3, 40 steps of 0.01, one uniform random start, cross-entropy.
 * ``pgd_l2``: l2 PGD, eps 2.0, 40 steps of 0.1, one random start, cross-entropy.
-* ``multi_eps``: 8 l-inf radii; jaxadv one eps vs all 8 in one vmapped call, Foolbox one eps vs
+* ``multi_eps``: 8 l-inf radii; jaxadv one eps vs all 8 in one compiled call, Foolbox one eps vs
   its ``epsilons=[8 values]`` call (which loops over them).
 
 Robust accuracy is measured the same way for every library: the adversarial examples each returns
 are checked to lie in the threat model and then classified by the same JAX function; an example
 counts as robust if it is classified correctly on the clean input and on the returned example
-(percent); with ``--seeds S`` (default 5, quick 1) each library's PGD runs with S seeds of its
-random start and the mean and standard error over seeds are reported. Timing: one warm-up call
-each (compilation for jaxadv), then ``--repeats`` rounds in which the competing calls run in turn
-(so load changes on a shared machine hit them alike); the median per library; images/s = n / median
-seconds. The benchmarks of the AutoAttack ensemble (``apgd_ce``, ``ensemble``) and of minimum-norm
-attacks (``cw_l2``) are added by
+(percent); ``--host_devices N`` splits jaxadv's PGD batch over N XLA host devices (the peers and
+the multi-eps comparison are unchanged); with ``--seeds S`` (default 5, quick 1) each library's PGD
+runs with S seeds of its random start and the mean and standard error over seeds are reported.
+Timing: one warm-up call each (compilation for jaxadv), then ``--repeats`` rounds in which the
+competing calls run in turn (so load changes on a shared machine hit them alike); the median per
+library; images/s = n / median seconds. The benchmarks of the AutoAttack ensemble (``apgd_ce``,
+``ensemble``) and of minimum-norm attacks (``cw_l2``) are added by
 ``experiments/benchmarks/peer_autoattack.py`` and ``peer_minnorm.py`` when those modules exist:
 each exposes ``run(setup, quick) -> dict`` of JSON sections, with ``setup`` from
 :func:`build_setup`.
@@ -161,6 +162,10 @@ class Runner:
 def runner_jaxadv(setup, cfg: dict, norm: str) -> Runner:
     f = setup["logits_fn"]
     x, y = jnp.asarray(setup["x"]), jnp.asarray(setup["y"])
+    if jax.device_count() > 1:  # --host_devices: the batch split over the devices (data mesh)
+        from jaxadv import sharding
+
+        x, y = sharding.shard_batch((setup["x"], setup["y"]), sharding.data_mesh())
 
     @jax.jit
     def attack(x, y, key, eps, step):
@@ -377,10 +382,19 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", type=int, default=None,
                         help="random starts per library for the PGD robust accuracy, mean and "
                              "standard error reported (default 5; quick 1)")
+    parser.add_argument("--sections", nargs="+", default=["pgd", "pgd_l2", "multi_eps"],
+                        choices=["pgd", "pgd_l2", "multi_eps"],
+                        help="which of this module's benchmarks to run (default all)")
+    parser.add_argument("--host_devices", type=int, default=1,
+                        help="XLA host devices to split jaxadv's PGD batch over (default 1)")
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     parser.add_argument("--skip_peers", action="store_true",
                         help="do not run peer_autoattack.py / peer_minnorm.py")
     args = parser.parse_args(argv)
+    if args.host_devices > 1:
+        from jaxadv.devices import use_host_devices
+
+        use_host_devices(args.host_devices)  # before the first JAX operation
     n = args.n or (100 if args.quick else 1000)
     repeats = args.repeats or 3
     multi_repeats = args.multi_eps_repeats or (2 if args.quick else 3)
@@ -392,6 +406,7 @@ def main(argv=None) -> dict:
     results = {"setup": {
         "checkpoint": setup["checkpoint"], "n": n, "quick": args.quick, "repeats": repeats,
         "multi_eps_repeats": multi_repeats, "seeds": seeds,
+        "jaxadv_pgd_host_devices": jax.device_count(),
         "clean_acc": setup["clean_acc"], "logits_max_abs_diff": setup["logits_max_abs_diff"],
         "pgd_linf": LINF, "pgd_l2": L2, "robust_acc_unit": "percent",
         "jax": jax.__version__, "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
@@ -399,9 +414,12 @@ def main(argv=None) -> dict:
         "note": "same weights and examples for every library; robust accuracy measured by the "
                 "same JAX function on each library's examples; timings are medians after a "
                 "warm-up call"}}
-    results["pgd"] = bench_pgd(setup, LINF, "linf", repeats, seeds)
-    results["pgd_l2"] = bench_pgd(setup, L2, "l2", repeats, seeds)
-    results["multi_eps"] = bench_multi_eps(setup, multi_repeats)
+    if "pgd" in args.sections:
+        results["pgd"] = bench_pgd(setup, LINF, "linf", repeats, seeds)
+    if "pgd_l2" in args.sections:
+        results["pgd_l2"] = bench_pgd(setup, L2, "l2", repeats, seeds)
+    if "multi_eps" in args.sections:
+        results["multi_eps"] = bench_multi_eps(setup, multi_repeats)
     if not args.skip_peers:
         results.update(run_peer_modules(setup, args.quick))
     out = pathlib.Path(args.out)
