@@ -263,32 +263,32 @@ for _prim, _impl, _lhs, _rhs in ((conv_p, _conv_impl, _conv_transpose_v, _conv_t
     batching.primitive_batchers[_prim] = _batch_rule(_prim, _impl)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
-def _conv(x, w, strides, pads, dilation, precision, preferred_element_type, taps_dw):
-    """XLA's convolution with JAX's input-tangent rule and the per-tap kernel tangent where
-    ``taps_dw``: the cases :data:`conv_p` does not cover (mixed precision, padding larger than the
-    kernel)."""
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _conv_fast_dw(x, w, strides, pads, dilation, precision, preferred_element_type):
+    """XLA's convolution whose kernel tangent goes through :func:`_taps_conv` (JAX's rule for the
+    input): where the per-tap kernel gradient pays in the cases :data:`conv_p` does not cover
+    (mixed precision, padding larger than the kernel)."""
     return _std_conv(x, w, strides, pads, dilation, precision, preferred_element_type)
 
 
-def _conv_jvp(strides, pads, dilation, precision, preferred_element_type, taps_dw, primals,
-              tangents):
+def _conv_fast_dw_jvp(strides, pads, dilation, precision, preferred_element_type, primals,
+                      tangents):
     x, w = primals
     dx, dw = tangents
     static = (strides, pads, dilation, precision, preferred_element_type)
-    y = _conv(x, w, *static, taps_dw)
+    y = _conv_fast_dw(x, w, *static)
     ty = None
     if not isinstance(dx, SymbolicZero):
         ty = _std_conv(dx, w, *static)
     if not isinstance(dw, SymbolicZero):
-        t_w = (_taps_conv if taps_dw else _std_conv)(x, dw, *static)
+        t_w = _taps_conv(x, dw, *static)
         ty = t_w if ty is None else ty + t_w
     if ty is None:
         ty = jnp.zeros_like(y)
     return y, ty
 
 
-_conv.defjvp(_conv_jvp, symbolic_zeros=True)
+_conv_fast_dw.defjvp(_conv_fast_dw_jvp, symbolic_zeros=True)
 
 
 def _taps_pay(x_shape, w_shape, strides) -> bool:
@@ -303,8 +303,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                          precision=None, preferred_element_type=None):
     """Drop-in for ``lax.conv_general_dilated`` (same signature, same results); where the fast path
     is on and the case is supported, the primitive :data:`conv_p` (or, for mixed precision and
-    padding beyond the kernel, :func:`_conv`; per-tap matmuls for 1x1 kernels; see the module
-    docstring)."""
+    padding beyond the kernel, :func:`_conv_fast_dw` where the per-tap kernel gradient pays;
+    per-tap matmuls for 1x1 kernels; see the module docstring)."""
     standard = lambda: lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
         dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
@@ -332,7 +332,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     if preferred_element_type is None and lhs.dtype == rhs.dtype and fits:
         return conv_p.bind(lhs, rhs, strides=strides, pads=tuple(pads), dilation=rhs_dilation,
                            precision=precision, in_hw=tuple(lhs.shape[1:3]), taps_dw=taps_dw)
-    return _conv(lhs, rhs, *static, taps_dw)
+    return _conv_fast_dw(lhs, rhs, *static) if taps_dw else standard()
 
 
 def _first_max_mask(blocks: Array, out: Array) -> Array:
