@@ -161,11 +161,12 @@ class Runner:
 
 def runner_jaxadv(setup, cfg: dict, norm: str) -> Runner:
     f = setup["logits_fn"]
-    x, y = jnp.asarray(setup["x"]), jnp.asarray(setup["y"])
     if jax.device_count() > 1:  # --host_devices: the batch split over the devices (data mesh)
         from jaxadv import sharding
 
         x, y = sharding.shard_batch((setup["x"], setup["y"]), sharding.data_mesh())
+    else:
+        x, y = jnp.asarray(setup["x"]), jnp.asarray(setup["y"])
 
     @jax.jit
     def attack(x, y, key, eps, step):
@@ -266,8 +267,9 @@ def bench_pgd(setup, cfg: dict, norm: str, repeats: int, seeds: int = 1) -> dict
         for seed in range(1, seeds):
             r.reseed(seed)
             r.run()
-            setup["check_in_ball"](r.x_adv(), cfg["eps"], norm)
-            accs.append(setup["robust_acc"](r.x_adv()))
+            x_adv = r.x_adv()
+            setup["check_in_ball"](x_adv, cfg["eps"], norm)
+            accs.append(setup["robust_acc"](x_adv))
         if seeds > 1:
             results[lib].update(
                 robust_acc=float(np.mean(accs)), robust_acc_seeds=accs,
