@@ -30,7 +30,10 @@ float32 rounding (in either library) from a real disagreement. Timing: one warm-
 the jit compile), then the median of ``--repeats`` calls; images/s = batch / median seconds.
 jaxadv functions are jitted once per method with the batch and the targets as arguments; Captum
 runs eagerly (its normal mode). Both use every CPU core (XLA's default thread pool,
-``torch.get_num_threads()``); numbers on a shared machine are noisy.
+``torch.get_num_threads()``); numbers on a shared machine are noisy. ``--host_devices N`` splits
+jaxadv's batch over N XLA host devices (a data mesh, the same ``NamedSharding`` code as on
+accelerators; N at most the core count), which keeps both cores busy where one XLA:CPU device
+leaves one idle (the element-wise and small ops between the convolutions).
 
 IG-200 peak memory (SmallGAP, batch 128, 200 Gauss-Legendre points): each library runs in a child
 process; peak = the child's peak resident set size (``VmHWM`` in /proc/self/status; ``ru_maxrss``
@@ -187,7 +190,12 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True)
     from jaxadv.interop.torch_port import nchw_to_nhwc, nhwc_to_nchw
 
     fns, tmodel, x, t, info = build(name, batch)
-    xj, tj = jnp.asarray(x), jnp.asarray(t)
+    if jax.device_count() > 1:  # --host_devices: the batch split over the devices (data mesh)
+        from jaxadv import sharding
+
+        xj, tj = sharding.shard_batch((x, t), sharding.data_mesh())
+    else:
+        xj, tj = jnp.asarray(x), jnp.asarray(t)
     xt, tt = nhwc_to_nchw(x), torch.as_tensor(t, dtype=torch.int64)
     channels = x.shape[-1]
     key = jax.random.key(0)
@@ -362,6 +370,9 @@ def main(argv=None) -> dict:
     p.add_argument("--models", default="smallgap,preact_resnet18")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--ig-chunk", type=int, default=20)
+    p.add_argument("--host_devices", type=int, default=1,
+                   help="split jaxadv's batch over N XLA host devices (Captum uses every core "
+                        "through torch's threads either way)")
     p.add_argument("--memory-child", choices=("jax", "base-jax", "torch", "base-torch"),
                    help=argparse.SUPPRESS)
     p.add_argument("--memory-batch", type=int, default=128, help=argparse.SUPPRESS)
@@ -372,6 +383,11 @@ def main(argv=None) -> dict:
         return {}
     if args.out is None:
         p.error("--out is required")
+    if args.host_devices > 1:
+        from jaxadv.devices import use_host_devices
+
+        use_host_devices(args.host_devices)  # before the first JAX operation
+    import jax
     batches = ({"smallgap": 32, "preact_resnet18": 4} if args.quick
                else {"smallgap": 128, "preact_resnet18": 16})
     repeats = args.repeats or (2 if args.quick else 3)
@@ -390,7 +406,8 @@ def main(argv=None) -> dict:
         "settings": {"ig_steps": IG_STEPS, "ig_rule": "gausslegendre",
                      "smoothgrad_samples": SG_SAMPLES, "smoothgrad_stdev": SG_STDEV,
                      "occlusion_window": OCC_WINDOW, "occlusion_stride": OCC_STRIDE,
-                     "repeats": repeats, "quick": args.quick},
+                     "repeats": repeats, "quick": args.quick,
+                     "jaxadv_host_devices": jax.device_count()},
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(),
                     "note": "shared machine: timings are noisy"},
