@@ -9,8 +9,13 @@ images (``--quick``: 100). The peers attack a PyTorch twin with the same weights
 JAX path (``foolbox.JAXModel``) on the same jitted JAX logits function. Every library gets the
 same budget:
 
-* ``pgd``: l-inf PGD, eps 0.3, 40 steps of 0.01, one uniform random start, cross-entropy.
+* ``pgd``: l-inf PGD, eps 0.3, 40 steps of 0.01, one random start, cross-entropy.
 * ``pgd_l2``: l2 PGD, eps 2.0, 40 steps of 0.1, one random start, cross-entropy.
+
+Each library starts where it does by default: jaxadv, ART and Foolbox uniformly in the ball
+(for l2 in 784 dimensions, at about eps from x), torchattacks uniformly in the l-inf box and for
+l2 at a radius uniform in [0, eps]. ``jaxadv_radial`` is jaxadv with ``random_start='radial'``
+(that radius rule in both norms).
 * ``multi_eps``: 8 l-inf radii; jaxadv one eps vs all 8 in one compiled call, Foolbox one eps vs
   its ``epsilons=[8 values]`` call (which loops over them).
 
@@ -30,6 +35,7 @@ each exposes ``run(setup, quick) -> dict`` of JSON sections, with ``setup`` from
 """
 
 import argparse
+import functools
 import importlib
 import importlib.util
 import json
@@ -159,7 +165,9 @@ class Runner:
         self.run, self.x_adv, self.reseed = run, x_adv, reseed
 
 
-def runner_jaxadv(setup, cfg: dict, norm: str) -> Runner:
+def runner_jaxadv(setup, cfg: dict, norm: str, start: bool | str = True) -> Runner:
+    """jaxadv's PGD; ``start`` is its ``random_start`` (True: uniform in the ball, the default;
+    'radial': radius uniform in [0, eps], torchattacks' l2 start)."""
     f = setup["logits_fn"]
     if jax.device_count() > 1:  # --host_devices: the batch split over the devices (data mesh)
         from jaxadv import sharding
@@ -171,7 +179,7 @@ def runner_jaxadv(setup, cfg: dict, norm: str) -> Runner:
     @jax.jit
     def attack(x, y, key, eps, step):
         return gradient.pgd(f, x, y, key, eps=eps, step_size=step, num_steps=cfg["num_steps"],
-                            norm=norm, random_start=True).x_adv
+                            norm=norm, random_start=start).x_adv
 
     eps, step = jnp.float32(cfg["eps"]), jnp.float32(cfg["step_size"])
     out = {"key": jax.random.key(0)}
@@ -242,7 +250,9 @@ def runner_art(setup, cfg: dict, norm: str) -> Runner:
     return Runner(run, lambda: _nchw_to_nhwc(out["x"]), np.random.seed)  # ART draws from numpy
 
 
-PEERS = {"jaxadv": runner_jaxadv, "torchattacks": runner_torchattacks,
+PEERS = {"jaxadv": runner_jaxadv,
+         "jaxadv_radial": functools.partial(runner_jaxadv, start="radial"),
+         "torchattacks": runner_torchattacks,
          "foolbox": runner_foolbox, "art": runner_art}
 
 

@@ -74,8 +74,8 @@ def _per_example(v, x: Array) -> Array:
 
 def pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, eps, step_size,
                   num_steps: int, norm: str = "linf", bounds: tuple[float, float] = (0.0, 1.0),
-                  random_start: bool = True, num_restarts: int = 1, step_rule="steepest",
-                  l1_sparsity: float = 0.99, momentum_decay: float = 1.0,
+                  random_start: bool | str = True, num_restarts: int = 1,
+                  step_rule="steepest", l1_sparsity: float = 0.99, momentum_decay: float = 1.0,
                   has_aux: bool = False, unroll: bool | None = None) -> AttackResult:
     """Projected gradient ascent on a custom per-example objective (the engine of every attack).
 
@@ -90,7 +90,9 @@ def pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, eps, step
       num_steps: T >= 0 (static).
       norm: 'linf', 'l2' or 'l1'.
       bounds: (low, high) box, e.g. (0, 1) for images.
-      random_start: start from a uniform point of the eps-ball (clipped to the box) or from x.
+      random_start: where each run starts: True or 'ball' a uniform point of the eps-ball,
+        'radial' a uniform direction at a radius uniform in [0, eps] (torchattacks' l2 start;
+        see :func:`jaxadv.attacks.projections.random_start`), both clipped to the box; False x.
       num_restarts: R >= 1 independent runs (vmapped); the best per example is returned.
       step_rule: see :mod:`jaxadv.attacks.step_rules` ("steepest", "sign", "normalized",
         "sparse_l1", "momentum", a StepRule, or an optax GradientTransformation).
@@ -121,7 +123,8 @@ def pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, eps, step
     _check_nonneg("step_size", step_size)
     _check_count("num_steps", num_steps, 0)
     _check_count("num_restarts", num_restarts, 1)
-    if num_restarts > 1 and not random_start:
+    start = projections.check_random_start(random_start)
+    if num_restarts > 1 and start is None:
         raise ValueError(f"num_restarts={num_restarts} without random_start: every restart would "
                          "be identical; set random_start=True or num_restarts=1.")
     if bounds[0] >= bounds[1]:
@@ -140,8 +143,9 @@ def pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, eps, step
         return projections.project_to_feasible(x_adv, x, eps, norm, bounds)
 
     def run(run_key):
-        if random_start:
-            x0 = feasible(x + projections.random_start(run_key, x, eps, norm))
+        if start is not None:
+            x0 = feasible(x + projections.random_start(run_key, x, eps, norm,
+                                                       distribution=start))
         else:
             x0 = projections.clip_to_bounds(x, bounds)
         best0 = AttackResult(x0, jnp.zeros((b,), jnp.bool_), jnp.full((b,), -jnp.inf, x.dtype))
@@ -272,7 +276,7 @@ def classification_objective(logits_fn: LogitsFn, x: Array, y: Array, *, loss_fn
 
 def pgd(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, eps, step_size,
         num_steps: int, norm: str = "linf", loss_fn="ce", targets=None,
-        random_start: bool = True, num_restarts: int = 1, step_rule="steepest",
+        random_start: bool | str = True, num_restarts: int = 1, step_rule="steepest",
         bounds: tuple[float, float] = (0.0, 1.0), l1_sparsity: float = 0.99,
         momentum_decay: float = 1.0, unroll: bool | None = None) -> AttackResult:
     """Projected gradient descent (Madry et al. 2018) on a classifier, l-inf / l2 / l1.
@@ -292,7 +296,8 @@ def pgd(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, eps, step_si
       norm: 'linf', 'l2' or 'l1'.
       loss_fn: 'ce', 'cw', 'dlr', 'kl' (TRADES inner loss) or ``(logits, labels) -> (B,)``.
       targets: None, (B,) target labels, 'random' or 'least_likely'.
-      random_start: uniform start in the eps-ball.
+      random_start: True or 'ball' (uniform in the eps-ball), 'radial' (radius uniform in
+        [0, eps]) or False (start at x); see :func:`pgd_objective`.
       num_restarts: R (vmapped; needs random_start).
       step_rule: 'steepest', 'sign', 'normalized', 'sparse_l1', 'momentum', or an optax
         GradientTransformation (use a unit learning rate; ``step_size`` scales its updates).

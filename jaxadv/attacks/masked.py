@@ -58,8 +58,9 @@ def check_mask(mask, x: Array) -> Array:
 
 def masked_pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, mask, eps,
                          step_size, num_steps: int, norm: str = "linf",
-                         bounds: tuple[float, float] = (0.0, 1.0), random_start: bool = True,
-                         num_restarts: int = 1, step_rule="steepest", l1_sparsity: float = 0.99,
+                         bounds: tuple[float, float] = (0.0, 1.0),
+                         random_start: bool | str = True, num_restarts: int = 1,
+                         step_rule="steepest", l1_sparsity: float = 0.99,
                          momentum_decay: float = 1.0, has_aux: bool = False) -> AttackResult:
     """Projected gradient ascent on ``objective_fn(x + mask * delta)`` (module docstring).
 
@@ -91,7 +92,8 @@ def masked_pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, ma
     for name, v, lowest in (("num_steps", num_steps, 0), ("num_restarts", num_restarts, 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lowest:
             raise ValueError(f"{name} must be a Python int >= {lowest}; got {v!r}.")
-    if num_restarts > 1 and not random_start:
+    start = projections.check_random_start(random_start)
+    if num_restarts > 1 and start is None:
         raise ValueError(f"num_restarts={num_restarts} without random_start: every restart would "
                          "be identical; set random_start=True or num_restarts=1.")
     b = x.shape[0]
@@ -123,8 +125,9 @@ def masked_pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, ma
     value_and_grad = jax.value_and_grad(evaluate, has_aux=True)
 
     def run(run_key):
-        if random_start:
-            d0 = feasible(jnp.where(inside, projections.random_start(run_key, x, eps, norm), 0.0))
+        if start is not None:
+            d0 = feasible(jnp.where(inside, projections.random_start(
+                run_key, x, eps, norm, distribution=start), 0.0))
         else:
             d0 = jnp.zeros_like(x)
         best0 = AttackResult(x, jnp.zeros((b,), jnp.bool_), jnp.full((b,), -jnp.inf, x.dtype))
@@ -148,7 +151,7 @@ def masked_pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, ma
 
 def masked_pgd(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, mask, eps, step_size,
                num_steps: int, norm: str = "linf", loss_fn="ce", targets=None,
-               random_start: bool = True, num_restarts: int = 1, step_rule="steepest",
+               random_start: bool | str = True, num_restarts: int = 1, step_rule="steepest",
                bounds: tuple[float, float] = (0.0, 1.0), l1_sparsity: float = 0.99,
                momentum_decay: float = 1.0) -> AttackResult:
     """PGD (Madry et al. 2018) with the perturbation confined to ``mask`` (module docstring).

@@ -402,6 +402,49 @@ def test_optax_step_rule_ascends(key):
 
 
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_ball_start_sits_near_the_surface_and_radial_start_spreads_radii_evenly(norm, key):
+    """'ball' is uniform in volume, so in d = 64 dimensions P(radius < 0.9 eps) = 0.9^64 ~ 1e-3;
+    'radial' draws the radius uniformly from [0, eps] (mean eps/2, a quarter below eps/4)."""
+    eps, n = 0.5, 4000
+    x = jnp.zeros((n, 8, 8, 1))
+    ball = projections.norm_of(projections.random_start(key, x, eps, norm), norm) / eps
+    radial = projections.norm_of(
+        projections.random_start(key, x, eps, norm, distribution="radial"), norm) / eps
+    assert float(jnp.max(ball)) <= 1 + 1e-5 and float(jnp.max(radial)) <= 1 + 1e-5
+    assert float(jnp.mean(ball < 0.9)) < 0.01
+    assert abs(float(jnp.mean(radial)) - 0.5) < 0.02
+    assert abs(float(jnp.mean(radial < 0.25)) - 0.25) < 0.03
+    with pytest.raises(ValueError, match="Unknown start distribution"):
+        projections.random_start(key, x, eps, norm, distribution="sphere")
+
+
+@pytest.mark.parametrize("attack", ["pgd", "masked_pgd"])
+def test_radial_random_start_reaches_the_attack(attack, key):
+    """With no steps the attack returns its start: 'radial' starts lie at spread-out radii inside
+    the ball (restarts allowed), 'ball' starts at the surface (l2, d = 64 per example)."""
+    from jaxadv.attacks import masked
+
+    n = 400
+    x = jnp.full((n, 8, 8, 1), 0.5)
+    y = jnp.zeros((n,), jnp.int32)
+    eps = 0.3
+
+    def radii(start, restarts=1):
+        kw = dict(eps=eps, step_size=0.1, num_steps=0, norm="l2", random_start=start,
+                  num_restarts=restarts)
+        if attack == "pgd":
+            out = G.pgd(linear_model(dim=64)[0], x, y, key, **kw)
+        else:
+            out = masked.masked_pgd(linear_model(dim=64)[0], x, y, key, mask=1.0, **kw)
+        return np.asarray(projections.norm_of(out.x_adv - x, "l2")) / eps
+
+    r = radii("radial")
+    assert r.max() <= 1 + 1e-5 and 0.4 < r.mean() < 0.6 and (r < 0.5).mean() > 0.3
+    assert radii(True).min() > 0.85
+    assert radii("radial", restarts=2).max() <= 1 + 1e-5
+
+
 # Bad arguments raise ValueErrors that name the problem.
 
 
@@ -415,6 +458,7 @@ def test_optax_step_rule_ascends(key):
     ({"num_steps": 2.5}, "num_steps must be a Python int"),
     ({"num_restarts": 0}, "num_restarts must be a Python int >= 1"),
     ({"num_restarts": 2, "random_start": False}, "without random_start"),
+    ({"random_start": "uniform"}, "random_start must be True, False or one of"),
     ({"bounds": (1.0, 0.0)}, "bounds must be"),
     ({"targets": jnp.array([0, 1, 2, 9])}, r"targets must lie in \[0, 5\)"),
     ({"targets": jnp.array([0, 1])}, "targets must have shape"),
