@@ -152,7 +152,9 @@ def jax_ops(name: str, x_np, y_np, *, fast: bool, mesh) -> tuple[dict, dict, dic
     model = get_model(name)
     state = create_train_state(model, optax.sgd(LR, momentum=MOMENTUM), jax.random.key(0),
                                x_np.shape)
-    variables = state.eval_variables()
+    # A copy: train_step donates the state, whose buffers the eval variables would otherwise share
+    # (an op timed after train_step, e.g. with --ops train_step,pgd_step, would find them deleted).
+    variables = jax.tree.map(jnp.copy, state.eval_variables())
     x, y = jnp.asarray(x_np), jnp.asarray(y_np)
     mask = jnp.ones(y.shape, jnp.bool_)
     if mesh is not None:

@@ -102,8 +102,9 @@ def random_start(key: jax.Array, x: Array, eps: Array, norm: str,
 
     ``distribution='ball'`` (the default; Foolbox, ART, Madry et al.'s l-inf start): uniform in
     the linf box; uniform in the l2 ball (direction Gaussian, radius eps * U^(1/d)); for l1 a
-    Laplace direction scaled to a radius eps * U^(1/d). In d dimensions almost all of the ball's volume lies near its
-    surface, so for images (d = 784 for MNIST) the l2 and l1 starts lie at about eps from x.
+    Laplace direction scaled to a radius eps * U^(1/d). In d dimensions almost all of the ball's
+    volume lies near its surface, so for images (d = 784 for MNIST) the l2 and l1 starts lie at
+    about eps from x.
 
     ``distribution='radial'`` (torchattacks' l2 start): the 'ball' point's direction (scaled to
     unit ``norm``) times a radius eps * U with U uniform in [0, 1], so starts spread evenly in

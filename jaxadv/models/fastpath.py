@@ -19,8 +19,8 @@ The fast path is on by default when JAX's default backend is CPU and the convolu
 NHWC/HWIO one (no input dilation, feature_group_count = batch_group_count = 1, any stride,
 kernel dilation and padding); everything else, and every GPU/TPU, uses the standard lowerings.
 Switch it with ``JAXADV_FASTPATH=0`` / ``1`` in the environment, :func:`set_enabled`, or the
-:func:`enabled` context manager. The switch is read when a function is *traced*: re-jit (or call
-a fresh ``jax.jit``) after switching.
+:func:`enabled` context manager. The switch is read when a function is *traced*; switching clears
+JAX's caches, so jitted functions retrace at their next call.
 
 What was measured (2-core AMD EPYC shared with other jobs, load 4-12, so absolute times are 3-6x
 a quiet machine's; batch 128 float32; medians of interleaved runs; ms, standard / fast):
@@ -32,7 +32,9 @@ a quiet machine's; batch 128 float32; medians of interleaved runs; ms, standard 
 * kernel gradient per tap (what is kept): 3x3 stride-1 layers 26x26x32->64: 958 -> 264;
   32x32x64->64: 5324 -> 824; 16x16x128->128: 1047 -> 353; 4x4x512: 137 -> 208 and 5x5/7x7 kernels
   on 7x7-14x14 maps 1.7-2x slower, hence the size rule in :func:`_taps_pay`. PreAct ResNet-18
-  train step: 40.1 s -> 24.9 s (x1.6); SmallGAP/PoolGAP do not reach the rule.
+  train step: 40.1 s -> 24.9 s (x1.6); SmallGAP/PoolGAP do not reach the rule. On a quiet 2-core
+  Xeon it gained at most 7 % and lost badly at small per-device batches, so the rule was tightened
+  (channels and rows per device; :func:`_taps_pay` has those measurements).
 * reshape max-pool with first-max routing: gradient of a 2x2 pool on 128x28x28x32: 174 -> 58,
   on 128x14x14x64: 89 -> 26; forward unchanged. PoolGAP train step x1.1-1.9 over runs.
 * XLA:CPU flags ``xla_cpu_use_xnnpack``, ``xla_cpu_use_onednn``, XNN graph fusion, the
@@ -90,24 +92,33 @@ def _env_setting() -> bool | None:
 def set_enabled(flag: bool | None) -> None:
     """Turns the fast path on (True), off (False), or back to automatic (None: on for CPU).
 
-    Read at trace time: functions already jitted keep the lowering they were traced with.
+    Read at trace time. JAX caches traces by function, not by this setting, so a change clears
+    JAX's caches (``jax.clear_caches()``) and every jitted function retraces at its next call:
+    otherwise a new ``jax.jit`` of a function traced under the old setting would silently reuse
+    that trace. Executables already compiled and held (a ``.lower(...).compile()`` result) keep
+    the lowering they were traced with.
     """
-    global _ENABLED
     if flag is not None and not isinstance(flag, bool):
         raise ValueError(f"set_enabled takes True, False or None; got {flag!r}.")
+    _set(flag)
+
+
+def _set(flag: bool | None) -> None:
+    global _ENABLED
+    if flag != _ENABLED:
+        jax.clear_caches()
     _ENABLED = flag
 
 
 @contextlib.contextmanager
 def enabled(flag: bool | None) -> Iterator[None]:
     """Context manager form of :func:`set_enabled`; restores the previous setting on exit."""
-    global _ENABLED
     previous = _ENABLED
     set_enabled(flag)
     try:
         yield
     finally:
-        _ENABLED = previous
+        _set(previous)
 
 
 def is_enabled() -> bool:
@@ -292,10 +303,22 @@ _conv_fast_dw.defjvp(_conv_fast_dw_jvp, symbolic_zeros=True)
 
 
 def _taps_pay(x_shape, w_shape, strides) -> bool:
-    """Where the per-tap kernel gradient beats XLA:CPU's backward-filter convolution (measured:
-    3x3 stride-1 convolutions on maps of 16x16 and more; not 5x5/7x7 kernels on small maps)."""
+    """Where the per-tap kernel gradient beats XLA:CPU's backward-filter convolution: kernels of at
+    most 3x3 with at least 32 input channels, and at least 65,536 output rows (batch x height x
+    width) per device, the batch taken as split over all ``jax.device_count()`` devices (how
+    jaxadv's data mesh shards it). On a quiet 2-core Xeon (2026-12-03; kernel gradient of one
+    3x3 convolution, XLA time / per-tap time) it gained at most 7 % at batch 128 on one device
+    (32x32x64->64: 1.06; 16x16x128->128: 1.07) and lost at small per-device batches or few input
+    channels (batch 16, 32x32x3->64: 0.29; 32x32x64->128 stride 2: 0.65; batch 128, 28x28x1->32:
+    0.69); a PreAct ResNet-18 train step on 8 host devices (batch 16 per device) took 6.3 s with
+    the earlier rule (3x3 and maps of 16x16 or more) against 3.3 s without per-tap kernel
+    gradients (``python -m experiments.benchmarks.step_speed --models preact_resnet18 --ops
+    train_step --repeats 2 --host_devices 8 --compare_standard``)."""
     kh, kw = w_shape[:2]
-    return kh * kw <= 9 and x_shape[1] * x_shape[2] >= 256
+    ho = -(-x_shape[1] // strides[0])
+    wo = -(-x_shape[2] // strides[1])
+    rows_per_device = x_shape[0] * ho * wo / max(jax.device_count(), 1)
+    return kh * kw <= 9 and x_shape[3] >= 32 and rows_per_device >= 65536
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,

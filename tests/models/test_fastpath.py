@@ -177,6 +177,26 @@ def test_input_gradient_in_a_loop_uses_an_hwio_kernel():
         assert "01oi" in compiled_text(_std, order)  # what the test guards against
 
 
+def test_changing_the_setting_retraces_functions_traced_before():
+    """JAX caches traces by function: without clearing them, jitting a function again after
+    ``enabled(...)`` changed would reuse the old trace (this made the step benchmark time the
+    standard lowering of the functions it had first traced for XLA's FLOP count)."""
+    x, k = _data(4, 12, 12, 3, 4, 4, 8)
+    g = jax.grad(lambda z: jnp.sum(jnp.tanh(_fast(z, k, (2, 2), "SAME"))))
+
+    def loop(z):
+        return lax.fori_loop(0, 3, lambda i, z: z + 0.1 * g(z), z)
+
+    with fastpath.enabled(False):
+        assert "01oi" in jax.jit(loop).lower(x).compile().as_text()
+    with fastpath.enabled(True):
+        assert "01oi" not in jax.jit(loop).lower(x).compile().as_text()
+        jitted = jax.jit(loop)
+        jitted(x)
+    with fastpath.enabled(False):  # the same jitted object retraces too
+        assert "01oi" in jitted.lower(x).compile().as_text()
+
+
 def test_dispatch_and_fallbacks(force_taps):
     x, k = _data(2, 16, 16, 2, 3, 3, 4)
 
