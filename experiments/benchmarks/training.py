@@ -79,18 +79,26 @@ def main(argv=None):
     tx = optax.adam(1e-3)
     state0 = create_train_state(model, tx, jax.random.key(0), (1, 28, 28, 1))
     key = jax.random.key(1)
+    # With several devices the timed steps run on the data mesh (batch sharded, state replicated),
+    # as `jaxadv train` runs them; an unsharded batch would keep them on one device.
+    mesh = sharding.data_mesh()
+    if jax.device_count() > 1:
+        timed_batch = sharding.shard_batch(jax.device_get(batch), mesh)
+        timed_state0 = sharding.replicate(state0, mesh)
+    else:
+        timed_batch, timed_state0 = batch, state0
 
     steps = {name: jax.jit(make_train_step(objective=get_objective(name, **kw)))
              for name, kw in objectives.items()}
 
     def jax_runner(name):
         step = steps[name]
-        state = {"s": state0}
+        state = {"s": timed_state0}
 
         def run():
             s = state["s"]
             for _ in range(args.steps):
-                s, _ = step(s, batch, key)
+                s, _ = step(s, timed_batch, key)
             jax.block_until_ready(s.params)
             state["s"] = s
         return run
@@ -143,7 +151,6 @@ def main(argv=None):
     eps_s = {name: args.steps * args.batch / t for name, t in med.items()}
 
     # One step on a mesh of all devices equals the single-device step.
-    mesh = sharding.data_mesh()
     mesh_ok = True
     for name in ("pgd_at", "int2"):
         if name not in steps:
@@ -163,6 +170,7 @@ def main(argv=None):
         "int2_cost_vs_pgd_at": (med["jaxadv/int2"] / med["jaxadv/pgd_at"]
                                 if "jaxadv/int2" in med else None),
         "mesh_equals_single": mesh_ok, "num_devices": int(mesh.devices.size),
+        "timed_devices": len(timed_batch["image"].sharding.device_set),
         "settings": {"model": "smallgap", "data": "Fashion-MNIST train batch", "batch": args.batch,
                      "inner": inner, "steps_per_round": args.steps, "repeats": args.repeats,
                      "jax": jax.__version__, "backend": jax.default_backend(),
