@@ -144,3 +144,15 @@ def test_training_benchmark_times_the_steps_on_the_mesh(synthetic_fmnist, tmp_pa
     assert result["timed_devices"] == 2 and result["num_devices"] == 2
     assert result["mesh_equals_single"] is True
     assert all(v > 0 for v in result["examples_per_s"].values())
+
+
+def test_kernel_grad_benchmark_smoke(tmp_path):
+    """The kernel-gradient benchmark times both forms and reports the rule's choice (one tiny
+    layer: this checks the script, not the speed)."""
+    from experiments.benchmarks import kernel_grad
+
+    out = tmp_path / "kg.json"
+    rows = kernel_grad.main(["--batches", "2", "--layers", "1", "--repeats", "1", "--out", str(out)])
+    assert len(rows) == 1 and rows[0]["per_tap_ms"] > 0 and rows[0]["xla_ms"] > 0
+    assert rows[0]["rule"] is False  # one input channel: XLA's kernel gradient
+    assert json.loads(out.read_text())["rows"][0]["layer"] == "28x28x1->32, stride 1"

@@ -306,12 +306,13 @@ def _taps_pay(x_shape, w_shape, strides) -> bool:
     """Where the per-tap kernel gradient beats XLA:CPU's backward-filter convolution: kernels of at
     most 3x3 with at least 32 input channels, and at least 65,536 output rows (batch x height x
     width) per device, the batch taken as split over all ``jax.device_count()`` devices (how
-    jaxadv's data mesh shards it). On a quiet 2-core Xeon (2026-12-03; kernel gradient of one
-    3x3 convolution, XLA time / per-tap time) it gained at most 7 % at batch 128 on one device
-    (32x32x64->64: 1.06; 16x16x128->128: 1.07) and lost at small per-device batches or few input
-    channels (batch 16, 32x32x3->64: 0.29; 32x32x64->128 stride 2: 0.65; batch 128, 28x28x1->32:
-    0.69); a PreAct ResNet-18 train step on 8 host devices (batch 16 per device) took 6.3 s with
-    the earlier rule (3x3 and maps of 16x16 or more) against 3.3 s without per-tap kernel
+    jaxadv's data mesh shards it). On a quiet 2-core Xeon (2026-12-03; XLA time / per-tap time for
+    the kernel gradient of one 3x3 layer, ``python -m experiments.benchmarks.kernel_grad --out
+    results/kernel_grad.json``) per-tap gained at most 10 % at batch 128 (26x26x32->64: 1.10;
+    32x32x64->64: 1.04; 16x16x128->128: 1.10, left to XLA by the row count) and lost at batch 16
+    (0.20-0.86) and with few input channels (batch 128, 32x32x3->64: 0.62; 28x28x1->32: 0.69). A
+    PreAct ResNet-18 train step on 8 host devices (batch 16 per device) took 6.3 s with the
+    earlier rule (3x3 kernels and maps of 16x16 or more) against 3.3 s without per-tap kernel
     gradients (``python -m experiments.benchmarks.step_speed --models preact_resnet18 --ops
     train_step --repeats 2 --host_devices 8 --compare_standard``)."""
     kh, kw = w_shape[:2]

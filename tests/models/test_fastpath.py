@@ -197,6 +197,21 @@ def test_changing_the_setting_retraces_functions_traced_before():
         assert "01oi" in jitted.lower(x).compile().as_text()
 
 
+@pytest.mark.parametrize("x_shape,w_shape,strides,devices,expected", [
+    ((128, 32, 32, 64), (3, 3, 64, 64), (1, 1), 1, True),  # results/kernel_grad.json: 1.04x
+    ((128, 32, 32, 64), (3, 3, 64, 64), (1, 1), 8, False),  # batch 16 per device: 0.86x
+    ((128, 32, 32, 3), (3, 3, 3, 64), (1, 1), 1, False),  # 3 input channels: 0.62x
+    ((128, 28, 28, 1), (3, 3, 1, 32), (1, 1), 1, False),  # 0.69x
+    ((128, 16, 16, 128), (3, 3, 128, 256), (2, 2), 1, False),  # 8x8 outputs: too few rows
+    ((128, 32, 32, 64), (5, 5, 64, 64), (1, 1), 1, False),  # 5x5 kernels lost on every map
+])
+def test_per_tap_kernel_gradient_rule(monkeypatch, x_shape, w_shape, strides, devices, expected):
+    """The per-tap kernel gradient only where it measured faster than XLA's (see _taps_pay): the
+    batch counts as split over every device."""
+    monkeypatch.setattr(jax, "device_count", lambda *a, **k: devices)
+    assert fastpath._taps_pay(x_shape, w_shape, strides) is expected
+
+
 def test_dispatch_and_fallbacks(force_taps):
     x, k = _data(2, 16, 16, 2, 3, 3, 4)
 
