@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxadv import sharding
 from jaxadv.attacks import gradient, sweep
 from jaxadv.attacks.projections import norm_of
 
@@ -169,12 +170,8 @@ def runner_jaxadv(setup, cfg: dict, norm: str, start: bool | str = True) -> Runn
     """jaxadv's PGD; ``start`` is its ``random_start`` (True: uniform in the ball, the default;
     'radial': radius uniform in [0, eps], torchattacks' l2 start)."""
     f = setup["logits_fn"]
-    if jax.device_count() > 1:  # --host_devices: the batch split over the devices (data mesh)
-        from jaxadv import sharding
-
-        x, y = sharding.shard_batch((setup["x"], setup["y"]), sharding.data_mesh())
-    else:
-        x, y = jnp.asarray(setup["x"]), jnp.asarray(setup["y"])
+    # The batch split over every device (one unless --host_devices): a data mesh.
+    x, y = sharding.shard_batch((setup["x"], setup["y"]), sharding.data_mesh())
 
     @jax.jit
     def attack(x, y, key, eps, step):

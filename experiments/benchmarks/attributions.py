@@ -187,15 +187,12 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True)
     from captum import attr as C
 
     import jaxadv.attributions as A
+    from jaxadv import sharding
     from jaxadv.interop.torch_port import nchw_to_nhwc, nhwc_to_nchw
 
     fns, tmodel, x, t, info = build(name, batch)
-    if jax.device_count() > 1:  # --host_devices: the batch split over the devices (data mesh)
-        from jaxadv import sharding
-
-        xj, tj = sharding.shard_batch((x, t), sharding.data_mesh())
-    else:
-        xj, tj = jnp.asarray(x), jnp.asarray(t)
+    # The batch split over every device (one unless --host_devices): a data mesh.
+    xj, tj = sharding.shard_batch((x, t), sharding.data_mesh())
     xt, tt = nhwc_to_nchw(x), torch.as_tensor(t, dtype=torch.int64)
     channels = x.shape[-1]
     key = jax.random.key(0)

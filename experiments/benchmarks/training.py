@@ -79,14 +79,11 @@ def main(argv=None):
     tx = optax.adam(1e-3)
     state0 = create_train_state(model, tx, jax.random.key(0), (1, 28, 28, 1))
     key = jax.random.key(1)
-    # With several devices the timed steps run on the data mesh (batch sharded, state replicated),
-    # as `jaxadv train` runs them; an unsharded batch would keep them on one device.
+    # The timed steps run on the data mesh of every device (batch sharded, state replicated), as
+    # `jaxadv train` runs them; an unsharded batch would keep them on one device.
     mesh = sharding.data_mesh()
-    if jax.device_count() > 1:
-        timed_batch = sharding.shard_batch(jax.device_get(batch), mesh)
-        timed_state0 = sharding.replicate(state0, mesh)
-    else:
-        timed_batch, timed_state0 = batch, state0
+    timed_batch = sharding.shard_batch(jax.device_get(batch), mesh)
+    timed_state0 = sharding.replicate(state0, mesh)
 
     steps = {name: jax.jit(make_train_step(objective=get_objective(name, **kw)))
              for name, kw in objectives.items()}

@@ -33,7 +33,7 @@ a quiet machine's; batch 128 float32; medians of interleaved runs; ms, standard 
   32x32x64->64: 5324 -> 824; 16x16x128->128: 1047 -> 353; 4x4x512: 137 -> 208 and 5x5/7x7 kernels
   on 7x7-14x14 maps 1.7-2x slower, hence the size rule in :func:`_taps_pay`. PreAct ResNet-18
   train step: 40.1 s -> 24.9 s (x1.6); SmallGAP/PoolGAP do not reach the rule. On a quiet 2-core
-  Xeon it gained at most 7 % and lost badly at small per-device batches, so the rule was tightened
+  Xeon it gained at most 10 % and lost badly at small per-device batches, so the rule was tightened
   (channels and rows per device; :func:`_taps_pay` has those measurements).
 * reshape max-pool with first-max routing: gradient of a 2x2 pool on 128x28x28x32: 174 -> 58,
   on 128x14x14x64: 89 -> 26; forward unchanged. PoolGAP train step x1.1-1.9 over runs.
