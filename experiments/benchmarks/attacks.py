@@ -265,9 +265,16 @@ def bench_pgd(setup, cfg: dict, norm: str, repeats: int, seeds: int = 1) -> dict
             runners[lib] = make(setup, cfg, norm)
         except ImportError as e:  # a peer library that is not installed is reported, not fatal
             results[lib] = {"error": f"not installed: {e}"}
-    for r in runners.values():
-        r.reseed(0)
-    seconds = time_interleaved({lib: r.run for lib, r in runners.items()}, repeats=repeats)
+    def seed0_run(r):
+        # Every timed call starts from seed 0, so the result kept (the last call's) is seed 0's,
+        # not a later draw of a library that advances a global generator (numpy, torch).
+        def run():
+            r.reseed(0)
+            r.run()
+        return run
+
+    seconds = time_interleaved({lib: seed0_run(r) for lib, r in runners.items()},
+                               repeats=repeats)
     for lib, r in runners.items():
         results[lib] = _entry(setup, r.x_adv(), seconds[lib], cfg["eps"], norm)
         accs = [results[lib]["robust_acc"]]
