@@ -92,6 +92,23 @@ def test_loop_speed_benchmark_smoke(tmp_path):
     assert result["settings"]["second_order_steps"] == 1
 
 
+def _run_in_fresh_process(module: str, *args: str, out) -> dict:
+    """Runs ``python -m module args --out out`` in a fresh process (the XLA host-device count is
+    fixed when JAX initialises) on CPU without the parent's XLA flags; returns the JSON written."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    res = subprocess.run([sys.executable, "-m", module, *args, "--out", str(out)],
+                         cwd=pathlib.Path(__file__).resolve().parents[1], env=env,
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(pathlib.Path(out).read_text())
+
+
 @pytest.mark.peer
 @pytest.mark.slow
 def test_attributions_benchmark_splits_the_batch_over_host_devices(tmp_path):
@@ -100,21 +117,9 @@ def test_attributions_benchmark_splits_the_batch_over_host_devices(tmp_path):
     checks the script, not the speed)."""
     pytest.importorskip("torch")
     pytest.importorskip("captum")
-    import os
-    import pathlib
-    import subprocess
-    import sys
-
-    repo = pathlib.Path(__file__).resolve().parents[1]
-    out = tmp_path / "attr.json"
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
-    res = subprocess.run(
-        [sys.executable, "-m", "experiments.benchmarks.attributions", "--quick", "--models",
-         "smallgap", "--repeats", "1", "--skip-memory", "--host_devices", "2", "--out", str(out)],
-        cwd=repo, env=env, capture_output=True, text=True, timeout=600, check=False)
-    assert res.returncode == 0, res.stderr[-3000:]
-    result = json.loads(out.read_text())
+    result = _run_in_fresh_process(
+        "experiments.benchmarks.attributions", "--quick", "--models", "smallgap", "--repeats",
+        "1", "--skip-memory", "--host_devices", "2", out=tmp_path / "attr.json")
     assert result["settings"]["jaxadv_host_devices"] == 2
     assert set(result["parity"]) == {"ig", "smoothgrad", "gradcam", "occlusion"}
     assert max(result["parity"].values()) < 1e-4
@@ -126,21 +131,9 @@ def test_training_benchmark_times_the_steps_on_the_mesh(synthetic_fmnist, tmp_pa
     """``--host_devices 2`` times the training steps on the 2-device data mesh (batch sharded), and
     a mesh step equals the single-device one (a fresh process: the device count is fixed when JAX
     initialises; tiny sizes: this checks the script, not the speed)."""
-    import os
-    import pathlib
-    import subprocess
-    import sys
-
-    repo = pathlib.Path(__file__).resolve().parents[1]
-    out = tmp_path / "train.json"
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
-    res = subprocess.run(
-        [sys.executable, "-m", "experiments.benchmarks.training", "--quick", "--skip_torch",
-         "--batch", "16", "--inner_steps", "2", "--host_devices", "2", "--out", str(out)],
-        cwd=repo, env=env, capture_output=True, text=True, timeout=600, check=False)
-    assert res.returncode == 0, res.stderr[-3000:]
-    result = json.loads(out.read_text())
+    result = _run_in_fresh_process(
+        "experiments.benchmarks.training", "--quick", "--skip_torch", "--batch", "16",
+        "--inner_steps", "2", "--host_devices", "2", out=tmp_path / "train.json")
     assert result["timed_devices"] == 2 and result["num_devices"] == 2
     assert result["mesh_equals_single"] is True
     assert all(v > 0 for v in result["examples_per_s"].values())
