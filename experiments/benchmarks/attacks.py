@@ -11,13 +11,13 @@ same budget:
 
 * ``pgd``: l-inf PGD, eps 0.3, 40 steps of 0.01, one random start, cross-entropy.
 * ``pgd_l2``: l2 PGD, eps 2.0, 40 steps of 0.1, one random start, cross-entropy.
+* ``multi_eps``: 8 l-inf radii; jaxadv one eps vs all 8 in one compiled call, Foolbox one eps vs
+  its ``epsilons=[8 values]`` call (which loops over them).
 
 Each library starts where it does by default: jaxadv, ART and Foolbox uniformly in the ball
 (for l2 in 784 dimensions, at about eps from x), torchattacks uniformly in the l-inf box and for
 l2 at a radius uniform in [0, eps]. ``jaxadv_radial`` is jaxadv with ``random_start='radial'``
 (that radius rule in both norms).
-* ``multi_eps``: 8 l-inf radii; jaxadv one eps vs all 8 in one compiled call, Foolbox one eps vs
-  its ``epsilons=[8 values]`` call (which loops over them).
 
 Robust accuracy is measured the same way for every library: the adversarial examples each returns
 are checked to lie in the threat model and then classified by the same JAX function; an example
@@ -265,6 +265,7 @@ def bench_pgd(setup, cfg: dict, norm: str, repeats: int, seeds: int = 1) -> dict
             runners[lib] = make(setup, cfg, norm)
         except ImportError as e:  # a peer library that is not installed is reported, not fatal
             results[lib] = {"error": f"not installed: {e}"}
+
     def seed0_run(r):
         # Every timed call starts from seed 0, so the result kept (the last call's) is seed 0's,
         # not a later draw of a library that advances a global generator (numpy, torch).

@@ -96,6 +96,13 @@ def check_random_start(random_start) -> str | None:
                      f"{random_start!r}.")
 
 
+def _at_radius(g: Array, r: Array, eps: Array, norm: str) -> Array:
+    """Each example's direction g (B, ...) rescaled to ``norm`` r * eps, with r of shape (B,)."""
+    b = g.shape[0]
+    unit = g / _per_example(jnp.maximum(norm_of(g, norm), _TINY), g)
+    return unit * _per_example(r * jnp.broadcast_to(jnp.asarray(eps, g.dtype), (b,)), g)
+
+
 def random_start(key: jax.Array, x: Array, eps: Array, norm: str,
                  distribution: str = "ball") -> Array:
     """A random point of the ``norm`` ball of radius ``eps`` around 0, shaped like x (B, ...).
@@ -122,9 +129,7 @@ def random_start(key: jax.Array, x: Array, eps: Array, norm: str,
     if distribution == "radial":
         k_dir, k_r = jax.random.split(key)
         g = random_start(k_dir, x, 1.0, norm)
-        unit = g / _per_example(jnp.maximum(norm_of(g, norm), _TINY), x)
-        r = jax.random.uniform(k_r, (b,), x.dtype)
-        return unit * _per_example(r * jnp.broadcast_to(jnp.asarray(eps, x.dtype), (b,)), x)
+        return _at_radius(g, jax.random.uniform(k_r, (b,), x.dtype), eps, norm)
     if norm == "linf":
         u = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
         return u * _per_example(eps, x)
@@ -135,9 +140,7 @@ def random_start(key: jax.Array, x: Array, eps: Array, norm: str,
         g = jax.random.laplace(k1, x.shape, x.dtype)
     else:
         raise ValueError(f"Unknown norm {norm!r}; choose one of {NORMS}.")
-    r = jax.random.uniform(k2, (b,), x.dtype) ** (1.0 / d)
-    unit = g / _per_example(jnp.maximum(norm_of(g, norm), _TINY), x)
-    return unit * _per_example(r * jnp.broadcast_to(jnp.asarray(eps, x.dtype), (b,)), x)
+    return _at_radius(g, jax.random.uniform(k2, (b,), x.dtype) ** (1.0 / d), eps, norm)
 
 
 def check_attack_inputs(x: Array, y: Array, *, eps=None, num_classes: int | None = None,
