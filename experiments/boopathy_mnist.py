@@ -89,17 +89,28 @@ def main(argv=None) -> None:
         np.arange(args.n))
     out_path = pathlib.Path(args.out)
     results = json.loads(out_path.read_text()) if out_path.exists() else {}
-    results["settings"] = {
+    old = results.get("settings", {})
+    settings = {
         "data": f"first {args.n} MNIST test images", "attack": (
             f"PGD l-inf on CE, {args.num_steps} steps of {args.step_size}, no random start "
             "(Boopathy et al. evaluation); eps ascending, a point broken at a smaller eps stays "
             "broken"),
         "ensemble": (f"AutoAttack-protocol standard ensemble (APGD-CE, APGD-T 9 targets, FAB-T, "
-                     f"Square 5000 queries) on the first {args.ensemble_n} images at eps "
-                     + ", ".join(f"{e:g}" for e in args.ensemble_eps)
-                     if args.ensemble_eps else "not run (--ensemble_eps empty)"),
-        "command": "python -m experiments.boopathy_mnist " + " ".join(
-            sys.argv[1:] if argv is None else argv),
+                     f"Square 5000 queries) on the first {args.ensemble_n} images"
+                     if args.ensemble_eps else None),
+    }
+    not_run = "not run (--ensemble_eps empty)"
+    for key in ("data", "attack", "ensemble"):  # one file holds one protocol
+        if settings[key] and old.get(key, not_run) not in (not_run, settings[key]):
+            raise SystemExit(f"{out_path} holds results for {key} = {old[key]!r}, not "
+                             f"{settings[key]!r}; pass another --out (nothing was changed).")
+    command = "python -m experiments.boopathy_mnist " + " ".join(
+        sys.argv[1:] if argv is None else argv)
+    commands = old.get("commands", [old["command"]] if "command" in old else [])
+    results["settings"] = {
+        "data": settings["data"], "attack": settings["attack"],
+        "ensemble": settings["ensemble"] or old.get("ensemble", not_run),
+        "commands": commands + [command] * (command not in commands),
     }
     for arch in args.models:
         for method in args.methods:
@@ -141,11 +152,15 @@ def write_table(results: dict, path: pathlib.Path) -> str:
     paper's claim that Int and Int2 beat adversarial training at large eps (0.35 and 0.4)."""
     stems = sorted(k for k in results if k.startswith("mnist_"))
     eps = sorted({e for k in stems for e in results[k] if e != "ensemble"}, key=float)
-    lines = ["| checkpoint | " + " | ".join(f"eps {e}" for e in eps) + " |",
-             "|---" * (len(eps) + 1) + "|"]
+    ens = sorted({e for k in stems for e in results[k].get("ensemble", {})}, key=float)
+    lines = ["| checkpoint | " + " | ".join([f"eps {e}" for e in eps]
+                                           + [f"ensemble {e}" for e in ens]) + " |",
+             "|---" * (len(eps) + len(ens) + 1) + "|"]
     for k in stems:
-        lines.append(f"| {k} | " + " | ".join(f"{100 * results[k][e]:.0f}" if e in results[k]
-                                                else "-" for e in eps) + " |")
+        r, e_r = results[k], results[k].get("ensemble", {})
+        cells = ([f"{100 * r[e]:.0f}" if e in r else "-" for e in eps]
+                 + [f"{100 * e_r[e]:.0f}" if e in e_r else "-" for e in ens])
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
     claims = []
     for arch in ("smallgap", "pool"):
         adv = results.get(f"mnist_{arch}_adv_100", {})
@@ -161,8 +176,10 @@ def write_table(results: dict, path: pathlib.Path) -> str:
                       f"{a} {m} at {e}: {100 * r:.0f} vs {100 * v:.0f}"
                       for a, m, e, _, r, v in claims) + "."]
     s = results.get("settings", {})
-    lines += ["", f"Accuracy (%) on the {s.get('data', '?')}; {s.get('attack', '')}.",
-              f"Command: `{s.get('command', '')}`."]
+    lines += ["", f"Accuracy (%) on the {s.get('data', '?')}; {s.get('attack', '')}."
+              + (f" Ensemble columns: {s['ensemble']}." if ens and "ensemble" in s else ""),
+              "Commands: " + "; ".join(f"`{c}`" for c in s.get("commands", [s.get("command")])
+                                       if c) + "."]
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return text

@@ -76,6 +76,53 @@ def test_reproduce_boopathy_quick(tmp_path):
     assert "## B-7" in (out / "tables.md").read_text()
 
 
+@pytest.mark.skipif(not (SHARED / "boopathy-mnist").exists(),
+                    reason="needs ../shared/data (official checkpoints, MNIST test set)")
+def test_boopathy_mnist_resumes_adds_the_ensemble_and_refuses_another_protocol(tmp_path,
+                                                                                monkeypatch):
+    """results/boopathy_mnist*.json: PGD rows first, ensemble columns added by a later run without
+    redoing the PGD, and a run with other settings stopped before it changes the file."""
+    import types
+
+    import numpy as np
+
+    from experiments import boopathy_mnist
+
+    out = tmp_path / "b.json"
+    base = ["--n", "8", "--num_steps", "2", "--eps", "0", "0.3", "--models", "smallgap",
+            "--methods", "normal", "adv", "--out", str(out)]
+    boopathy_mnist.main(base + ["--ensemble_eps"])
+    r = json.loads(out.read_text())
+    for stem in ("mnist_smallgap_normal_100", "mnist_smallgap_adv_100"):
+        assert r[stem]["0"] >= r[stem]["0.3"] and "ensemble" not in r[stem]
+    assert "| ensemble" not in out.with_suffix(".md").read_text()
+
+    def no_pgd(*a, **k):
+        raise AssertionError("PGD rerun for a checkpoint already in the file")
+
+    calls = []
+
+    def fake_ensemble(logits_fn, x, y, key, *, eps, check_flags):
+        calls.append((x.shape[0], eps))
+        return types.SimpleNamespace(robust=np.array([1.0, 0.0, 0.0, 0.0])[: x.shape[0]])
+
+    monkeypatch.setattr(boopathy_mnist, "pgd_accuracies", no_pgd)
+    monkeypatch.setattr(boopathy_mnist, "evaluate_ensemble", fake_ensemble)
+    boopathy_mnist.main(base + ["--ensemble_eps", "0.3", "--ensemble_n", "4"])
+    r = json.loads(out.read_text())
+    assert calls == [(4, 0.3), (4, 0.3)]
+    assert r["mnist_smallgap_adv_100"]["ensemble"] == {"0.3": 0.25}
+    assert len(r["settings"]["commands"]) == 2 and "first 4 images" in r["settings"]["ensemble"]
+    table = out.with_suffix(".md").read_text()
+    assert "| ensemble 0.3 |" in table and "| 25 |" in table
+
+    before = out.read_bytes()
+    with pytest.raises(SystemExit, match="another --out"):
+        boopathy_mnist.main(base[:1] + ["16"] + base[2:] + ["--ensemble_eps"])
+    with pytest.raises(SystemExit, match="another --out"):
+        boopathy_mnist.main(base + ["--ensemble_eps", "0.4", "--ensemble_n", "8"])
+    assert out.read_bytes() == before
+
 def test_loop_speed_benchmark_smoke(tmp_path):
     """The loop benchmark runs both orders and writes the variants it reports (tiny sizes: this
     checks the script, not the speed)."""
