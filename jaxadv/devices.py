@@ -16,6 +16,14 @@ The command line (``jaxadv train ... --host_devices N``) calls the same function
 (``xla_cpu_use_xnnpack``, ``xla_cpu_use_onednn``, ``xla_cpu_experimental_xnn_graph_fusion_mode``,
 ``xla_cpu_multi_thread_eigen``) were measured on the convolutions of jaxadv's models and gave no
 change beyond noise, so none is set.
+
+One XLA:CPU flag is set: the time a host device may wait for the others at a collective (an
+all-reduce of gradients or metrics) before XLA aborts the process. XLA's default is 20 s before a
+warning plus 40 s before the abort, and on a loaded CPU one device's thread can fall that far
+behind: a 2-device Fashion-MNIST training run beside another JAX process was killed mid-run with
+"Termination timeout for `all reduce ...` of 40 seconds exceeded". ``use_host_devices`` raises the
+abort to ``collective_timeout_s`` (an hour by default) unless XLA_FLAGS already sets
+``--xla_cpu_collective_call_terminate_timeout_seconds``.
 """
 
 import os
@@ -23,6 +31,8 @@ import re
 import sys
 
 _FLAG = "--xla_force_host_platform_device_count"
+_TIMEOUT_FLAG = "--xla_cpu_collective_call_terminate_timeout_seconds"
+COLLECTIVE_TIMEOUT_S = 3600
 
 
 def _with_count(xla_flags: str, n: int) -> str:
@@ -30,16 +40,29 @@ def _with_count(xla_flags: str, n: int) -> str:
     return " ".join([*kept, f"{_FLAG}={n}"])
 
 
-def use_host_devices(n: int | None = None) -> int:
+def _with_timeout(xla_flags: str, seconds: int | None) -> str:
+    """Sets the collective abort timeout: ``seconds`` replaces any value; None keeps a value
+    already in ``xla_flags`` and otherwise sets :data:`COLLECTIVE_TIMEOUT_S`."""
+    if seconds is None:
+        if _TIMEOUT_FLAG in xla_flags:
+            return xla_flags
+        seconds = COLLECTIVE_TIMEOUT_S
+    kept = re.sub(rf"{_TIMEOUT_FLAG}=\S*", "", xla_flags).split()
+    return " ".join([*kept, f"{_TIMEOUT_FLAG}={seconds}"])
+
+
+def use_host_devices(n: int | None = None, *, collective_timeout_s: int | None = None) -> int:
     """Makes JAX's CPU backend expose ``n`` host devices (default: one per core).
 
     Call before any JAX operation (importing jax is fine; creating an array is not). Sets
     ``XLA_FLAGS=--xla_force_host_platform_device_count=n`` (inherited by subprocesses) and, if jax is
-    already imported, the equivalent ``jax_num_cpu_devices`` config. Calling it again with the count
-    already in effect is a no-op.
+    already imported, the equivalent ``jax_num_cpu_devices`` config, plus the collective abort
+    timeout (module docstring). Calling it again with the count already in effect is a no-op.
 
     Args:
       n: number of host devices, >= 1 (None: ``os.cpu_count()``).
+      collective_timeout_s: seconds a device may wait at a collective, after XLA's 20 s warning,
+        before XLA aborts the process (None: keep a value XLA_FLAGS sets, else an hour).
 
     Returns:
       The number of host devices requested.
@@ -53,6 +76,11 @@ def use_host_devices(n: int | None = None) -> int:
         n = os.cpu_count() or 1
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"use_host_devices needs a positive integer number of devices; got {n!r}.")
+    if collective_timeout_s is not None and (isinstance(collective_timeout_s, bool) or not
+                                             isinstance(collective_timeout_s, int)
+                                             or collective_timeout_s < 1):
+        raise ValueError("collective_timeout_s must be a positive integer number of seconds; got "
+                         f"{collective_timeout_s!r}.")
     jax = sys.modules.get("jax")
     if jax is not None:
         try:
@@ -65,5 +93,6 @@ def use_host_devices(n: int | None = None) -> int:
                     "cannot take effect. Call it before any JAX operation: in a notebook, restart "
                     "the kernel and run it in the first cell; in a script, before creating arrays."
                 ) from None
-    os.environ["XLA_FLAGS"] = _with_count(os.environ.get("XLA_FLAGS", ""), n)
+    os.environ["XLA_FLAGS"] = _with_timeout(_with_count(os.environ.get("XLA_FLAGS", ""), n),
+                                            collective_timeout_s)
     return n

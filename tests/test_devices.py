@@ -7,7 +7,7 @@ import sys
 import jax
 import pytest
 
-from jaxadv.devices import _with_count, use_host_devices
+from jaxadv.devices import _with_count, _with_timeout, use_host_devices
 from tests.conftest import REPO
 
 
@@ -36,3 +36,51 @@ def test_before_initialisation_in_a_fresh_process():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=120, check=True)
     assert out.stdout.strip().splitlines()[-1] == "3"
+
+
+def test_collective_timeout_flag():
+    t = "--xla_cpu_collective_call_terminate_timeout_seconds"
+    assert _with_timeout("", None) == f"{t}=3600"
+    assert _with_timeout(f"--xla_cpu_foo=1 {t}=5", None) == f"--xla_cpu_foo=1 {t}=5"  # kept
+    assert _with_timeout(f"{t}=5 --xla_cpu_foo=1", 7) == f"--xla_cpu_foo=1 {t}=7"  # replaced
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="collective_timeout_s"):
+            use_host_devices(2, collective_timeout_s=bad)
+
+
+# Shard 0 spins for a few seconds before an all-reduce that shard 1 reaches at once: the skew a
+# loaded machine produced in a 2-device training run (one device thread over 60 s late).
+_SKEW = """
+import sys
+from jaxadv.devices import use_host_devices
+use_host_devices(2, collective_timeout_s=int(sys.argv[1]))
+import jax, jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
+
+def body(n):
+    def step(c):
+        return c[0] + 1, jnp.tanh(c[1] @ c[1])
+    _, a = jax.lax.while_loop(lambda c: c[0] < n[0], step, (0, jnp.eye(256) * 0.5))
+    return jax.lax.psum(a[:1, :1], "d")
+
+mesh = Mesh(jax.devices(), ("d",))
+f = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=P("d"), out_specs=P()))
+print("done", float(f(jnp.array([30000, 0], jnp.int32))[0, 0]))
+"""
+
+
+@pytest.mark.slow
+def test_collective_timeout_decides_whether_a_late_device_aborts_the_process():
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    env["XLA_FLAGS"] = "--xla_cpu_collective_call_warn_stuck_timeout_seconds=1"  # abort sooner
+
+    def run(timeout_s):
+        return subprocess.run([sys.executable, "-c", _SKEW, str(timeout_s)], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    aborted = run(1)
+    assert aborted.returncode != 0 and "Termination timeout" in aborted.stderr
+    waited = run(600)
+    assert waited.returncode == 0, waited.stderr[-2000:]
+    assert "done" in waited.stdout
