@@ -8,11 +8,18 @@ example). Versions (as AutoAttack's):
 * ``plus``: APGD-CE and APGD-DLR (5 restarts each), FAB (5 restarts), Square, APGD-T, FAB-T.
 * ``rand`` (randomised models): APGD-CE and APGD-DLR with EOT over 20 draws per gradient.
 
-Each stage is one jitted call on the whole (padded) batch with a mask of the points still robust:
-the others are frozen (their results are discarded and they add nothing to the per-point cost);
-survivors are never gathered, so every stage compiles once per batch shape and eps is a traced
-value (a sweep does not recompile). Per point, the result counts the gradient and forward
-evaluations each attack spent on it while it was still unbroken.
+Each stage is one jitted call with a mask of the points still robust: the others are frozen
+(their results are discarded and they add nothing to the per-point cost). With ``compact=True``
+(the default) a stage runs on a bucket of the batch instead of all of it: the points still robust
+are gathered on device into the smallest of eight fixed sizes (B/8, 2B/8, ..., B) that holds
+them, padded with frozen points, so a stage after APGD-CE has broken most points costs a fraction
+of a full pass (as AutoAttack, which attacks only the survivors), while each stage compiles for at
+most eight shapes. With ``compact=False`` every stage runs on the whole batch: one shape, and a
+new eps never recompiles (eps is a traced value). Random draws follow a point's position in the
+batch a stage sees, so the two modes break different points by chance, not on average. The batch
+is split over the devices of ``mesh`` (default: all devices, as :func:`jaxadv.metrics.
+pgd_eval_accuracy`) when its size divides evenly. Per point, the result counts the gradient and
+forward evaluations each attack spent on it while it was still unbroken.
 
 Gradient-masking flags (AutoAttack's checks, plus one of Carlini et al. 2019's): zero input
 gradients, randomness in the forward pass (two forward passes differ), outputs that look like
@@ -33,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxadv import sharding as sharding_lib
 from jaxadv.attacks import losses as losses_lib
 from jaxadv.attacks import projections
 from jaxadv.attacks.apgd import (
@@ -286,7 +294,8 @@ def evaluate_ensemble(logits_fn: Callable, x: Array, y: Array, key: jax.Array, *
                       bounds: tuple[float, float] = (0.0, 1.0), num_steps: int = 100,
                       num_queries: int = 5000, num_targets: int = 9, eot_iter: int = 20,
                       randomized: bool = False, check_flags: bool = True,
-                      square_alpha: float = 0.002, **flag_kwargs) -> EnsembleResult:
+                      square_alpha: float = 0.002, compact: bool = True, mesh=None,
+                      **flag_kwargs) -> EnsembleResult:
     """Evaluates robustness on a batch with the AutoAttack ensemble.
 
     Args:
@@ -307,6 +316,10 @@ def evaluate_ensemble(logits_fn: Callable, x: Array, y: Array, key: jax.Array, *
       check_flags: compute the gradient-masking flags (a few extra evaluations, not counted).
       square_alpha: the share of points Square must break beyond the white-box attacks for
         ``black_box_beats_white_box`` (AutoAttack: 0.002).
+      compact: run each stage on the smallest of eight bucket sizes that holds the points still
+        robust (module docstring); False: every stage on the whole batch (one compiled shape).
+      mesh: a ``jax.sharding.Mesh`` with a "data" axis to split the batch (and the buckets) over
+        (default: every device; the batch stays where it is when its size does not divide).
       **flag_kwargs: ``large_eps``, ``large_eps_steps``, ``large_eps_tolerance`` of
         :func:`gradient_masking_flags`.
 
@@ -349,6 +362,11 @@ def evaluate_ensemble(logits_fn: Callable, x: Array, y: Array, key: jax.Array, *
     bounds = (float(bounds[0]), float(bounds[1]))
     eps_arr = jnp.asarray(eps, x.dtype)
 
+    place = _placement_mesh(b, mesh)
+    shards = 1 if place is None else place.size
+    if place is not None:
+        x, y, m = jax.device_put((x, y, m), sharding_lib.batch_sharding(place))
+
     _, correct = _clean_pass(x, y, jax.random.fold_in(key, 0), logits_fn=logits_fn,
                              randomized=randomized)
     clean_correct = correct & m
@@ -359,12 +377,22 @@ def evaluate_ensemble(logits_fn: Callable, x: Array, y: Array, key: jax.Array, *
     per_attack = {}
     first = True
     for stage in stages:
-        if not bool(jnp.any(robust)):
+        n_robust = int(jnp.sum(robust))
+        if not n_robust:
             per_attack[stage.name] = robust
             continue
-        xa, broken, ng, nf = run_stage(x, y, stage_key(key, stage.name), eps_arr, robust,
-                                       logits_fn=logits_fn, stage=stage, norm=norm,
-                                       bounds=bounds, randomized=randomized)
+        run = functools.partial(run_stage, logits_fn=logits_fn, stage=stage, norm=norm,
+                                bounds=bounds, randomized=randomized)
+        size = bucket_size(n_robust, b, shards) if compact else b
+        if size < b:
+            idx = _survivors_first(robust, size)
+            sub = (x[idx], y[idx], robust[idx])
+            if shards > 1:
+                sub = jax.device_put(sub, x.sharding)
+            xs, bs, ngs, nfs = run(sub[0], sub[1], stage_key(key, stage.name), eps_arr, sub[2])
+            xa, broken, ng, nf = _scatter(idx, x, xs, bs, ngs, nfs)
+        else:
+            xa, broken, ng, nf = run(x, y, stage_key(key, stage.name), eps_arr, robust)
         take = broken | (first & robust)  # robust points keep the first stage's strongest point
         x_adv = jnp.where(take.reshape((b,) + (1,) * (x.ndim - 1)), xa, x_adv)
         robust = robust & ~broken
@@ -382,6 +410,41 @@ def evaluate_ensemble(logits_fn: Callable, x: Array, y: Array, key: jax.Array, *
         flags = {f: flags[f] for f in FLAGS} | {f: v for f, v in flags.items() if f not in FLAGS}
     return EnsembleResult(x_adv, robust, clean_correct, per_attack, num_grad, num_forward, flags,
                           m)
+
+
+def bucket_size(n: int, b: int, multiple: int = 1, levels: int = 8) -> int:
+    """The smallest of ``ceil(k b / levels)`` (k = 1..levels), rounded up to a multiple of
+    ``multiple`` and capped at b, that holds ``n`` points."""
+    for k in range(1, levels + 1):
+        size = -(-k * b // levels)
+        size = min(-(-size // multiple) * multiple, b)
+        if size >= n:
+            return size
+    return b
+
+
+def _placement_mesh(b: int, mesh):
+    """The mesh to split a batch of b over, or None (several devices, b divisible by their
+    number, one process: the batch is a host batch)."""
+    if jax.process_count() > 1:
+        return None
+    mesh = sharding_lib.data_mesh() if mesh is None else mesh
+    return mesh if mesh.size > 1 and b % mesh.size == 0 else None
+
+
+@functools.partial(jax.jit, static_argnames=("size",))
+def _survivors_first(robust: Array, size: int) -> Array:
+    """Indices of the first ``size`` points in the order robust-first (stable)."""
+    return jnp.argsort(~robust, stable=True)[:size]
+
+
+@jax.jit
+def _scatter(idx, x, xs, broken, num_grad, num_forward):
+    """A bucket's outputs back at their batch positions (frozen values elsewhere)."""
+    b = x.shape[0]
+    return (x.at[idx].set(xs), jnp.zeros((b,), jnp.bool_).at[idx].set(broken),
+            jnp.zeros((b,), jnp.int32).at[idx].set(num_grad),
+            jnp.zeros((b,), jnp.int32).at[idx].set(num_forward))
 
 
 def black_box_flag(per_attack: dict, mask: Array, alpha: float = 0.002) -> bool:

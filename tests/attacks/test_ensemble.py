@@ -33,8 +33,10 @@ def data16():
 
 @pytest.fixture(scope="module")
 def standard_result():
+    """Fixed shapes (compact=False): every stage sees the batch at the same positions as the
+    attack run alone, so the two draw the same random numbers per point."""
     f, x, y = data16()
-    return E.evaluate_ensemble(f, x, y, jax.random.key(0), eps=EPS, **SMALL)
+    return E.evaluate_ensemble(f, x, y, jax.random.key(0), eps=EPS, compact=False, **SMALL)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -123,6 +125,63 @@ def test_fab_t_alone_in_ball(key):
     f, x, y = data16()
     res = fab_t(f, x, y, key, eps=EPS, num_steps=N, num_targets=T)
     assert float(jnp.max(jnp.abs(res.x_adv - x))) <= EPS + 1e-6
+
+
+# ----------------------------------------------------------------------------------------------
+# Compaction: stages run on buckets of the points still robust.
+
+
+def test_bucket_sizes():
+    assert [E.bucket_size(n, 500) for n in (1, 63, 64, 250, 251, 499, 500)] == [
+        63, 63, 125, 250, 313, 500, 500]
+    assert E.bucket_size(1, 500, multiple=8) == 64 and E.bucket_size(300, 500, 8) == 320
+    assert E.bucket_size(0, 16) == 2 and E.bucket_size(16, 16, 8) == 16
+
+
+def test_compaction_moves_every_point_back_to_its_place(monkeypatch):
+    """With a stage that treats each point on its own (no random draws), compact and fixed-shape
+    runs agree exactly, and the later stages see smaller batches."""
+    f, x, y = data16()
+    seen = []
+
+    def per_point_stage(x_, y_, key, eps, active, *, logits_fn, stage, **_):
+        seen.append((stage.name, x_.shape[0]))
+        k = E.ATTACKS.index(stage.name)
+        score = jnp.sum(x_.reshape(x_.shape[0], -1), axis=-1) + y_ * 0.37 + k
+        broken = active & (jnp.mod(jnp.floor(score * 7.0), 4) == 0)
+        x_adv = jnp.where(active[:, None, None, None], x_ + 0.01 * (k + 1), x_)
+        n = active.astype(jnp.int32) * (k + 2)
+        return x_adv, broken, n, 2 * n
+
+    monkeypatch.setattr(E, "run_stage", per_point_stage)
+    kw = {k: v for k, v in SMALL.items() if k != "large_eps_steps"}
+    fixed = E.evaluate_ensemble(f, x, y, jax.random.key(0), eps=EPS, check_flags=False,
+                                compact=False, **kw)
+    assert all(size == 16 for _, size in seen)
+    seen.clear()
+    compact = E.evaluate_ensemble(f, x, y, jax.random.key(0), eps=EPS, check_flags=False, **kw)
+    for a, b in zip(fixed[:2] + fixed[4:6], compact[:2] + compact[4:6], strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for name in fixed.per_attack_robust:
+        np.testing.assert_array_equal(np.asarray(fixed.per_attack_robust[name]),
+                                      np.asarray(compact.per_attack_robust[name]))
+    sizes = [size for _, size in seen]
+    assert sizes[-1] < 16 and sizes == sorted(sizes, reverse=True), seen
+    assert 0 < int(np.asarray(compact.robust).sum()) < int(np.asarray(compact.clean_correct).sum())
+
+
+def test_compact_run_is_valid_and_counts_hold():
+    f, x, y = data16()
+    res = E.evaluate_ensemble(f, x, y, jax.random.key(0), eps=EPS, check_flags=False,
+                              **{k: v for k, v in SMALL.items() if k != "large_eps_steps"})
+    broken = np.asarray(res.clean_correct & ~res.robust)
+    assert broken.any() and np.asarray(res.robust).any()
+    pred = np.asarray(jnp.argmax(f(res.x_adv), -1))
+    assert np.all(pred[broken] != np.asarray(y)[broken])
+    assert float(jnp.max(jnp.abs(res.x_adv - x))) <= EPS + 1e-6
+    rob = np.asarray(res.robust)
+    assert np.all(np.asarray(res.num_grad)[rob] == (N + 1) + T * (N + 1) + T * N)
+    assert np.all(np.asarray(res.num_forward)[rob] == 1 + 1 + 2 + (T * N + 2) + (Q + 2))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,9 +306,11 @@ def test_bad_labels():
 def test_new_eps_does_not_recompile(standard_result):
     f, x, y = data16()
     kw = {k: v for k, v in SMALL.items() if k != "large_eps_steps"}
-    E.evaluate_ensemble(f, x, y, jax.random.key(0), eps=0.1, check_flags=False, **kw)
+    E.evaluate_ensemble(f, x, y, jax.random.key(0), eps=0.1, check_flags=False, compact=False,
+                        **kw)
     size = E.run_stage._cache_size()
-    E.evaluate_ensemble(f, x, y, jax.random.key(1), eps=0.11, check_flags=False, **kw)
+    E.evaluate_ensemble(f, x, y, jax.random.key(1), eps=0.11, check_flags=False, compact=False,
+                        **kw)
     assert E.run_stage._cache_size() == size
 
 
