@@ -475,7 +475,8 @@ def evaluate_ensemble_batches(logits_fn: Callable, batches: Iterable[dict], key:
     Args:
       logits_fn: as :func:`evaluate_ensemble`.
       batches: dicts with "image" (B, ...), "label" (B,) and "mask" (B,) (e.g.
-        ``jaxadv.data.eval_batches``); every batch should have the same B (one compilation).
+        ``jaxadv.data.eval_batches``); every batch should have the same B (the stages then
+        compile once per bucket size, at most eight, or once with ``compact=False``).
       key: typed PRNG key; batch i uses ``fold_in(key, i)``.
       eps: radius. **kwargs: passed to :func:`evaluate_ensemble`.
 
