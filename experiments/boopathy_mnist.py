@@ -179,7 +179,7 @@ def write_table(results: dict, path: pathlib.Path) -> str:
     lines += ["", f"Accuracy (%) on the {s.get('data', '?')}; {s.get('attack', '')}."
               + (f" Ensemble columns: {s['ensemble']}." if ens and "ensemble" in s else ""),
               "Commands: " + "; ".join(f"`{c}`" for c in s.get("commands", [s.get("command")])
-                                       if c) + "."]
+                                       if c) + "." + (f" {s['note']}" if s.get("note") else "")]
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return text
