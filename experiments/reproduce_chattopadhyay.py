@@ -336,9 +336,11 @@ def main(argv=None) -> dict:
             raise SystemExit(f"--table_only needs {out_dir / 'results.json'} from an earlier run; "
                              "run without --table_only first (or pass its --out_dir).")
         results = json.loads((out_dir / "results.json").read_text())
+        results["settings"]["seconds"] = _total_seconds(results)  # a stopped run left none
         results["claim"] = claim_check(results)
         results = resumable.save_results(results, out_dir)
         (out_dir / "tables.md").write_text(write_tables(results))
+        recovery_figure(results, out_dir / "recovery_vs_pA.png")
         return results
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {"settings": {
@@ -373,14 +375,17 @@ def main(argv=None) -> dict:
         results["models"][mkey] = res
         resumable.save_results(results, out_dir)  # each finished model survives an interruption
         overlay_figure(fig, mkey, out_dir / f"overlays_{mkey}.png", args.num_examples)
-    results["settings"]["seconds"] = sum(m.get("seconds", 0.0)
-                                         for m in results["models"].values())
+    results["settings"]["seconds"] = _total_seconds(results)
     results["claim"] = claim_check(results)
     results = resumable.save_results(results, out_dir)
     (out_dir / "tables.md").write_text(write_tables(results))
     recovery_figure(results, out_dir / "recovery_vs_pA.png")
     print(f"wrote {out_dir} in {time.perf_counter() - t0:.0f} s", flush=True)
     return results
+
+
+def _total_seconds(results: dict) -> float:
+    return sum(m.get("seconds", 0.0) for m in results["models"].values())
 
 
 # --------------------------------------------------------------------------- tables
