@@ -40,8 +40,9 @@ def test_before_initialisation_in_a_fresh_process():
 
 def test_collective_timeout_flag():
     t = "--xla_cpu_collective_call_terminate_timeout_seconds"
-    assert _with_timeout("", None) == f"{t}=3600"
+    assert _with_timeout("", None) == ""  # XLA's default unless asked
     assert _with_timeout(f"--xla_cpu_foo=1 {t}=5", None) == f"--xla_cpu_foo=1 {t}=5"  # kept
+    assert _with_timeout("--xla_cpu_foo=1", 9) == f"--xla_cpu_foo=1 {t}=9"
     assert _with_timeout(f"{t}=5 --xla_cpu_foo=1", 7) == f"--xla_cpu_foo=1 {t}=7"  # replaced
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match="collective_timeout_s"):

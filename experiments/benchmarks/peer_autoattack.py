@@ -17,11 +17,12 @@ a point is robust if it is classified correctly on the clean input and on the re
   the attacks') against ``pyautoattack.AutoAttack(version='standard')`` on CPU.
 
 Timing: ``images_per_s = n / seconds``. jaxadv's APGD is timed after one warm-up call (which
-compiles); the jaxadv ensemble after compiling each stage by running it at eps = 1 (fast: the
-points break at once), then once; the PyTorch runs once (the ensemble is too slow to repeat on
-CPU). With ``quick`` the ensemble runs on the first 50 points. Robust accuracy after each stage is
-reported for both evaluators, and jaxadv's gradient-masking flags. Numbers measured while other
-processes share the machine are noisy; a single APGD run's robust accuracy varies by about +-1.5
+compiles); the jaxadv ensemble runs twice with the same key (the first call compiles every stage
+for the bucket of survivors it sees, the second reuses them and is timed; both times are
+reported); the PyTorch runs once (the ensemble is too slow to repeat on CPU). With ``quick`` the
+ensemble runs on the first 50 points. Robust accuracy after each stage is reported for both
+evaluators, and jaxadv's gradient-masking flags. Numbers measured while other processes share
+the machine are noisy; a single APGD run's robust accuracy varies by about +-1.5
 points between random starts on 100 MNIST points (seeds), for every library.
 """
 
@@ -136,20 +137,6 @@ def bench_apgd_ce(setup: dict, quick: bool) -> dict:
     return res
 
 
-def _warm_up_ensemble(f, x, y, eps_warm: float) -> float:
-    """Compiles every stage of the standard ensemble for this batch shape by running each one at
-    a radius that breaks the points quickly (eps is traced: the executables are the ones the
-    timed call uses; APGD-T/FAB-T skip their remaining targets and Square stops once no point
-    is left). Returns the seconds spent."""
-    t0 = time.perf_counter()
-    active = jnp.argmax(f(x), -1) == y
-    for stage in E.version_stages("standard"):
-        jax.block_until_ready(E.run_stage(x, y, jax.random.key(0), jnp.float32(eps_warm), active,
-                                          logits_fn=f, stage=stage, norm="linf",
-                                          bounds=(0.0, 1.0)))
-    return time.perf_counter() - t0
-
-
 class _StageLog(logging.Handler):
     """Collects AutoAttack's 'robust accuracy after X: Y%' messages."""
 
@@ -178,11 +165,13 @@ def bench_ensemble(setup: dict, quick: bool) -> dict:
         r = evaluate_ensemble(f, x, y, key, eps=eps, version="standard", check_flags=False)
         out["jax"] = jax.block_until_ready(r)
 
-    seconds_compile = _warm_up_ensemble(f, x, y, 1.0)
+    # The first call compiles (each stage for the bucket of points it sees); the second, with the
+    # same key and data, sees the same buckets and is timed. Both are reported.
+    seconds_compile = _time_once(run_jax)
     seconds = _time_once(run_jax)
     r = out["jax"]
     res = {"jaxadv": score.entry(np.asarray(r.x_adv), seconds)}
-    res["jaxadv"]["seconds_warm_up"] = seconds_compile
+    res["jaxadv"]["seconds_first_call"] = seconds_compile
     res["jaxadv"]["per_attack_robust_acc"] = {
         k: float(100.0 * np.mean(np.asarray(v))) for k, v in r.per_attack_robust.items()}
     res["jaxadv"]["num_grad_mean"] = float(np.mean(np.asarray(r.num_grad)))
