@@ -232,7 +232,7 @@ def train_and_evaluate(config: Mapping, workdir: str, *, verbose: bool = True) -
         is_ckpt = done % ckpt_every == 0 or done == total_steps
         is_eval = (eval_every and done % eval_every == 0) or done == total_steps
         if is_log or is_ckpt or is_eval:
-            summary = summarize(acc)  # device sync only here
+            summary = summarize(acc)
             _check_finite(summary, done, workdir, last_good)
             elapsed = time.perf_counter() - tic
             record = {"step": done, "split": "train", **summary,
