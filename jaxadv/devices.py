@@ -25,7 +25,9 @@ genuinely run unevenly. It is left at XLA's value by default. Two such stops wer
 for 25 min) was not a slow device but a deadlock: one device waited in the all-reduce while the
 other device's launch of the same step waited for a launch slot (``xla::Semaphore::Acquire``),
 and another launch, apparently of a later computation on the step's outputs, waited for its
-inputs. Aborting after a minute lets a resumable run restart; a long timeout would leave it hung.
+inputs (jaxadv's loops now fetch each step's metrics before adding them,
+:func:`jaxadv.training.add_metrics`). Aborting after a minute lets a resumable run restart; a long
+timeout would leave it hung.
 """
 
 import os

@@ -13,6 +13,7 @@ from jaxadv.models import get_model
 from jaxadv.training import (
     Checkpointer,
     NonFiniteLossError,
+    add_metrics,
     create_train_state,
     eps_ramp,
     get_objective,
@@ -275,3 +276,13 @@ def test_robust_best_metric_needs_an_attack(synthetic_fmnist, tmp_path):
     cfg = _config(num_steps=4, best_metric="robust_accuracy")
     with pytest.raises(ValueError, match="needs eval.robust_attack"):
         train_and_evaluate(cfg, str(tmp_path / "w"), verbose=False)
+
+
+def test_add_metrics_accumulates_on_the_host():
+    """Each step's (sum, count) pairs are fetched before adding, so no device computation is
+    dispatched on a step's outputs while the step runs (see add_metrics)."""
+    m1 = {"loss": (jnp.float32(3.0), jnp.float32(2.0))}
+    m2 = {"loss": (jnp.float32(5.0), jnp.float32(2.0))}
+    acc = add_metrics(add_metrics(None, m1), m2)
+    assert all(isinstance(v, np.ndarray | np.generic) for v in jax.tree.leaves(acc))
+    assert summarize(acc) == {"loss": 2.0}
