@@ -46,7 +46,8 @@ from jaxadv.training import restore_for_eval, train_and_evaluate
 from jaxadv.training.loop import load_sources
 
 DEFAULT_METHODS = ("normal", "pgd_at", "trades", "fast_at", "int", "int2", "ig_norm")
-ROOT, OUT = "workdirs/fashion_mnist_robust", "results/fashion_mnist_robust.json"
+ROOT, OUT = "workdirs/fashion_mnist_robust", "results/fashion_mnist_robust_n2000.json"
+PROTOCOL = ("n_pgd", "pgd_steps", "aai_steps", "n_ensemble", "n_aai", "eps")
 
 
 def _parse(argv):
@@ -191,6 +192,7 @@ def main(argv=None) -> dict:
         return results
     results = json.loads(out.read_text()) if out.exists() else {}
     results.setdefault("methods", {})
+    kept_settings = results.get("settings", {})
     base = fashion_mnist_robust.get_config(args.methods[0] + variant)
     ramp = fashion_mnist_robust.get_config("pgd_at" + variant).objective.kwargs  # every robust one
     results["settings"] = {
@@ -204,6 +206,15 @@ def main(argv=None) -> dict:
         "eps": args.eps, "command": "python -m experiments.fashion_mnist_robust "
         + " ".join(argv if argv is not None else os.sys.argv[1:]),
     }
+    previous = kept_settings if results["methods"] else {}
+    if previous.get("note"):
+        results["settings"]["note"] = previous["note"]  # how the rows already there were made
+    differ = [k for k in PROTOCOL if k in previous and previous[k] != results["settings"][k]]
+    if differ:
+        raise SystemExit(
+            f"{out} holds rows evaluated with other settings ("
+            + ", ".join(f"{k}={previous[k]}" for k in differ) + "); pass another --out, or the "
+            "same settings, so that one table has one protocol (nothing was changed).")
     for method in args.methods:
         config = fashion_mnist_robust.get_config(method + variant)
         workdir = os.path.join(args.root + ("_quick" if args.quick else ""), method)

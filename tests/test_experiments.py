@@ -36,6 +36,19 @@ def test_fashion_mnist_robust_quick(synthetic_fmnist, tmp_path):
     assert (tmp_path / "w_quick" / "int2" / "results.json").exists()
 
 
+def test_fashion_mnist_table_refuses_rows_of_another_protocol(tmp_path):
+    from experiments import fashion_mnist_robust
+
+    out = tmp_path / "t.json"
+    out.write_text(json.dumps({"settings": {"n_pgd": 500, "n_aai": 100, "eps": [0.1]},
+                               "methods": {"normal": {"test_accuracy": 0.8}}}))
+    before = out.read_bytes()
+    with pytest.raises(SystemExit, match=r"n_pgd=500, n_aai=100.*another --out"):
+        fashion_mnist_robust.main(["--methods", "normal", "--out", str(out), "--eps", "0.1",
+                                   "--root", str(tmp_path / "w")])
+    assert out.read_bytes() == before and not (tmp_path / "w").exists()
+
+
 def test_main_job_settings():
     """The main job (make run) is PGD-AT vs Int2 on the configs' 300-step variant."""
     from experiments import fashion_mnist_robust
