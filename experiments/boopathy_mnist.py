@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import resumable
 from jaxadv.attacks.ensemble import evaluate_ensemble
 from jaxadv.data import load_dataset
 from jaxadv.metrics import pgd_eval_accuracy
@@ -100,10 +101,12 @@ def main(argv=None) -> None:
                      if args.ensemble_eps else None),
     }
     not_run = "not run (--ensemble_eps empty)"
-    for key in ("data", "attack", "ensemble"):  # one file holds one protocol
-        if settings[key] and old.get(key, not_run) not in (not_run, settings[key]):
-            raise SystemExit(f"{out_path} holds results for {key} = {old[key]!r}, not "
-                             f"{settings[key]!r}; pass another --out (nothing was changed).")
+    diff = resumable.differing({k: v for k, v in old.items() if v != not_run},  # one protocol
+                               {k: v for k, v in settings.items() if v}, settings)
+    if diff:
+        raise SystemExit(f"{out_path} holds results for " + ", ".join(
+            f"{k} = {old[k]!r}, not {settings[k]!r}" for k in diff)
+            + "; pass another --out (nothing was changed).")
     command = "python -m experiments.boopathy_mnist " + " ".join(
         sys.argv[1:] if argv is None else argv)
     commands = old.get("commands", [old["command"]] if "command" in old else [])

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import resumable
 from experiments.configs import fashion_mnist_robust
 from jaxadv.analysis import cam_map_fn, map_robustness, mean_over_kept, top_k_attack
 from jaxadv.attacks.ensemble import evaluate_ensemble
@@ -209,7 +210,7 @@ def main(argv=None) -> dict:
     previous = kept_settings if results["methods"] else {}
     if previous.get("note"):
         results["settings"]["note"] = previous["note"]  # how the rows already there were made
-    differ = [k for k in PROTOCOL if k in previous and previous[k] != results["settings"][k]]
+    differ = resumable.differing(previous, results["settings"], PROTOCOL)
     if differ:
         raise SystemExit(
             f"{out} holds rows evaluated with other settings ("

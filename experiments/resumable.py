@@ -34,6 +34,15 @@ def save_results(results: dict, out_dir: pathlib.Path) -> dict:
     return results
 
 
+def differing(old: dict, new: dict, keys=None) -> list[str]:
+    """The keys whose values differ (all keys, sorted; or those of ``keys`` present in both, in
+    their order): the settings that make a results file another protocol than the run about to
+    extend it."""
+    if keys is None:
+        return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    return [k for k in keys if k in old and k in new and old[k] != new[k]]
+
+
 def earlier_models(path: pathlib.Path, settings: dict, *, fresh: bool,
                    ignore: tuple[str, ...] = ("command", "seconds")) -> dict:
     """``{model: record}`` of an earlier run saved at ``path`` with the same ``settings`` (keys in
@@ -52,8 +61,8 @@ def earlier_models(path: pathlib.Path, settings: dict, *, fresh: bool,
         raise SystemExit(f"{path} is not a results file of this script ({e!r}); move it away or "
                          "pass --fresh to overwrite it.") from None
     new = finite_or_none({k: v for k, v in settings.items() if k not in ignore})
-    if old != new:
-        diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    diff = differing(old, new)
+    if diff:
         raise SystemExit(f"{path} holds results with other settings (differing: "
                          f"{', '.join(diff)}); use another --out_dir, or --fresh to replace them.")
     return earlier.get("models", {})
