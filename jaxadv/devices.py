@@ -20,9 +20,9 @@ change beyond noise, so none is set.
 XLA:CPU aborts the process when a host device waits for the others at a collective (an
 all-reduce of gradients or metrics) for 20 s + 40 s; ``collective_timeout_s`` changes the 40 s
 (flag ``--xla_cpu_collective_call_terminate_timeout_seconds``) for workloads whose devices
-genuinely run unevenly. It is left at XLA's value by default. Two such stops were seen here, in
-2-device Fashion-MNIST training beside another JAX process; the one inspected (gdb, process idle
-for 25 min) was not a slow device but a deadlock: one device waited in the all-reduce while the
+genuinely run unevenly. It is left at XLA's value by default. Three such stops were seen here,
+in 2-device Fashion-MNIST training; the two inspected (gdb, process idle for minutes) were not a
+slow device but a deadlock: one device waited in the all-reduce while the
 other device's launch of the same step waited for a launch slot (``xla::Semaphore::Acquire``),
 and another launch, apparently of a later computation on the step's outputs, waited for its
 inputs (jaxadv's loops now fetch each step's metrics before adding them,

@@ -73,10 +73,11 @@ def add_metrics(a: Metrics | None, b: Metrics) -> Metrics:
     for the step to finish, and added in numpy.
 
     Accumulating on device dispatched a small multi-device computation on each step's outputs
-    while the step ran. With several XLA:CPU host devices that deadlocked three 2-device training
-    runs here (2026-12-03, Int2 and PGD-AT on Fashion-MNIST, after 0-300 steps): one device waited
-    in the step's all-reduce while the step's launch on the other device waited for a launch slot
-    and the addition's launch waited for the step's outputs (gdb). Fetching first means nothing
+    while the step ran. With several XLA:CPU host devices three 2-device training runs stopped
+    here (2026-12-03, Int2 and PGD-AT on Fashion-MNIST, after 0-300 steps); the two inspected with
+    gdb were deadlocked in this addition: one device waited in the step's all-reduce while the
+    step's launch on the other device waited for a launch slot and the addition's launch waited
+    for the step's outputs. Fetching first means nothing
     else is in flight during a step; the cost is the overlap of the next batch's dispatch with
     the step.
     """
