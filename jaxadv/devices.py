@@ -25,8 +25,8 @@ in 2-device Fashion-MNIST training; the two inspected (gdb, process idle for min
 slow device but a deadlock: one device waited in the all-reduce while the
 other device's launch of the same step waited for a launch slot (``xla::Semaphore::Acquire``),
 and another launch, apparently of a later computation on the step's outputs, waited for its
-inputs (jaxadv's loops now fetch each step's metrics before adding them,
-:func:`jaxadv.training.add_metrics`). Aborting after a minute lets a resumable run restart; a long
+inputs (jaxadv's training loop now sums the metrics inside the step itself,
+:func:`jaxadv.training.accumulating`, so nothing else is dispatched between steps). Aborting after a minute lets a resumable run restart; a long
 timeout would leave it hung.
 """
 

@@ -22,11 +22,13 @@ from jaxadv.training.objectives import get_objective
 from jaxadv.training.schedules import make_optimizer
 from jaxadv.training.state import TrainState, create_train_state
 from jaxadv.training.steps import (
+    accumulating,
     add_metrics,
     make_eval_step,
     make_robust_eval_step,
     make_train_step,
     summarize,
+    zero_metrics,
 )
 
 
@@ -173,8 +175,8 @@ def train_and_evaluate(config: Mapping, workdir: str, *, verbose: bool = True) -
     logger = JsonLogger(workdir, start_step=start)
 
     objective = get_objective(config.objective.name, **_kwargs(config.objective.get("kwargs")))
-    train_step = jax.jit(make_train_step(objective=objective, ema_decay=ema_decay),
-                         donate_argnums=0)
+    plain_step = make_train_step(objective=objective, ema_decay=ema_decay)
+    train_step = jax.jit(accumulating(plain_step), donate_argnums=(0, 1))
     eval_step = jax.jit(make_eval_step(use_ema=bool(t.get("eval_ema", False))))
     batches = data_lib.train_batches(train_src, batch_size=t.batch_size, key=data_key,
                                      start_step=start)
@@ -209,7 +211,8 @@ def train_and_evaluate(config: Mapping, workdir: str, *, verbose: bool = True) -
                 mesh=mesh, num_examples=min(num_robust, len(src))).items()})
         return out
 
-    acc, last_good, compile_s = None, (start or None), 0.0
+    last_good, compile_s = (start or None), 0.0
+    acc = zeros = None  # running (sum, count) pairs on device, zeroed after each log step
     last_evals = None  # (step, split name, metrics) of the latest periodic evaluation
     examples, t_train = 0, 0.0
     bar = tqdm(total=total_steps, initial=start, disable=not verbose, unit="step",
@@ -217,16 +220,19 @@ def train_and_evaluate(config: Mapping, workdir: str, *, verbose: bool = True) -
     tic = time.perf_counter()
     for step in range(start, total_steps):
         batch = sharding.shard_batch(next(batches), mesh)
+        if acc is None:
+            if zeros is None:
+                zeros = zero_metrics(plain_step, state, batch, train_key)
+            acc = sharding.replicate(zeros, mesh)
         if step == start:
             t0 = time.perf_counter()
-            state, metrics = train_step(state, batch, train_key)
+            state, acc = train_step(state, acc, batch, train_key)
             jax.block_until_ready(state.step)
             compile_s = time.perf_counter() - t0
             tic = time.perf_counter()
         else:
-            state, metrics = train_step(state, batch, train_key)
+            state, acc = train_step(state, acc, batch, train_key)
             examples += t.batch_size
-        acc = add_metrics(acc, metrics)
         done = step + 1
         is_log = done % log_every == 0 or done == total_steps
         is_ckpt = done % ckpt_every == 0 or done == total_steps

@@ -68,19 +68,39 @@ def make_eval_step(*, use_ema: bool = False) -> Callable[[TrainState, dict], Met
     return eval_step
 
 
-def add_metrics(a: Metrics | None, b: Metrics) -> Metrics:
-    """Accumulates metrics on the host: ``b`` (a step's (sum, count) pairs) is fetched, which waits
-    for the step to finish, and added in numpy.
+def accumulating(step_fn: Callable[..., tuple[TrainState, Metrics]]
+                 ) -> Callable[..., tuple[TrainState, Metrics]]:
+    """Wraps ``step(state, batch, key) -> (state, metrics)`` as
+    ``step(state, totals, batch, key) -> (state, totals + metrics)``.
 
-    Accumulating on device dispatched a small multi-device computation on each step's outputs
-    while the step ran. With several XLA:CPU host devices three 2-device training runs stopped
-    here (2026-12-03, Int2 and PGD-AT on Fashion-MNIST, after 0-300 steps); the two inspected with
-    gdb were deadlocked in this addition: one device waited in the step's all-reduce while the
-    step's launch on the other device waited for a launch slot and the addition's launch waited
-    for the step's outputs. Fetching first means nothing
-    else is in flight during a step; the cost is the overlap of the next batch's dispatch with
-    the step.
+    The running sums stay inside the step's own compiled computation: jit the result once with
+    ``donate_argnums=(0, 1)``, start from :func:`zero_metrics`, and fetch (``summarize``) only at
+    log steps. No other computation is dispatched between steps -- which matters with several
+    XLA:CPU host devices: an eager ``jnp.add`` of each step's metrics, dispatched while the next
+    2-device step ran, deadlocked Fashion-MNIST training runs (2026-12-03; gdb: one device in the
+    step's all-reduce, the step's launch on the other device waiting for a launch slot held by the
+    addition, which waited for the step's outputs).
     """
+
+    def step(state: TrainState, totals: Metrics, batch: dict, key: jax.Array):
+        state, metrics = step_fn(state, batch, key)
+        return state, jax.tree.map(jnp.add, totals, metrics)
+
+    return step
+
+
+def zero_metrics(step_fn: Callable[..., tuple[TrainState, Metrics]], *args) -> Metrics:
+    """Host (numpy) zeros with the structure of the metrics ``step_fn(*args)[1]`` (traced
+    abstractly; nothing runs): place them (e.g. ``sharding.replicate``) as the first ``totals``
+    of :func:`accumulating`, and again after each fetch."""
+    shapes = jax.eval_shape(step_fn, *args)[1]
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+
+
+def add_metrics(a: Metrics | None, b: Metrics) -> Metrics:
+    """Adds a step's (sum, count) pairs ``b`` to ``a`` on the host (``b`` is fetched, which waits
+    for the step): for evaluation loops, which fetch every batch anyway. Training loops keep
+    their sums on device with :func:`accumulating`."""
     b = jax.device_get(b)
     if a is None:
         return b

@@ -13,6 +13,7 @@ from jaxadv.models import get_model
 from jaxadv.training import (
     Checkpointer,
     NonFiniteLossError,
+    accumulating,
     add_metrics,
     create_train_state,
     eps_ramp,
@@ -23,6 +24,7 @@ from jaxadv.training import (
     make_train_step,
     summarize,
     train_and_evaluate,
+    zero_metrics,
 )
 from tests.training.helpers import make_synthetic_idx
 
@@ -279,10 +281,35 @@ def test_robust_best_metric_needs_an_attack(synthetic_fmnist, tmp_path):
 
 
 def test_add_metrics_accumulates_on_the_host():
-    """Each step's (sum, count) pairs are fetched before adding, so no device computation is
-    dispatched on a step's outputs while the step runs (see add_metrics)."""
+    """Evaluation loops fetch each batch's (sum, count) pairs and add them in numpy."""
     m1 = {"loss": (jnp.float32(3.0), jnp.float32(2.0))}
     m2 = {"loss": (jnp.float32(5.0), jnp.float32(2.0))}
     acc = add_metrics(add_metrics(None, m1), m2)
     assert all(isinstance(v, np.ndarray | np.generic) for v in jax.tree.leaves(acc))
     assert summarize(acc) == {"loss": 2.0}
+
+
+def test_accumulating_step_sums_metrics_inside_the_step(key):
+    """The training loop's step carries the running sums (donated) and returns them added: the
+    same totals as summing each plain step's metrics, and the same parameters."""
+    shape = (6, 8, 8, 1)
+    state = create_train_state(get_model("linear"), optax.sgd(0.1), key, shape)
+    plain = make_train_step(objective=get_objective("cross_entropy"))
+    batches = [_batch(shape, jax.random.key(i)) for i in range(3)]
+    zeros = zero_metrics(plain, state, batches[0], key)
+    assert all(isinstance(v, np.ndarray) and not v.any() for v in jax.tree.leaves(zeros))
+    assert set(zeros) >= {"loss", "accuracy", "objective", "grad_norm"}
+
+    ref_state, ref = state, None
+    for b in batches:
+        ref_state, m = jax.jit(plain)(ref_state, b, key)
+        ref = add_metrics(ref, m)
+    step = jax.jit(accumulating(plain), donate_argnums=(0, 1))
+    s, totals = jax.tree.map(jnp.array, state), jax.device_put(zeros)
+    for b in batches:
+        s, totals = step(s, totals, b, key)
+    assert int(s.step) == 3
+    for k in ref:
+        np.testing.assert_allclose(totals[k], ref[k], rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), s.params,
+                 ref_state.params)
