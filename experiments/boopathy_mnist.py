@@ -193,4 +193,8 @@ def _apply(model, params, x):
 
 
 if __name__ == "__main__":
+    from jaxadv.devices import use_host_devices
+
+    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        use_host_devices()  # one XLA host device per core on CPU, as `jaxadv train` does
     main()
