@@ -26,8 +26,8 @@ slow device but a deadlock: one device waited in the all-reduce while the
 other device's launch of the same step waited for a launch slot (``xla::Semaphore::Acquire``),
 and another launch, apparently of a later computation on the step's outputs, waited for its
 inputs (jaxadv's training loop now sums the metrics inside the step itself,
-:func:`jaxadv.training.accumulating`, so nothing else is dispatched between steps). Aborting after a minute lets a resumable run restart; a long
-timeout would leave it hung.
+:func:`jaxadv.training.accumulating`, so nothing else is dispatched between steps).
+Aborting after a minute lets a resumable run restart; a long timeout would leave it hung.
 """
 
 import os

@@ -38,6 +38,16 @@ def check_divisible(batch_size: int, mesh: Mesh, what: str = "batch size") -> No
             f"use a multiple of {n} (e.g. {(batch_size // n + 1) * n}), or run on fewer devices.")
 
 
+def mesh_for_batch(batch_size: int, mesh: Mesh | None = None) -> Mesh | None:
+    """The mesh (default :func:`data_mesh`) to split a host batch of ``batch_size`` over, or None
+    to keep it on one device: None with one device, a size the devices do not divide, or
+    several processes (a host array is then not the global batch; use :func:`shard_batch`)."""
+    if jax.process_count() > 1:
+        return None
+    mesh = data_mesh() if mesh is None else mesh
+    return mesh if mesh.size > 1 and batch_size % mesh.size == 0 else None
+
+
 def shard_batch(batch, mesh: Mesh):
     """Places a host batch (this process's slice of the global batch, a pytree of numpy arrays) on
     the mesh, sharded along the leading axis. Works single- and multi-process."""

@@ -362,7 +362,7 @@ def evaluate_ensemble(logits_fn: Callable, x: Array, y: Array, key: jax.Array, *
     bounds = (float(bounds[0]), float(bounds[1]))
     eps_arr = jnp.asarray(eps, x.dtype)
 
-    place = _placement_mesh(b, mesh)
+    place = sharding_lib.mesh_for_batch(b, mesh)
     shards = 1 if place is None else place.size
     if place is not None:
         x, y, m = jax.device_put((x, y, m), sharding_lib.batch_sharding(place))
@@ -421,15 +421,6 @@ def bucket_size(n: int, b: int, multiple: int = 1, levels: int = 8) -> int:
         if size >= n:
             return size
     return b
-
-
-def _placement_mesh(b: int, mesh):
-    """The mesh to split a batch of b over, or None (several devices, b divisible by their
-    number, one process: the batch is a host batch)."""
-    if jax.process_count() > 1:
-        return None
-    mesh = sharding_lib.data_mesh() if mesh is None else mesh
-    return mesh if mesh.size > 1 and b % mesh.size == 0 else None
 
 
 @functools.partial(jax.jit, static_argnames=("size",))

@@ -289,10 +289,10 @@ def pgd_eval_accuracy(apply_fn: Callable, variables, x, y, *, epsilons: Iterable
         unroll = resolve_unroll(None, int(num_steps))
     success, predict = _pgd_eval_fns(_ByOwner(apply_fn), int(num_steps), float(step_size),
                                      bool(unroll))
-    mesh = mesh if mesh is not None else sharding_lib.data_mesh()
     n = len(x)
     chunk = max(1, min(chunk, n))
-    if chunk % mesh.size == 0:
+    mesh = sharding_lib.mesh_for_batch(chunk, mesh)
+    if mesh is not None:
         batch = sharding_lib.batch_sharding(mesh)
         put = lambda a: jax.device_put(a, batch)  # noqa: E731
         variables = sharding_lib.replicate(variables, mesh)  # e.g. restored onto one device
