@@ -1,16 +1,17 @@
-"""Kernel-gradient benchmark: the fast path's per-tap kernel gradient against XLA:CPU's own.
+"""Kernel-gradient benchmark: the fast path's kernel gradients against XLA:CPU's own.
 
-    python -m experiments.benchmarks.kernel_grad [--batches 16 128] [--repeats 7] [--out FILE]
+    python -m experiments.benchmarks.kernel_grad [--batches 16 64 128] [--repeats 7] [--out FILE]
 
-For each layer shape (3x3 kernel, SAME padding, float32, NHWC) and batch, the gradient of
-``sum(tanh(conv(x, w)))`` with respect to the kernel ``w`` is jitted twice with the fast path on:
-once with the per-tap kernel gradient forced (``_taps_pay`` patched to True) and once with XLA's
-backward-filter convolution (patched to False); JAX's caches are cleared between the two. The
-median of ``--repeats`` calls after a warm-up call is reported, and ``ratio`` = XLA time /
-per-tap time (above 1: per-tap is faster). ``rule`` is what :func:`jaxadv.models.fastpath._taps_pay`
-decides for the shape on one device. The layers are those of SmallGAP (28x28x1->32, 26x26x32->64)
-and PreAct ResNet-18 (32x32x3->64, 32x32x64->64, 16x16x128->128, 32x32x64->128 stride 2). Runs
-on one device; the batch stands for the batch per device.
+For each layer shape (SAME padding, float32, NHWC) and batch, the gradient of
+``sum(tanh(conv(x, w)))`` with respect to the kernel ``w`` is jitted with the fast path on and
+each kernel-gradient method forced in turn (``fastpath._kernel_grad_method`` patched; JAX's caches
+cleared between methods): ``columns`` (one matmul per kernel column over the row-shifted views
+concatenated along channels), ``taps`` (one matmul per kernel tap) and ``xla`` (XLA's
+backward-filter convolution). The median of ``--repeats`` calls after a warm-up call is reported
+in ms, with ``xla / columns`` and ``xla / taps`` (above 1: faster than XLA), and ``rule``, what
+:func:`jaxadv.models.fastpath._kernel_grad_method` picks for the shape on one device. The layers
+are those of SmallGAP, PoolGAP, a 2-conv CNN and PreAct ResNet-18. Runs on one device; the batch
+stands for the batch per device.
 """
 
 import argparse
@@ -19,8 +20,16 @@ import pathlib
 import statistics
 import time
 
-LAYERS = ((28, 1, 32, 1), (26, 32, 64, 1), (32, 3, 64, 1), (32, 64, 64, 1), (16, 128, 128, 1),
-          (32, 64, 128, 2))  # (height = width, input channels, output channels, stride)
+# (name, height = width, input channels, output channels, kernel, stride)
+LAYERS = (
+    ("smallgap conv1", 28, 1, 16, 4, 2), ("smallgap conv2", 14, 16, 32, 4, 2),
+    ("smallgap conv3", 7, 32, 100, 7, 1),
+    ("poolgap conv1", 28, 1, 32, 5, 1), ("poolgap conv2", 14, 32, 64, 5, 1),
+    ("cnn conv2", 26, 32, 64, 3, 1),
+    ("resnet stem", 32, 3, 64, 3, 1), ("resnet 32x32x64", 32, 64, 64, 3, 1),
+    ("resnet 16x16x128", 16, 128, 128, 3, 1), ("resnet 32x32x64 s2", 32, 64, 128, 3, 2),
+)
+METHODS = ("columns", "taps", "xla")
 
 
 def time_call(fn, *args, repeats: int) -> float:
@@ -36,53 +45,65 @@ def time_call(fn, *args, repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def bench_layer(batch: int, hw: int, cin: int, cout: int, stride: int, repeats: int) -> dict:
+def bench_layer(batch: int, layer: tuple, repeats: int, methods=METHODS) -> dict:
     import jax
     import jax.numpy as jnp
+    import numpy as np
 
     from jaxadv.models import fastpath
 
+    name, hw, cin, cout, k, stride = layer
     x = jax.random.normal(jax.random.key(0), (batch, hw, hw, cin))
-    w = 0.05 * jax.random.normal(jax.random.key(1), (3, 3, cin, cout))
-    rule = fastpath._taps_pay(x.shape, w.shape, (stride, stride))
-    original = fastpath._taps_pay
-    ms = {}
+    w = 0.05 * jax.random.normal(jax.random.key(1), (k, k, cin, cout))
+    rule = fastpath._kernel_grad_method(x.shape, w.shape, (stride, stride))
+    original = fastpath._kernel_grad_method
+    ms, grads = {}, {}
     try:
         with fastpath.enabled(True):
-            for name, taps in (("per_tap_ms", True), ("xla_ms", False)):
-                fastpath._taps_pay = lambda *a, taps=taps: taps
+            for method in methods:
+                fastpath._kernel_grad_method = lambda *a, m=method: m
                 jax.clear_caches()
 
                 def loss(w, x):
                     y = fastpath.conv_general_dilated(
-                        x, w, (stride, stride), ((1, 1), (1, 1)),
+                        x, w, (stride, stride), "SAME",
                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
                     return jnp.sum(jnp.tanh(y))
 
-                ms[name] = time_call(jax.jit(jax.grad(loss)), w, x, repeats=repeats)
+                fn = jax.jit(jax.grad(loss))
+                grads[method] = np.asarray(fn(w, x))
+                ms[f"{method}_ms"] = time_call(fn, w, x, repeats=repeats)
     finally:
-        fastpath._taps_pay = original
+        fastpath._kernel_grad_method = original
         jax.clear_caches()
-    return {"batch": batch, "layer": f"{hw}x{hw}x{cin}->{cout}, stride {stride}", **ms,
-            "ratio": ms["xla_ms"] / ms["per_tap_ms"], "rule": rule}
+    ref = grads[methods[-1]]
+    err = max(float(np.abs(g - ref).max() / max(np.abs(ref).max(), 1e-30)) for g in grads.values())
+    out = {"batch": batch, "layer": f"{name}: {hw}x{hw}x{cin}->{cout}, {k}x{k}, stride {stride}",
+           **ms, "max_rel_diff": err, "rule": rule}
+    for m in methods:
+        if m != "xla" and "xla_ms" in ms:
+            out[f"xla_over_{m}"] = ms["xla_ms"] / ms[f"{m}_ms"]
+    return out
 
 
 def main(argv=None) -> list:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--batches", type=int, nargs="+", default=[16, 128])
+    p.add_argument("--batches", type=int, nargs="+", default=[16, 64, 128])
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--layers", type=int, default=len(LAYERS),
                    help="how many of the layer shapes to run (a smoke test runs 1)")
     p.add_argument("--out", type=pathlib.Path, default=None)
     args = p.parse_args(argv)
     rows = []
-    print("| batch | layer | per-tap ms | XLA ms | XLA / per-tap | rule |\n|---|---|---|---|---|---|")
+    print("| batch | layer | columns ms | taps ms | XLA ms | XLA / columns | XLA / taps | rule |\n"
+          "|---|---|---|---|---|---|---|---|")
     for batch in args.batches:
-        for hw, cin, cout, stride in LAYERS[:args.layers]:
-            r = bench_layer(batch, hw, cin, cout, stride, args.repeats)
+        for layer in LAYERS[:args.layers]:
+            r = bench_layer(batch, layer, args.repeats)
             rows.append(r)
-            print(f"| {r['batch']} | {r['layer']} | {r['per_tap_ms']:.2f} | {r['xla_ms']:.2f} | "
-                  f"{r['ratio']:.2f} | {'per-tap' if r['rule'] else 'XLA'} |", flush=True)
+            print(f"| {r['batch']} | {r['layer']} | {r['columns_ms']:.2f} | {r['taps_ms']:.2f} | "
+                  f"{r['xla_ms']:.2f} | {r['xla_over_columns']:.2f} | {r['xla_over_taps']:.2f} | "
+                  f"{r['rule']} |", flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"rows": rows, "repeats": args.repeats}, indent=1))

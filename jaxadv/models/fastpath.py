@@ -29,12 +29,14 @@ a quiet machine's; batch 128 float32; medians of interleaved runs; ms, standard 
   everywhere: XLA:CPU's concatenate of kh*kw strided slices runs at ~1/10 of memory bandwidth
   (patches of a 14x14x32 map, 5x5 kernel: 285 ms vs 1.6 ms for a copy of the input), so forward
   2-9x slower. Dropped; so were per-tap forward / input-gradient matmuls (slower except on 4x4 maps).
-* kernel gradient per tap (what is kept): 3x3 stride-1 layers 26x26x32->64: 958 -> 264;
-  32x32x64->64: 5324 -> 824; 16x16x128->128: 1047 -> 353; 4x4x512: 137 -> 208 and 5x5/7x7 kernels
-  on 7x7-14x14 maps 1.7-2x slower, hence the size rule in :func:`_taps_pay`. PreAct ResNet-18
-  train step: 40.1 s -> 24.9 s (x1.6); SmallGAP/PoolGAP do not reach the rule. On a quiet 2-core
-  Xeon it gained at most 10 % and lost badly at small per-device batches, so the rule was tightened
-  (channels and rows per device; :func:`_taps_pay` has those measurements).
+* kernel gradient per tap (one (C, B*Ho*Wo) @ (B*Ho*Wo, O) matmul per kernel tap), on an EPYC:
+  3x3 stride-1 layers 26x26x32->64: 958 -> 264; 32x32x64->64: 5324 -> 824; on a quiet 2-core
+  Xeon at most 10 % faster than XLA and much slower at small per-device batches. Replaced
+  (2026-12-03) by the kernel gradient per kernel *column* (what is kept): for each column j the
+  kh row-shifted views concatenated along channels and one (kh*C, B*Ho*Wo) @ (B*Ho*Wo, O)
+  matmul, :func:`_column_kernel_grad`; 1.1-1.7x faster than XLA's on the layers where
+  :func:`_kernel_grad_method` picks it (its docstring has the measurements); XLA keeps the
+  others (SmallGAP's 7x7 kernel on a 7x7 map, small layers at small batches).
 * reshape max-pool with first-max routing: gradient of a 2x2 pool on 128x28x28x32: 174 -> 58,
   on 128x14x14x64: 89 -> 26; forward unchanged. PoolGAP train step x1.1-1.9 over runs.
 * XLA:CPU flags ``xla_cpu_use_xnnpack``, ``xla_cpu_use_onednn``, XNN graph fusion, the
@@ -68,7 +70,6 @@ from collections.abc import Iterator
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.custom_derivatives import SymbolicZero
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
@@ -197,10 +198,41 @@ def _input_grad(g, w, x_hw, strides, pads, dilation, precision):
                                     precision=precision)
 
 
-def _kernel_grad(v, ct, w_aval, static, taps_dw):
-    """d<ct, conv(v, w)>/dw: the kernel gradient of the convolution of ``v``, per kernel tap
-    (:func:`_taps_conv`) where ``taps_dw``, else XLA's backward-filter convolution."""
-    conv = _taps_conv if taps_dw else _std_conv
+def _column_kernel_grad(v, ct, w_shape, strides, pads, dilation, precision):
+    """d<ct, conv(v, w)>/dw as kw matmuls: for each kernel column j, the kh row-shifted views of
+    the padded input that column's taps see are concatenated along channels, (B*Ho*Wo, kh*C), and
+    contracted with ``ct`` (B*Ho*Wo, O) in one ``dot_general`` -> (kh, C, O).
+
+    XLA:CPU runs a concatenation of kh slices along channels and a matmul with kh*C rows much
+    faster than either its backward-filter convolution or one (C, B*Ho*Wo) @ (B*Ho*Wo, O) matmul
+    per tap (whose strided slices it fuses into the dot), and faster than im2col over all kh*kw
+    taps (see :func:`_kernel_grad_method` for the measurements)."""
+    kh, kw, c, o = w_shape
+    (sh, sw), (dh, dw) = strides, dilation
+    xp = _pad_hw(v, pads)
+    b, hp = xp.shape[:2]
+    ho, wo = ct.shape[1:3]
+    g = ct.reshape(-1, o)
+    cols = []
+    for j in range(kw):
+        xj = lax.slice(xp, (0, 0, j * dw, 0), (b, hp, j * dw + (wo - 1) * sw + 1, c),
+                       (1, 1, sw, 1))
+        p = jnp.concatenate(
+            [lax.slice(xj, (0, i * dh, 0, 0), (b, i * dh + (ho - 1) * sh + 1, wo, c), (1, sh, 1, 1))
+             for i in range(kh)], axis=-1)
+        cols.append(lax.dot_general(p.reshape(-1, kh * c), g, (((0,), (0,)), ((), ())),
+                                    precision=precision).reshape(kh, c, o))
+    return jnp.stack(cols, axis=1).astype(ct.dtype)
+
+
+def _kernel_grad(v, ct, w_aval, static, dw_method):
+    """d<ct, conv(v, w)>/dw: the kernel gradient of the convolution of ``v`` by ``dw_method``:
+    ``"columns"`` (:func:`_column_kernel_grad`), ``"taps"`` (one matmul per tap, :func:`_taps_conv`)
+    or ``"xla"`` (XLA's backward-filter convolution)."""
+    if dw_method == "columns":
+        strides, pads, dilation, precision = static
+        return _column_kernel_grad(v, ct, w_aval.shape, strides, pads, dilation, precision)
+    conv = _taps_conv if dw_method == "taps" else _std_conv
     w_struct = jax.ShapeDtypeStruct(w_aval.shape, w_aval.dtype)
     return jax.linear_transpose(lambda w: conv(v, w, *static, None), w_struct)(ct)[0]
 
@@ -217,13 +249,13 @@ conv_p = Primitive("jaxadv_conv")
 conv_input_p = Primitive("jaxadv_conv_input")
 
 
-def _conv_impl(v, w, *, strides, pads, dilation, precision, in_hw, taps_dw):
-    del in_hw, taps_dw
+def _conv_impl(v, w, *, strides, pads, dilation, precision, in_hw, dw_method):
+    del in_hw, dw_method
     return _std_conv(v, w, strides, pads, dilation, precision, None)
 
 
-def _conv_input_impl(g, w, *, strides, pads, dilation, precision, in_hw, taps_dw):
-    del taps_dw
+def _conv_input_impl(g, w, *, strides, pads, dilation, precision, in_hw, dw_method):
+    del dw_method
     return _input_grad(g, w, in_hw, strides, pads, dilation, precision)
 
 
@@ -236,7 +268,7 @@ def _conv_transpose_v(ct, v, w, **params):
 
 
 def _conv_transpose_w(ct, v, w, **params):
-    return _kernel_grad(v, ct, w.aval, _static(params), params["taps_dw"])
+    return _kernel_grad(v, ct, w.aval, _static(params), params["dw_method"])
 
 
 def _conv_input_transpose_g(ct, g, w, **params):
@@ -244,7 +276,7 @@ def _conv_input_transpose_g(ct, g, w, **params):
 
 
 def _conv_input_transpose_w(ct, g, w, **params):
-    return _kernel_grad(ct, g, w.aval, _static(params), params["taps_dw"])
+    return _kernel_grad(ct, g, w.aval, _static(params), params["dw_method"])
 
 
 def _batch_rule(prim, impl):
@@ -274,61 +306,37 @@ for _prim, _impl, _lhs, _rhs in ((conv_p, _conv_impl, _conv_transpose_v, _conv_t
     batching.primitive_batchers[_prim] = _batch_rule(_prim, _impl)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6))
-def _conv_fast_dw(x, w, strides, pads, dilation, precision, preferred_element_type):
-    """XLA's convolution whose kernel tangent goes through :func:`_taps_conv` (JAX's rule for the
-    input): where the per-tap kernel gradient pays in the cases :data:`conv_p` does not cover
-    (mixed precision, padding larger than the kernel)."""
-    return _std_conv(x, w, strides, pads, dilation, precision, preferred_element_type)
+def _kernel_grad_method(x_shape, w_shape, strides) -> str:
+    """How :data:`conv_p` computes its kernel gradient: ``"columns"`` (:func:`_column_kernel_grad`)
+    for kernels of at most 5x5 whose output map has at least 4x as many positions as the kernel has
+    taps, with at least 8,192 output rows (batch x height x width) per device, the batch taken as
+    split over all ``jax.device_count()`` devices (how jaxadv's data mesh shards it); else ``"xla"``
+    (XLA's backward-filter convolution).
 
-
-def _conv_fast_dw_jvp(strides, pads, dilation, precision, preferred_element_type, primals,
-                      tangents):
-    x, w = primals
-    dx, dw = tangents
-    static = (strides, pads, dilation, precision, preferred_element_type)
-    y = _conv_fast_dw(x, w, *static)
-    ty = None
-    if not isinstance(dx, SymbolicZero):
-        ty = _std_conv(dx, w, *static)
-    if not isinstance(dw, SymbolicZero):
-        t_w = _taps_conv(x, dw, *static)
-        ty = t_w if ty is None else ty + t_w
-    if ty is None:
-        ty = jnp.zeros_like(y)
-    return y, ty
-
-
-_conv_fast_dw.defjvp(_conv_fast_dw_jvp, symbolic_zeros=True)
-
-
-def _taps_pay(x_shape, w_shape, strides) -> bool:
-    """Where the per-tap kernel gradient beats XLA:CPU's backward-filter convolution: kernels of at
-    most 3x3 with at least 32 input channels, and at least 65,536 output rows (batch x height x
-    width) per device, the batch taken as split over all ``jax.device_count()`` devices (how
-    jaxadv's data mesh shards it). On a quiet 2-core Xeon (2026-12-03; XLA time / per-tap time for
-    the kernel gradient of one 3x3 layer, ``python -m experiments.benchmarks.kernel_grad --out
-    results/kernel_grad.json``) per-tap gained at most 10 % at batch 128 (26x26x32->64: 1.10;
-    32x32x64->64: 1.04; 16x16x128->128: 1.10, left to XLA by the row count) and lost at batch 16
-    (0.20-0.86) and with few input channels (batch 128, 32x32x3->64: 0.62; 28x28x1->32: 0.69). A
-    PreAct ResNet-18 train step on 8 host devices (batch 16 per device) took 6.3 s with the
-    earlier rule (3x3 kernels and maps of 16x16 or more) against 3.3 s without per-tap kernel
-    gradients (``python -m experiments.benchmarks.step_speed --models preact_resnet18 --ops
-    train_step --repeats 2 --host_devices 8 --compare_standard``)."""
+    Measured on a 2-core Xeon VM (2026-12-03, one device, ``python -m
+    experiments.benchmarks.kernel_grad --out results/kernel_grad.json``; XLA time / columns time of
+    the jitted kernel gradient of one layer, forward included, batch 16 / 64 / 128): the 2-conv
+    CNN's 26x26x32->64 3x3 layer 1.37 / 1.30 / 1.49; PreAct ResNet-18's 32x32x64->64 1.13 / 1.24 /
+    1.27, its 3-channel stem 1.22 / 1.47 / 1.53, 16x16x128->128 1.11 / 1.07 / 1.28; PoolGAP's
+    28x28x1->32 5x5 0.92 / 1.70 / 1.74 and 14x14x32->64 5x5 0.84 / 1.06 / 1.08 (hence the row
+    count). Losses the rule leaves to XLA: SmallGAP's 7x7 kernel on its 7x7 map (0.99 / 0.93 /
+    0.70) and its 4x4 stride-2 layer on 14x14 (0.41 / 0.94 / 1.01). The earlier per-tap matmuls
+    (``"taps"``) were slower than ``"columns"`` on 29 of the 30 shapes."""
     kh, kw = w_shape[:2]
     ho = -(-x_shape[1] // strides[0])
     wo = -(-x_shape[2] // strides[1])
     rows_per_device = x_shape[0] * ho * wo / max(jax.device_count(), 1)
-    return kh * kw <= 9 and x_shape[3] >= 32 and rows_per_device >= 65536
+    pays = kh * kw <= 25 and ho * wo >= 4 * kh * kw and rows_per_device >= 8192
+    return "columns" if pays else "xla"
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1,
                          precision=None, preferred_element_type=None):
     """Drop-in for ``lax.conv_general_dilated`` (same signature, same results); where the fast path
-    is on and the case is supported, the primitive :data:`conv_p` (or, for mixed precision and
-    padding beyond the kernel, :func:`_conv_fast_dw` where the per-tap kernel gradient pays;
-    per-tap matmuls for 1x1 kernels; see the module docstring)."""
+    is on and the case is supported, the primitive :data:`conv_p` (a slice and a matmul for 1x1
+    kernels; XLA's own convolution for mixed precision and padding beyond the kernel; see the
+    module docstring)."""
     standard = lambda: lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
         dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
@@ -350,13 +358,13 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     if rhs.shape[:2] == (1, 1):
         # A 1x1 convolution is a (strided) slice and one matmul; plain autodiff gives matmuls.
         return _taps_conv(lhs, rhs, *static)
-    taps_dw = _taps_pay(lhs.shape, rhs.shape, strides)
     fits = all(lo <= (k - 1) * d for (lo, _), k, d in zip(pads, rhs.shape[:2], rhs_dilation,
                                                            strict=True))
     if preferred_element_type is None and lhs.dtype == rhs.dtype and fits:
         return conv_p.bind(lhs, rhs, strides=strides, pads=tuple(pads), dilation=rhs_dilation,
-                           precision=precision, in_hw=tuple(lhs.shape[1:3]), taps_dw=taps_dw)
-    return _conv_fast_dw(lhs, rhs, *static) if taps_dw else standard()
+                           precision=precision, in_hw=tuple(lhs.shape[1:3]),
+                           dw_method=_kernel_grad_method(lhs.shape, rhs.shape, strides))
+    return standard()
 
 
 def _first_max_mask(blocks: Array, out: Array) -> Array:

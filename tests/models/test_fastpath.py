@@ -25,19 +25,19 @@ def fast_compile():
 
 
 @pytest.fixture
-def force_taps(monkeypatch):
-    """Route every supported convolution through the per-tap kernel gradient (on small test sizes
-    the size heuristic would otherwise keep XLA's convolution)."""
-    monkeypatch.setattr(fastpath, "_taps_pay", lambda *a: True)
+def force_columns(monkeypatch):
+    """Route every supported convolution through the per-column kernel gradient (on small test
+    sizes the size rule would otherwise keep XLA's)."""
+    monkeypatch.setattr(fastpath, "_kernel_grad_method", lambda *a: "columns")
     with fastpath.enabled(True):
         yield
 
 
-@pytest.fixture(params=["taps", "xla"])
+@pytest.fixture(params=["columns", "taps", "xla"])
 def kernel_grad(request, monkeypatch):
-    """The fast path with either kernel gradient (per tap, or XLA's); the input gradient is the
-    fast path's explicit-HWIO form in both."""
-    monkeypatch.setattr(fastpath, "_taps_pay", lambda *a: request.param == "taps")
+    """The fast path with each kernel gradient (per kernel column, per tap, or XLA's); the input
+    gradient is the fast path's explicit-HWIO form in all."""
+    monkeypatch.setattr(fastpath, "_kernel_grad_method", lambda *a: request.param)
     with fastpath.enabled(True):
         yield request.param
 
@@ -198,21 +198,23 @@ def test_changing_the_setting_retraces_functions_traced_before():
 
 
 @pytest.mark.parametrize("x_shape,w_shape,strides,devices,expected", [
-    ((128, 32, 32, 64), (3, 3, 64, 64), (1, 1), 1, True),  # results/kernel_grad.json: 1.04x
-    ((128, 32, 32, 64), (3, 3, 64, 64), (1, 1), 8, False),  # batch 16 per device: 0.86x
-    ((128, 32, 32, 3), (3, 3, 3, 64), (1, 1), 1, False),  # 3 input channels: 0.62x
-    ((128, 28, 28, 1), (3, 3, 1, 32), (1, 1), 1, False),  # 0.69x
-    ((128, 16, 16, 128), (3, 3, 128, 256), (2, 2), 1, False),  # 8x8 outputs: too few rows
-    ((128, 32, 32, 64), (5, 5, 64, 64), (1, 1), 1, False),  # 5x5 kernels lost on every map
+    ((128, 26, 26, 32), (3, 3, 32, 64), (1, 1), 1, "columns"),  # results/kernel_grad.json: 1.49x
+    ((128, 26, 26, 32), (3, 3, 32, 64), (1, 1), 8, "columns"),  # batch 16 per device: 1.37x
+    ((128, 32, 32, 3), (3, 3, 3, 64), (1, 1), 1, "columns"),  # ResNet stem: 1.53x
+    ((128, 28, 28, 1), (5, 5, 1, 32), (1, 1), 2, "columns"),  # PoolGAP conv1, 64 per device: 1.70x
+    ((128, 14, 14, 32), (5, 5, 32, 64), (1, 1), 8, "xla"),  # 16 per device: 0.84x, too few rows
+    ((128, 7, 7, 32), (7, 7, 32, 100), (1, 1), 1, "xla"),  # SmallGAP's 7x7 on 7x7: 0.70x
+    ((128, 14, 14, 16), (4, 4, 16, 32), (2, 2), 1, "xla"),  # 7x7 outputs for 16 taps
+    ((128, 32, 32, 64), (7, 7, 64, 64), (1, 1), 1, "xla"),  # kernels above 5x5 not measured
 ])
-def test_per_tap_kernel_gradient_rule(monkeypatch, x_shape, w_shape, strides, devices, expected):
-    """The per-tap kernel gradient only where it measured faster than XLA's (see _taps_pay): the
-    batch counts as split over every device."""
+def test_kernel_gradient_rule(monkeypatch, x_shape, w_shape, strides, devices, expected):
+    """The per-column kernel gradient only where it measured faster than XLA's (see
+    _kernel_grad_method): the batch counts as split over every device."""
     monkeypatch.setattr(jax, "device_count", lambda *a, **k: devices)
-    assert fastpath._taps_pay(x_shape, w_shape, strides) is expected
+    assert fastpath._kernel_grad_method(x_shape, w_shape, strides) == expected
 
 
-def test_dispatch_and_fallbacks(force_taps):
+def test_dispatch_and_fallbacks(force_columns):
     x, k = _data(2, 16, 16, 2, 3, 3, 4)
 
     def prims(fn, *args):
@@ -222,9 +224,9 @@ def test_dispatch_and_fallbacks(force_taps):
     assert "jaxadv_conv" in fast
     with fastpath.enabled(False):
         assert "jaxadv_conv" not in prims(lambda k: jnp.sum(_fast(x, k, (1, 1), "SAME")), k)
-    # padding larger than the kernel: JAX's input-tangent rule, the per-tap kernel gradient
+    # padding larger than the kernel: XLA's convolution and its gradients
     wide = prims(lambda k: jnp.sum(_fast(x, k, (1, 1), ((3, 3), (3, 3)))), k)
-    assert "custom_jvp_call" in wide and "jaxadv_conv" not in wide
+    assert "conv_general_dilated" in wide and "jaxadv_conv" not in wide
     # unsupported cases fall back to lax.conv_general_dilated and still agree with it
     grouped = lambda x, k: fastpath.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=NHWC,
                                                          feature_group_count=2)
@@ -304,7 +306,7 @@ def test_max_pool_non_tiling_falls_back(size, window, stride):
     ("poolgap", 12, {"widths": (4, 6)}),
     ("smallgap", 16, {"widths": (4, 6, 8)}),
 ])
-def test_models_sharded_odd_batch(name, size, kwargs, force_taps):
+def test_models_sharded_odd_batch(name, size, kwargs, force_columns):
     """Whole models, fast path vs standard, with a batch of 13 split over 3 devices (XLA pads the
     uneven shards): logits, input and parameter gradients agree. (ResNet's layers -- 3x3 stride
     1/2 and strided 1x1 convolutions -- are covered by test_conv_matches_standard.)"""
