@@ -115,6 +115,8 @@ def main(argv=None) -> None:
         "ensemble": settings["ensemble"] or old.get("ensemble", not_run),
         "commands": commands + [command] * (command not in commands),
     }
+    if old.get("note"):
+        results["settings"]["note"] = old["note"]  # how the rows already there were made
     for arch in args.models:
         for method in args.methods:
             stem = f"mnist_{arch}_{method}_100"

@@ -109,6 +109,8 @@ def test_boopathy_mnist_resumes_adds_the_ensemble_and_refuses_another_protocol(t
     for stem in ("mnist_smallgap_normal_100", "mnist_smallgap_adv_100"):
         assert r[stem]["0"] >= r[stem]["0.3"] and "ensemble" not in r[stem]
     assert "| ensemble" not in out.with_suffix(".md").read_text()
+    r["settings"]["note"] = "how the rows were made"
+    out.write_text(json.dumps(r))
 
     def no_pgd(*a, **k):
         raise AssertionError("PGD rerun for a checkpoint already in the file")
@@ -126,6 +128,7 @@ def test_boopathy_mnist_resumes_adds_the_ensemble_and_refuses_another_protocol(t
     assert calls == [(4, 0.3), (4, 0.3)]
     assert r["mnist_smallgap_adv_100"]["ensemble"] == {"0.3": 0.25}
     assert len(r["settings"]["commands"]) == 2 and "first 4 images" in r["settings"]["ensemble"]
+    assert r["settings"]["note"] == "how the rows were made"  # a rerun keeps the file's note
     table = out.with_suffix(".md").read_text()
     assert "| ensemble 0.3 |" in table and "| 25 |" in table
 
@@ -135,6 +138,7 @@ def test_boopathy_mnist_resumes_adds_the_ensemble_and_refuses_another_protocol(t
     with pytest.raises(SystemExit, match="another --out"):
         boopathy_mnist.main(base + ["--ensemble_eps", "0.4", "--ensemble_n", "8"])
     assert out.read_bytes() == before
+
 
 def test_loop_speed_benchmark_smoke(tmp_path):
     """The loop benchmark runs both orders and writes the variants it reports (tiny sizes: this
