@@ -215,3 +215,29 @@ def test_kernel_grad_benchmark_smoke(tmp_path):
     assert rows[0]["max_rel_diff"] < 1e-4
     assert rows[0]["rule"] in ("columns", "taps", "xla")
     assert json.loads(out.read_text())["rows"][0]["layer"].startswith("smallgap conv1: 28x28x1")
+    # Whole train steps, the rule's kernel gradients against XLA's (a conv-free model here).
+    step = kernel_grad.bench_train_step("linear", repeats=1)
+    assert step["devices"] == 8 and step["rule_ms"] > 0 and step["xla_ms"] > 0
+
+
+@pytest.mark.skipif(not (SHARED / "boopathy-mnist").exists(),
+                    reason="needs ../shared/data (official checkpoints, MNIST test set)")
+def test_peer_autoattack_apgd_over_seeds_smoke(tmp_path):
+    """APGD-CE against AutoAttack and torchattacks over two seeds on 8 points: every library gets
+    its per-seed robust accuracies and their mean, and the file states its settings (tiny sizes:
+    this checks the script, not the numbers)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("pyautoattack")
+    pytest.importorskip("torchattacks")
+    from experiments.benchmarks import peer_autoattack
+
+    out = tmp_path / "pa.json"
+    peer_autoattack.main(["--n", "8", "--seeds", "2", "--sections", "apgd_ce", "--out", str(out)])
+    r = json.loads(out.read_text())
+    assert set(r) == {"apgd_ce", "settings"}
+    for lib in ("jaxadv", "autoattack", "torchattacks"):
+        e = r["apgd_ce"][lib]
+        assert len(e["robust_acc_seeds"]) == 2 and e["robust_acc_seeds"][0] == e["robust_acc"]
+        assert e["robust_acc_mean"] == pytest.approx(sum(e["robust_acc_seeds"]) / 2)
+    assert r["settings"]["data"] == "first 8 MNIST test images"
+    assert "--seeds 2" in r["settings"]["command"]

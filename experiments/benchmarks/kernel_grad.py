@@ -1,6 +1,8 @@
 """Kernel-gradient benchmark: the fast path's kernel gradients against XLA:CPU's own.
 
     python -m experiments.benchmarks.kernel_grad [--batches 16 64 128] [--repeats 7] [--out FILE]
+    python -m experiments.benchmarks.kernel_grad --train_steps poolgap preact_resnet18 \
+        --host_devices 2 [--out FILE]
 
 For each layer shape (SAME padding, float32, NHWC) and batch, the gradient of
 ``sum(tanh(conv(x, w)))`` with respect to the kernel ``w`` is jitted with the fast path on and
@@ -12,6 +14,11 @@ in ms, with ``xla / columns`` and ``xla / taps`` (above 1: faster than XLA), and
 :func:`jaxadv.models.fastpath._kernel_grad_method` picks for the shape on one device. The layers
 are those of SmallGAP, PoolGAP, a 2-conv CNN and PreAct ResNet-18. Runs on one device; the batch
 stands for the batch per device.
+
+``--train_steps MODEL ...`` instead times whole train steps (batch 128, cross-entropy, Adam) on
+``--host_devices`` XLA host devices (the batch split over them), with the kernel gradient the
+rule picks (``rule``) against XLA's everywhere (``xla``), interleaved, medians after a warm-up
+call: what decides the rule, since single layers on one device overstate the gain.
 """
 
 import argparse
@@ -86,6 +93,49 @@ def bench_layer(batch: int, layer: tuple, repeats: int, methods=METHODS) -> dict
     return out
 
 
+def bench_train_step(name: str, repeats: int) -> dict:
+    """One model's train step with the rule's kernel gradients vs XLA's on every layer."""
+    import jax
+    import numpy as np
+    import optax
+
+    from jaxadv import sharding
+    from jaxadv.models import fastpath, get_model
+    from jaxadv.training import create_train_state, cross_entropy, make_train_step
+
+    shape = (128, 32, 32, 3) if "resnet" in name else (128, 28, 28, 1)
+    mesh = sharding.data_mesh()
+    state = sharding.replicate(create_train_state(
+        get_model(name), optax.adam(1e-3), jax.random.key(0), (1,) + shape[1:]), mesh)
+    rng = np.random.default_rng(0)
+    batch = sharding.shard_batch({"image": rng.random(shape, np.float32),
+                                  "label": np.arange(shape[0]) % 10,
+                                  "mask": np.ones(shape[0], bool)}, mesh)
+    original = fastpath._kernel_grad_method
+    compiled = {}
+    try:
+        with fastpath.enabled(True):
+            for arm in ("rule", "xla"):
+                fastpath._kernel_grad_method = original if arm == "rule" else (lambda *a: "xla")
+                jax.clear_caches()
+                step = jax.jit(make_train_step(objective=cross_entropy))
+                compiled[arm] = step.lower(state, batch, jax.random.key(1)).compile()
+    finally:
+        fastpath._kernel_grad_method = original
+        jax.clear_caches()
+    times = {arm: [] for arm in compiled}
+    for fn in compiled.values():
+        jax.block_until_ready(fn(state, batch, jax.random.key(1)))  # warm-up
+    for _ in range(repeats):
+        for arm, fn in compiled.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(state, batch, jax.random.key(1)))
+            times[arm].append(time.perf_counter() - t0)
+    ms = {f"{arm}_ms": 1e3 * statistics.median(v) for arm, v in times.items()}
+    return {"model": name, "devices": jax.device_count(), **ms,
+            "xla_over_rule": ms["xla_ms"] / ms["rule_ms"]}
+
+
 def main(argv=None) -> list:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batches", type=int, nargs="+", default=[16, 64, 128])
@@ -93,8 +143,27 @@ def main(argv=None) -> list:
     p.add_argument("--layers", type=int, default=len(LAYERS),
                    help="how many of the layer shapes to run (a smoke test runs 1)")
     p.add_argument("--out", type=pathlib.Path, default=None)
+    p.add_argument("--train_steps", nargs="+", default=None, metavar="MODEL",
+                   help="time whole train steps of these models instead of single layers")
+    p.add_argument("--host_devices", type=int, default=1,
+                   help="XLA host devices for --train_steps (set before JAX initialises)")
     args = p.parse_args(argv)
     rows = []
+    if args.train_steps:
+        from jaxadv.devices import use_host_devices
+
+        use_host_devices(args.host_devices)
+        print("| model | devices | rule ms | XLA ms | XLA / rule |\n|---|---|---|---|---|")
+        for name in args.train_steps:
+            r = bench_train_step(name, args.repeats)
+            rows.append(r)
+            print(f"| {name} | {r['devices']} | {r['rule_ms']:.1f} | {r['xla_ms']:.1f} | "
+                  f"{r['xla_over_rule']:.2f} |", flush=True)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({"train_steps": rows, "repeats": args.repeats},
+                                           indent=1))
+        return rows
     print("| batch | layer | columns ms | taps ms | XLA ms | XLA / columns | XLA / taps | rule |\n"
           "|---|---|---|---|---|---|---|---|")
     for batch in args.batches:

@@ -34,9 +34,10 @@ a quiet machine's; batch 128 float32; medians of interleaved runs; ms, standard 
   Xeon at most 10 % faster than XLA and much slower at small per-device batches. Replaced
   (2026-12-03) by the kernel gradient per kernel *column* (what is kept): for each column j the
   kh row-shifted views concatenated along channels and one (kh*C, B*Ho*Wo) @ (B*Ho*Wo, O)
-  matmul, :func:`_column_kernel_grad`; 1.1-1.7x faster than XLA's on the layers where
-  :func:`_kernel_grad_method` picks it (its docstring has the measurements); XLA keeps the
-  others (SmallGAP's 7x7 kernel on a 7x7 map, small layers at small batches).
+  matmul, :func:`_column_kernel_grad`; up to 1.6x faster than XLA's on single layers on one
+  device, but slower inside whole train steps on several host devices, so
+  :func:`_kernel_grad_method` uses it only for large per-device layers (its docstring has the
+  measurements).
 * reshape max-pool with first-max routing: gradient of a 2x2 pool on 128x28x28x32: 174 -> 58,
   on 128x14x14x64: 89 -> 26; forward unchanged. PoolGAP train step x1.1-1.9 over runs.
 * XLA:CPU flags ``xla_cpu_use_xnnpack``, ``xla_cpu_use_onednn``, XNN graph fusion, the
@@ -308,25 +309,35 @@ for _prim, _impl, _lhs, _rhs in ((conv_p, _conv_impl, _conv_transpose_v, _conv_t
 
 def _kernel_grad_method(x_shape, w_shape, strides) -> str:
     """How :data:`conv_p` computes its kernel gradient: ``"columns"`` (:func:`_column_kernel_grad`)
-    for kernels of at most 5x5 whose output map has at least 4x as many positions as the kernel has
-    taps, with at least 8,192 output rows (batch x height x width) per device, the batch taken as
-    split over all ``jax.device_count()`` devices (how jaxadv's data mesh shards it); else ``"xla"``
-    (XLA's backward-filter convolution).
+    for kernels of at most 3x3 with at least 32 input channels and at least 65,536 output rows
+    (batch x height x width) per device, the batch taken as split over all
+    ``jax.device_count()`` devices (how jaxadv's data mesh shards it); else ``"xla"`` (XLA's
+    backward-filter convolution).
 
-    Measured on a 2-core Xeon VM (2026-12-03, one device, ``python -m
-    experiments.benchmarks.kernel_grad --out results/kernel_grad.json``; XLA time / columns time of
-    the jitted kernel gradient of one layer, forward included, batch 16 / 64 / 128): the 2-conv
-    CNN's 26x26x32->64 3x3 layer 1.37 / 1.30 / 1.49; PreAct ResNet-18's 32x32x64->64 1.13 / 1.24 /
-    1.27, its 3-channel stem 1.22 / 1.47 / 1.53, 16x16x128->128 1.11 / 1.07 / 1.28; PoolGAP's
-    28x28x1->32 5x5 0.92 / 1.70 / 1.74 and 14x14x32->64 5x5 0.84 / 1.06 / 1.08 (hence the row
-    count). Losses the rule leaves to XLA: SmallGAP's 7x7 kernel on its 7x7 map (0.99 / 0.93 /
-    0.70) and its 4x4 stride-2 layer on 14x14 (0.41 / 0.94 / 1.01). The earlier per-tap matmuls
-    (``"taps"``) were slower than ``"columns"`` on 29 of the 30 shapes."""
+    Single layers on one device (quiet 2-core Xeon VM, 2026-12-03, ``python -m
+    experiments.benchmarks.kernel_grad --out results/kernel_grad.json``; XLA time / columns time
+    of the jitted kernel gradient of one layer, forward included, batch 16 / 64 / 128): the 2-conv
+    CNN's 26x26x32->64 3x3 layer 1.62 / 1.32 / 1.39; PreAct ResNet-18's 32x32x64->64 1.04 / 1.25
+    / 1.24, 16x16x128->128 0.83 / 1.09 / 1.23, its 3-channel stem 0.84 / 1.80 / 1.26; PoolGAP's
+    28x28x1->32 5x5 0.99 / 1.56 / 1.90, 14x14x32->64 5x5 0.63 / 1.07 / 1.07; SmallGAP's 7x7 kernel
+    on its 7x7 map 0.89 / 0.93 / 0.66. The per-tap matmuls (``"taps"``, the previous method) were
+    slower than ``"columns"`` on 27 of the 30 shapes.
+
+    Whole train steps (batch 128, interleaved medians, same machine) show why the rule is
+    stricter than those layers suggest: with the batch split over several host devices each
+    device's layers run on fewer threads and the concatenations cost more than they save. A
+    looser rule ("columns" for kernels up to 5x5 with >= 8,192 rows per device) made PoolGAP's
+    train step 88 vs 67 ms on two devices and PreAct ResNet-18's 5.0 vs 3.3 s on eight. With this
+    rule (``python -m experiments.benchmarks.kernel_grad --train_steps poolgap preact_resnet18
+    --host_devices N``, results/kernel_grad_train_steps_Ndev.json): ResNet-18 3.12 vs 3.73 s on
+    one device (1.20x), 2.72 vs 2.75 s on two (1.01x), unchanged on eight (every layer on XLA);
+    PoolGAP and SmallGAP keep XLA's kernel gradient everywhere (their ratios, 0.96-1.08, are the
+    run-to-run noise of identical programs)."""
     kh, kw = w_shape[:2]
     ho = -(-x_shape[1] // strides[0])
     wo = -(-x_shape[2] // strides[1])
     rows_per_device = x_shape[0] * ho * wo / max(jax.device_count(), 1)
-    pays = kh * kw <= 25 and ho * wo >= 4 * kh * kw and rows_per_device >= 8192
+    pays = kh * kw <= 9 and x_shape[3] >= 32 and rows_per_device >= 65536
     return "columns" if pays else "xla"
 
 
