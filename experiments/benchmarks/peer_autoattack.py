@@ -4,7 +4,8 @@ Called by ``experiments/benchmarks/attacks.py`` as ``run(setup, quick) -> dict``
 its ``build_setup`` (JAX logits function, PyTorch twin with the same weights, the same MNIST
 examples, eps = 0.3 l-inf), or standalone on a small sample:
 
-    python -m experiments.benchmarks.peer_autoattack [--n 100] [--quick] [--out FILE]
+    python -m experiments.benchmarks.peer_autoattack [--n 100] [--seeds 1] [--ensemble_n N]
+        [--sections apgd_ce ensemble] [--quick] [--out FILE]
 
 Sections (robust accuracy in percent, measured the same way for every library: the returned
 examples are checked to lie in the eps-ball and [0, 1], then classified by the same JAX function;
@@ -94,7 +95,10 @@ class _Scorer:
                 "images_per_s": n / seconds, "n": n, "seconds": seconds, "max_dist": dist}
 
 
-def bench_apgd_ce(setup: dict, quick: bool) -> dict:
+def bench_apgd_ce(setup: dict, quick: bool, seeds: int = 1) -> dict:
+    """APGD-CE for each library, timed on seed 0; with ``seeds`` > 1 also the robust accuracy of
+    seeds 0..seeds-1 (jaxadv: ``jax.random.key(s)``; the peers: ``seed=s``) and their mean, since
+    one run's random start moves the result by a point or two on 100 points."""
     import torch
 
     score = _Scorer(setup)
@@ -111,6 +115,10 @@ def bench_apgd_ce(setup: dict, quick: bool) -> dict:
 
     seconds = _time_call(run, 1 if quick else 3)
     res = {"jaxadv": score.entry(np.asarray(out["jax"]), seconds)}
+    accs = [res["jaxadv"]["robust_acc"]] + [
+        score.entry(np.asarray(attack(x, y, jax.random.key(s), jnp.float32(eps)).x_adv),
+                    1.0)["robust_acc"] for s in range(1, seeds)]
+    _add_seeds(res["jaxadv"], accs)
 
     try:
         from pyautoattack.autopgd_base import APGDAttack
@@ -121,6 +129,14 @@ def bench_apgd_ce(setup: dict, quick: bool) -> dict:
         seconds = _time_once(lambda: out.__setitem__(
             "aa", aa.perturb(setup["x_nchw"].clone(), setup["y_torch"].clone())))
         res["autoattack"] = score.entry(_nchw_to_nhwc(out["aa"]), seconds)
+        accs = [res["autoattack"]["robust_acc"]]
+        for s in range(1, seeds):
+            aa = APGDAttack(setup["torch_model"], n_iter=NUM_STEPS, norm="Linf", n_restarts=1,
+                            eps=eps, seed=s, loss="ce", device="cpu")
+            torch.manual_seed(s)
+            accs.append(score.entry(_nchw_to_nhwc(aa.perturb(
+                setup["x_nchw"].clone(), setup["y_torch"].clone())), 1.0)["robust_acc"])
+        _add_seeds(res["autoattack"], accs)
     except ImportError as e:
         res["autoattack"] = {"error": f"not installed: {e}"}
 
@@ -132,9 +148,22 @@ def bench_apgd_ce(setup: dict, quick: bool) -> dict:
         seconds = _time_once(lambda: out.__setitem__(
             "ta", ta(setup["x_nchw"].clone(), setup["y_torch"].clone())))
         res["torchattacks"] = score.entry(_nchw_to_nhwc(out["ta"]), seconds)
+        accs = [res["torchattacks"]["robust_acc"]]
+        for s in range(1, seeds):
+            ta = torchattacks.APGD(setup["torch_model"], norm="Linf", eps=eps, steps=NUM_STEPS,
+                                   n_restarts=1, seed=s, loss="ce")
+            accs.append(score.entry(_nchw_to_nhwc(ta(setup["x_nchw"].clone(),
+                                                     setup["y_torch"].clone())), 1.0)["robust_acc"])
+        _add_seeds(res["torchattacks"], accs)
     except ImportError as e:
         res["torchattacks"] = {"error": f"not installed: {e}"}
     return res
+
+
+def _add_seeds(entry: dict, accs: list) -> None:
+    if len(accs) > 1:
+        entry["robust_acc_seeds"] = accs
+        entry["robust_acc_mean"] = float(np.mean(accs))
 
 
 class _StageLog(logging.Handler):
@@ -150,9 +179,11 @@ class _StageLog(logging.Handler):
             self.acc[m.group(1).lower()] = float(m.group(2))
 
 
-def bench_ensemble(setup: dict, quick: bool) -> dict:
-    """The standard ensemble on the first n points (quick: at most QUICK_ENSEMBLE_N)."""
-    n = len(setup["y"]) if not quick else min(len(setup["y"]), QUICK_ENSEMBLE_N)
+def bench_ensemble(setup: dict, quick: bool, n: int | None = None) -> dict:
+    """The standard ensemble on the first n points (default all; quick: at most
+    QUICK_ENSEMBLE_N)."""
+    n = min(len(setup["y"]), n or len(setup["y"]))
+    n = n if not quick else min(n, QUICK_ENSEMBLE_N)
     sub = {k: setup[k][:n] for k in ("x", "y", "x_nchw", "y_torch")}
     score = _Scorer(setup | sub)
     eps = float(setup["eps"])
@@ -208,14 +239,17 @@ def bench_ensemble(setup: dict, quick: bool) -> dict:
     return res
 
 
-def run(setup: dict, quick: bool) -> dict:
-    """Both sections; each inner dict has ``robust_acc`` (percent), ``images_per_s`` and ``n``."""
-    sections = {}
-    sections["apgd_ce"] = bench_apgd_ce(setup, quick)
-    print(f"  apgd_ce: {sections['apgd_ce']}", flush=True)
-    sections["ensemble"] = bench_ensemble(setup, quick)
-    print(f"  ensemble: {sections['ensemble']}", flush=True)
-    return sections
+def run(setup: dict, quick: bool, *, seeds: int = 1, ensemble_n: int | None = None,
+        sections=("apgd_ce", "ensemble")) -> dict:
+    """The sections; each inner dict has ``robust_acc`` (percent), ``images_per_s`` and ``n``."""
+    out = {}
+    if "apgd_ce" in sections:
+        out["apgd_ce"] = bench_apgd_ce(setup, quick, seeds)
+        print(f"  apgd_ce: {out['apgd_ce']}", flush=True)
+    if "ensemble" in sections:
+        out["ensemble"] = bench_ensemble(setup, quick, ensemble_n)
+        print(f"  ensemble: {out['ensemble']}", flush=True)
+    return out
 
 
 def build_setup(n: int, checkpoint=DEFAULT_CHECKPOINT, data_dir=DEFAULT_MNIST) -> dict:
@@ -244,12 +278,25 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="APGD-CE: robust accuracy over this many seeds per library")
+    parser.add_argument("--ensemble_n", type=int, default=None,
+                        help="the ensemble on the first N of the --n points (default all)")
+    parser.add_argument("--sections", nargs="+", default=["apgd_ce", "ensemble"],
+                        choices=["apgd_ce", "ensemble"])
     parser.add_argument("--out", default=None, help="JSON file to write (optional)")
     args = parser.parse_args(argv)
     setup = build_setup(args.n)
     print(f"n={args.n}, JAX/PyTorch logits agree to {setup['logits_max_abs_diff']:.2g}",
           flush=True)
-    results = run(setup, args.quick)
+    results = run(setup, args.quick, seeds=args.seeds, ensemble_n=args.ensemble_n,
+                  sections=args.sections)
+    results["settings"] = {
+        "command": "python -m experiments.benchmarks.peer_autoattack " + " ".join(
+            sys.argv[1:] if argv is None else argv),
+        "model": "official Boopathy SmallGAP adv checkpoint (PyTorch twin, identical weights)",
+        "data": f"first {args.n} MNIST test images", "eps": setup["eps"], "norm": "linf",
+        "apgd_steps": NUM_STEPS, "jax_devices": jax.device_count()}
     text = json.dumps(results, indent=2)
     if args.out:
         pathlib.Path(args.out).write_text(text)
