@@ -257,3 +257,23 @@ def test_peer_autoattack_apgd_over_seeds_smoke(tmp_path):
         assert e["robust_acc_mean"] == pytest.approx(sum(e["robust_acc_seeds"]) / 2)
     assert r["settings"]["data"] == "first 8 MNIST test images"
     assert "--seeds 2" in r["settings"]["command"]
+
+
+@pytest.mark.skipif(not (SHARED / "boopathy-mnist").exists(),
+                    reason="needs ../shared/data (official checkpoints, MNIST test set)")
+def test_ensemble_stages_smoke(tmp_path):
+    """Per-stage robust accuracy of the ensemble next to PGD-200 on an official checkpoint (tiny
+    budgets: this checks the script, not the numbers): stages are cumulative, so never rising."""
+    from experiments import ensemble_stages
+
+    out = tmp_path / "stages.json"
+    r = ensemble_stages.main(["--checkpoints", "mnist_smallgap_adv_100", "--eps", "0.3",
+                              "--n", "8", "--num_steps", "2", "--num_queries", "5",
+                              "--out", str(out)])
+    row = r["mnist_smallgap_adv_100"]["0.3"]
+    after = list(row["after"].values())
+    assert list(row["after"]) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert all(a >= b for a, b in zip(after, after[1:], strict=False))
+    assert row["robust"] == after[-1] and 0.0 <= row["pgd200"] <= 1.0
+    assert "zero_gradients" in row["flags"]
+    assert json.loads(out.read_text())["settings"]["data"] == "first 8 MNIST test images"
