@@ -34,7 +34,7 @@ a quiet machine's; batch 128 float32; medians of interleaved runs; ms, standard 
   Xeon at most 10 % faster than XLA and much slower at small per-device batches. Replaced
   (2026-12-03) by the kernel gradient per kernel *column* (what is kept): for each column j the
   kh row-shifted views concatenated along channels and one (kh*C, B*Ho*Wo) @ (B*Ho*Wo, O)
-  matmul, :func:`_column_kernel_grad`; up to 1.6x faster than XLA's on single layers on one
+  matmul, :func:`_column_kernel_grad`; up to 1.9x faster than XLA's on single layers on one
   device, but slower inside whole train steps on several host devices, so
   :func:`_kernel_grad_method` uses it only for large per-device layers (its docstring has the
   measurements).
@@ -325,9 +325,10 @@ def _kernel_grad_method(x_shape, w_shape, strides) -> str:
 
     Whole train steps (batch 128, interleaved medians, same machine) show why the rule is
     stricter than those layers suggest: with the batch split over several host devices each
-    device's layers run on fewer threads and the concatenations cost more than they save. A
-    looser rule ("columns" for kernels up to 5x5 with >= 8,192 rows per device) made PoolGAP's
-    train step 88 vs 67 ms on two devices and PreAct ResNet-18's 5.0 vs 3.3 s on eight. With this
+    device's layers run on fewer threads and the concatenations cost more than they save: a
+    looser rule tried first ("columns" for kernels up to 5x5 with >= 8,192 rows per device) made
+    PoolGAP's train step about 30 % slower on two devices and ResNet-18's 1.5x slower on eight
+    (development measurements, not reproducible with the committed rule). With this
     rule (``python -m experiments.benchmarks.kernel_grad --train_steps poolgap preact_resnet18
     --host_devices N``, results/kernel_grad_train_steps_Ndev.json): ResNet-18 3.12 vs 3.73 s on
     one device (1.20x), 2.72 vs 2.75 s on two (1.01x), unchanged on eight (every layer on XLA);
