@@ -14,7 +14,6 @@ shows which attack closes the gap. Runs on one XLA host device per core.
 
 import argparse
 import json
-import os
 import pathlib
 import sys
 import time
@@ -95,8 +94,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from jaxadv.devices import use_host_devices
+    from jaxadv.devices import use_host_devices_unless_set
 
-    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-        use_host_devices()  # one XLA host device per core on CPU, as `jaxadv train` does
+    use_host_devices_unless_set()  # one XLA host device per core on CPU, as `jaxadv train` does
     main()

@@ -252,8 +252,7 @@ def _length(train) -> str:
 
 
 if __name__ == "__main__":
-    from jaxadv.devices import use_host_devices
+    from jaxadv.devices import use_host_devices_unless_set
 
-    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-        use_host_devices()  # one XLA host device per core on CPU, as `jaxadv train` does
+    use_host_devices_unless_set()  # one XLA host device per core on CPU, as `jaxadv train` does
     main()

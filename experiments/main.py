@@ -47,11 +47,10 @@ def _usage() -> str:
 
 def _set_host_devices(n: int) -> None:
     """--host_devices, unless XLA_FLAGS already chooses a count (an explicit environment wins)."""
-    from jaxadv.devices import use_host_devices
+    from jaxadv.devices import use_host_devices_unless_set
 
-    if n == 1 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
-        return
-    use_host_devices(n or None)
+    if n != 1:
+        use_host_devices_unless_set(n or None)
 
 
 def _train() -> None:

@@ -97,3 +97,16 @@ def use_host_devices(n: int | None = None, *, collective_timeout_s: int | None =
     os.environ["XLA_FLAGS"] = _with_timeout(_with_count(os.environ.get("XLA_FLAGS", ""), n),
                                             collective_timeout_s)
     return n
+
+
+def use_host_devices_unless_set(n: int | None = None) -> int | None:
+    """:func:`use_host_devices` (default: one host device per core) unless ``XLA_FLAGS`` already
+    sets a host device count, which wins (e.g. the test suite's 8 devices, or a user's choice):
+    what the experiment scripts call before JAX initialises.
+
+    Returns:
+      The count set, or None when ``XLA_FLAGS`` already chose one.
+    """
+    if _FLAG in os.environ.get("XLA_FLAGS", ""):
+        return None
+    return use_host_devices(n)

@@ -7,7 +7,12 @@ import sys
 import jax
 import pytest
 
-from jaxadv.devices import _with_count, _with_timeout, use_host_devices
+from jaxadv.devices import (
+    _with_count,
+    _with_timeout,
+    use_host_devices,
+    use_host_devices_unless_set,
+)
 from tests.conftest import REPO
 
 
@@ -26,6 +31,20 @@ def test_after_initialisation(monkeypatch):
     for bad in (0, -2, 1.5, True):
         with pytest.raises(ValueError, match="positive integer"):
             use_host_devices(bad)
+
+
+def test_an_explicit_count_in_xla_flags_wins(monkeypatch):
+    """The experiment scripts' call: a count already in XLA_FLAGS is kept and nothing changes;
+    without one, the count is set (here the one in effect, since the backends exist)."""
+    flags = "--xla_cpu_foo=1 --xla_force_host_platform_device_count=5"
+    monkeypatch.setenv("XLA_FLAGS", flags)
+    assert use_host_devices_unless_set() is None and use_host_devices_unless_set(3) is None
+    assert os.environ["XLA_FLAGS"] == flags
+    have = len(jax.devices("cpu"))
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_foo=1")
+    assert use_host_devices_unless_set(have) == have
+    assert os.environ["XLA_FLAGS"] == (
+        f"--xla_cpu_foo=1 --xla_force_host_platform_device_count={have}")
 
 
 def test_before_initialisation_in_a_fresh_process():

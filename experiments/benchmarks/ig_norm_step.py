@@ -84,8 +84,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from jaxadv.devices import use_host_devices
+    from jaxadv.devices import use_host_devices_unless_set
 
-    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-        use_host_devices()
+    use_host_devices_unless_set()
     main()
