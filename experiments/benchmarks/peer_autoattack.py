@@ -120,41 +120,33 @@ def bench_apgd_ce(setup: dict, quick: bool, seeds: int = 1) -> dict:
                     1.0)["robust_acc"] for s in range(1, seeds)]
     _add_seeds(res["jaxadv"], accs)
 
+    def torch_peer(name: str, attack_of_seed) -> None:
+        """Seed 0 timed, then seeds 1..seeds-1 for the robust accuracy only."""
+        def run_seed(s):
+            torch.manual_seed(s)
+            return _nchw_to_nhwc(attack_of_seed(s)(setup["x_nchw"].clone(),
+                                                   setup["y_torch"].clone()))
+
+        seconds = _time_once(lambda: out.__setitem__(name, run_seed(0)))
+        res[name] = score.entry(out[name], seconds)
+        _add_seeds(res[name], [res[name]["robust_acc"]] + [
+            score.entry(run_seed(s), 1.0)["robust_acc"] for s in range(1, seeds)])
+
     try:
         from pyautoattack.autopgd_base import APGDAttack
 
-        aa = APGDAttack(setup["torch_model"], n_iter=NUM_STEPS, norm="Linf", n_restarts=1,
-                        eps=eps, seed=0, loss="ce", device="cpu")
-        torch.manual_seed(0)
-        seconds = _time_once(lambda: out.__setitem__(
-            "aa", aa.perturb(setup["x_nchw"].clone(), setup["y_torch"].clone())))
-        res["autoattack"] = score.entry(_nchw_to_nhwc(out["aa"]), seconds)
-        accs = [res["autoattack"]["robust_acc"]]
-        for s in range(1, seeds):
-            aa = APGDAttack(setup["torch_model"], n_iter=NUM_STEPS, norm="Linf", n_restarts=1,
-                            eps=eps, seed=s, loss="ce", device="cpu")
-            torch.manual_seed(s)
-            accs.append(score.entry(_nchw_to_nhwc(aa.perturb(
-                setup["x_nchw"].clone(), setup["y_torch"].clone())), 1.0)["robust_acc"])
-        _add_seeds(res["autoattack"], accs)
+        torch_peer("autoattack", lambda s: APGDAttack(
+            setup["torch_model"], n_iter=NUM_STEPS, norm="Linf", n_restarts=1, eps=eps, seed=s,
+            loss="ce", device="cpu").perturb)
     except ImportError as e:
         res["autoattack"] = {"error": f"not installed: {e}"}
 
     try:
         import torchattacks
 
-        ta = torchattacks.APGD(setup["torch_model"], norm="Linf", eps=eps, steps=NUM_STEPS,
-                               n_restarts=1, seed=0, loss="ce")
-        seconds = _time_once(lambda: out.__setitem__(
-            "ta", ta(setup["x_nchw"].clone(), setup["y_torch"].clone())))
-        res["torchattacks"] = score.entry(_nchw_to_nhwc(out["ta"]), seconds)
-        accs = [res["torchattacks"]["robust_acc"]]
-        for s in range(1, seeds):
-            ta = torchattacks.APGD(setup["torch_model"], norm="Linf", eps=eps, steps=NUM_STEPS,
-                                   n_restarts=1, seed=s, loss="ce")
-            accs.append(score.entry(_nchw_to_nhwc(ta(setup["x_nchw"].clone(),
-                                                     setup["y_torch"].clone())), 1.0)["robust_acc"])
-        _add_seeds(res["torchattacks"], accs)
+        torch_peer("torchattacks", lambda s: torchattacks.APGD(
+            setup["torch_model"], norm="Linf", eps=eps, steps=NUM_STEPS, n_restarts=1, seed=s,
+            loss="ce"))
     except ImportError as e:
         res["torchattacks"] = {"error": f"not installed: {e}"}
     return res
