@@ -22,6 +22,7 @@ call: what decides the rule, since single layers on one device overstate the gai
 """
 
 import argparse
+import contextlib
 import json
 import pathlib
 import statistics
@@ -52,6 +53,26 @@ def time_call(fn, *args, repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
+@contextlib.contextmanager
+def kernel_grad_rule(rule):
+    """The fast path on, with ``fastpath._kernel_grad_method`` replaced by ``rule`` (None: the
+    library's own) and JAX's caches cleared on the way in and out, so that what is traced inside
+    uses it."""
+    import jax
+
+    from jaxadv.models import fastpath
+
+    original = fastpath._kernel_grad_method
+    fastpath._kernel_grad_method = original if rule is None else rule
+    jax.clear_caches()
+    try:
+        with fastpath.enabled(True):
+            yield
+    finally:
+        fastpath._kernel_grad_method = original
+        jax.clear_caches()
+
+
 def bench_layer(batch: int, layer: tuple, repeats: int, methods=METHODS) -> dict:
     import jax
     import jax.numpy as jnp
@@ -63,26 +84,18 @@ def bench_layer(batch: int, layer: tuple, repeats: int, methods=METHODS) -> dict
     x = jax.random.normal(jax.random.key(0), (batch, hw, hw, cin))
     w = 0.05 * jax.random.normal(jax.random.key(1), (k, k, cin, cout))
     rule = fastpath._kernel_grad_method(x.shape, w.shape, (stride, stride))
-    original = fastpath._kernel_grad_method
     ms, grads = {}, {}
-    try:
-        with fastpath.enabled(True):
-            for method in methods:
-                fastpath._kernel_grad_method = lambda *a, m=method: m
-                jax.clear_caches()
+    for method in methods:
+        with kernel_grad_rule(lambda *a, m=method: m):
 
-                def loss(w, x):
-                    y = fastpath.conv_general_dilated(
-                        x, w, (stride, stride), "SAME",
-                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-                    return jnp.sum(jnp.tanh(y))
+            def loss(w, x):
+                y = fastpath.conv_general_dilated(
+                    x, w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                return jnp.sum(jnp.tanh(y))
 
-                fn = jax.jit(jax.grad(loss))
-                grads[method] = np.asarray(fn(w, x))
-                ms[f"{method}_ms"] = time_call(fn, w, x, repeats=repeats)
-    finally:
-        fastpath._kernel_grad_method = original
-        jax.clear_caches()
+            fn = jax.jit(jax.grad(loss))
+            grads[method] = np.asarray(fn(w, x))
+            ms[f"{method}_ms"] = time_call(fn, w, x, repeats=repeats)
     ref = grads[methods[-1]]
     err = max(float(np.abs(g - ref).max() / max(np.abs(ref).max(), 1e-30)) for g in grads.values())
     out = {"batch": batch, "layer": f"{name}: {hw}x{hw}x{cin}->{cout}, {k}x{k}, stride {stride}",
@@ -100,7 +113,7 @@ def bench_train_step(name: str, repeats: int) -> dict:
     import optax
 
     from jaxadv import sharding
-    from jaxadv.models import fastpath, get_model
+    from jaxadv.models import get_model
     from jaxadv.training import create_train_state, cross_entropy, make_train_step
 
     shape = (128, 32, 32, 3) if "resnet" in name else (128, 28, 28, 1)
@@ -111,18 +124,11 @@ def bench_train_step(name: str, repeats: int) -> dict:
     batch = sharding.shard_batch({"image": rng.random(shape, np.float32),
                                   "label": np.arange(shape[0]) % 10,
                                   "mask": np.ones(shape[0], bool)}, mesh)
-    original = fastpath._kernel_grad_method
     compiled = {}
-    try:
-        with fastpath.enabled(True):
-            for arm in ("rule", "xla"):
-                fastpath._kernel_grad_method = original if arm == "rule" else (lambda *a: "xla")
-                jax.clear_caches()
-                step = jax.jit(make_train_step(objective=cross_entropy))
-                compiled[arm] = step.lower(state, batch, jax.random.key(1)).compile()
-    finally:
-        fastpath._kernel_grad_method = original
-        jax.clear_caches()
+    for arm, rule in (("rule", None), ("xla", lambda *a: "xla")):
+        with kernel_grad_rule(rule):
+            step = jax.jit(make_train_step(objective=cross_entropy))
+            compiled[arm] = step.lower(state, batch, jax.random.key(1)).compile()
     times = {arm: [] for arm in compiled}
     for fn in compiled.values():
         jax.block_until_ready(fn(state, batch, jax.random.key(1)))  # warm-up
