@@ -34,19 +34,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import resumable
+from experiments.shared_data import SHARED, require
 from jaxadv.attacks.ensemble import evaluate_ensemble
 from jaxadv.data import load_dataset
 from jaxadv.metrics import pgd_eval_accuracy
 from jaxadv.models import get_model, load_official_checkpoint
 
-SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 METHODS = ("normal", "adv", "trades", "int", "int2", "intone", "intadv", "int2adv", "ig", "igsum")
-
-
-def _missing(path: pathlib.Path) -> None:
-    if not path.exists():
-        raise SystemExit(f"{path} is missing: this script needs ../shared/data (the MNIST test set "
-                         "and the official Boopathy et al. checkpoints); pass --shared DIR.")
 
 
 @functools.cache
@@ -85,7 +79,7 @@ def main(argv=None) -> None:
         return
 
     shared = pathlib.Path(args.shared)
-    _missing(shared / "mnist-test")
+    require(shared / "mnist-test")
     images, labels = load_dataset("mnist_idx", "test", data_dir=str(shared / "mnist-test")).get(
         np.arange(args.n))
     out_path = pathlib.Path(args.out)
@@ -121,7 +115,7 @@ def main(argv=None) -> None:
         for method in args.methods:
             stem = f"mnist_{arch}_{method}_100"
             path = shared / "boopathy-mnist" / f"{stem}.pkl"
-            _missing(path)
+            require(path)
             done = results.get(stem, {})
             need_ens = [e for e in args.ensemble_eps if f"{e:g}" not in done.get("ensemble", {})]
             if all(f"{e:g}" in done for e in args.eps) and not need_ens:

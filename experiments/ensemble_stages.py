@@ -18,7 +18,8 @@ import pathlib
 import sys
 import time
 
-SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+from experiments.shared_data import SHARED, require
+
 DEFAULT = ("mnist_smallgap_adv_100", "mnist_smallgap_int_100", "mnist_smallgap_int2_100",
            "mnist_smallgap_int2adv_100")
 
@@ -38,8 +39,7 @@ def run(stems, *, eps_list, n, shared=SHARED, num_steps=100, num_queries=5000) -
     out = {}
     for stem in stems:
         path = shared / "boopathy-mnist" / f"{stem}.pkl"
-        if not path.exists():
-            raise SystemExit(f"{path} is missing; see ../shared/data/README.md.")
+        require(path)
         name, params = load_official_checkpoint(path)
         model = get_model(name)
         params = jax.tree.map(jnp.asarray, params)

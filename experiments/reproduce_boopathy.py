@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.shared_data import SHARED, require
 from jaxadv.analysis import (
     cam_class_maps,
     cam_map_fn,
@@ -61,7 +62,6 @@ from jaxadv.metrics import pgd_eval_accuracy
 from jaxadv.metrics.rank import top_k_intersection
 from jaxadv.models import get_model, load_official_checkpoint
 
-SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 METHODS = ("normal", "adv", "trades", "int", "int2", "intone", "intadv", "int2adv", "ig", "igsum")
 MNIST_EPS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.35, 0.4)
 ISA_MAPS = ("cam", "cam++", "ig", "rep")
@@ -89,15 +89,9 @@ class Subject:
         return lambda x: self.model.apply(v, x)
 
 
-def _missing(path: pathlib.Path) -> None:
-    if not path.exists():
-        raise SystemExit(f"{path} is missing: this script needs ../shared/data (the MNIST test set "
-                         "and the official Boopathy et al. checkpoints); pass --shared DIR.")
-
-
 def load_subjects(args, cfg) -> list[Subject]:
     shared = pathlib.Path(args.shared)
-    _missing(shared / "mnist-test")
+    require(shared / "mnist-test")
     mnist = load_dataset("mnist_idx", "test", data_dir=str(shared / "mnist-test")).get(
         np.arange(cfg["n"]))
     subjects = []
@@ -105,7 +99,7 @@ def load_subjects(args, cfg) -> list[Subject]:
         model = None
         for method in cfg["methods"]:
             path = shared / "boopathy-mnist" / f"mnist_{arch}_{method}_100.pkl"
-            _missing(path)
+            require(path)
             name, params = load_official_checkpoint(path)
             model = model or get_model(name)
             subjects.append(Subject(f"{arch}/{method}", name, model,

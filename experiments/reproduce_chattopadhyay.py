@@ -53,13 +53,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import resumable
+from experiments.shared_data import SHARED
 from jaxadv import plotting
 from jaxadv.analysis import roi_roa as rr
 from jaxadv.attacks import get_attack
 from jaxadv.data import load_dataset
 from jaxadv.models import get_model, load_official_checkpoint
 
-SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 ATTACKS = ("fgsm", "pgd", "cw", "deepfool")
 VARIANTS = ("oracle_clean_roi", "oracle", "proxy", "prior")
 FILLS = rr.FILLS

@@ -61,6 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import resumable
+from experiments.shared_data import SHARED, require
 from jaxadv.analysis import promotion_suppression as pse
 from jaxadv.analysis import units
 from jaxadv.attacks import get_attack
@@ -68,7 +69,6 @@ from jaxadv.attacks.targets import random_targets
 from jaxadv.data import load_dataset
 from jaxadv.models import get_model, load_official_checkpoint, model_fns
 
-SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 ATTACKS = ("fgsm", "ifgsm", "cw", "ead", "str")
 ATTACK_NAMES = {"fgsm": "FGSM", "ifgsm": "I-FGSM", "cw": "C&W-l2", "ead": "EAD", "str": "Str-attack"}
 DEFAULT_CHECKPOINTS = ("mnist_smallgap_normal_100", "mnist_pool_normal_100",
@@ -101,12 +101,6 @@ def attack_settings(quick: bool, eps: float) -> dict[str, tuple[str, dict]]:
         "ead": ("ead", {"num_binary_steps": 9, "num_steps": 1000, "c_init": 1e-3, "beta": 1e-3}),
         "str": ("str_attack", {}),  # the paper's MNIST settings (the function's defaults)
     }
-
-
-def _missing(path: pathlib.Path) -> None:
-    if not path.exists():
-        raise SystemExit(f"{path} is missing: this script needs ../shared/data (the MNIST test set "
-                         "and the official Boopathy et al. checkpoints); pass --shared DIR.")
 
 
 def concept_masks(images: np.ndarray, labels: np.ndarray, *, threshold: float = 0.5) -> np.ndarray:
@@ -340,14 +334,14 @@ def load_models(args) -> list[tuple[str, object, np.ndarray, np.ndarray, tuple]]
     shared = pathlib.Path(args.shared)
     out = []
     if args.checkpoints:
-        _missing(shared / "mnist-test")
+        require(shared / "mnist-test")
         src = load_dataset("mnist_idx", "test", data_dir=str(shared / "mnist-test"))
         x, y = src.get(np.arange(min(len(src), max(2 * args.n, args.n + 200))))
         px, py = src.get(np.arange(len(src) - args.n_probe, len(src)))  # probe: the last images
         probe = (px, concept_masks(px, py))
     for stem in args.checkpoints:
         path = shared / "boopathy-mnist" / f"{stem}.pkl"
-        _missing(path)
+        require(path)
         name, params = load_official_checkpoint(path)
         bound = Bound(get_model(name), {"params": jax.tree.map(jnp.asarray, params)})
         out.append((stem, bound, x, y, probe))
