@@ -24,8 +24,15 @@ Tables (the paper's numbering, methods.md 1.9), written to ``--out`` (results/bo
 * Section 1.4 check: minimal-eps targeted attacks on the Normal models; every successful point
   must lie on or above the bound (f_t - f_t')(x) / 2 <= D_{2,1} / hw (scatter figure).
 
+Runs accumulate in ``--out``: each run adds its sections and models to the rows already there
+(e.g. ``--models --fmnist normal=DIR ...`` adds Fashion-MNIST rows to the official checkpoints'
+tables), and stops before writing anything when a section's settings (SECTION_KEYS) differ from
+those of its rows already there. B-6 compares each model with the Normal model of its group (the
+MNIST architecture, or ``fmnist``).
+
 Figures: ``b1_robustness.png``, ``b5_aai_kendall.png``, ``b7_isa.png``, ``margin_bound.png`` and
-``cam_overlays.png`` (CAM of the true class on clean and PGD-attacked images, per method).
+``cam_overlays.png`` (CAM of the true class on clean and PGD-attacked images, per method; the
+Fashion-MNIST models in ``cam_overlays_fmnist.png``).
 Everything lands in ``results.json`` with the settings, example counts and the command line.
 """
 
@@ -76,6 +83,33 @@ QUICK = dict(n=20, models=("smallgap",), methods=("normal", "adv", "int2"), eps=
              isa_rounds=4, ig_steps=4, n_ig=4, ig_classes=("two",), n_scatter=20)
 
 
+# The settings a section's numbers depend on: rows of one section from several runs (e.g. the
+# official checkpoints first, Fashion-MNIST models later) share one table only if these agree.
+SECTION_KEYS = {"b1": ("n", "eps", "pgd_steps"), "b5": ("n", "eps", "aai_steps"), "b6": ("n",),
+                "b7": ("multipliers", "isa_rounds", "ig_steps"), "margin": ("n_scatter",)}
+
+
+def _check_compatible(results: dict, name: str, settings: dict, out: pathlib.Path) -> None:
+    """Stops (before anything is written) when ``name`` already holds rows made with other
+    settings than this run's."""
+    key = "margin_check" if name == "margin" else name
+    before = results.get("section_settings", {}).get(name)
+    if not results.get(key) or before is None:
+        return
+    differ = [k for k in SECTION_KEYS[name]
+              if k in before and _plain(before[k]) != _plain(settings[k])]
+    if differ:
+        raise SystemExit(
+            f"{out / 'results.json'} already has section {name} rows made with "
+            + ", ".join(f"{k}={before[k]}" for k in differ) + " (this run: "
+            + ", ".join(f"{k}={settings[k]}" for k in differ) + "). Pass the same values to "
+            "add rows to that table, or another --out for a separate one; nothing was changed.")
+
+
+def _plain(v):
+    return list(v) if isinstance(v, (tuple, list)) else v
+
+
 class Subject:
     """One evaluated model: a label, its (shared per architecture) Flax module and variables,
     and the data it is evaluated on."""
@@ -87,6 +121,11 @@ class Subject:
     def logits_fn(self, variables=None):
         v = self.variables if variables is None else variables
         return lambda x: self.model.apply(v, x)
+
+
+def _group(label: str) -> str:
+    """The table group of a row label: the MNIST architecture, or ``fmnist``."""
+    return label.split("/")[0]
 
 
 def load_subjects(args, cfg) -> list[Subject]:
@@ -178,9 +217,10 @@ def table_b5(subjects, cfg) -> dict:
 
 def table_b6(subjects) -> dict:
     out = {}
-    normals = {s.arch_key: s for s in subjects if s.label.endswith("/normal")}
+    # the reference of a model is the Normal model of its group ("smallgap", "pool", "fmnist")
+    normals = {_group(s.label): s for s in subjects if s.label.endswith("/normal")}
     for s in subjects:
-        ref = normals.get(s.arch_key)
+        ref = normals.get(_group(s.label))
         if ref is None:
             continue
         x, y = s.data
@@ -213,7 +253,7 @@ def table_b7(subjects, cfg) -> dict:
     out = {}
     isa_models = cfg.get("isa_models")
     for s in (s for s in subjects if s.label.endswith("/normal")
-              and (not isa_models or s.label.split("/")[0] in isa_models)):
+              and (not isa_models or _group(s.label) in isa_models)):
         rows = {}
         for kind in cfg["isa_maps"]:
             # rep maps have no classes: every class set gives the same mean per-channel measure
@@ -413,23 +453,34 @@ def write_figures(results: dict, subjects, cfg, out: pathlib.Path) -> None:
         fig.tight_layout()
         fig.savefig(out / "margin_bound.png", dpi=100)
         plt.close(fig)
-    # CAM overlays: clean vs PGD-attacked (eps 0.2), true class, 3 images, one row per model
-    prefix = cfg["models"][0] + "/" if cfg["models"] else "fmnist/"
-    shown = [s for s in subjects if s.label.startswith(prefix)]
-    if shown:
-        fig, axes = plt.subplots(len(shown), 6, figsize=(9, 1.6 * len(shown)), squeeze=False)
-        for row, s in zip(axes, shown, strict=True):
-            x, y = (jnp.asarray(a[:3]) for a in s.data)
-            adv = _pgd_adv(s.model, cfg["pgd_steps"])
-            x_adv = adv(s.variables, x, y, jnp.float32(0.2))
-            clean, attacked = _cam_true(s, x, y), _cam_true(s, x_adv, y)
-            for i in range(3):
-                plotting.map_overlay(row[2 * i], x[i], clean[i],
-                                     title=f"{s.label} clean" if i == 0 else "clean")
-                plotting.map_overlay(row[2 * i + 1], x_adv[i], attacked[i], title="PGD eps 0.2")
-        fig.tight_layout()
-        fig.savefig(out / "cam_overlays.png", dpi=90)
-        plt.close(fig)
+    # CAM overlays: clean vs PGD-attacked (eps 0.2), true class, 3 images, one row per model;
+    # the first MNIST architecture in cam_overlays.png, Fashion-MNIST in cam_overlays_fmnist.png
+    for prefix, name in ((cfg["models"][0] if cfg["models"] else None, "cam_overlays.png"),
+                         ("fmnist", "cam_overlays_fmnist.png")):
+        shown = [s for s in subjects if _group(s.label) == prefix]
+        if shown:
+            _cam_overlays(shown, cfg, out / name)
+
+
+def _cam_overlays(shown, cfg, path: pathlib.Path) -> None:
+    """CAM of the true class on clean and PGD-attacked (eps 0.2) images, one row per model."""
+    import matplotlib.pyplot as plt
+
+    from jaxadv import plotting
+
+    fig, axes = plt.subplots(len(shown), 6, figsize=(9, 1.6 * len(shown)), squeeze=False)
+    for row, s in zip(axes, shown, strict=True):
+        x, y = (jnp.asarray(a[:3]) for a in s.data)
+        adv = _pgd_adv(s.model, cfg["pgd_steps"])
+        x_adv = adv(s.variables, x, y, jnp.float32(0.2))
+        clean, attacked = _cam_true(s, x, y), _cam_true(s, x_adv, y)
+        for i in range(3):
+            plotting.map_overlay(row[2 * i], x[i], clean[i],
+                                 title=f"{s.label} clean" if i == 0 else "clean")
+            plotting.map_overlay(row[2 * i + 1], x_adv[i], attacked[i], title="PGD eps 0.2")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def main(argv=None) -> dict:
@@ -477,17 +528,26 @@ def main(argv=None) -> dict:
         write_figures(results, [], cfg, out)  # every figure but the CAM overlays
         print(write_tables(results, out / "tables.md"))
         return results
-    subjects = load_subjects(args, cfg)
-    # Sections run separately accumulate: earlier sections in --out are kept.
+    # Sections and models accumulate: a run adds its rows to those already in --out (other
+    # sections, other models, other B-7 maps), provided each section's settings agree.
     previous = out / "results.json"
     results = json.loads(previous.read_text()) if previous.exists() else {}
-    results["settings"] = {
-        **{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
-        "data": f"first {cfg['n']} MNIST test images (official checkpoints)"
-                + (f"; first {cfg['n']} Fashion-MNIST test images ({', '.join(args.fmnist)})"
-                   if args.fmnist else ""),
+    sources = dict(results.get("data_sources") or (
+        {"mnist": results["settings"]["data"]} if "settings" in results else {}))
+    if cfg["models"]:
+        sources["mnist"] = f"first {cfg['n']} MNIST test images (official checkpoints)"
+    if args.fmnist:
+        sources["fmnist"] = (f"first {cfg['n']} Fashion-MNIST test images of jaxadv-trained "
+                             f"models ({', '.join(args.fmnist)})")
+    settings = {
+        **{k: _plain(v) for k, v in cfg.items()},
+        "data": "; ".join(sources.values()),
         "command": "python -m experiments.reproduce_boopathy " + " ".join(
             sys.argv[1:] if argv is None else argv)}
+    for name in args.sections:
+        _check_compatible(results, name, settings, out)
+    subjects = load_subjects(args, cfg)
+    results["settings"], results["data_sources"] = settings, sources
     timings = dict(results.get("seconds", {}))
     steps = {"b1": lambda: table_b1(subjects, cfg), "b5": lambda: table_b5(subjects, cfg),
              "b6": lambda: table_b6(subjects), "b7": lambda: table_b7(subjects, cfg),
@@ -495,18 +555,19 @@ def main(argv=None) -> dict:
     for name in args.sections:
         t0 = time.perf_counter()
         key = "margin_check" if name == "margin" else name
-        new = steps[name]()
-        if name == "b7":  # ISA rows accumulate per model (maps may be run separately)
-            merged = results.get("b7", {})
-            for model, rows in new.items():
+        merged = results.get(key, {})
+        for model, rows in steps[name]().items():
+            if name == "b7":  # ISA rows per map (maps may be run separately)
                 merged.setdefault(model, {}).update(rows)
-            new = merged
-        results[key] = new
-        timings[name] = round(time.perf_counter() - t0, 1)
+            else:
+                merged[model] = rows
+        results[key] = merged
+        timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - t0, 1)
         cmds = results.setdefault("commands", {})
-        command = results["settings"]["command"]
-        cmds[name] = (cmds[name] + " ; " + command) if name == "b7" and name in cmds else command
-        results.setdefault("section_settings", {})[name] = dict(results["settings"])
+        command = settings["command"]
+        cmds[name] = (cmds[name] + " ; " + command if cmds.get(name)
+                      and command not in cmds[name].split(" ; ") else command)
+        results.setdefault("section_settings", {})[name] = dict(settings)
         (out / "results.json").write_text(json.dumps(results, indent=1))
     write_figures(results, subjects, cfg, out)
     results["seconds"] = timings

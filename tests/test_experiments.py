@@ -1,6 +1,7 @@
 """The results scripts run end to end (quick settings, synthetic Fashion-MNIST-shaped data)."""
 
 import json
+import shutil
 
 import pytest
 
@@ -87,6 +88,39 @@ def test_reproduce_boopathy_quick(tmp_path):
               "cam_overlays.png"):
         assert (out / f).stat().st_size > 500, f
     assert "## B-7" in (out / "tables.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED / "boopathy-mnist").exists(),
+                    reason="needs ../shared/data (official checkpoints, MNIST test set)")
+def test_reproduce_boopathy_adds_fashion_mnist_rows_to_the_mnist_tables(tmp_path, monkeypatch):
+    """A later --fmnist run adds its rows beside the official checkpoints' rows (each Fashion-MNIST
+    model compared with the Fashion-MNIST Normal model), keeps the MNIST figures, and stops before
+    writing when a section's settings differ from those of the rows already there."""
+    from experiments import reproduce_boopathy
+    from tests.training.helpers import train_tiny_fashion_mnist_workdir
+
+    wd = train_tiny_fashion_mnist_workdir(tmp_path, monkeypatch, num_test=16)
+    copy = shutil.copytree(wd, tmp_path / "copy")  # another directory, the same weights
+    out = tmp_path / "b"
+    quick = ["--quick", "--n", "4", "--out", str(out)]
+    reproduce_boopathy.main(quick + ["--sections", "b6", "--methods", "normal", "adv"])
+    overlay = (out / "cam_overlays.png").read_bytes()
+    r = reproduce_boopathy.main(quick + ["--sections", "b6", "--models", "--fmnist",
+                                         f"normal={wd}", f"again={copy}"])
+    assert set(r["b6"]) == {"smallgap/normal", "smallgap/adv", "fmnist/normal", "fmnist/again"}
+    assert r["b6"]["fmnist/again"] == 1.0  # its reference is fmnist/normal (the same weights)
+    assert r["b6"]["smallgap/adv"] < 1.0
+    assert "MNIST test images" in r["settings"]["data"]
+    assert "Fashion-MNIST" in r["settings"]["data"]
+    assert (out / "cam_overlays.png").read_bytes() == overlay
+    assert (out / "cam_overlays_fmnist.png").stat().st_size > 500
+    assert "| fmnist/again | 1.000 |" in (out / "tables.md").read_text()
+    before = (out / "results.json").read_bytes()
+    with pytest.raises(SystemExit, match=r"section b6 rows made with n=4.*another --out"):
+        reproduce_boopathy.main(["--quick", "--n", "8", "--out", str(out), "--sections", "b6",
+                                 "--models", "--fmnist", f"normal={wd}"])
+    assert (out / "results.json").read_bytes() == before
 
 
 @pytest.mark.skipif(not (SHARED / "boopathy-mnist").exists(),

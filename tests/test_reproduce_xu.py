@@ -54,17 +54,9 @@ def test_reproduce_xu_quick(shared_data, tmp_path):
 def test_reproduce_xu_fashion_mnist_workdir(tmp_path, monkeypatch):
     """The --fmnist_workdir path on a 20-step model trained on synthetic Fashion-MNIST files."""
     from experiments import reproduce_xu
-    from experiments.configs import fashion_mnist_robust
-    from jaxadv.training import train_and_evaluate
-    from tests.training.helpers import make_synthetic_idx
+    from tests.training.helpers import train_tiny_fashion_mnist_workdir
 
-    monkeypatch.setenv("JAXADV_FASHION_MNIST_DIR",
-                       str(make_synthetic_idx(tmp_path / "data", num_train=256, num_test=64)))
-    workdir = tmp_path / "normal"
-    config = fashion_mnist_robust.get_config("normal,quick")
-    config.train.num_steps, config.train.checkpoint_every = 5, 5
-    config.eval.num_examples, config.eval.robust_attack = 64, ""  # no robust evaluation
-    train_and_evaluate(config, str(workdir), verbose=False)
+    workdir = train_tiny_fashion_mnist_workdir(tmp_path, monkeypatch)
     results = reproduce_xu.main([
         "--quick", "--checkpoints", "--fmnist_workdir", str(workdir), "--n", "2",
         "--n_probe", "16", "--attacks", "ifgsm", "--masked_units", "0", "2", "--pixel_method",

@@ -19,3 +19,20 @@ def make_synthetic_idx(directory, *, num_train=512, num_test=128, seed=0):
         write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return directory
+
+
+def train_tiny_fashion_mnist_workdir(tmp_path, monkeypatch, *, num_test=64):
+    """A jaxadv training directory (config.json + checkpoint) of a Normal SmallGAP trained for 5
+    steps on synthetic Fashion-MNIST files, which ``JAXADV_FASHION_MNIST_DIR`` points at for the
+    rest of the test: the input of the reproduction scripts' Fashion-MNIST paths."""
+    from experiments.configs import fashion_mnist_robust
+    from jaxadv.training import train_and_evaluate
+
+    monkeypatch.setenv("JAXADV_FASHION_MNIST_DIR", str(
+        make_synthetic_idx(tmp_path / "data", num_train=256, num_test=num_test)))
+    workdir = tmp_path / "normal"
+    config = fashion_mnist_robust.get_config("normal,quick")
+    config.train.num_steps, config.train.checkpoint_every = 5, 5
+    config.eval.num_examples, config.eval.robust_attack = num_test, ""  # no robust evaluation
+    train_and_evaluate(config, str(workdir), verbose=False)
+    return workdir
