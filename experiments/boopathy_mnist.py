@@ -14,11 +14,15 @@ Accuracy at eps is the share of the n points that are classified correctly on th
 on the attack's example at every radius up to eps (eps are run in ascending order and a point broken
 at a smaller radius stays broken: its example lies in every larger ball), so each radius attacks
 only the points still robust. Optionally (``--ensemble_eps``) the AutoAttack-protocol ensemble
-(APGD-CE, APGD-T, FAB-T, Square; ``jaxadv.attacks.ensemble``) on the first ``--ensemble_n`` points.
+(APGD-CE, APGD-T, FAB-T, Square; ``jaxadv.attacks.ensemble``) on the first ``--ensemble_n`` points,
+in blocks of ``--ensemble_block`` images (the block starting at image i draws its randomness from
+``fold_in(key(0), i)``, the first from ``key(0)``).
 
-The JSON maps each checkpoint file stem to {"<eps>": accuracy}, plus "ensemble" entries
-{"<eps>": accuracy} where run, and a "settings" record. Checkpoints already in ``--out`` are
-skipped, so an interrupted run continues where it stopped.
+The JSON maps each checkpoint file stem to {"<eps>": accuracy}, plus "ensemble" {"<eps>":
+accuracy} and "ensemble_n" {"<eps>": images} where run, and a "settings" record. The file is
+written after every checkpoint and every ensemble block, and a later run skips what is there:
+an interrupted run continues where it stopped, and a larger ``--ensemble_n`` extends the
+ensemble columns block by block (over several sessions if need be) instead of starting again.
 """
 
 import argparse
@@ -40,6 +44,8 @@ from jaxadv.data import load_dataset
 from jaxadv.metrics import pgd_eval_accuracy
 from jaxadv.models import get_model, load_official_checkpoint
 
+ENSEMBLE = ("AutoAttack-protocol standard ensemble (APGD-CE, APGD-T 9 targets, FAB-T, Square 5000 "
+            "queries)")  # on the first ensemble_n images of each row
 METHODS = ("normal", "adv", "trades", "int", "int2", "intone", "intadv", "int2adv", "ig", "igsum")
 
 
@@ -70,6 +76,8 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--ensemble_eps", type=float, nargs="*", default=[0.3, 0.4])
     parser.add_argument("--ensemble_n", type=int, default=1000)
+    parser.add_argument("--ensemble_block", type=int, default=200,
+                        help="images per ensemble call (the file is saved after each)")
     parser.add_argument("--table_only", action="store_true",
                         help="only rewrite the markdown table from --out")
     args = parser.parse_args(argv)
@@ -81,7 +89,7 @@ def main(argv=None) -> None:
     shared = pathlib.Path(args.shared)
     require(shared / "mnist-test")
     images, labels = load_dataset("mnist_idx", "test", data_dir=str(shared / "mnist-test")).get(
-        np.arange(args.n))
+        np.arange(max(args.n, args.ensemble_n if args.ensemble_eps else 0)))
     out_path = pathlib.Path(args.out)
     results = json.loads(out_path.read_text()) if out_path.exists() else {}
     old = results.get("settings", {})
@@ -90,9 +98,7 @@ def main(argv=None) -> None:
             f"PGD l-inf on CE, {args.num_steps} steps of {args.step_size}, no random start "
             "(Boopathy et al. evaluation); eps ascending, a point broken at a smaller eps stays "
             "broken"),
-        "ensemble": (f"AutoAttack-protocol standard ensemble (APGD-CE, APGD-T 9 targets, FAB-T, "
-                     f"Square 5000 queries) on the first {args.ensemble_n} images"
-                     if args.ensemble_eps else None),
+        "ensemble": (ENSEMBLE if args.ensemble_eps else None),
     }
     not_run = "not run (--ensemble_eps empty)"
     diff = resumable.differing({k: v for k, v in old.items() if v != not_run},  # one protocol
@@ -117,7 +123,8 @@ def main(argv=None) -> None:
             path = shared / "boopathy-mnist" / f"{stem}.pkl"
             require(path)
             done = results.get(stem, {})
-            need_ens = [e for e in args.ensemble_eps if f"{e:g}" not in done.get("ensemble", {})]
+            need_ens = [e for e in args.ensemble_eps
+                        if done.get("ensemble_n", {}).get(f"{e:g}", 0) < args.ensemble_n]
             if all(f"{e:g}" in done for e in args.eps) and not need_ens:
                 continue
             name, params = load_official_checkpoint(path)
@@ -126,24 +133,44 @@ def main(argv=None) -> None:
             tic = time.perf_counter()
             if not all(f"{e:g}" in done for e in args.eps):
                 done.update(pgd_accuracies(
-                    name, params, images, labels, epsilons=args.eps, chunk=args.chunk,
+                    name, params, images[:args.n], labels[:args.n], epsilons=args.eps, chunk=args.chunk,
                     num_steps=args.num_steps, step_size=args.step_size))
-            ens = done.get("ensemble", {})
+                results[stem] = done
+                _save(results, out_path)
+            ens, ens_n = done.setdefault("ensemble", {}), done.setdefault("ensemble_n", {})
+            logits_fn = functools.partial(_apply, model, params)
             for eps in need_ens:
-                logits_fn = functools.partial(_apply, model, params)
-                n = args.ensemble_n
-                res = evaluate_ensemble(logits_fn, jnp.asarray(images[:n]), jnp.asarray(labels[:n]),
-                                        jax.random.key(0), eps=eps, check_flags=False)
-                ens[f"{eps:g}"] = float(np.mean(np.asarray(res.robust)))
-            if ens:
-                done["ensemble"] = ens
+                k = f"{eps:g}"
+                have = ens_n.get(k, 0)
+                robust = round(ens.get(k, 0.0) * have)
+                while have < args.ensemble_n:
+                    stop = min(args.ensemble_n, have + args.ensemble_block)
+                    key = jax.random.key(0) if have == 0 else jax.random.fold_in(
+                        jax.random.key(0), have)
+                    res = evaluate_ensemble(logits_fn, jnp.asarray(images[have:stop]),
+                                            jnp.asarray(labels[have:stop]), key, eps=eps,
+                                            check_flags=False)
+                    robust += int(np.sum(np.asarray(res.robust)))
+                    have = stop
+                    ens[k], ens_n[k] = robust / have, have
+                    results[stem] = done
+                    _save(results, out_path)
+                    print(f"{stem}: ensemble at {k} on {have} images: {100 * ens[k]:.1f} % "
+                          f"({time.perf_counter() - tic:.0f} s)", flush=True)
+            if not ens:
+                del done["ensemble"], done["ensemble_n"]
             results[stem] = done
+            _save(results, out_path)
             print(f"{stem}: {json.dumps(done)} ({time.perf_counter() - tic:.0f} s)", flush=True)
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
-            os.replace(tmp, out_path)  # atomic: an interrupted run never leaves half a file
     print(write_table(results, out_path.with_suffix(".md")))
+
+
+def _save(results: dict, out_path: pathlib.Path) -> None:
+    """Atomic write: an interrupted run never leaves half a file."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
+    os.replace(tmp, out_path)
 
 
 def write_table(results: dict, path: pathlib.Path) -> str:
@@ -151,7 +178,8 @@ def write_table(results: dict, path: pathlib.Path) -> str:
     paper's claim that Int and Int2 beat adversarial training at large eps: with PGD-200 at 0.35
     and 0.4, and with the ensemble at its radii where the file has them."""
     stems = sorted(k for k in results if k.startswith("mnist_"))
-    eps = sorted({e for k in stems for e in results[k] if e != "ensemble"}, key=float)
+    eps = sorted({e for k in stems for e in results[k] if e not in ("ensemble", "ensemble_n")},
+                 key=float)
     ens = sorted({e for k in stems for e in results[k].get("ensemble", {})}, key=float)
     lines = ["| checkpoint | " + " | ".join([f"eps {e}" for e in eps]
                                            + [f"ensemble {e}" for e in ens]) + " |",
@@ -189,8 +217,12 @@ def write_table(results: dict, path: pathlib.Path) -> str:
                       f"{a} {m} at {e}: {100 * r:.1f} vs {100 * v:.1f}"
                       for a, m, e, _, r, v in ens_claims) + "."]
     s = results.get("settings", {})
+    ens_n = sorted({n for k in stems for n in results[k].get("ensemble_n", {}).values()})
+    on = (f"; on the first {ens_n[0]} images" if len(ens_n) == 1 else
+          f"; on the first {ens_n[0]} to {ens_n[-1]} images (ensemble_n per row in the JSON)"
+          if ens_n else "")
     lines += ["", f"Accuracy (%) on the {s.get('data', '?')}; {s.get('attack', '')}."
-              + (f" Ensemble columns: {s['ensemble']}." if ens and "ensemble" in s else ""),
+              + (f" Ensemble columns: {s['ensemble']}{on}." if ens and "ensemble" in s else ""),
               "Commands: " + "; ".join(f"`{c}`" for c in s.get("commands", [s.get("command")])
                                        if c) + "." + (f" {s['note']}" if s.get("note") else "")]
     text = "\n".join(lines) + "\n"

@@ -128,7 +128,8 @@ def test_reproduce_boopathy_adds_fashion_mnist_rows_to_the_mnist_tables(tmp_path
 def test_boopathy_mnist_resumes_adds_the_ensemble_and_refuses_another_protocol(tmp_path,
                                                                                 monkeypatch):
     """results/boopathy_mnist*.json: PGD rows first, ensemble columns added by a later run without
-    redoing the PGD, and a run with other settings stopped before it changes the file."""
+    redoing the PGD, extended block by block to more images by a run with a larger --ensemble_n,
+    and a run with other settings stopped before it changes the file."""
     import types
 
     import numpy as np
@@ -149,10 +150,11 @@ def test_boopathy_mnist_resumes_adds_the_ensemble_and_refuses_another_protocol(t
     def no_pgd(*a, **k):
         raise AssertionError("PGD rerun for a checkpoint already in the file")
 
-    calls = []
+    calls, images = [], []
 
     def fake_ensemble(logits_fn, x, y, key, *, eps, check_flags):
         calls.append((x.shape[0], eps))
+        images.append(np.asarray(x))
         return types.SimpleNamespace(robust=np.array([1.0, 0.0, 0.0, 0.0])[: x.shape[0]])
 
     monkeypatch.setattr(boopathy_mnist, "pgd_accuracies", no_pgd)
@@ -161,16 +163,32 @@ def test_boopathy_mnist_resumes_adds_the_ensemble_and_refuses_another_protocol(t
     r = json.loads(out.read_text())
     assert calls == [(4, 0.3), (4, 0.3)]
     assert r["mnist_smallgap_adv_100"]["ensemble"] == {"0.3": 0.25}
-    assert len(r["settings"]["commands"]) == 2 and "first 4 images" in r["settings"]["ensemble"]
+    assert r["mnist_smallgap_adv_100"]["ensemble_n"] == {"0.3": 4}
+    assert len(r["settings"]["commands"]) == 2
     assert r["settings"]["note"] == "how the rows were made"  # a rerun keeps the file's note
     table = out.with_suffix(".md").read_text()
-    assert "| ensemble 0.3 |" in table and "| 25 |" in table
+    assert "| ensemble 0.3 |" in table and "| 25 |" in table and "on the first 4 images" in table
+
+    # A larger --ensemble_n attacks only the images not yet attacked, in blocks, and pools them.
+    calls.clear()
+    first = images[0]
+    images.clear()
+    boopathy_mnist.main(base + ["--ensemble_eps", "0.3", "--ensemble_n", "8",
+                                "--ensemble_block", "2"])
+    assert calls == [(2, 0.3)] * 4
+    assert not any(np.array_equal(first[:2], x) for x in images)  # images 4:6, 6:8 (not 0:4)
+    r = json.loads(out.read_text())
+    assert r["mnist_smallgap_adv_100"]["ensemble"] == {"0.3": (1 + 1 + 1) / 8}
+    assert r["mnist_smallgap_adv_100"]["ensemble_n"] == {"0.3": 8}
+    calls.clear()
+    boopathy_mnist.main(base + ["--ensemble_eps", "0.3", "--ensemble_n", "8"])
+    assert calls == []  # nothing left to do
 
     before = out.read_bytes()
     with pytest.raises(SystemExit, match="another --out"):
         boopathy_mnist.main(base[:1] + ["16"] + base[2:] + ["--ensemble_eps"])
     with pytest.raises(SystemExit, match="another --out"):
-        boopathy_mnist.main(base + ["--ensemble_eps", "0.4", "--ensemble_n", "8"])
+        boopathy_mnist.main(base[:2] + ["--num_steps", "3"] + base[4:] + ["--ensemble_eps"])
     assert out.read_bytes() == before
 
 
