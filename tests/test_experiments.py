@@ -290,6 +290,30 @@ def test_kernel_grad_benchmark_smoke(tmp_path):
 
 @pytest.mark.skipif(not (SHARED / "boopathy-mnist").exists(),
                     reason="needs ../shared/data (official checkpoints, MNIST test set)")
+def test_paired_pgd_benchmark_gives_both_libraries_the_same_starts(tmp_path):
+    """pgd_paired: jaxadv and ART attack from the same drawn starts (ART's sampler patched for the
+    call and restored), so on the same weights they agree point for point (16 points, 2 seeds,
+    both norms; this checks the script, not the numbers of the committed run)."""
+    pytest.importorskip("torch")
+    art_pgd = pytest.importorskip(
+        "art.attacks.evasion.projected_gradient_descent.projected_gradient_descent_pytorch")
+    from experiments.benchmarks import attacks
+
+    sampler = art_pgd.random_sphere
+    r = attacks.main(["--quick", "--n", "16", "--seeds", "2", "--sections", "pgd_paired",
+                      "--skip_peers", "--out", str(tmp_path / "p.json")])
+    assert art_pgd.random_sphere is sampler
+    for norm in ("linf", "l2"):
+        p = r["pgd_paired"][norm]
+        assert len(p["jaxadv"]["robust_acc_seeds"]) == 2
+        # same starts, same algorithm: at most one boundary point of 16 differs per seed
+        assert max(p["robust_only_against_jaxadv"]) <= 1
+        assert max(p["robust_only_against_art"]) <= 1
+    assert "PGD from the same starts" in attacks.markdown_table(r)
+
+
+@pytest.mark.skipif(not (SHARED / "boopathy-mnist").exists(),
+                    reason="needs ../shared/data (official checkpoints, MNIST test set)")
 def test_peer_autoattack_apgd_over_seeds_smoke(tmp_path):
     """APGD-CE against AutoAttack and torchattacks over two seeds on 8 points: every library gets
     its per-seed robust accuracies and their mean, and the file states its settings (tiny sizes:

@@ -11,6 +11,10 @@ same budget:
 
 * ``pgd``: l-inf PGD, eps 0.3, 40 steps of 0.01, one random start, cross-entropy.
 * ``pgd_l2``: l2 PGD, eps 2.0, 40 steps of 0.1, one random start, cross-entropy.
+* ``pgd_paired``: the l-inf and l2 PGD above, jaxadv and ART from the *same* random starts
+  (uniform in the ball, drawn with numpy's ``default_rng(seed)`` for seeds 0..S-1 and given to
+  jaxadv as ``x_init`` and to ART through its start sampler, ``random_sphere``, patched for the
+  call): with the start's randomness removed, any gap in robust accuracy is the attacks' own.
 * ``multi_eps``: 8 l-inf radii; jaxadv one eps vs all 8 in one compiled call, Foolbox one eps vs
   its ``epsilons=[8 values]`` call (which loops over them).
 
@@ -102,6 +106,7 @@ def build_setup(checkpoint=DEFAULT_CHECKPOINT, n: int = 1000, quick: bool = Fals
       eps: 0.3 (the l-inf radius of the benchmark); quick: bool; n: int.
       model_name, checkpoint, logits_max_abs_diff, clean_acc (percent).
       robust_acc(x_adv_nhwc) -> percent, with the JAX model (clean-correct and still correct).
+      robust_acc_mask(x_nhwc) -> (n,) bool, the JAX model classifies each correctly.
       check_in_ball(x_adv_nhwc, eps, norm) -> max norm distance (raises if outside eps).
       time_call(fn, repeats=...) -> median seconds after a warm-up call.
       time_interleaved({name: fn}, repeats=...) -> {name: median seconds}, run in turn per round.
@@ -123,9 +128,12 @@ def build_setup(checkpoint=DEFAULT_CHECKPOINT, n: int = 1000, quick: bool = Fals
     diff = check_logits_agree(logits_fn, torch_model, x[:200])
     clean_ok = np.asarray(jnp.argmax(logits_fn(x), -1)) == y
 
-    def robust_acc(x_adv) -> float:
+    def robust_acc_mask(x_adv) -> np.ndarray:
         pred = np.asarray(jnp.argmax(logits_fn(jnp.asarray(np.asarray(x_adv, np.float32))), -1))
-        return float(100.0 * np.mean(clean_ok & (pred == y)))
+        return pred == y
+
+    def robust_acc(x_adv) -> float:
+        return float(100.0 * np.mean(clean_ok & robust_acc_mask(x_adv)))
 
     def check_in_ball(x_adv, eps: float, norm: str = "linf") -> float:
         x_adv = np.asarray(x_adv, np.float32)
@@ -141,6 +149,7 @@ def build_setup(checkpoint=DEFAULT_CHECKPOINT, n: int = 1000, quick: bool = Fals
         "eps": LINF["eps"], "quick": quick, "n": int(n), "model_name": name,
         "checkpoint": str(checkpoint), "logits_max_abs_diff": diff,
         "clean_acc": float(100.0 * clean_ok.mean()), "robust_acc": robust_acc,
+        "robust_acc_mask": robust_acc_mask,
         "check_in_ball": check_in_ball, "time_call": time_call,
         "time_interleaved": time_interleaved,
     }
@@ -293,6 +302,87 @@ def bench_pgd(setup, cfg: dict, norm: str, repeats: int, seeds: int = 1) -> dict
     return {lib: results[lib] for lib in PEERS}
 
 
+def ball_starts(rng: np.random.Generator, n: int, d: int, eps: float, norm: str) -> np.ndarray:
+    """(n, d) float32 points uniform in the ``norm`` ball of radius eps (ART's start distribution:
+    uniform in the l-inf box; for l2 a Gaussian direction at radius eps * U^(1/d))."""
+    if norm == "linf":
+        return rng.uniform(-eps, eps, (n, d)).astype(np.float32)
+    g = rng.standard_normal((n, d))
+    r = eps * rng.uniform(size=n) ** (1.0 / d)
+    return (g / np.linalg.norm(g, axis=1, keepdims=True) * r[:, None]).astype(np.float32)
+
+
+def bench_pgd_paired(setup, cfg: dict, norm: str, seeds: int) -> dict:
+    """jaxadv's and ART's PGD from identical starts, ``seeds`` draws: robust accuracy per seed,
+    the mean difference (jaxadv - ART) and its standard error, and per seed the points robust
+    against one library and broken by the other."""
+    import art.attacks.evasion.projected_gradient_descent.projected_gradient_descent_pytorch as mod
+    from art.attacks.evasion import ProjectedGradientDescent
+    from art.estimators.classification import PyTorchClassifier
+    from torch import nn
+
+    x_nhwc, n = setup["x"], setup["n"]
+    x_nchw = setup["x_nchw"].numpy()
+    clf = PyTorchClassifier(model=setup["torch_model"], loss=nn.CrossEntropyLoss(),
+                            input_shape=x_nchw.shape[1:], nb_classes=10, clip_values=(0.0, 1.0),
+                            device_type="cpu")
+    art_pgd = ProjectedGradientDescent(
+        clf, norm=np.inf if norm == "linf" else 2, eps=cfg["eps"], eps_step=cfg["step_size"],
+        max_iter=cfg["num_steps"], num_random_init=1, batch_size=n, verbose=False)
+    f = setup["logits_fn"]
+    x, y = sharding.shard_batch((x_nhwc, setup["y"]), sharding.data_mesh())
+
+    @jax.jit
+    def jaxadv_pgd(x, y, x_init):
+        return gradient.pgd(f, x, y, jax.random.key(0), eps=cfg["eps"],
+                            step_size=cfg["step_size"], num_steps=cfg["num_steps"], norm=norm,
+                            x_init=x_init).x_adv
+
+    clean_ok = setup["robust_acc_mask"](x_nhwc)
+    accs = {"jaxadv": [], "art": []}
+    only = {"jaxadv": [], "art": []}
+    original = mod.random_sphere
+    for seed in range(seeds):
+        start = ball_starts(np.random.default_rng(seed), n, int(np.prod(x_nchw.shape[1:])),
+                            cfg["eps"], norm)
+        calls = []
+
+        def fixed_start(nb_points, nb_dims, radius, norm_, start=start, calls=calls):
+            if (nb_points, nb_dims) != start.shape:
+                raise AssertionError(f"ART asked for {nb_points} x {nb_dims} starts, not "
+                                     f"{start.shape}")
+            calls.append(1)
+            return start.copy()
+
+        mod.random_sphere = fixed_start
+        try:
+            x_art = _nchw_to_nhwc(art_pgd.generate(x=x_nchw, y=setup["y"].astype(np.int64)))
+        finally:
+            mod.random_sphere = original
+        if not calls:
+            raise AssertionError("ART's PGD no longer draws its start through random_sphere: "
+                                 "the paired comparison cannot give it jaxadv's start.")
+        start_nhwc = _nchw_to_nhwc(start.reshape(x_nchw.shape))
+        x_jax = np.asarray(jaxadv_pgd(x, y, jnp.asarray(x_nhwc + start_nhwc)))
+        robust = {}
+        for lib, xa in (("jaxadv", x_jax), ("art", x_art)):
+            setup["check_in_ball"](xa, cfg["eps"], norm)
+            robust[lib] = clean_ok & setup["robust_acc_mask"](xa)
+            accs[lib].append(float(100.0 * robust[lib].mean()))
+        only["jaxadv"].append(int(np.sum(robust["jaxadv"] & ~robust["art"])))
+        only["art"].append(int(np.sum(robust["art"] & ~robust["jaxadv"])))
+        print(f"  paired {norm} seed {seed}: jaxadv {accs['jaxadv'][-1]:.1f} ART "
+              f"{accs['art'][-1]:.1f}", flush=True)
+    diff = np.asarray(accs["jaxadv"]) - np.asarray(accs["art"])
+    se = float(np.std(diff, ddof=1) / np.sqrt(seeds)) if seeds > 1 else float("nan")
+    return {
+        "seeds": seeds, "n": n, "settings": cfg, "norm": norm,
+        **{lib: {"robust_acc": float(np.mean(a)), "robust_acc_seeds": a} for lib, a in
+           accs.items()},
+        "diff_mean": float(diff.mean()), "diff_se": se,
+        "robust_only_against_jaxadv": only["jaxadv"], "robust_only_against_art": only["art"]}
+
+
 def bench_multi_eps(setup, repeats: int) -> dict:
     import foolbox as fb
 
@@ -365,7 +455,7 @@ def run_peer_modules(setup: dict, quick: bool) -> dict:
 def markdown_table(results: dict) -> str:
     lines = ["| benchmark | library | robust acc (%) | images/s | n |", "|---|---|---|---|---|"]
     for section, libs in results.items():
-        if section in ("multi_eps", "setup") or not isinstance(libs, dict):
+        if section in ("multi_eps", "setup", "pgd_paired") or not isinstance(libs, dict):
             continue
         for lib, r in libs.items():
             if not isinstance(r, dict):
@@ -376,6 +466,15 @@ def markdown_table(results: dict) -> str:
             se = f" +- {r['robust_acc_se']:.1f}" if "robust_acc_se" in r else ""
             lines.append(f"| {section} | {lib} | {r.get('robust_acc', float('nan')):.1f}{se} | "
                          f"{r.get('images_per_s', float('nan')):.1f} | {r.get('n', '')} |")
+    paired = results.get("pgd_paired")
+    if paired:
+        lines += ["", "| PGD from the same starts | seeds | jaxadv | ART | jaxadv - ART | "
+                  "robust only vs jaxadv / only vs ART (points, all seeds) |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {norm} | {r['seeds']} | {r['jaxadv']['robust_acc']:.2f} | "
+                  f"{r['art']['robust_acc']:.2f} | {r['diff_mean']:+.2f} +- {r['diff_se']:.2f} | "
+                  f"{sum(r['robust_only_against_jaxadv'])} / "
+                  f"{sum(r['robust_only_against_art'])} |" for norm, r in paired.items()]
     m = results.get("multi_eps")
     if m:
         lines += ["", "| multi_eps (8 radii) | one eps (s) | all 8 in one call (s) | ratio |",
@@ -399,8 +498,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", type=int, default=None,
                         help="random starts per library for the PGD robust accuracy, mean and "
                              "standard error reported (default 5; quick 1)")
-    parser.add_argument("--sections", nargs="+", default=["pgd", "pgd_l2", "multi_eps"],
-                        choices=["pgd", "pgd_l2", "multi_eps"],
+    parser.add_argument("--sections", nargs="+",
+                        default=["pgd", "pgd_l2", "pgd_paired", "multi_eps"],
+                        choices=["pgd", "pgd_l2", "pgd_paired", "multi_eps"],
                         help="which of this module's benchmarks to run (default all)")
     parser.add_argument("--host_devices", type=int, default=1,
                         help="XLA host devices to split jaxadv's PGD batch over (default 1)")
@@ -435,6 +535,9 @@ def main(argv=None) -> dict:
         results["pgd"] = bench_pgd(setup, LINF, "linf", repeats, seeds)
     if "pgd_l2" in args.sections:
         results["pgd_l2"] = bench_pgd(setup, L2, "l2", repeats, seeds)
+    if "pgd_paired" in args.sections:
+        results["pgd_paired"] = {norm: bench_pgd_paired(setup, cfg, norm, seeds)
+                                 for norm, cfg in (("linf", LINF), ("l2", L2))}
     if "multi_eps" in args.sections:
         results["multi_eps"] = bench_multi_eps(setup, multi_repeats)
     if not args.skip_peers:

@@ -76,7 +76,8 @@ def pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, eps, step
                   num_steps: int, norm: str = "linf", bounds: tuple[float, float] = (0.0, 1.0),
                   random_start: bool | str = True, num_restarts: int = 1,
                   step_rule="steepest", l1_sparsity: float = 0.99, momentum_decay: float = 1.0,
-                  has_aux: bool = False, unroll: bool | None = None) -> AttackResult:
+                  has_aux: bool = False, unroll: bool | None = None,
+                  x_init: Array | None = None) -> AttackResult:
     """Projected gradient ascent on a custom per-example objective (the engine of every attack).
 
     Args:
@@ -108,6 +109,9 @@ def pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, eps, step
         CPU (61.0 vs 23.9 ms), where unrolling pays at a compile time that grows with the step
         count. Results agree up to floating-point rounding (a sign step can flip where a gradient
         coordinate is near zero).
+      x_init: optional (B, ...) start, used instead of ``random_start`` (projected into the
+        eps-ball and the box first): a warm start, or another library's random start for a
+        paired comparison. Only with ``num_restarts=1``.
 
     Returns:
       AttackResult: ``x_adv`` (B, ...) the best iterate per example (successful first, then the
@@ -130,6 +134,13 @@ def pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, eps, step
     if bounds[0] >= bounds[1]:
         raise ValueError(f"bounds must be (low, high) with low < high; got {bounds}.")
     x = jnp.asarray(x)
+    if x_init is not None:
+        if num_restarts != 1:
+            raise ValueError(f"x_init is one start per example; num_restarts={num_restarts} "
+                             "needs random starts (drop x_init or set num_restarts=1).")
+        if jnp.shape(x_init) != x.shape:
+            raise ValueError(f"x_init must have the shape of x {x.shape}; got "
+                             f"{jnp.shape(x_init)}.")
     b = x.shape[0]
     rule = get_step_rule(step_rule, norm, l1_sparsity=l1_sparsity, bounds=bounds,
                          momentum_decay=momentum_decay)
@@ -143,7 +154,9 @@ def pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, eps, step
         return projections.project_to_feasible(x_adv, x, eps, norm, bounds)
 
     def run(run_key):
-        if start is not None:
+        if x_init is not None:
+            x0 = feasible(jnp.asarray(x_init, x.dtype))
+        elif start is not None:
             x0 = feasible(x + projections.random_start(run_key, x, eps, norm,
                                                        distribution=start))
         else:
@@ -278,7 +291,8 @@ def pgd(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, eps, step_si
         num_steps: int, norm: str = "linf", loss_fn="ce", targets=None,
         random_start: bool | str = True, num_restarts: int = 1, step_rule="steepest",
         bounds: tuple[float, float] = (0.0, 1.0), l1_sparsity: float = 0.99,
-        momentum_decay: float = 1.0, unroll: bool | None = None) -> AttackResult:
+        momentum_decay: float = 1.0, unroll: bool | None = None,
+        x_init: Array | None = None) -> AttackResult:
     """Projected gradient descent (Madry et al. 2018) on a classifier, l-inf / l2 / l1.
 
     Steps follow the norm's steepest-ascent direction by default (sign for l-inf, normalised
@@ -305,6 +319,7 @@ def pgd(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, eps, step_si
       l1_sparsity: q of the sparse l1 direction.
       momentum_decay: mu of the 'momentum' rule.
       unroll: unroll the step loop (see :func:`pgd_objective`; None: on CPU up to 50 steps).
+      x_init: optional (B, H, W, C) start instead of ``random_start`` (see :func:`pgd_objective`).
 
     Returns:
       AttackResult with ``x_adv`` (B, H, W, C), ``success`` (B,), ``loss`` (B,).
@@ -321,7 +336,7 @@ def pgd(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, eps, step_si
                            norm=norm, bounds=bounds, random_start=random_start,
                            num_restarts=num_restarts, step_rule=step_rule,
                            l1_sparsity=l1_sparsity, momentum_decay=momentum_decay, has_aux=True,
-                           unroll=unroll)
+                           unroll=unroll, x_init=x_init)
     if isinstance(loss_fn, str) and loss_fn in KL_LOSSES:
         result = result._replace(success=is_success(logits_fn(result.x_adv), jnp.asarray(y)))
     return result

@@ -445,6 +445,33 @@ def test_radial_random_start_reaches_the_attack(attack, key):
     assert radii("radial", restarts=2).max() <= 1 + 1e-5
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_given_start_is_projected_and_is_the_only_randomness(norm, key):
+    """x_init replaces the random start: the random start passed as x_init reproduces the seeded
+    attack exactly (so a paired comparison with another library's start is the same attack), and
+    a start outside the ball or the box is projected first (no steps: the start is returned)."""
+    logits_fn = mlp_model()
+    x = interior_inputs()
+    y = predicted(logits_fn, x)
+    eps = 0.2
+    kw = dict(eps=eps, step_size=0.05, norm=norm)
+    start = projections.project_to_feasible(
+        x + projections.random_start(key, x, eps, norm), x, eps, norm, (0.0, 1.0))
+    seeded = G.pgd(logits_fn, x, y, key, num_steps=5, **kw)
+    given_start = G.pgd(logits_fn, x, y, jax.random.key(123), num_steps=5, x_init=start, **kw)
+    np.testing.assert_array_equal(np.asarray(seeded.x_adv), np.asarray(given_start.x_adv))
+    far = x + 3.0 * eps * jnp.sign(jax.random.normal(key, x.shape))  # outside ball and box
+    out = G.pgd(logits_fn, x, y, key, num_steps=0, x_init=far, **kw).x_adv
+    np.testing.assert_allclose(
+        np.asarray(out), np.asarray(projections.project_to_feasible(far, x, eps, norm,
+                                                                     (0.0, 1.0))), atol=1e-6)
+    assert float(jnp.max(projections.norm_of(out - x, norm))) <= eps * (1 + 1e-5)
+    with pytest.raises(ValueError, match="x_init is one start per example"):
+        G.pgd(logits_fn, x, y, key, num_steps=1, num_restarts=2, x_init=start, **kw)
+    with pytest.raises(ValueError, match="x_init must have the shape of x"):
+        G.pgd(logits_fn, x, y, key, num_steps=1, x_init=start[:2], **kw)
+
+
 # Bad arguments raise ValueErrors that name the problem.
 
 
