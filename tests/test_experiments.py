@@ -337,6 +337,50 @@ def test_peer_autoattack_apgd_over_seeds_smoke(tmp_path):
 
 @pytest.mark.skipif(not (SHARED / "boopathy-mnist").exists(),
                     reason="needs ../shared/data (official checkpoints, MNIST test set)")
+def test_peer_ensemble_over_seeds_passes_each_seed_to_both_evaluators(monkeypatch):
+    """--ensemble_seeds S: seed s reaches jaxadv's evaluator as key(s) and AutoAttack as seed=s,
+    and each library reports its per-seed accuracies and their mean (both evaluators faked: the
+    real ensembles take minutes; this checks the plumbing)."""
+    import sys
+    import types
+
+    import jax
+    import numpy as np
+
+    pytest.importorskip("torch")
+    from experiments.benchmarks import peer_autoattack as pa
+
+    jax_keys, aa_seeds = [], []
+
+    def fake_ensemble(f, x, y, key, **kw):
+        jax_keys.append(int(jax.random.key_data(key)[-1]))
+        robust = np.zeros(len(y), bool)
+        return types.SimpleNamespace(x_adv=x, robust=robust, per_attack_robust={"apgd-ce": robust},
+                                     num_grad=robust, num_forward=robust, mask=~robust)
+
+    class FakeAutoAttack:
+        def __init__(self, model, *, seed, **kw):
+            aa_seeds.append(seed)
+
+        def run_standard_evaluation(self, x, y, batch_size):
+            return (x,)
+
+    monkeypatch.setattr(pa, "evaluate_ensemble", fake_ensemble)
+    monkeypatch.setattr(pa.E, "gradient_masking_flags", lambda *a, **k: {})
+    monkeypatch.setattr(pa.E, "black_box_flag", lambda *a, **k: False)
+    monkeypatch.setitem(sys.modules, "pyautoattack", types.SimpleNamespace(
+        AutoAttack=FakeAutoAttack))
+    setup = pa.build_setup(8)
+    r = pa.bench_ensemble(setup, quick=False, n=8, seeds=3)
+    assert jax_keys == [0, 0, 1, 2]  # seed 0 twice (compiling call, then the timed one)
+    assert aa_seeds == [0, 1, 2]
+    for lib in ("jaxadv", "autoattack"):
+        accs = r[lib]["robust_acc_seeds"]
+        assert len(accs) == 3 and r[lib]["robust_acc_mean"] == pytest.approx(np.mean(accs))
+
+
+@pytest.mark.skipif(not (SHARED / "boopathy-mnist").exists(),
+                    reason="needs ../shared/data (official checkpoints, MNIST test set)")
 def test_ensemble_stages_smoke(tmp_path):
     """Per-stage robust accuracy of the ensemble next to PGD-200 on an official checkpoint (tiny
     budgets: this checks the script, not the numbers): stages are cumulative, so never rising."""

@@ -5,7 +5,7 @@ its ``build_setup`` (JAX logits function, PyTorch twin with the same weights, th
 examples, eps = 0.3 l-inf), or standalone on a small sample:
 
     python -m experiments.benchmarks.peer_autoattack [--n 100] [--seeds 1] [--ensemble_n N]
-        [--sections apgd_ce ensemble] [--quick] [--out FILE]
+        [--ensemble_seeds 1] [--sections apgd_ce ensemble] [--quick] [--out FILE]
 
 Sections (robust accuracy in percent, measured the same way for every library: the returned
 examples are checked to lie in the eps-ball and [0, 1], then classified by the same JAX function;
@@ -171,9 +171,10 @@ class _StageLog(logging.Handler):
             self.acc[m.group(1).lower()] = float(m.group(2))
 
 
-def bench_ensemble(setup: dict, quick: bool, n: int | None = None) -> dict:
+def bench_ensemble(setup: dict, quick: bool, n: int | None = None, seeds: int = 1) -> dict:
     """The standard ensemble on the first n points (default all; quick: at most
-    QUICK_ENSEMBLE_N)."""
+    QUICK_ENSEMBLE_N), timed on seed 0; with ``seeds`` > 1 also the robust accuracy of seeds
+    1..seeds-1 (jaxadv: ``jax.random.key(s)``; AutoAttack: ``seed=s``) and the mean over seeds."""
     n = min(len(setup["y"]), n or len(setup["y"]))
     n = n if not quick else min(n, QUICK_ENSEMBLE_N)
     sub = {k: setup[k][:n] for k in ("x", "y", "x_nchw", "y_torch")}
@@ -204,6 +205,9 @@ def bench_ensemble(setup: dict, quick: bool, n: int | None = None) -> dict:
     flags = E.gradient_masking_flags(f, x, y, key, eps=eps)
     flags["black_box_beats_white_box"] = E.black_box_flag(r.per_attack_robust, r.mask)
     res["jaxadv"]["flags"] = flags
+    _add_seeds(res["jaxadv"], [res["jaxadv"]["robust_acc"]] + [score.entry(np.asarray(
+        evaluate_ensemble(f, x, y, jax.random.key(s), eps=eps, version="standard",
+                          check_flags=False).x_adv), 1.0)["robust_acc"] for s in range(1, seeds)])
 
     try:
         import torch
@@ -214,32 +218,36 @@ def bench_ensemble(setup: dict, quick: bool, n: int | None = None) -> dict:
         handler = _StageLog()
         log.addHandler(handler)
         log.propagate = False
-        aa = AutoAttack(setup["torch_model"], norm="Linf", eps=eps, version="standard",
-                        device="cpu", seed=0)
-
-        def run_aa():
+        def run_aa(seed=0):
+            aa = AutoAttack(setup["torch_model"], norm="Linf", eps=eps, version="standard",
+                            device="cpu", seed=seed)
             with torch.no_grad():
                 out["aa"] = aa.run_standard_evaluation(sub["x_nchw"].clone(),
                                                        sub["y_torch"].clone(), batch_size=n)[0]
 
         seconds = _time_once(run_aa)
-        log.removeHandler(handler)
         res["autoattack"] = score.entry(_nchw_to_nhwc(out["aa"]), seconds)
-        res["autoattack"]["per_attack_robust_acc"] = handler.acc
+        res["autoattack"]["per_attack_robust_acc"] = dict(handler.acc)
+        accs = [res["autoattack"]["robust_acc"]]
+        for seed in range(1, seeds):
+            run_aa(seed)
+            accs.append(score.entry(_nchw_to_nhwc(out["aa"]), 1.0)["robust_acc"])
+        log.removeHandler(handler)
+        _add_seeds(res["autoattack"], accs)
     except ImportError as e:
         res["autoattack"] = {"error": f"not installed: {e}"}
     return res
 
 
 def run(setup: dict, quick: bool, *, seeds: int = 1, ensemble_n: int | None = None,
-        sections=("apgd_ce", "ensemble")) -> dict:
+        sections=("apgd_ce", "ensemble"), ensemble_seeds: int = 1) -> dict:
     """The sections; each inner dict has ``robust_acc`` (percent), ``images_per_s`` and ``n``."""
     out = {}
     if "apgd_ce" in sections:
         out["apgd_ce"] = bench_apgd_ce(setup, quick, seeds)
         print(f"  apgd_ce: {out['apgd_ce']}", flush=True)
     if "ensemble" in sections:
-        out["ensemble"] = bench_ensemble(setup, quick, ensemble_n)
+        out["ensemble"] = bench_ensemble(setup, quick, ensemble_n, ensemble_seeds)
         print(f"  ensemble: {out['ensemble']}", flush=True)
     return out
 
@@ -274,6 +282,8 @@ def main(argv=None) -> dict:
                         help="APGD-CE: robust accuracy over this many seeds per library")
     parser.add_argument("--ensemble_n", type=int, default=None,
                         help="the ensemble on the first N of the --n points (default all)")
+    parser.add_argument("--ensemble_seeds", type=int, default=1,
+                        help="the ensemble: robust accuracy over this many seeds per library")
     parser.add_argument("--sections", nargs="+", default=["apgd_ce", "ensemble"],
                         choices=["apgd_ce", "ensemble"])
     parser.add_argument("--out", default=None, help="JSON file to write (optional)")
@@ -282,7 +292,7 @@ def main(argv=None) -> dict:
     print(f"n={args.n}, JAX/PyTorch logits agree to {setup['logits_max_abs_diff']:.2g}",
           flush=True)
     results = run(setup, args.quick, seeds=args.seeds, ensemble_n=args.ensemble_n,
-                  sections=args.sections)
+                  sections=args.sections, ensemble_seeds=args.ensemble_seeds)
     results["settings"] = {
         "command": "python -m experiments.benchmarks.peer_autoattack " + " ".join(
             sys.argv[1:] if argv is None else argv),
