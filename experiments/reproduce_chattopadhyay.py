@@ -396,16 +396,23 @@ def _r2_at(entry, variant, s, field, pi=None, pa=None, fill="zero"):
     return entry["r2"][variant][field][ii][ja][s["fills"].index(fill)]
 
 
-def claim_check(results: dict) -> dict:
+def claim_check(results: dict, *, data: str | None = None) -> dict:
     """Section 3.1: neutralising RoA \\ RoI recovers predictions. Project's criterion, per fill at
     the default fractions: the oracle's recovery (pooled over the attacked images of every model
     and attack) beats neutralising a random region of the same size by more than 10 points, and
-    neutralising clean inputs costs less than 10 points of accuracy (mean over rows)."""
+    neutralising clean inputs costs less than 10 points of accuracy (mean over rows).
+
+    Pooled over every model; where the models come from more than one dataset, ``per_data`` holds
+    the same check over each dataset's models (``data``: only the models whose key starts with
+    ``data + '_'``, e.g. 'mnist' or 'fmnist')."""
     s = results["settings"]
+    models = {k: m for k, m in results["models"].items()
+              if data is None or k.startswith(data + "_")}
+    groups = sorted({k.split("_")[0] for k in models})
     per_fill = {}
     for fill in s["fills"]:
         rows = []
-        for mkey, m in results["models"].items():
+        for mkey, m in models.items():
             for att, e in m["attacks"].items():
                 if not e["num_attacked"]:
                     continue
@@ -432,8 +439,11 @@ def claim_check(results: dict) -> dict:
                           "oracle_clean_cost": cost,
                           "verdict": "supported" if gain > 0.1 and cost < 0.1 else "not supported"}
     held = [f for f, c in per_fill.items() if c["verdict"] == "supported"]
-    return {"per_fill": per_fill, "supported_for_fills": held,
-            "verdict": "supported" if held else "not supported"}
+    out = {"per_fill": per_fill, "supported_for_fills": held,
+           "verdict": "supported" if held else "not supported"}
+    if data is None and len(groups) > 1:
+        out["per_data"] = {g: claim_check(results, data=g) for g in groups}
+    return out
 
 
 def write_tables(results: dict) -> str:
@@ -505,9 +515,18 @@ def write_tables(results: dict) -> str:
                              f"{_fmt(_r2_at(e, v, s, 'neutralized_clean_accuracy', **k))}"
                              for k in kw]
                     lines.append(f"| {mkey} | {att} | {v} | " + " | ".join(cells) + " |")
-    c = results["claim"]
+    claims = [("", results["claim"])] + [
+        (f" ({g} models only)", c) for g, c in results["claim"].get("per_data", {}).items()]
+    for which, c in claims:
+        lines += _claim_lines(c, pd, which)
+    return "\n".join(lines) + "\n"
+
+
+def _claim_lines(c: dict, pd, which: str) -> list[str]:
+    lines = []
     if "per_fill" in c:
-        lines += ["", "## Claim (section 3.1): neutralising RoA \\ RoI recovers predictions", "",
+        lines += ["", f"## Claim (section 3.1){which}: neutralising RoA \\ RoI recovers "
+                  "predictions", "",
                   f"At p_I = p_A = {pd}; recovery pooled over the attacked images of every model "
                   "and attack, clean accuracies averaged over the rows. Project's criterion: the "
                   "oracle beats the random-region control by > 10 points and costs < 10 points of "
@@ -523,7 +542,7 @@ def write_tables(results: dict) -> str:
         lines += ["", f"Overall: **{c['verdict']}**"
                   + (f" (fills: {', '.join(c['supported_for_fills'])})"
                      if c["supported_for_fills"] else "") + "."]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 # --------------------------------------------------------------------------- figures

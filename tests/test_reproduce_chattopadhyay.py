@@ -50,6 +50,14 @@ def test_reproduce_chattopadhyay_quick(shared_data, tmp_path):
         assert frac[0, 0] <= frac[0, 1] + 1e-6
     assert results["claim"]["verdict"] in ("supported", "not supported")
     assert set(results["claim"]["per_fill"]) == set(s["fills"])
+    assert "per_data" not in results["claim"]  # one dataset: nothing to split
+    # With models of two datasets the claim is also checked per dataset: the MNIST-only check
+    # is the one-dataset check above, whatever the other dataset's models show.
+    two = {**results, "models": {**results["models"],
+                                 "fmnist_copy": results["models"]["mnist_smallgap_normal"]}}
+    split = reproduce_chattopadhyay.claim_check(two)["per_data"]
+    assert set(split) == {"mnist", "fmnist"}
+    assert split["mnist"] == results["claim"]
     assert set(fgsm["random_control_recovery"]["proxy"]) == set(s["fills"])
     assert json.loads((out / "results.json").read_text())["models"].keys() == {
         "mnist_smallgap_normal"}
