@@ -449,7 +449,10 @@ def claim_check(results: dict, *, data: str | None = None) -> dict:
 def write_tables(results: dict) -> str:
     s = results["settings"]
     pd = s["p_default"]
-    lines = [f"# RoI vs RoA (Chattopadhyay et al. 2020) on MNIST: {s['mode']} run", ""]
+    data = " and ".join({"mnist": "MNIST", "fmnist": "Fashion-MNIST"}.get(g, g) for g in sorted(
+        {k.split("_")[0] for k in results["models"]}, reverse=True))
+    lines = [f"# RoI vs RoA (Chattopadhyay et al. 2020) on {data or 'no'} models: {s['mode']} run",
+             ""]
     if s["mode"] == "quick":
         lines += ["**Quick mode: smoke-test settings (few images, short attacks); not a result.**",
                   ""]
