@@ -536,9 +536,12 @@ def main(argv=None) -> dict:
         {"mnist": results["settings"]["data"]} if "settings" in results else {}))
     if cfg["models"]:
         sources["mnist"] = f"first {cfg['n']} MNIST test images (official checkpoints)"
-    if args.fmnist:
+    fmnist_runs = {**results.get("fmnist_runs", {}),
+                   **dict(spec.partition("=")[::2] for spec in args.fmnist)}
+    if fmnist_runs:
         sources["fmnist"] = (f"first {cfg['n']} Fashion-MNIST test images of jaxadv-trained "
-                             f"models ({', '.join(args.fmnist)})")
+                             "models (" + ", ".join(f"{k}={v}" for k, v in fmnist_runs.items())
+                             + ")")
     settings = {
         **{k: _plain(v) for k, v in cfg.items()},
         "data": "; ".join(sources.values()),
@@ -548,6 +551,8 @@ def main(argv=None) -> dict:
         _check_compatible(results, name, settings, out)
     subjects = load_subjects(args, cfg)
     results["settings"], results["data_sources"] = settings, sources
+    if fmnist_runs:
+        results["fmnist_runs"] = fmnist_runs
     timings = dict(results.get("seconds", {}))
     steps = {"b1": lambda: table_b1(subjects, cfg), "b5": lambda: table_b5(subjects, cfg),
              "b6": lambda: table_b6(subjects), "b7": lambda: table_b7(subjects, cfg),
