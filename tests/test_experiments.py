@@ -116,10 +116,13 @@ def test_reproduce_boopathy_adds_fashion_mnist_rows_to_the_mnist_tables(tmp_path
     assert (out / "cam_overlays.png").read_bytes() == overlay
     assert (out / "cam_overlays_fmnist.png").stat().st_size > 500
     assert "| fmnist/again | 1.000 |" in (out / "tables.md").read_text()
-    # a later run on fewer Fashion-MNIST models keeps the others in the data description
-    r = reproduce_boopathy.main(quick + ["--sections", "b6", "--models", "--fmnist",
+    # a later run on fewer Fashion-MNIST models keeps the others in the data description, and
+    # one without B-6 keeps the CAM overlays of every model
+    fm_overlay = (out / "cam_overlays_fmnist.png").read_bytes()
+    r = reproduce_boopathy.main(quick + ["--sections", "margin", "--models", "--fmnist",
                                          f"normal={wd}"])
     assert f"again={copy}" in r["settings"]["data"] and "fmnist/again" in r["b6"]
+    assert (out / "cam_overlays_fmnist.png").read_bytes() == fm_overlay
     before = (out / "results.json").read_bytes()
     with pytest.raises(SystemExit, match=r"section b6 rows made with n=4.*another --out"):
         reproduce_boopathy.main(["--quick", "--n", "8", "--out", str(out), "--sections", "b6",
