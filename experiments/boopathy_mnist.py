@@ -217,10 +217,20 @@ def write_table(results: dict, path: pathlib.Path) -> str:
                       f"{a} {m} at {e}: {100 * r:.1f} vs {100 * v:.1f}"
                       for a, m, e, _, r, v in ens_claims) + "."]
     s = results.get("settings", {})
-    ens_n = sorted({n for k in stems for n in results[k].get("ensemble_n", {}).values()})
-    on = (f"; on the first {ens_n[0]} images" if len(ens_n) == 1 else
-          f"; on the first {ens_n[0]} to {ens_n[-1]} images (ensemble_n per row in the JSON)"
-          if ens_n else "")
+    counts = {e: sorted({results[k]["ensemble_n"][e] for k in stems
+                         if e in results[k].get("ensemble_n", {})}) for e in ens}
+    counts = {e: c for e, c in counts.items() if c}
+
+    def first(c):
+        return (f"the first {c[0]} images" if len(c) == 1 else
+                f"the first {c[0]} to {c[-1]} images (ensemble_n per row in the JSON)")
+
+    if not counts:
+        on = ""
+    elif len({tuple(c) for c in counts.values()}) == 1:
+        on = "; on " + first(next(iter(counts.values())))
+    else:
+        on = "; " + "; ".join(f"eps {e} on {first(c)}" for e, c in counts.items())
     lines += ["", f"Accuracy (%) on the {s.get('data', '?')}; {s.get('attack', '')}."
               + (f" Ensemble columns: {s['ensemble']}{on}." if ens and "ensemble" in s else ""),
               "Commands: " + "; ".join(f"`{c}`" for c in s.get("commands", [s.get("command")])
