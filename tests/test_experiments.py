@@ -342,6 +342,22 @@ def test_peer_autoattack_apgd_over_seeds_smoke(tmp_path):
     assert "--seeds 2" in r["settings"]["command"]
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED / "boopathy-mnist").exists(),
+                    reason="needs ../shared/data (official checkpoints, MNIST test set)")
+def test_peer_autoattack_on_two_host_devices(tmp_path):
+    """--host_devices 2: jaxadv's APGD-CE batch is split over two XLA host devices (a fresh
+    process; tiny sizes: this checks the script, not the speed)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("pyautoattack")
+    pytest.importorskip("torchattacks")
+    r = _run_in_fresh_process("experiments.benchmarks.peer_autoattack", "--n", "8",
+                              "--sections", "apgd_ce", "--host_devices", "2", "--quick",
+                              out=tmp_path / "aa.json")
+    assert r["settings"]["jax_devices"] == 2
+    assert 0 <= r["apgd_ce"]["jaxadv"]["robust_acc"] <= 100
+
+
 @pytest.mark.skipif(not (SHARED / "boopathy-mnist").exists(),
                     reason="needs ../shared/data (official checkpoints, MNIST test set)")
 def test_peer_ensemble_over_seeds_passes_each_seed_to_both_evaluators(monkeypatch):

@@ -5,7 +5,8 @@ its ``build_setup`` (JAX logits function, PyTorch twin with the same weights, th
 examples, eps = 0.3 l-inf), or standalone on a small sample:
 
     python -m experiments.benchmarks.peer_autoattack [--n 100] [--seeds 1] [--ensemble_n N]
-        [--ensemble_seeds 1] [--sections apgd_ce ensemble] [--quick] [--out FILE]
+        [--ensemble_seeds 1] [--sections apgd_ce ensemble] [--host_devices 1] [--quick]
+        [--out FILE]
 
 Sections (robust accuracy in percent, measured the same way for every library: the returned
 examples are checked to lie in the eps-ball and [0, 1], then classified by the same JAX function;
@@ -40,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxadv import sharding
 from jaxadv.attacks import ensemble as E
 from jaxadv.attacks.apgd import apgd_ce
 from jaxadv.attacks.ensemble import evaluate_ensemble
@@ -104,7 +106,9 @@ def bench_apgd_ce(setup: dict, quick: bool, seeds: int = 1) -> dict:
     score = _Scorer(setup)
     eps = float(setup["eps"])
     f = setup["logits_fn"]
-    x, y = jnp.asarray(setup["x"]), jnp.asarray(setup["y"]).astype(jnp.int32)
+    # the batch split over every JAX device (one unless --host_devices): a data mesh
+    x, y = sharding.shard_batch((np.asarray(setup["x"]), np.asarray(setup["y"], np.int32)),
+                                sharding.data_mesh())
     out = {}
 
     attack = jax.jit(lambda x, y, key, eps: apgd_ce(f, x, y, key, eps=eps, num_steps=NUM_STEPS))
@@ -286,8 +290,15 @@ def main(argv=None) -> dict:
                         help="the ensemble: robust accuracy over this many seeds per library")
     parser.add_argument("--sections", nargs="+", default=["apgd_ce", "ensemble"],
                         choices=["apgd_ce", "ensemble"])
+    parser.add_argument("--host_devices", type=int, default=1,
+                        help="XLA host devices to split jaxadv's batch over (default 1; the "
+                             "PyTorch peers use their own threads)")
     parser.add_argument("--out", default=None, help="JSON file to write (optional)")
     args = parser.parse_args(argv)
+    if args.host_devices > 1:
+        from jaxadv.devices import use_host_devices
+
+        use_host_devices(args.host_devices)  # before the first JAX operation
     setup = build_setup(args.n)
     print(f"n={args.n}, JAX/PyTorch logits agree to {setup['logits_max_abs_diff']:.2g}",
           flush=True)
