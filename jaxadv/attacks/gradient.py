@@ -141,6 +141,8 @@ def pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, eps, step
         if jnp.shape(x_init) != x.shape:
             raise ValueError(f"x_init must have the shape of x {x.shape}; got "
                              f"{jnp.shape(x_init)}.")
+        if not isinstance(x_init, jax.core.Tracer) and not np.all(np.isfinite(x_init)):
+            raise ValueError("x_init contains NaN or infinite values; pass a finite start.")
     b = x.shape[0]
     rule = get_step_rule(step_rule, norm, l1_sparsity=l1_sparsity, bounds=bounds,
                          momentum_decay=momentum_decay)

@@ -470,6 +470,8 @@ def test_given_start_is_projected_and_is_the_only_randomness(norm, key):
         G.pgd(logits_fn, x, y, key, num_steps=1, num_restarts=2, x_init=start, **kw)
     with pytest.raises(ValueError, match="x_init must have the shape of x"):
         G.pgd(logits_fn, x, y, key, num_steps=1, x_init=start[:2], **kw)
+    with pytest.raises(ValueError, match="x_init contains NaN"):
+        G.pgd(logits_fn, x, y, key, num_steps=1, x_init=start.at[0, 0, 0, 0].set(jnp.nan), **kw)
 
 
 # Bad arguments raise ValueErrors that name the problem.
