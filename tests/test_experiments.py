@@ -342,6 +342,29 @@ def test_peer_autoattack_apgd_over_seeds_smoke(tmp_path):
     assert "--seeds 2" in r["settings"]["command"]
 
 
+@pytest.mark.skipif(not (SHARED / "boopathy-mnist").exists(),
+                    reason="needs ../shared/data (official checkpoints, MNIST test set)")
+def test_peer_autoattack_points_counts_breaks_per_point_and_stage(tmp_path):
+    """Per-point, per-stage break counts against AutoAttack: one seed of APGD-CE on two points
+    gives a 0/1 count per point for each library, the JSON holds what main returns, and an index
+    outside the first 100 images is refused (tiny sizes: this checks the script, not the
+    numbers)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("pyautoattack")
+    from experiments.benchmarks import peer_autoattack_points as pp
+
+    out = tmp_path / "pts.json"
+    r = pp.main(["--points", "7", "8", "--seeds", "1", "--stages", "apgd-ce", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(r))
+    for lib in ("jaxadv", "autoattack"):
+        assert set(r["breaks"][lib]) == {"apgd-ce"}
+        assert all(c in (0, 1) for c in r["breaks"][lib]["apgd-ce"])
+        assert len(r["breaks"][lib]["apgd-ce"]) == 2
+    assert r["settings"]["points"] == [7, 8] and r["settings"]["context"] == "points"
+    with pytest.raises(SystemExit, match="--points"):
+        pp.main(["--points", "100"])
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / "boopathy-mnist").exists(),
                     reason="needs ../shared/data (official checkpoints, MNIST test set)")

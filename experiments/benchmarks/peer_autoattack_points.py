@@ -1,0 +1,99 @@
+"""Where does the ensemble gap to AutoAttack come from? Per point, per stage, over seeds.
+
+The standard ensemble of ``peer_autoattack`` ends a point or so above AutoAttack on the official
+SmallGAP ``adv`` checkpoint (first 100 MNIST test images, l-inf eps 0.3). This script takes the
+points where that difference lies and counts, over seeds, how often each stage of the ensemble
+breaks each of them when run alone, in jaxadv (``evaluate_ensemble(attacks=(stage,))``, key
+``jax.random.key(s)``) and in AutoAttack (``AutoAttack(version='standard', seed=s)`` restricted to
+that stage), on the same weights:
+
+    python -m experiments.benchmarks.peer_autoattack_points [--points 7 8 62] [--seeds 10]
+        [--context points|first100] [--stages apgd-ce apgd-t fab-t square] [--out FILE]
+
+``--context points`` attacks a batch of only the listed points; ``first100`` attacks the whole
+first-100 batch and reads off the listed points (a stage's random draws depend on the batch it
+runs in, in both libraries). A point counts as broken when the returned example is misclassified
+by its own library's model (the two agree to about 1e-5 in the logits).
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.benchmarks.peer_autoattack import DEFAULT_CHECKPOINT, build_setup
+from jaxadv.attacks.ensemble import evaluate_ensemble
+
+STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")
+
+
+def count_breaks(setup: dict, points, *, seeds: int, context: str, stages) -> dict:
+    """{"jaxadv" | "autoattack": {stage: [breaks per listed point over the seeds]}}."""
+    import torch
+    from pyautoattack import AutoAttack
+
+    idx = list(range(100)) if context == "first100" else list(points)
+    pos = [idx.index(p) for p in points]
+    f = setup["logits_fn"]
+    x = jnp.asarray(setup["x"][idx])
+    y = jnp.asarray(setup["y"][idx]).astype(jnp.int32)
+    x_t, y_t = setup["x_nchw"][idx], setup["y_torch"][idx]
+    counts = {lib: {st: np.zeros(len(points), int) for st in stages}
+              for lib in ("jaxadv", "autoattack")}
+    for s in range(seeds):
+        for st in stages:
+            r = evaluate_ensemble(f, x, y, jax.random.key(s), eps=setup["eps"],
+                                  version="standard", attacks=(st,), check_flags=False)
+            counts["jaxadv"][st] += ~np.asarray(r.robust)[pos]
+            aa = AutoAttack(setup["torch_model"], norm="Linf", eps=setup["eps"],
+                            version="standard", device="cpu", seed=s)
+            aa.attacks_to_run = [st]  # the standard version's settings, one stage
+            aa.verbose = False
+            with torch.no_grad():
+                x_adv = aa.run_standard_evaluation(x_t.clone(), y_t.clone(),
+                                                   batch_size=len(idx))[0]
+                pred = setup["torch_model"](x_adv).argmax(1).numpy()
+            counts["autoattack"][st] += (pred != setup["y"][idx])[pos]
+        print(f"seed {s}: " + json.dumps({lib: {st: c.tolist() for st, c in d.items()}
+                                          for lib, d in counts.items()}), flush=True)
+    return {lib: {st: c.tolist() for st, c in d.items()} for lib, d in counts.items()}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--points", type=int, nargs="+", default=[7, 8, 62],
+                   help="indices into the first 100 MNIST test images")
+    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--context", choices=("points", "first100"), default="points")
+    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    p.add_argument("--out", type=pathlib.Path, default=None)
+    args = p.parse_args(argv)
+    if any(not 0 <= q < 100 for q in args.points):
+        raise SystemExit(f"--points must be indices in [0, 100); got {args.points}.")
+    if args.seeds < 1:
+        raise SystemExit(f"--seeds must be >= 1; got {args.seeds}.")
+    tic = time.perf_counter()
+    setup = build_setup(100)
+    counts = count_breaks(setup, args.points, seeds=args.seeds, context=args.context,
+                          stages=args.stages)
+    out = {"breaks": counts, "settings": {
+        "checkpoint": DEFAULT_CHECKPOINT.name, "data": "first 100 MNIST test images",
+        "eps": setup["eps"], "norm": "linf", "points": args.points, "seeds": args.seeds,
+        "context": args.context, "stages": args.stages,
+        "count": "seeds (of --seeds) in which the stage alone broke the point",
+        "seconds": time.perf_counter() - tic,
+        "command": "python -m experiments.benchmarks.peer_autoattack_points "
+                   + " ".join(sys.argv[1:] if argv is None else argv)}}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()
