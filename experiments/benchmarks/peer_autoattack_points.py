@@ -59,9 +59,9 @@ def count_breaks(setup: dict, points, *, seeds: int, context: str, stages) -> di
                                                    batch_size=len(idx))[0]
                 pred = setup["torch_model"](x_adv).argmax(1).numpy()
             counts["autoattack"][st] += (pred != setup["y"][idx])[pos]
-        print(f"seed {s}: " + json.dumps({lib: {st: c.tolist() for st, c in d.items()}
-                                          for lib, d in counts.items()}), flush=True)
-    return {lib: {st: c.tolist() for st, c in d.items()} for lib, d in counts.items()}
+        as_lists = {lib: {st: c.tolist() for st, c in d.items()} for lib, d in counts.items()}
+        print(f"seed {s}: {json.dumps(as_lists)}", flush=True)
+    return as_lists
 
 
 def main(argv=None) -> dict:
