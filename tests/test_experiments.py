@@ -265,6 +265,27 @@ def test_attributions_benchmark_splits_the_batch_over_host_devices(tmp_path):
     assert all(v > 0 for v in result["speedup_vs_captum"].values())
 
 
+@pytest.mark.peer
+@pytest.mark.slow
+def test_step_speed_benchmark_smoke(tmp_path):
+    """The step-speed benchmark checks parity with the PyTorch twin, times every op and reports
+    XLA's FLOP counts, on 2 host devices and with ``--precision highest`` (a fresh process; tiny
+    sizes: this checks the script, not the speed)."""
+    pytest.importorskip("torch")
+    result = _run_in_fresh_process(
+        "experiments.benchmarks.step_speed", "--quick", "--models", "smallgap", "--batch", "4",
+        "--repeats", "1", "--host_devices", "2", "--precision", "highest", out=tmp_path / "ss.json")
+    ops = ("forward", "pgd_step", "pgd10", "train_step")
+    assert set(result["speedup_vs_torch"]) == {f"smallgap/{op}" for op in ops}
+    assert all(v > 0 for v in result["speedup_vs_torch"].values())
+    assert all(result["flops"][f"smallgap/{op}"] > 0 for op in ops)
+    assert result["flops"]["smallgap/pgd10"] > 10 * result["flops"]["smallgap/forward"]
+    assert result["parity"]["smallgap"]["input_grad_rel_l2_diff"] < 1e-4
+    cfg = result["config"]
+    assert cfg["host_devices"] == 2 and cfg["torch_device"] == "cpu"
+    assert cfg["jax_default_matmul_precision"] == "highest" and cfg["cudnn_allow_tf32"] is False
+
+
 @pytest.mark.slow
 def test_training_benchmark_times_the_steps_on_the_mesh(synthetic_fmnist, tmp_path):
     """``--host_devices 2`` times the training steps on the 2-device data mesh (batch sharded), and

@@ -2,7 +2,7 @@
 
     python -m experiments.benchmarks.step_speed --out results/step_speed.json
         [--quick] [--host_devices N] [--models smallgap,poolgap,preact_resnet18] [--repeats R]
-        [--compare_standard] [--no_fastpath]
+        [--compare_standard] [--no_fastpath] [--torch_device cuda] [--precision highest]
 
 Models (batch 128, float32, random N(0, 1/fan_in) weights, key 0): SmallGAP and PoolGAP on 28x28x1,
 PreAct ResNet-18 (batch norm) on 32x32x3. Each is built in jaxadv and as its PyTorch twin with the
@@ -30,6 +30,14 @@ initialises, with ``jaxadv.devices.use_host_devices``); ``--compare_standard`` a
 the fast path off (``jaxadv_std``) as a third contestant; ``--no_fastpath`` turns it off for the
 ``jaxadv`` one.
 ``--quick``: batch 32, 2 rounds, a 1024^3 matmul (a smoke test, not a measurement).
+
+On a GPU machine: ``--torch_device cuda`` puts the PyTorch twin on the GPU (every PyTorch op is
+followed by ``torch.cuda.synchronize()``, as every jaxadv op blocks on its result); jaxadv runs on
+JAX's default backend. Each framework keeps its own float32 defaults there (JAX/XLA may use TF32 in
+convolutions and matmuls; PyTorch does in cuDNN convolutions, not in matmuls): the settings are
+recorded under ``config``. ``--precision highest`` times both in full float32 instead
+(``jax_default_matmul_precision='highest'``, PyTorch's TF32 switches off). The parity check always
+runs in full float32.
 """
 
 import argparse
@@ -67,6 +75,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no_fastpath", action="store_true", help="Turn the fast path off.")
     p.add_argument("--torch_threads", type=int, default=0,
                    help="torch.set_num_threads (0: PyTorch's default).")
+    p.add_argument("--torch_device", default="cpu",
+                   help="Device of the PyTorch twin: cpu (default) or cuda (on a GPU machine).")
+    p.add_argument("--precision", choices=("default", "highest"), default="default",
+                   help="float32 matmul/convolution precision of both frameworks while timing: each "
+                   "one's default (default) or full float32 (highest: no TF32 on GPUs).")
     args = p.parse_args(argv)
     for name in args.models.split(","):
         if name not in MODELS:
@@ -116,21 +129,60 @@ def matmul_peak_gflops(n: int, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def torch_matmul_gflops(n: int, repeats: int = 5) -> float:
+def torch_sync(device: str):
+    """A function that waits for the device's queued PyTorch work (a no-op on CPU)."""
     import torch
 
-    a = torch.randn(n, n)
+    if str(device).startswith("cuda"):
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def torch_matmul_gflops(n: int, repeats: int = 5, device: str = "cpu") -> float:
+    import torch
+
+    sync = torch_sync(device)
+    a = torch.randn(n, n, device=device)
     a @ a
+    sync()
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         a @ a
+        sync()
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e9
 
 
+def torch_precision(highest: bool) -> dict:
+    """Sets PyTorch's TF32 switches (off for ``highest``, PyTorch's defaults otherwise); returns
+    the switches in effect."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = not highest
+    return {"cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32}
+
+
 # ----------------------------------------------------------------------------------------------
 # jaxadv side
+
+
+def xla_flops(lowered) -> float | None:
+    """XLA's FLOP count of a lowered computation: from the HLO where the backend gives it (CPU),
+    else from the compiled executable (JAX 0.11 on GPU gave none for the HLO); None if neither
+    does (cost analysis is best effort)."""
+    for analyse in (lambda: lowered.cost_analysis(), lambda: lowered.compile().cost_analysis()):
+        try:
+            cost = analyse()
+        except Exception:
+            continue
+        if isinstance(cost, (list, tuple)):
+            cost = cost[0] if cost else None
+        if cost and cost.get("flops"):
+            return float(cost["flops"])
+    return None
 
 
 def jax_ops(name: str, x_np, y_np, *, fast: bool, mesh) -> tuple[dict, dict, dict]:
@@ -188,10 +240,7 @@ def jax_ops(name: str, x_np, y_np, *, fast: bool, mesh) -> tuple[dict, dict, dic
     flops = {}
     with fastpath.enabled(False):
         for op in ("forward", "pgd_step", "train_step"):
-            try:
-                flops[op] = float(jax.jit(defs[op]).lower(*args[op]).cost_analysis()["flops"])
-            except Exception:  # cost analysis is best effort
-                flops[op] = None
+            flops[op] = xla_flops(jax.jit(defs[op]).lower(*args[op]))
     flops["pgd10"] = (10 * flops["pgd_step"] + flops["forward"]
                       if flops["pgd_step"] and flops["forward"] else None)
 
@@ -217,8 +266,9 @@ def jax_ops(name: str, x_np, y_np, *, fast: bool, mesh) -> tuple[dict, dict, dic
 # PyTorch side
 
 
-def torch_ops(tmodel, x_np, y_np) -> dict:
-    """The same four ops on the PyTorch twin (NCHW). The train step runs on a deep copy."""
+def torch_ops(tmodel, x_np, y_np, device: str = "cpu") -> dict:
+    """The same four ops on the PyTorch twin (NCHW) on ``device``; each blocks until done. The
+    train step runs on a deep copy."""
     import copy
 
     import torch
@@ -226,8 +276,9 @@ def torch_ops(tmodel, x_np, y_np) -> dict:
 
     from jaxadv.interop.torch_port import nhwc_to_nchw
 
-    x = nhwc_to_nchw(x_np)
-    y = torch.from_numpy(y_np.astype("int64"))
+    tmodel = tmodel.to(device)
+    x = nhwc_to_nchw(x_np).to(device)
+    y = torch.from_numpy(y_np.astype("int64")).to(device)
     eval_model = tmodel.eval()
     for p in eval_model.parameters():
         p.requires_grad_(False)
@@ -235,7 +286,7 @@ def torch_ops(tmodel, x_np, y_np) -> dict:
     for p in train_model.parameters():
         p.requires_grad_(True)
     opt = torch.optim.SGD(train_model.parameters(), lr=LR, momentum=MOMENTUM)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=device).manual_seed(0)
 
     def forward():
         with torch.no_grad():
@@ -256,7 +307,7 @@ def torch_ops(tmodel, x_np, y_np) -> dict:
 
     def pgd10():
         x_adv = project(x + torch.empty_like(x).uniform_(-EPS, EPS, generator=gen))
-        best, best_loss = x_adv.clone(), torch.full((x.shape[0],), -float("inf"))
+        best, best_loss = x_adv.clone(), torch.full((x.shape[0],), -float("inf"), device=device)
 
         def keep(x_adv, loss):
             better = loss > best_loss
@@ -278,11 +329,22 @@ def torch_ops(tmodel, x_np, y_np) -> dict:
         opt.step()
         return loss.item()
 
-    return {"forward": forward, "pgd_step": pgd_step, "pgd10": pgd10, "train_step": train_step}
+    sync = torch_sync(device)
+
+    def blocking(fn):
+        def run():
+            out = fn()
+            sync()
+            return out
+        return run
+
+    return {op: blocking(fn) for op, fn in
+            {"forward": forward, "pgd_step": pgd_step, "pgd10": pgd10, "train_step": train_step}.items()}
 
 
 def check_parity(name: str, handles: dict, tmodel, x_np, y_np) -> dict:
     """Raises unless logits and input gradients agree; returns their max abs differences."""
+    import jax
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -290,13 +352,16 @@ def check_parity(name: str, handles: dict, tmodel, x_np, y_np) -> dict:
     from jaxadv.interop.torch_port import nchw_to_nhwc, nhwc_to_nchw
 
     n = min(32, x_np.shape[0])
-    ours = np.asarray(handles["logits"](handles["variables"], handles["x"]))[:n]
+    tmodel = tmodel.cpu()  # full float32 on both sides: a CPU twin, JAX at 'highest' precision
+    with jax.default_matmul_precision("highest"):
+        ours = np.asarray(handles["logits"](handles["variables"], handles["x"]))[:n]
+        g_ours = np.asarray(handles["input_grad"](handles["variables"], handles["x"],
+                                                  handles["y"]))[:n]
     xt = nhwc_to_nchw(x_np[:n]).requires_grad_(True)
     out = tmodel.eval()(xt)
     theirs = out.detach().numpy()
     (gt,) = torch.autograd.grad(F.cross_entropy(out, torch.from_numpy(y_np[:n].astype("int64")),
                                                 reduction="sum"), xt)
-    g_ours = np.asarray(handles["input_grad"](handles["variables"], handles["x"], handles["y"]))[:n]
     g_theirs = nchw_to_nhwc(gt)
     d_logits = float(np.max(np.abs(ours - theirs)))
     # Relative l2 error: in deep ReLU nets a few pre-activations within float32 rounding of 0 take
@@ -327,6 +392,10 @@ def main(argv=None) -> dict:
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
+    if args.precision == "highest":
+        jax.config.update("jax_default_matmul_precision", "highest")
+    torch_flags = torch_precision(args.precision == "highest")
+    device = args.torch_device
     batch = args.batch or (32 if args.quick else 128)
     repeats = args.repeats or (2 if args.quick else 7)
     repeats_resnet = args.repeats_resnet or min(repeats, 5)
@@ -348,7 +417,7 @@ def main(argv=None) -> dict:
         fns, flops, handles = jax_ops(name, x_np, y_np, fast=not args.no_fastpath, mesh=mesh)
         tmodel = to_torch(name, jax.device_get(handles["variables"]))
         results["parity"][name] = check_parity(name, handles, tmodel, x_np, y_np)
-        tfns = torch_ops(tmodel, x_np, y_np)
+        tfns = torch_ops(tmodel, x_np, y_np, device)
         std = jax_ops(name, x_np, y_np, fast=False, mesh=mesh)[0] if args.compare_standard else None
         for op in ops:
             contestants = {"jaxadv": fns[op], "torch": tfns[op]}
@@ -370,7 +439,7 @@ def main(argv=None) -> dict:
     peak_after = matmul_peak_gflops(mm_n)
     results["matmul_peak_gflops"] = max(peak_before, peak_after)
     results["matmul_peak_gflops_before_after"] = [peak_before, peak_after]
-    results["torch_matmul_gflops"] = torch_matmul_gflops(mm_n)
+    results["torch_matmul_gflops"] = torch_matmul_gflops(mm_n, device=device)
     results["config"] = {
         "batch": batch, "repeats": repeats, "repeats_resnet": repeats_resnet,
         "host_devices": jax.device_count(), "fastpath": fastpath.is_enabled() and not args.no_fastpath,
@@ -378,7 +447,12 @@ def main(argv=None) -> dict:
         "cpu_count": os.cpu_count(), "jax": jax.__version__, "torch": torch.__version__,
         "platform": platform.platform(), "backend": jax.default_backend(),
         "devices": str(jax.devices()[0].device_kind), "argv": sys.argv[1:] if argv is None else argv,
+        "torch_device": device, "precision": args.precision,
+        "jax_default_matmul_precision": getattr(jax.config, "jax_default_matmul_precision", None),
+        **torch_flags,
     }
+    if device != "cpu":
+        results["config"]["torch_device_name"] = torch.cuda.get_device_name(device)
     print(format_table(results))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

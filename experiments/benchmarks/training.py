@@ -1,6 +1,7 @@
 """Training-step benchmark: examples/s of every jaxadv objective and of a PyTorch PGD-AT loop.
 
     python -m experiments.benchmarks.training --out results/training_bench.json [--quick]
+        [--torch_device cuda]
 
 Model: SmallGAP (Boopathy et al.; 16-32-100 GAP head) on Fashion-MNIST batches of ``--batch``
 (128) images; Adam. Every adversarial objective uses the same inner attack budget: l-inf eps 0.1,
@@ -13,6 +14,10 @@ Timing: one warm-up (compile) step each, then ``--repeats`` rounds of ``--steps`
 ``mesh_equals_single``: one PGD-AT and one Int2 step on a mesh of all local devices equals the
 single-device step (rtol 2e-5 on the parameters). Run with ``XLA_FLAGS=
 --xla_force_host_platform_device_count=8`` (or ``--host_devices 8``) to check 8 CPU devices.
+
+On a GPU machine jaxadv runs on JAX's default backend and ``--torch_device cuda`` puts the PyTorch
+loop on the GPU (it then waits for the GPU with ``torch.cuda.synchronize()`` at the end of each
+round, as jaxadv's round blocks on its parameters); each framework keeps its own float32 defaults.
 
 JSON: ``examples_per_s`` {objective: value}, ``torch_pgd_at_examples_per_s``,
 ``pgd_at_speedup_vs_torch``, ``int2_cost_vs_pgd_at`` (time ratio), ``mesh_equals_single``, and the
@@ -39,6 +44,7 @@ def _parse(argv):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--host_devices", type=int, default=1)
     p.add_argument("--skip_torch", action="store_true")
+    p.add_argument("--torch_device", default="cpu", help="cpu (default) or cuda")
     return p.parse_args(argv)
 
 
@@ -112,9 +118,13 @@ def main(argv=None):
             torch = None
         if torch is not None:
             tm = to_torch("smallgap", {"params": state0.params})
-            check_logits_agree(lambda z: model.apply({"params": state0.params}, z), tm, x_np)
+            with jax.default_matmul_precision("highest"):
+                check_logits_agree(lambda z: model.apply({"params": state0.params}, z), tm, x_np)
+            dev = torch.device(args.torch_device)
+            tm = tm.to(dev)
             opt = torch.optim.Adam(tm.parameters(), lr=1e-3)
-            tx_t, ty_t = nhwc_to_nchw(x_np), torch.as_tensor(y_np, dtype=torch.long)
+            tx_t = nhwc_to_nchw(x_np).to(dev)
+            ty_t = torch.as_tensor(y_np, dtype=torch.long).to(dev)
             ce = torch.nn.CrossEntropyLoss()
 
             def torch_pgd_at():
@@ -132,9 +142,12 @@ def main(argv=None):
                     opt.zero_grad()
                     ce(tm(x_adv.detach()), ty_t).backward()
                     opt.step()
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
 
             runners["torch/pgd_at"] = torch_pgd_at
-            torch_info = {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+            torch_info = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                          "torch_device": str(dev)}
 
     for fn in runners.values():  # warm-up: compile
         fn()
@@ -172,6 +185,7 @@ def main(argv=None):
                      "inner": inner, "steps_per_round": args.steps, "repeats": args.repeats,
                      "jax": jax.__version__, "backend": jax.default_backend(),
                      "machine": platform.processor() or platform.machine(),
+                     "jax_device": str(jax.devices()[0].device_kind),
                      "cpu_count": os.cpu_count(), **torch_info},
         "seconds_median": med,
     }
