@@ -363,6 +363,63 @@ def test_peer_autoattack_apgd_over_seeds_smoke(tmp_path):
     assert "--seeds 2" in r["settings"]["command"]
 
 
+@pytest.mark.peer
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED / "boopathy-mnist").exists(),
+                    reason="needs ../shared/data (official checkpoints, MNIST test set)")
+def test_peer_apgd_starts_gives_both_libraries_the_same_start(tmp_path):
+    """APGD-CE from identical starts: the reconstruction of AutoAttack's own draw gives exactly
+    what its ``perturb`` gives, and from a shared start the two libraries agree on (nearly) every
+    point (tiny sizes: this checks the script, not the numbers)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("pyautoattack")
+    from experiments.benchmarks import peer_apgd_starts as ps
+
+    out = tmp_path / "starts.json"
+    r = ps.main(["--n", "12", "--seeds", "1", "--points", "7", "8", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(r))
+    assert r["autoattack_start_reconstructed"] == [True]
+    assert set(r["robust_acc_mean"]) == {
+        "jaxadv_own", "autoattack_own", "jaxadv_from_autoattack_starts",
+        "autoattack_from_autoattack_starts", "jaxadv_from_numpy_starts",
+        "autoattack_from_numpy_starts"}
+    assert all(d["pairs"] <= 1 for d in r["disagreements"].values())
+    assert all(len(b) == 2 for b in r["breaks"].values())
+    with pytest.raises(SystemExit, match="--points"):
+        ps.main(["--n", "12", "--points", "12"])
+
+
+def test_peer_scorer_judges_every_library_by_one_model_inside_the_ball():
+    """The scorer behind the AutoAttack comparisons: per-point robustness by the JAX model, and
+    examples outside the eps-ball or [0, 1], or of the wrong shape, are refused."""
+    pytest.importorskip("torch")
+    import jax.numpy as jnp
+    import numpy as np
+
+    from experiments.benchmarks.peer_autoattack import _Scorer
+
+    # logits (x0, 1 - x0) of the first pixel: class 0 iff pixel > 0.5
+    def f(x):
+        v = x.reshape(x.shape[0], -1)[:, 0]
+        return jnp.stack([v, 1.0 - v], -1)
+
+    x = np.full((3, 2, 2, 1), 0.7, np.float32)
+    x[2] = 0.1
+    y = np.array([0, 0, 0])  # the third is misclassified at x
+    score = _Scorer({"logits_fn": f, "x": x, "y": y, "eps": 0.25})
+    x_adv = x.copy()
+    x_adv[1, 0, 0, 0] = 0.45  # crosses 0.5 inside the ball
+    robust, dist = score.robust_mask(x_adv)
+    assert robust.tolist() == [True, False, False] and dist == pytest.approx(0.25)
+    assert score.entry(x_adv, 1.0)["robust_acc"] == pytest.approx(100 / 3)
+    with pytest.raises(AssertionError, match="ball"):
+        score.robust_mask(np.where(np.arange(3)[:, None, None, None] == 0, 0.4, x))
+    with pytest.raises(AssertionError, match=r"\[0, 1\]"):
+        score.robust_mask(x - 0.2)  # inside the ball, but the third image goes below 0
+    with pytest.raises(AssertionError, match="shape"):
+        score.robust_mask(x[:2])
+
+
 @pytest.mark.skipif(not (SHARED / "boopathy-mnist").exists(),
                     reason="needs ../shared/data (official checkpoints, MNIST test set)")
 def test_peer_autoattack_points_counts_breaks_per_point_and_stage(tmp_path):

@@ -76,7 +76,9 @@ def _nchw_to_nhwc(t) -> np.ndarray:
 
 
 class _Scorer:
-    """Robust accuracy (percent) of returned examples, judged by the JAX model."""
+    """Judges returned examples of any library by the same JAX model, after checking that they
+    lie in the l-inf ball and in [0, 1] (``setup``: ``logits_fn``, ``x`` (B, H, W, C), ``y`` (B,),
+    ``eps``)."""
 
     def __init__(self, setup):
         self.f = setup["logits_fn"]
@@ -85,15 +87,26 @@ class _Scorer:
         self.eps = float(setup["eps"])
         self.clean_ok = np.asarray(jnp.argmax(self.f(jnp.asarray(self.x)), -1)) == self.y
 
-    def entry(self, x_adv, seconds: float) -> dict:
+    def robust_mask(self, x_adv) -> tuple[np.ndarray, float]:
+        """(B,) bool, correctly classified at x and at ``x_adv``; and the max l-inf distance.
+
+        Raises:
+          AssertionError: an example leaves the ball or [0, 1] (the comparison would be void).
+        """
         x_adv = np.asarray(x_adv, np.float32)
+        if x_adv.shape != self.x.shape:
+            raise AssertionError(f"examples of shape {x_adv.shape} for inputs of {self.x.shape}")
         dist = float(jnp.max(norm_of(jnp.asarray(x_adv - self.x), "linf")))
         if dist > self.eps * (1 + 1e-4) + 1e-5 or x_adv.min() < -1e-6 or x_adv.max() > 1 + 1e-6:
             raise AssertionError(f"examples leave the l-inf ball of radius {self.eps} or [0, 1]: "
                                  f"max distance {dist}")
         pred = np.asarray(jnp.argmax(self.f(jnp.asarray(x_adv)), -1))
+        return self.clean_ok & (pred == self.y), dist
+
+    def entry(self, x_adv, seconds: float) -> dict:
+        robust, dist = self.robust_mask(x_adv)
         n = len(self.y)
-        return {"robust_acc": float(100.0 * np.mean(self.clean_ok & (pred == self.y))),
+        return {"robust_acc": float(100.0 * np.mean(robust)),
                 "images_per_s": n / seconds, "n": n, "seconds": seconds, "max_dist": dist}
 
 

@@ -12,8 +12,10 @@ that stage), on the same weights:
 
 ``--context points`` attacks a batch of only the listed points; ``first100`` attacks the whole
 first-100 batch and reads off the listed points (a stage's random draws depend on the batch it
-runs in, in both libraries). A point counts as broken when the returned example is misclassified
-by its own library's model (the two agree to about 1e-5 in the logits).
+runs in, in both libraries). A point counts as broken when it is not robust: misclassified at x
+or at the returned example, both libraries' examples judged by the same JAX model after a check
+that they lie in the eps-ball and in [0, 1] (``peer_autoattack._Scorer``; the PyTorch twin's
+logits agree with it to about 1e-5).
 """
 
 import argparse
@@ -26,7 +28,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.benchmarks.peer_autoattack import DEFAULT_CHECKPOINT, build_setup
+from experiments.benchmarks.peer_autoattack import (
+    DEFAULT_CHECKPOINT,
+    _nchw_to_nhwc,
+    _Scorer,
+    build_setup,
+)
 from jaxadv.attacks.ensemble import evaluate_ensemble
 
 STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")
@@ -43,13 +50,16 @@ def count_breaks(setup: dict, points, *, seeds: int, context: str, stages) -> di
     x = jnp.asarray(setup["x"][idx])
     y = jnp.asarray(setup["y"][idx]).astype(jnp.int32)
     x_t, y_t = setup["x_nchw"][idx], setup["y_torch"][idx]
+    score = _Scorer({"logits_fn": f, "x": setup["x"][idx], "y": setup["y"][idx],
+                     "eps": setup["eps"]})
     counts = {lib: {st: np.zeros(len(points), int) for st in stages}
               for lib in ("jaxadv", "autoattack")}
     for s in range(seeds):
         for st in stages:
             r = evaluate_ensemble(f, x, y, jax.random.key(s), eps=setup["eps"],
                                   version="standard", attacks=(st,), check_flags=False)
-            counts["jaxadv"][st] += ~np.asarray(r.robust)[pos]
+            robust, _ = score.robust_mask(r.x_adv)
+            counts["jaxadv"][st] += ~(robust & np.asarray(r.robust))[pos]
             aa = AutoAttack(setup["torch_model"], norm="Linf", eps=setup["eps"],
                             version="standard", device="cpu", seed=s)
             aa.attacks_to_run = [st]  # the standard version's settings, one stage
@@ -57,8 +67,8 @@ def count_breaks(setup: dict, points, *, seeds: int, context: str, stages) -> di
             with torch.no_grad():
                 x_adv = aa.run_standard_evaluation(x_t.clone(), y_t.clone(),
                                                    batch_size=len(idx))[0]
-                pred = setup["torch_model"](x_adv).argmax(1).numpy()
-            counts["autoattack"][st] += (pred != setup["y"][idx])[pos]
+            robust, _ = score.robust_mask(_nchw_to_nhwc(x_adv))
+            counts["autoattack"][st] += ~robust[pos]
         as_lists = {lib: {st: c.tolist() for st, c in d.items()} for lib, d in counts.items()}
         print(f"seed {s}: {json.dumps(as_lists)}", flush=True)
     return as_lists
@@ -85,7 +95,8 @@ def main(argv=None) -> dict:
         "checkpoint": DEFAULT_CHECKPOINT.name, "data": "first 100 MNIST test images",
         "eps": setup["eps"], "norm": "linf", "points": args.points, "seeds": args.seeds,
         "context": args.context, "stages": args.stages,
-        "count": "seeds (of --seeds) in which the stage alone broke the point",
+        "count": "seeds (of --seeds) in which the stage alone broke the point (judged by the "
+                 "JAX model after an eps-ball and [0, 1] check, both libraries)",
         "seconds": time.perf_counter() - tic,
         "command": "python -m experiments.benchmarks.peer_autoattack_points "
                    + " ".join(sys.argv[1:] if argv is None else argv)}}

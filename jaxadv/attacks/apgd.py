@@ -195,8 +195,8 @@ def _apgd_loss(loss: str, targeted: bool) -> Callable[[Array, Array, Array | Non
 
 def _apgd_run(logits_fn, x, y, t, key, eps, active, *, norm, num_steps, loss, rho, bounds,
               eot_iter, randomized, success_on_target, x_init=None) -> tuple[AttackResult, Array]:
-    """One APGD run from a random start (or from ``x_init``, which must be feasible) on the
-    ``active`` points.
+    """One APGD run from a random start (or from ``x_init``, projected into the ball and the box)
+    on the ``active`` points.
 
     Returns the best iterate per point (inactive points: x, success False, loss -inf) and the
     number of gradient evaluations made on each point while it was active and unbroken.
@@ -252,7 +252,8 @@ def _apgd_run(logits_fn, x, y, t, key, eps, active, *, norm, num_steps, loss, rh
     else:
         u = jax.random.normal(k_start, x.shape, dt)
     u = u / per_example(jnp.maximum(projections.norm_of(u, norm), _TINY), u)
-    x0 = projections.clip_to_bounds(x + eps_x * u if x_init is None else x_init, bounds)
+    x0 = (projections.clip_to_bounds(x + eps_x * u, bounds) if x_init is None
+          else feasible(jnp.asarray(x_init, dt)))
     loss0, logits0, g0 = evaluate(x0, jax.random.fold_in(k_eval, 0))
     succ0 = success_of(logits0) & active
     best0 = AttackResult(x0, succ0, jnp.where(active, loss0, -jnp.inf))
@@ -319,13 +320,15 @@ def _apgd_run(logits_fn, x, y, t, key, eps, active, *, norm, num_steps, loss, rh
 
 def apgd_runs(logits_fn, x, y, key, *, eps, active, targets_list=None, norm="linf",
               num_steps=100, loss="ce", num_restarts=1, rho=0.75, bounds=(0.0, 1.0), eot_iter=1,
-              randomized=False, success_on_target=False) -> tuple[AttackResult, Array]:
+              randomized=False, success_on_target=False,
+              x_init=None) -> tuple[AttackResult, Array]:
     """Runs APGD for every target row of ``targets_list`` (T, B) (or once, untargeted) times
     ``num_restarts``, one after another, each on the points still active and unbroken.
 
     Run r (target r // R, restart r % R) uses ``jax.random.fold_in(key, r)``; a run with no point
-    left is skipped (``lax.cond``). Returns the best result over runs (only active points can
-    succeed) and the per-point number of gradient evaluations. Arguments are not validated here.
+    left is skipped (``lax.cond``). ``x_init`` (B, ...) replaces every run's random start. Returns
+    the best result over runs (only active points can succeed) and the per-point number of
+    gradient evaluations. Arguments are not validated here.
     """
     b = x.shape[0]
     num_t = 1 if targets_list is None else targets_list.shape[0]
@@ -342,7 +345,7 @@ def apgd_runs(logits_fn, x, y, key, *, eps, active, targets_list=None, norm="lin
             return _apgd_run(logits_fn, x, y, t, jax.random.fold_in(key, r), eps, act,
                              norm=norm, num_steps=num_steps, loss=loss, rho=rho, bounds=bounds,
                              eot_iter=eot_iter, randomized=randomized,
-                             success_on_target=success_on_target)
+                             success_on_target=success_on_target, x_init=x_init)
 
         def skip(_):
             return (AttackResult(x, jnp.zeros((b,), jnp.bool_), jnp.full((b,), -jnp.inf, x.dtype)),
@@ -372,6 +375,16 @@ def _check_apgd_args(norm, num_steps, loss, num_restarts, rho, eot_iter):
         raise ValueError(f"rho must lie in (0, 1]; got {rho}.")
 
 
+def _check_x_init(x_init, x, num_restarts):
+    if num_restarts != 1:
+        raise ValueError(f"x_init is one start per example; num_restarts={num_restarts} needs "
+                         "random starts (drop x_init or set num_restarts=1).")
+    if jnp.shape(x_init) != x.shape:
+        raise ValueError(f"x_init must have the shape of x {x.shape}; got {jnp.shape(x_init)}.")
+    if not isinstance(x_init, jax.core.Tracer) and not np.all(np.isfinite(x_init)):
+        raise ValueError("x_init contains NaN or infinite values; pass a finite start.")
+
+
 def _clean_start(logits_fn, x, y, t, key, *, loss, randomized, success_on_target):
     """The clean input as the first candidate (AutoAttack counts points misclassified at x as
     broken with x_adv = x): (AttackResult, clean logits)."""
@@ -385,7 +398,7 @@ def _clean_start(logits_fn, x, y, t, key, *, loss, randomized, success_on_target
 def apgd(logits_fn: Callable, x: Array, y: Array, key: jax.Array, *, eps, norm: str = "linf",
          num_steps: int = 100, loss: str = "ce", num_restarts: int = 1,
          targets: Array | None = None, rho: float = 0.75, bounds: tuple[float, float] = (0.0, 1.0),
-         eot_iter: int = 1, randomized: bool = False) -> AttackResult:
+         eot_iter: int = 1, randomized: bool = False, x_init: Array | None = None) -> AttackResult:
     """Auto-PGD (Croce & Hein 2020), untargeted or towards given targets.
 
     Args:
@@ -406,6 +419,9 @@ def apgd(logits_fn: Callable, x: Array, y: Array, key: jax.Array, *, eps, norm: 
       bounds: (low, high) box of valid inputs.
       eot_iter: gradient samples averaged per iterate (EOT; > 1 only helps randomised models).
       randomized: ``logits_fn`` takes a key as its second argument.
+      x_init: optional (B, ...) start instead of the random one (projected into the eps-ball and
+        the box first), e.g. another library's random start for a paired comparison. Only with
+        ``num_restarts=1``.
 
     Returns:
       AttackResult: ``x_adv`` (B, ...) the strongest point seen (the clean input included);
@@ -413,7 +429,8 @@ def apgd(logits_fn: Callable, x: Array, y: Array, key: jax.Array, *, eps, norm: 
 
     Raises:
       ValueError: unknown norm or loss, eps < 0, bad counts, rho outside (0, 1], labels or
-        targets out of range or of the wrong shape, too few classes for DLR.
+        targets out of range or of the wrong shape, too few classes for DLR, an ``x_init`` of
+        the wrong shape, not finite, or with restarts.
 
     Notes:
       Where AutoAttack's code and the paper differ, this follows the paper: condition 1 uses
@@ -426,6 +443,8 @@ def apgd(logits_fn: Callable, x: Array, y: Array, key: jax.Array, *, eps, norm: 
     _check_apgd_args(norm, num_steps, loss, num_restarts, rho, eot_iter)
     x, y, k = check_common(logits_fn, x, y, eps=eps, bounds=bounds, randomized=randomized)
     t = None if targets is None else check_labels("targets", targets, k, x.shape[0])
+    if x_init is not None:
+        _check_x_init(x_init, x, num_restarts)
     if loss == "dlr" and k < (4 if t is not None else 3):
         raise ValueError(f"{'targeted ' if t is not None else ''}DLR needs at least "
                          f"{4 if t is not None else 3} classes; logits_fn has {k}.")
@@ -436,7 +455,7 @@ def apgd(logits_fn: Callable, x: Array, y: Array, key: jax.Array, *, eps, norm: 
                        targets_list=None if t is None else t[None], norm=norm,
                        num_steps=num_steps, loss=loss, num_restarts=num_restarts, rho=rho,
                        bounds=bounds, eot_iter=eot_iter, randomized=randomized,
-                       success_on_target=t is not None)
+                       success_on_target=t is not None, x_init=x_init)
     return update_best(clean, res.x_adv, res.success, res.loss)
 
 

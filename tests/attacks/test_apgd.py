@@ -263,6 +263,38 @@ def test_same_start_same_outcome_as_autoattack():
     assert np.sum(ours != theirs) <= 2, (ours.sum(), theirs.sum(), np.flatnonzero(ours != theirs))
 
 
+def test_x_init_is_the_start_of_the_run(key):
+    """``x_init`` replaces the random start: given the very start the key would draw, the result
+    is identical; a start outside the ball is projected, and the outcome no longer depends on the
+    key (a deterministic model)."""
+    f, x, y = trained_mlp()
+    eps = 0.1
+    _, k_runs = jax.random.split(key)
+    k_start, _ = jax.random.split(jax.random.fold_in(k_runs, 0))
+    u = jax.random.uniform(k_start, x.shape, x.dtype, -1.0, 1.0)
+    u = u / jnp.max(jnp.abs(u.reshape(u.shape[0], -1)), -1)[:, None, None, None]
+    x0 = jnp.clip(x + eps * u, 0.0, 1.0)
+    drawn = A.apgd_ce(f, x, y, key, eps=eps, num_steps=20)
+    given = A.apgd_ce(f, x, y, key, eps=eps, num_steps=20, x_init=x0)
+    chex.assert_trees_all_equal(drawn, given)
+    far = x + 3 * eps * u  # outside the ball and the box
+    a = A.apgd_ce(f, x, y, jax.random.key(1), eps=eps, num_steps=5, x_init=far)
+    b = A.apgd_ce(f, x, y, jax.random.key(2), eps=eps, num_steps=5, x_init=far)
+    chex.assert_trees_all_equal(a, b)
+    assert float(jnp.max(jnp.abs(a.x_adv - x))) <= eps + 1e-6
+    assert float(jnp.min(a.x_adv)) >= 0.0 and float(jnp.max(a.x_adv)) <= 1.0
+
+
+def test_x_init_bad_input(key):
+    f, x, y = trained_mlp()
+    with pytest.raises(ValueError, match="num_restarts=2"):
+        A.apgd_ce(f, x, y, key, eps=0.1, num_restarts=2, x_init=x)
+    with pytest.raises(ValueError, match="shape of x"):
+        A.apgd_ce(f, x, y, key, eps=0.1, x_init=x[:3])
+    with pytest.raises(ValueError, match="NaN"):
+        A.apgd_ce(f, x, y, key, eps=0.1, x_init=np.full(x.shape, np.nan, np.float32))
+
+
 def test_apgd_t_breaks_no_fewer_than_its_first_target(key):
     f, x, y = trained_mlp()
     t1 = A.top_k_other_classes(f(x), y, 1)[0]
