@@ -376,7 +376,8 @@ def test_peer_apgd_starts_gives_both_libraries_the_same_start(tmp_path):
     from experiments.benchmarks import peer_apgd_starts as ps
 
     out = tmp_path / "starts.json"
-    r = ps.main(["--n", "12", "--seeds", "1", "--points", "7", "8", "--out", str(out)])
+    r = ps.main(["--n", "12", "--seeds", "1", "--points", "7", "8", "--point_seeds", "2",
+                 "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(r))
     assert r["autoattack_start_reconstructed"] == [True]
     assert set(r["robust_acc_mean"]) == {
@@ -385,6 +386,8 @@ def test_peer_apgd_starts_gives_both_libraries_the_same_start(tmp_path):
         "autoattack_from_numpy_starts"}
     assert all(d["pairs"] <= 1 for d in r["disagreements"].values())
     assert all(len(b) == 2 for b in r["breaks"].values())
+    assert set(r["point_breaks"]) == {7, 8}
+    assert all(0 <= v <= 2 for counts in r["point_breaks"].values() for v in counts.values())
     with pytest.raises(SystemExit, match="--points"):
         ps.main(["--n", "12", "--points", "12"])
 

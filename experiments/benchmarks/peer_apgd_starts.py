@@ -1,7 +1,7 @@
 """APGD-CE of jaxadv and of AutoAttack from identical random starts: is a gap the algorithm or the draw?
 
     python -m experiments.benchmarks.peer_apgd_starts [--seeds 30] [--starts autoattack numpy]
-        [--points 7 8 62] [--n 100] [--out FILE]
+        [--points 7 8 62] [--n 100] [--point_seeds 0] [--out FILE]
 
 Official Boopathy SmallGAP ``adv`` checkpoint (its PyTorch twin for AutoAttack, identical weights),
 the first ``--n`` MNIST test images, l-inf eps 0.3, one APGD-CE run of 100 steps (AutoAttack's
@@ -21,6 +21,11 @@ Every example is judged by the same JAX model after an eps-ball and [0, 1] check
 (seed, point) pairs on which the two libraries disagree from the same start;
 ``autoattack_start_reconstructed`` says per seed whether AutoAttack from the reconstructed start
 gave exactly what its own ``perturb`` gave (a check of the reconstruction).
+
+``--point_seeds N`` (0: off) adds, for each of ``--points``, how often jaxadv's APGD-CE breaks the
+point from each kind of start over seeds 0..N-1 (the start the point gets in the batch of the
+first ``--n`` images; one batched call of N copies of the point per kind; jaxadv alone, since the
+libraries agree from identical starts). ``--seeds 0`` skips the batch comparison.
 """
 
 import argparse
@@ -80,9 +85,16 @@ def run(setup: dict, *, seeds: int, starts, points) -> dict:
     ok = score.clean_ok
     xj, yj = jnp.asarray(x), jnp.asarray(y, jnp.int32)
     xt, yt = setup["x_nchw"], setup["y_torch"]
-    attack = jax.jit(lambda key, x0: apgd_ce(f, xj, yj, key, eps=eps, num_steps=NUM_STEPS,
-                                             x_init=x0))
-    attack_own = jax.jit(lambda key: apgd_ce(f, xj, yj, key, eps=eps, num_steps=NUM_STEPS))
+    # the images are arguments, not closed-over constants (XLA would constant-fold the model)
+    jit_from = jax.jit(lambda x, y, key, x0: apgd_ce(f, x, y, key, eps=eps, num_steps=NUM_STEPS,
+                                                     x_init=x0))
+    jit_own = jax.jit(lambda x, y, key: apgd_ce(f, x, y, key, eps=eps, num_steps=NUM_STEPS))
+
+    def attack(key, x0):
+        return jit_from(xj, yj, key, x0)
+
+    def attack_own(key):
+        return jit_own(xj, yj, key)
 
     def aa(seed):
         return APGDAttack(setup["torch_model"], n_iter=NUM_STEPS, norm="Linf", n_restarts=1,
@@ -142,6 +154,29 @@ def run(setup: dict, *, seeds: int, starts, points) -> dict:
     }
 
 
+def point_rates(setup: dict, *, points, seeds: int, starts) -> dict:
+    """{point: {kind: seeds (of ``seeds``) in which jaxadv's APGD-CE from that kind of start
+    broke the point}}, plus ``jaxadv_own`` (a fresh key per copy)."""
+    f, eps = setup["logits_fn"], float(setup["eps"])
+    x, y = np.asarray(setup["x"], np.float32), np.asarray(setup["y"])
+    ok = _Scorer(setup).clean_ok
+    draw = {"autoattack": autoattack_start, "numpy": numpy_start}
+    from_start = jax.jit(lambda xb, yb, x0: apgd_ce(f, xb, yb, jax.random.key(0), eps=eps,
+                                                    num_steps=NUM_STEPS, x_init=x0).success)
+    own = jax.jit(jax.vmap(lambda k, xi, yi: apgd_ce(f, xi[None], yi[None], k, eps=eps,
+                                                     num_steps=NUM_STEPS).success[0]))
+    out = {}
+    for q in points:
+        xb = jnp.asarray(np.repeat(x[q:q + 1], seeds, 0))
+        yb = jnp.asarray(np.repeat(y[q:q + 1], seeds, 0).astype(np.int32))
+        out[q] = {k: int(np.sum(np.asarray(from_start(xb, yb, jnp.asarray(
+            np.stack([draw[k](x, ok, eps, s)[q] for s in range(seeds)])))))) for k in starts}
+        out[q]["jaxadv_own"] = int(np.sum(np.asarray(
+            own(jax.random.split(jax.random.key(0), seeds), xb, yb))))
+        print(f"point {q}: broken in {out[q]} of {seeds} seeds", flush=True)
+    return out
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=100, help="first N MNIST test images")
@@ -150,25 +185,35 @@ def main(argv=None) -> dict:
                    help="kinds of shared start to give both libraries")
     p.add_argument("--points", type=int, nargs="+", default=[7, 8, 62],
                    help="indices into the first N images whose break counts are reported")
+    p.add_argument("--point_seeds", type=int, default=0,
+                   help="per-point break counts over this many seeds per kind of start (0: off)")
     p.add_argument("--out", type=pathlib.Path, default=None)
     args = p.parse_args(argv)
-    if args.seeds < 1:
-        raise SystemExit(f"--seeds must be >= 1; got {args.seeds}.")
+    if args.seeds < 0 or args.point_seeds < 0 or args.seeds + args.point_seeds == 0:
+        raise SystemExit(f"--seeds and --point_seeds must be >= 0, one of them > 0; got "
+                         f"{args.seeds} and {args.point_seeds}.")
     if any(not 0 <= q < args.n for q in args.points):
         raise SystemExit(f"--points must be indices in [0, {args.n}); got {args.points}.")
     tic = time.perf_counter()
     setup = build_setup(args.n)
-    res = run(setup, seeds=args.seeds, starts=args.starts, points=args.points)
+    res = (run(setup, seeds=args.seeds, starts=args.starts, points=args.points) if args.seeds
+           else {})
+    if args.point_seeds:
+        res["point_breaks"] = point_rates(setup, points=args.points, seeds=args.point_seeds,
+                                          starts=args.starts)
     res["settings"] = {
         "checkpoint": DEFAULT_CHECKPOINT.name, "data": f"first {args.n} MNIST test images",
         "eps": float(setup["eps"]), "norm": "linf", "attack": "APGD-CE, 1 run of 100 steps",
         "seeds": args.seeds, "starts": args.starts, "points": args.points,
+        "point_seeds": args.point_seeds,
         "judged_by": "the JAX model after an eps-ball and [0, 1] check",
         "seconds": time.perf_counter() - tic,
         "command": "python -m experiments.benchmarks.peer_apgd_starts "
                    + " ".join(sys.argv[1:] if argv is None else argv)}
-    print(json.dumps({k: res[k] for k in ("robust_acc_mean", "breaks")}))
-    print({k: v["pairs"] for k, v in res["disagreements"].items()}, "disagreeing (seed, point) pairs")
+    if args.seeds:
+        print(json.dumps({k: res[k] for k in ("robust_acc_mean", "breaks")}))
+        print({k: v["pairs"] for k, v in res["disagreements"].items()},
+              "disagreeing (seed, point) pairs")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(res, indent=1))
