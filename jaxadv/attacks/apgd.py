@@ -375,16 +375,6 @@ def _check_apgd_args(norm, num_steps, loss, num_restarts, rho, eot_iter):
         raise ValueError(f"rho must lie in (0, 1]; got {rho}.")
 
 
-def _check_x_init(x_init, x, num_restarts):
-    if num_restarts != 1:
-        raise ValueError(f"x_init is one start per example; num_restarts={num_restarts} needs "
-                         "random starts (drop x_init or set num_restarts=1).")
-    if jnp.shape(x_init) != x.shape:
-        raise ValueError(f"x_init must have the shape of x {x.shape}; got {jnp.shape(x_init)}.")
-    if not isinstance(x_init, jax.core.Tracer) and not np.all(np.isfinite(x_init)):
-        raise ValueError("x_init contains NaN or infinite values; pass a finite start.")
-
-
 def _clean_start(logits_fn, x, y, t, key, *, loss, randomized, success_on_target):
     """The clean input as the first candidate (AutoAttack counts points misclassified at x as
     broken with x_adv = x): (AttackResult, clean logits)."""
@@ -444,7 +434,7 @@ def apgd(logits_fn: Callable, x: Array, y: Array, key: jax.Array, *, eps, norm: 
     x, y, k = check_common(logits_fn, x, y, eps=eps, bounds=bounds, randomized=randomized)
     t = None if targets is None else check_labels("targets", targets, k, x.shape[0])
     if x_init is not None:
-        _check_x_init(x_init, x, num_restarts)
+        projections.check_x_init(x_init, x, num_restarts)
     if loss == "dlr" and k < (4 if t is not None else 3):
         raise ValueError(f"{'targeted ' if t is not None else ''}DLR needs at least "
                          f"{4 if t is not None else 3} classes; logits_fn has {k}.")

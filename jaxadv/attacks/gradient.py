@@ -135,14 +135,7 @@ def pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, eps, step
         raise ValueError(f"bounds must be (low, high) with low < high; got {bounds}.")
     x = jnp.asarray(x)
     if x_init is not None:
-        if num_restarts != 1:
-            raise ValueError(f"x_init is one start per example; num_restarts={num_restarts} "
-                             "needs random starts (drop x_init or set num_restarts=1).")
-        if jnp.shape(x_init) != x.shape:
-            raise ValueError(f"x_init must have the shape of x {x.shape}; got "
-                             f"{jnp.shape(x_init)}.")
-        if not isinstance(x_init, jax.core.Tracer) and not np.all(np.isfinite(x_init)):
-            raise ValueError("x_init contains NaN or infinite values; pass a finite start.")
+        projections.check_x_init(x_init, x, num_restarts)
     b = x.shape[0]
     rule = get_step_rule(step_rule, norm, l1_sparsity=l1_sparsity, bounds=bounds,
                          momentum_decay=momentum_decay)

@@ -85,6 +85,19 @@ def project_to_feasible(x_adv: Array, x: Array, eps: Array, norm: str,
 START_DISTRIBUTIONS = ("ball", "radial")
 
 
+def check_x_init(x_init, x, num_restarts: int) -> None:
+    """ValueError unless ``x_init``, an attack's given start, is one finite start per example of
+    ``x`` (same shape) with a single run (``num_restarts == 1``)."""
+    if num_restarts != 1:
+        raise ValueError(f"x_init is one start per example; num_restarts={num_restarts} needs "
+                         "random starts (drop x_init or set num_restarts=1).")
+    if jnp.shape(x_init) != jnp.shape(x):
+        raise ValueError(f"x_init must have the shape of x {jnp.shape(x)}; got "
+                         f"{jnp.shape(x_init)}.")
+    if not isinstance(x_init, jax.core.Tracer) and not np.all(np.isfinite(x_init)):
+        raise ValueError("x_init contains NaN or infinite values; pass a finite start.")
+
+
 def check_random_start(random_start) -> str | None:
     """The start distribution an attack's ``random_start`` argument asks for: None (start at x)
     for False, 'ball' for True or 'ball', 'radial' for 'radial'; ValueError otherwise."""
