@@ -435,13 +435,15 @@ def test_peer_autoattack_points_counts_breaks_per_point_and_stage(tmp_path):
     from experiments.benchmarks import peer_autoattack_points as pp
 
     out = tmp_path / "pts.json"
-    r = pp.main(["--points", "7", "8", "--seeds", "1", "--stages", "apgd-ce", "--out", str(out)])
+    r = pp.main(["--points", "7", "8", "--seeds", "1", "--seed_start", "3", "--stages", "apgd-ce",
+                 "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(r))
     for lib in ("jaxadv", "autoattack"):
         assert set(r["breaks"][lib]) == {"apgd-ce"}
         assert all(c in (0, 1) for c in r["breaks"][lib]["apgd-ce"])
         assert len(r["breaks"][lib]["apgd-ce"]) == 2
     assert r["settings"]["points"] == [7, 8] and r["settings"]["context"] == "points"
+    assert r["settings"]["seed_start"] == 3 and r["settings"]["seeds"] == 1
     with pytest.raises(SystemExit, match="--points"):
         pp.main(["--points", "100"])
 

@@ -8,7 +8,8 @@ breaks each of them when run alone, in jaxadv (``evaluate_ensemble(attacks=(stag
 that stage), on the same weights:
 
     python -m experiments.benchmarks.peer_autoattack_points [--points 7 8 62] [--seeds 10]
-        [--context points|first100] [--stages apgd-ce apgd-t fab-t square] [--out FILE]
+        [--seed_start 0]
+        [--context points|first100] [--stages apgd-ce apgd-t fab-t square ensemble] [--out FILE]
 
 ``--context points`` attacks a batch of only the listed points; ``first100`` attacks the whole
 first-100 batch and reads off the listed points (a stage's random draws depend on the batch it
@@ -37,10 +38,13 @@ from experiments.benchmarks.peer_autoattack import (
 from jaxadv.attacks.ensemble import evaluate_ensemble
 
 STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")
+ENSEMBLE = "ensemble"  # all four stages in order, as the standard version runs them
 
 
-def count_breaks(setup: dict, points, *, seeds: int, context: str, stages) -> dict:
-    """{"jaxadv" | "autoattack": {stage: [breaks per listed point over the seeds]}}."""
+def count_breaks(setup: dict, points, *, seeds: int, context: str, stages,
+                 seed_start: int = 0) -> dict:
+    """{"jaxadv" | "autoattack": {stage: [breaks per listed point over seeds seed_start ..
+    seed_start + seeds - 1]}}."""
     import torch
     from pyautoattack import AutoAttack
 
@@ -54,15 +58,17 @@ def count_breaks(setup: dict, points, *, seeds: int, context: str, stages) -> di
                      "eps": setup["eps"]})
     counts = {lib: {st: np.zeros(len(points), int) for st in stages}
               for lib in ("jaxadv", "autoattack")}
-    for s in range(seeds):
+    for s in range(seed_start, seed_start + seeds):
         for st in stages:
             r = evaluate_ensemble(f, x, y, jax.random.key(s), eps=setup["eps"],
-                                  version="standard", attacks=(st,), check_flags=False)
+                                  version="standard", check_flags=False,
+                                  attacks=STAGES if st == ENSEMBLE else (st,))
             robust, _ = score.robust_mask(r.x_adv)
             counts["jaxadv"][st] += ~(robust & np.asarray(r.robust))[pos]
             aa = AutoAttack(setup["torch_model"], norm="Linf", eps=setup["eps"],
                             version="standard", device="cpu", seed=s)
-            aa.attacks_to_run = [st]  # the standard version's settings, one stage
+            # the standard version's settings, one stage (or all four)
+            aa.attacks_to_run = list(STAGES) if st == ENSEMBLE else [st]
             aa.verbose = False
             with torch.no_grad():
                 x_adv = aa.run_standard_evaluation(x_t.clone(), y_t.clone(),
@@ -79,8 +85,10 @@ def main(argv=None) -> dict:
     p.add_argument("--points", type=int, nargs="+", default=[7, 8, 62],
                    help="indices into the first 100 MNIST test images")
     p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--seed_start", type=int, default=0, help="first seed (seeds run from here)")
     p.add_argument("--context", choices=("points", "first100"), default="points")
-    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    p.add_argument("--stages", nargs="+", choices=STAGES + (ENSEMBLE,), default=list(STAGES),
+                   help=f"stages run alone; '{ENSEMBLE}': the whole standard ensemble")
     p.add_argument("--out", type=pathlib.Path, default=None)
     args = p.parse_args(argv)
     if any(not 0 <= q < 100 for q in args.points):
@@ -90,10 +98,11 @@ def main(argv=None) -> dict:
     tic = time.perf_counter()
     setup = build_setup(100)
     counts = count_breaks(setup, args.points, seeds=args.seeds, context=args.context,
-                          stages=args.stages)
+                          stages=args.stages, seed_start=args.seed_start)
     out = {"breaks": counts, "settings": {
         "checkpoint": DEFAULT_CHECKPOINT.name, "data": "first 100 MNIST test images",
         "eps": setup["eps"], "norm": "linf", "points": args.points, "seeds": args.seeds,
+        "seed_start": args.seed_start,
         "context": args.context, "stages": args.stages,
         "count": "seeds (of --seeds) in which the stage alone broke the point (judged by the "
                  "JAX model after an eps-ball and [0, 1] check, both libraries)",
