@@ -444,6 +444,10 @@ def test_peer_autoattack_points_counts_breaks_per_point_and_stage(tmp_path):
         assert len(r["breaks"][lib]["apgd-ce"]) == 2
     assert r["settings"]["points"] == [7, 8] and r["settings"]["context"] == "points"
     assert r["settings"]["seed_start"] == 3 and r["settings"]["seeds"] == 1
+    for lib in ("jaxadv", "autoattack"):  # the batch is the two points: 0, 50 or 100 %
+        assert r["robust_acc_seeds"][lib]["apgd-ce"][0] in (0.0, 50.0, 100.0)
+        assert (r["robust_acc_seeds"][lib]["apgd-ce"][0] / 50.0
+                == 2 - sum(r["breaks"][lib]["apgd-ce"]))
     with pytest.raises(SystemExit, match="--points"):
         pp.main(["--points", "100"])
 

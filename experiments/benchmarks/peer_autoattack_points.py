@@ -43,8 +43,8 @@ ENSEMBLE = "ensemble"  # all four stages in order, as the standard version runs 
 
 def count_breaks(setup: dict, points, *, seeds: int, context: str, stages,
                  seed_start: int = 0) -> dict:
-    """{"jaxadv" | "autoattack": {stage: [breaks per listed point over seeds seed_start ..
-    seed_start + seeds - 1]}}."""
+    """({"jaxadv" | "autoattack": {stage: [breaks per listed point over seeds seed_start ..
+    seed_start + seeds - 1]}}, the same keys -> [robust accuracy (%) of the whole batch per seed])."""
     import torch
     from pyautoattack import AutoAttack
 
@@ -58,13 +58,16 @@ def count_breaks(setup: dict, points, *, seeds: int, context: str, stages,
                      "eps": setup["eps"]})
     counts = {lib: {st: np.zeros(len(points), int) for st in stages}
               for lib in ("jaxadv", "autoattack")}
+    acc = {lib: {st: [] for st in stages} for lib in ("jaxadv", "autoattack")}
     for s in range(seed_start, seed_start + seeds):
         for st in stages:
             r = evaluate_ensemble(f, x, y, jax.random.key(s), eps=setup["eps"],
                                   version="standard", check_flags=False,
                                   attacks=STAGES if st == ENSEMBLE else (st,))
             robust, _ = score.robust_mask(r.x_adv)
-            counts["jaxadv"][st] += ~(robust & np.asarray(r.robust))[pos]
+            robust &= np.asarray(r.robust)
+            counts["jaxadv"][st] += ~robust[pos]
+            acc["jaxadv"][st].append(float(100.0 * robust.mean()))
             aa = AutoAttack(setup["torch_model"], norm="Linf", eps=setup["eps"],
                             version="standard", device="cpu", seed=s)
             # the standard version's settings, one stage (or all four)
@@ -75,9 +78,11 @@ def count_breaks(setup: dict, points, *, seeds: int, context: str, stages,
                                                    batch_size=len(idx))[0]
             robust, _ = score.robust_mask(_nchw_to_nhwc(x_adv))
             counts["autoattack"][st] += ~robust[pos]
+            acc["autoattack"][st].append(float(100.0 * robust.mean()))
         as_lists = {lib: {st: c.tolist() for st, c in d.items()} for lib, d in counts.items()}
-        print(f"seed {s}: {json.dumps(as_lists)}", flush=True)
-    return as_lists
+        print(f"seed {s}: {json.dumps(as_lists)}; robust accuracy of the batch "
+              f"{json.dumps(acc)}", flush=True)
+    return as_lists, acc
 
 
 def main(argv=None) -> dict:
@@ -97,9 +102,9 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--seeds must be >= 1; got {args.seeds}.")
     tic = time.perf_counter()
     setup = build_setup(100)
-    counts = count_breaks(setup, args.points, seeds=args.seeds, context=args.context,
+    counts, acc = count_breaks(setup, args.points, seeds=args.seeds, context=args.context,
                           stages=args.stages, seed_start=args.seed_start)
-    out = {"breaks": counts, "settings": {
+    out = {"breaks": counts, "robust_acc_seeds": acc, "settings": {
         "checkpoint": DEFAULT_CHECKPOINT.name, "data": "first 100 MNIST test images",
         "eps": setup["eps"], "norm": "linf", "points": args.points, "seeds": args.seeds,
         "seed_start": args.seed_start,
