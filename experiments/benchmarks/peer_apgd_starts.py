@@ -75,6 +75,9 @@ def numpy_start(x: np.ndarray, clean_ok: np.ndarray, eps: float, seed: int) -> n
     return np.where(clean_ok[:, None, None, None], sphere_start(x, t, eps), x)
 
 
+DRAWS = {"autoattack": autoattack_start, "numpy": numpy_start}  # kinds of shared start
+
+
 def run(setup: dict, *, seeds: int, starts, points) -> dict:
     import torch
     from pyautoattack.autopgd_base import APGDAttack
@@ -108,7 +111,6 @@ def run(setup: dict, *, seeds: int, starts, points) -> dict:
         robust, _ = score.robust_mask(_nchw_to_nhwc(x_adv_nchw))
         return robust if acc is None else robust & acc.numpy().astype(bool)
 
-    draw = {"autoattack": autoattack_start, "numpy": numpy_start}
     conds = ["jaxadv_own", "autoattack_own"] + [f"{lib}_from_{k}_starts" for k in starts
                                                 for lib in ("jaxadv", "autoattack")]
     robust = {c: [] for c in conds}
@@ -119,7 +121,7 @@ def run(setup: dict, *, seeds: int, starts, points) -> dict:
         out = {"jaxadv_own": jax_robust(attack_own(jax.random.key(s))),
                "autoattack_own": aa_robust(aa(s).perturb(xt.clone(), yt.clone()))}
         for k in starts:
-            x0 = draw[k](x, ok, eps, s)
+            x0 = DRAWS[k](x, ok, eps, s)
             out[f"jaxadv_from_{k}_starts"] = jax_robust(attack(jax.random.key(s), jnp.asarray(x0)))
             atk = aa(s)
             atk.init_hyperparam(xt)
@@ -160,7 +162,6 @@ def point_rates(setup: dict, *, points, seeds: int, starts) -> dict:
     f, eps = setup["logits_fn"], float(setup["eps"])
     x, y = np.asarray(setup["x"], np.float32), np.asarray(setup["y"])
     ok = _Scorer(setup).clean_ok
-    draw = {"autoattack": autoattack_start, "numpy": numpy_start}
     from_start = jax.jit(lambda xb, yb, x0: apgd_ce(f, xb, yb, jax.random.key(0), eps=eps,
                                                     num_steps=NUM_STEPS, x_init=x0).success)
     own = jax.jit(jax.vmap(lambda k, xi, yi: apgd_ce(f, xi[None], yi[None], k, eps=eps,
@@ -170,7 +171,7 @@ def point_rates(setup: dict, *, points, seeds: int, starts) -> dict:
         xb = jnp.asarray(np.repeat(x[q:q + 1], seeds, 0))
         yb = jnp.asarray(np.repeat(y[q:q + 1], seeds, 0).astype(np.int32))
         out[q] = {k: int(np.sum(np.asarray(from_start(xb, yb, jnp.asarray(
-            np.stack([draw[k](x, ok, eps, s)[q] for s in range(seeds)])))))) for k in starts}
+            np.stack([DRAWS[k](x, ok, eps, s)[q] for s in range(seeds)])))))) for k in starts}
         out[q]["jaxadv_own"] = int(np.sum(np.asarray(
             own(jax.random.split(jax.random.key(0), seeds), xb, yb))))
         print(f"point {q}: broken in {out[q]} of {seeds} seeds", flush=True)
