@@ -15,9 +15,9 @@ shows which attack closes the gap. Runs on one XLA host device per core.
 import argparse
 import json
 import pathlib
-import sys
 import time
 
+from experiments import report
 from experiments.shared_data import SHARED, require
 
 DEFAULT = ("mnist_smallgap_adv_100", "mnist_smallgap_int_100", "mnist_smallgap_int2_100",
@@ -81,15 +81,12 @@ def main(argv=None) -> dict:
                   shared=pathlib.Path(args.shared), num_steps=args.num_steps,
                   num_queries=args.num_queries)
     results["settings"] = {
-        "command": "python -m experiments.ensemble_stages " + " ".join(
-            sys.argv[1:] if argv is None else argv),
+        "command": report.command("experiments.ensemble_stages", argv),
         "data": f"first {args.n} MNIST test images",
         "ensemble": (f"standard: APGD-CE, APGD-T (9 targets), FAB-T, Square ({args.num_queries}"
                      f" queries), {args.num_steps} iterations, seed 0"),
         "pgd200": "200 steps of 0.01, no random start, radii nested (Boopathy et al.)"}
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
+    report.write_json(args.out, results)
     return results
 
 

@@ -42,7 +42,6 @@ import argparse
 import functools
 import importlib
 import importlib.util
-import json
 import os
 import pathlib
 import platform
@@ -53,6 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import report
 from jaxadv import sharding
 from jaxadv.attacks import gradient, sweep
 from jaxadv.attacks.projections import norm_of
@@ -542,9 +542,7 @@ def main(argv=None) -> dict:
         results["multi_eps"] = bench_multi_eps(setup, multi_repeats)
     if not args.skip_peers:
         results.update(run_peer_modules(setup, args.quick))
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    out = report.write_json(args.out, results, indent=2)
     print(markdown_table(results))
     print(f"wrote {out}")
     return results

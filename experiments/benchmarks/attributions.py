@@ -60,6 +60,8 @@ import time
 
 import numpy as np
 
+from experiments import report
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CHECKPOINT = REPO.parent / "shared" / "data" / "boopathy-mnist" / "mnist_smallgap_adv_100.pkl"
 MNIST = REPO.parent / "shared" / "data" / "mnist-test"
@@ -411,8 +413,7 @@ def main(argv=None) -> dict:
     }
     if not args.skip_memory:
         result["ig200_peak_mb"] = ig200_peak_memory(chunk=args.ig_chunk)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    report.write_json(args.out, result, indent=2)
     print(markdown_table(result))
     return result
 

@@ -23,10 +23,11 @@ call: what decides the rule, since single layers on one device overstate the gai
 
 import argparse
 import contextlib
-import json
 import pathlib
 import statistics
 import time
+
+from experiments import report
 
 # (name, height = width, input channels, output channels, kernel, stride)
 LAYERS = (
@@ -166,9 +167,7 @@ def main(argv=None) -> list:
             print(f"| {name} | {r['devices']} | {r['rule_ms']:.1f} | {r['xla_ms']:.1f} | "
                   f"{r['xla_over_rule']:.2f} |", flush=True)
         if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps({"train_steps": rows, "repeats": args.repeats},
-                                           indent=1))
+            report.write_json(args.out, {"train_steps": rows, "repeats": args.repeats})
         return rows
     print("| batch | layer | columns ms | taps ms | XLA ms | XLA / columns | XLA / taps | rule |\n"
           "|---|---|---|---|---|---|---|---|")
@@ -180,8 +179,7 @@ def main(argv=None) -> list:
                   f"{r['xla_ms']:.2f} | {r['xla_over_columns']:.2f} | {r['xla_over_taps']:.2f} | "
                   f"{r['rule']} |", flush=True)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"rows": rows, "repeats": args.repeats}, indent=1))
+        report.write_json(args.out, {"rows": rows, "repeats": args.repeats})
     return rows
 
 

@@ -20,9 +20,7 @@ convolution back into the loop; the fast path's pair of primitives keeps it out.
 """
 
 import argparse
-import json
 import os
-import pathlib
 import platform
 import time
 
@@ -31,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from experiments import report
 from jaxadv.models import fastpath, get_model, init_variables
 
 IG_POINTS = 5
@@ -114,8 +113,7 @@ def main(argv=None) -> dict:
                         "backend": jax.default_backend(), "devices": jax.device_count(),
                         "cpu_count": os.cpu_count(), "jax": jax.__version__,
                         "platform": platform.platform(),
-                        "command": "python -m experiments.benchmarks.loop_speed "
-                                   + " ".join(argv if argv is not None else os.sys.argv[1:])}}
+                        "command": report.command("experiments.benchmarks.loop_speed", argv)}}
     runs = [(name, False) for name in args.models]
     runs += [(name, True) for name in args.models] if args.second_order else []
     for name, second in runs:
@@ -128,7 +126,7 @@ def main(argv=None) -> dict:
                 f"{r['standard/loop'] / r['fast/loop']:.2f}x; first call (trace, compile, run) "
               + ", ".join(f"{k} {v:.2f}" for k, v in r["first_call_s"].items()) + " s", flush=True)
     if args.out:
-        pathlib.Path(args.out).write_text(json.dumps(out, indent=1))
+        report.write_json(args.out, out)
     return out
 
 

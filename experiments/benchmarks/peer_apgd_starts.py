@@ -31,13 +31,13 @@ libraries agree from identical starts). ``--seeds 0`` skips the batch comparison
 import argparse
 import json
 import pathlib
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import report
 from experiments.benchmarks.peer_autoattack import (
     DEFAULT_CHECKPOINT,
     _nchw_to_nhwc,
@@ -209,15 +209,13 @@ def main(argv=None) -> dict:
         "point_seeds": args.point_seeds,
         "judged_by": "the JAX model after an eps-ball and [0, 1] check",
         "seconds": time.perf_counter() - tic,
-        "command": "python -m experiments.benchmarks.peer_apgd_starts "
-                   + " ".join(sys.argv[1:] if argv is None else argv)}
+        "command": report.command("experiments.benchmarks.peer_apgd_starts", argv)}
     if args.seeds:
         print(json.dumps({k: res[k] for k in ("robust_acc_mean", "breaks")}))
         print({k: v["pairs"] for k, v in res["disagreements"].items()},
               "disagreeing (seed, point) pairs")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=1))
+        report.write_json(args.out, res)
     return res
 
 

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import report
 from jaxadv import sharding
 from jaxadv.attacks import ensemble as E
 from jaxadv.attacks.apgd import apgd_ce
@@ -318,15 +319,13 @@ def main(argv=None) -> dict:
     results = run(setup, args.quick, seeds=args.seeds, ensemble_n=args.ensemble_n,
                   sections=args.sections, ensemble_seeds=args.ensemble_seeds)
     results["settings"] = {
-        "command": "python -m experiments.benchmarks.peer_autoattack " + " ".join(
-            sys.argv[1:] if argv is None else argv),
+        "command": report.command("experiments.benchmarks.peer_autoattack", argv),
         "model": "official Boopathy SmallGAP adv checkpoint (PyTorch twin, identical weights)",
         "data": f"first {args.n} MNIST test images", "eps": setup["eps"], "norm": "linf",
         "apgd_steps": NUM_STEPS, "jax_devices": jax.device_count()}
-    text = json.dumps(results, indent=2)
     if args.out:
-        pathlib.Path(args.out).write_text(text)
-    print(text)
+        report.write_json(args.out, results, indent=2)
+    print(json.dumps(results, indent=2))
     return results
 
 

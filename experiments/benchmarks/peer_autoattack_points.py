@@ -22,13 +22,13 @@ logits agree with it to about 1e-5).
 import argparse
 import json
 import pathlib
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import report
 from experiments.benchmarks.peer_autoattack import (
     DEFAULT_CHECKPOINT,
     _nchw_to_nhwc,
@@ -112,11 +112,9 @@ def main(argv=None) -> dict:
         "count": "seeds (of --seeds) in which the stage alone broke the point (judged by the "
                  "JAX model after an eps-ball and [0, 1] check, both libraries)",
         "seconds": time.perf_counter() - tic,
-        "command": "python -m experiments.benchmarks.peer_autoattack_points "
-                   + " ".join(sys.argv[1:] if argv is None else argv)}}
+        "command": report.command("experiments.benchmarks.peer_autoattack_points", argv)}}
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=1))
+        report.write_json(args.out, out)
     return out
 
 

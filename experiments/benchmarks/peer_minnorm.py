@@ -37,7 +37,6 @@ after one warm-up call (which compiles); the others once. ``images_per_s = n / s
 
 import argparse
 import json
-import pathlib
 import sys
 import time
 
@@ -45,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import report
 from jaxadv.attacks.cw import cw_l2
 
 EPS_L2 = 2.0
@@ -189,10 +189,9 @@ def main(argv=None) -> dict:
     print(f"n={args.n}, JAX/PyTorch logits agree to {setup['logits_max_abs_diff']:.2g}",
           flush=True)
     results = run(setup, args.quick)
-    text = json.dumps(results, indent=2)
     if args.out:
-        pathlib.Path(args.out).write_text(text)
-    print(text)
+        report.write_json(args.out, results, indent=2)
+    print(json.dumps(results, indent=2))
     return results
 
 

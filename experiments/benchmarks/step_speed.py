@@ -41,13 +41,14 @@ runs in full float32.
 """
 
 import argparse
-import json
 import os
 import pathlib
 import platform
 import statistics
 import sys
 import time
+
+from experiments import report
 
 OPS = ("forward", "pgd_step", "pgd10", "train_step")
 MODELS = {"smallgap": (28, 28, 1), "poolgap": (28, 28, 1), "preact_resnet18": (32, 32, 3)}
@@ -455,8 +456,7 @@ def main(argv=None) -> dict:
         results["config"]["torch_device_name"] = torch.cuda.get_device_name(device)
     print(format_table(results))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1))
+        report.write_json(args.out, results)
     return results
 
 

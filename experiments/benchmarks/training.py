@@ -25,13 +25,13 @@ settings.
 """
 
 import argparse
-import json
 import os
-import pathlib
 import platform
 import statistics
 import sys
 import time
+
+from experiments import report
 
 
 def _parse(argv):
@@ -195,9 +195,7 @@ def main(argv=None):
     for k in ("pgd_at_speedup_vs_torch", "int2_cost_vs_pgd_at", "mesh_equals_single"):
         print(f"{k}: {out[k]}")
     if args.out:
-        path = pathlib.Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(out, indent=1))
+        report.write_json(args.out, out)
     return out
 
 
