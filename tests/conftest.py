@@ -16,6 +16,12 @@ import pathlib  # noqa: E402
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+# On an accelerator (``JAX_PLATFORMS=cuda``/``tpu``) matmuls and convolutions default to TF32/bf16
+# passes; the tolerances here are written for float32 (closed forms, IG completeness, peer parity), so
+# the suite runs at full float32 there, as it does on CPU (where this setting changes nothing).
+if os.environ["JAX_PLATFORMS"] != "cpu":
+    jax.config.update("jax_default_matmul_precision", "highest")
+
 # Strict dtype promotion is not switched on globally: optax's Adam (bias correction ``decay ** count``
 # with an int count) fails under it. Tests of jaxadv's own numerics can opt in with the fixture below.
 
