@@ -2,7 +2,7 @@
 # The GPU measurements behind results/gpu/ (README, "On a GPU"): the step-speed and training-step
 # benchmarks with the PyTorch twins on the same GPU.
 #
-#   bash experiments/benchmarks/run_gpu.sh OUT_DIR
+#   bash experiments/benchmarks/run_gpu.sh OUT_DIR          (TESTS=1 also runs the unit tests there)
 #
 # Run from the repository root on a machine with one CUDA GPU, JAX with CUDA and PyTorch with CUDA
 # (no jaxadv install needed: PYTHONPATH is set to the checkout). The training benchmark reads the
@@ -28,3 +28,12 @@ stage step_speed_b128 "${ss[@]}"
 stage step_speed_b1024 "${ss[@]}" --batch 1024 --models smallgap,preact_resnet18
 stage step_speed_b128_highest "${ss[@]}" --precision highest
 stage training_bench experiments.benchmarks.training --torch_device cuda
+# With TESTS=1: the unit tests of attacks, attributions and training on the GPU backend (full float32
+# through tests/conftest.py), one line per test and the failures' reasons in $out/pytest_gpu.log.
+if [ "${TESTS:-0}" = 1 ]; then
+  s=$SECONDS
+  JAX_PLATFORMS=cuda timeout "${TESTS_TIMEOUT:-480}" $py -m pytest -p no:benchmark -p no:cacheprovider \
+    -q -rfE -v --tb=line tests/attacks tests/attributions tests/training > "$out/pytest_gpu.log" 2>&1
+  echo "pytest: rc $? in $((SECONDS - s)) s"
+  grep -E "^(FAILED|ERROR)|passed|failed" "$out/pytest_gpu.log" | tail -80
+fi
