@@ -28,7 +28,6 @@ ensemble columns block by block (over several sessions if need be) instead of st
 import argparse
 import functools
 import json
-import os
 import pathlib
 import sys
 import time
@@ -37,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import resumable
+from experiments import report, resumable
 from experiments.shared_data import SHARED, require
 from jaxadv.attacks.ensemble import evaluate_ensemble
 from jaxadv.data import load_dataset
@@ -167,10 +166,7 @@ def main(argv=None) -> None:
 
 def _save(results: dict, out_path: pathlib.Path) -> None:
     """Atomic write: an interrupted run never leaves half a file."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
-    os.replace(tmp, out_path)
+    report.write_json(out_path, results, sort_keys=True)
 
 
 def write_table(results: dict, path: pathlib.Path) -> str:

@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import report
 from experiments.shared_data import SHARED, require
 from jaxadv.analysis import (
     cam_class_maps,
@@ -573,14 +574,12 @@ def main(argv=None) -> dict:
         cmds[name] = (cmds[name] + " ; " + command if cmds.get(name)
                       and command not in cmds[name].split(" ; ") else command)
         results.setdefault("section_settings", {})[name] = dict(settings)
-        (out / "results.json").write_text(json.dumps(results, indent=1))
+        report.write_json(out / "results.json", results)
     # The CAM overlays show every model of a run, so only a run of B-6 (which compares the CAMs of
     # all its models) redraws them: a later run on fewer models (one map of B-7, say) keeps them.
     write_figures(results, subjects if "b6" in args.sections else [], cfg, out)
     results["seconds"] = timings
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1))
-    os.replace(tmp, out / "results.json")
+    report.write_json(out / "results.json", results)
     print(write_tables(results, out / "tables.md"))
     return results
 

@@ -7,10 +7,11 @@ settings is never overwritten silently.
 """
 
 import json
-import os
 import pathlib
 
 import numpy as np
+
+from experiments import report
 
 
 def finite_or_none(obj):
@@ -28,9 +29,7 @@ def save_results(results: dict, out_dir: pathlib.Path) -> dict:
     """Writes ``out_dir``/results.json atomically (non-finite numbers as null); returns what was
     written."""
     results = finite_or_none(results)
-    tmp = out_dir / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1, allow_nan=False))
-    os.replace(tmp, out_dir / "results.json")
+    report.write_json(out_dir / "results.json", results, allow_nan=False)
     return results
 
 

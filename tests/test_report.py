@@ -25,3 +25,10 @@ def test_write_json_failure_keeps_earlier_file(tmp_path):
     with pytest.raises(TypeError):
         report.write_json(path, {"new": object()})  # not JSON-serialisable
     assert json.loads(path.read_text()) == {"old": 1}
+
+
+def test_write_json_rejects_nan_when_asked_and_keeps_earlier_file(tmp_path):
+    path = report.write_json(tmp_path / "r.json", {"old": 1}, sort_keys=True)
+    with pytest.raises(ValueError):
+        report.write_json(path, {"new": float("nan")}, allow_nan=False)
+    assert json.loads(path.read_text()) == {"old": 1}
