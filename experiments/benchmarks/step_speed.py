@@ -2,7 +2,8 @@
 
     python -m experiments.benchmarks.step_speed --out results/step_speed.json
         [--quick] [--host_devices N] [--models smallgap,poolgap,preact_resnet18] [--repeats R]
-        [--compare_standard] [--no_fastpath] [--torch_device cuda] [--precision highest]
+        [--compare_standard] [--compare_no_rows] [--no_fastpath] [--torch_device cuda]
+        [--precision highest]
 
 Models (batch 128, float32, random N(0, 1/fan_in) weights, key 0): SmallGAP and PoolGAP on 28x28x1,
 PreAct ResNet-18 (batch norm) on 32x32x3. Each is built in jaxadv and as its PyTorch twin with the
@@ -27,8 +28,9 @@ time, next to ``matmul_peak_gflops``, a 4096^3 float32 ``jnp.dot`` timed in the 
 
 ``--host_devices N`` splits the batch over N XLA host devices (default 8; set before JAX
 initialises, with ``jaxadv.devices.use_host_devices``); ``--compare_standard`` adds jaxadv with
-the fast path off (``jaxadv_std``) as a third contestant; ``--no_fastpath`` turns it off for the
-``jaxadv`` one.
+the fast path off (``jaxadv_std``) as a third contestant, ``--compare_no_rows`` the fast path
+without its row-matmul convolution (``jaxadv_no_rows``, see ``fastpath._rows_pay``);
+``--no_fastpath`` turns it off for the ``jaxadv`` one.
 ``--quick``: batch 32, 2 rounds, a 1024^3 matmul (a smoke test, not a measurement).
 
 On a GPU machine: ``--torch_device cuda`` puts the PyTorch twin on the GPU (every PyTorch op is
@@ -41,6 +43,7 @@ runs in full float32.
 """
 
 import argparse
+import contextlib
 import os
 import pathlib
 import platform
@@ -73,6 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="Timed rounds for preact_resnet18 (default: --repeats, at most 5).")
     p.add_argument("--compare_standard", action="store_true",
                    help="Also time jaxadv with the fast path off (contestant 'jaxadv_std').")
+    p.add_argument("--compare_no_rows", action="store_true",
+                   help="Also time jaxadv with the fast path's row-matmul convolution off "
+                        "(contestant 'jaxadv_no_rows'; fastpath._rows_pay).")
     p.add_argument("--no_fastpath", action="store_true", help="Turn the fast path off.")
     p.add_argument("--torch_threads", type=int, default=0,
                    help="torch.set_num_threads (0: PyTorch's default).")
@@ -410,6 +416,8 @@ def main(argv=None) -> dict:
     results = {"times_ms": {}, "speedup_vs_torch": {}, "gflops": {}, "flops": {}, "parity": {}}
     if args.compare_standard:
         results["speedup_vs_standard"] = {}
+    if args.compare_no_rows:
+        results["speedup_vs_no_rows"] = {}
     rng = np.random.default_rng(0)
     for name in args.models.split(","):
         shape = (batch,) + MODELS[name]
@@ -420,20 +428,31 @@ def main(argv=None) -> dict:
         results["parity"][name] = check_parity(name, handles, tmodel, x_np, y_np)
         tfns = torch_ops(tmodel, x_np, y_np, device)
         std = jax_ops(name, x_np, y_np, fast=False, mesh=mesh)[0] if args.compare_standard else None
+        no_rows = None
+        if args.compare_no_rows:
+            with rows_off():
+                no_rows = jax_ops(name, x_np, y_np, fast=not args.no_fastpath, mesh=mesh)[0]
         for op in ops:
             contestants = {"jaxadv": fns[op], "torch": tfns[op]}
             if std is not None:
                 contestants["jaxadv_std"] = std[op]
+            if no_rows is not None:
+                contestants["jaxadv_no_rows"] = no_rows[op]
             t = time_rounds(contestants, repeats_resnet if name == "preact_resnet18" else repeats)
             k = f"{name}/{op}"
             results["times_ms"][k] = t
             results["speedup_vs_torch"][k] = t["torch"]["median"] / t["jaxadv"]["median"]
             if std is not None:
                 results["speedup_vs_standard"][k] = t["jaxadv_std"]["median"] / t["jaxadv"]["median"]
+            if no_rows is not None:
+                results["speedup_vs_no_rows"][k] = (t["jaxadv_no_rows"]["median"]
+                                                    / t["jaxadv"]["median"])
             results["flops"][k] = flops[op]
             results["gflops"][k] = (flops[op] / (t["jaxadv"]["median"] / 1e3) / 1e9
                                     if flops[op] else None)
             extra = (f"  std {t['jaxadv_std']['median']:8.1f} ms" if std is not None else "")
+            extra += (f"  no rows {t['jaxadv_no_rows']['median']:8.1f} ms"
+                      if no_rows is not None else "")
             print(f"{k:28s} jaxadv {t['jaxadv']['median']:8.1f} ms  torch {t['torch']['median']:8.1f}"
                   f" ms  x{results['speedup_vs_torch'][k]:5.2f}{extra}  "
                   f"{results['gflops'][k] or float('nan'):6.1f} GFLOP/s", flush=True)
@@ -448,6 +467,7 @@ def main(argv=None) -> dict:
         "cpu_count": os.cpu_count(), "jax": jax.__version__, "torch": torch.__version__,
         "platform": platform.platform(), "backend": jax.default_backend(),
         "devices": str(jax.devices()[0].device_kind), "argv": sys.argv[1:] if argv is None else argv,
+        "command": report.command("experiments.benchmarks.step_speed", argv),
         "torch_device": device, "precision": args.precision,
         "jax_default_matmul_precision": getattr(jax.config, "jax_default_matmul_precision", None),
         **torch_flags,
@@ -458,6 +478,24 @@ def main(argv=None) -> dict:
     if args.out:
         report.write_json(args.out, results)
     return results
+
+
+@contextlib.contextmanager
+def rows_off():
+    """The fast path without its row-matmul convolution (``fastpath._rows_pay`` always False) while
+    jaxadv's ops are traced and compiled (JAX's caches cleared on entry and exit)."""
+    import jax
+
+    from jaxadv.models import fastpath
+
+    original = fastpath._rows_pay
+    fastpath._rows_pay = lambda *args: False
+    jax.clear_caches()
+    try:
+        yield
+    finally:
+        fastpath._rows_pay = original
+        jax.clear_caches()
 
 
 def format_table(results: dict) -> str:

@@ -10,6 +10,12 @@ with the same outputs and gradients (tests: ``tests/models/test_fastpath.py``):
   derivative is matmuls too: ``d kernel = patches^T @ g``, ``d input = col2im(g @ kernel^T)`` (the
   transpose of the slices: interior-padded adds). It is plain JAX, so every order of forward and
   reverse differentiation works (double backprop for Int/Int2 training, jvp, hessians).
+* a convolution whose kernel covers most of its map (SmallGAP's 7x7 kernel on its 7x7 map) as one
+  matmul per output row, (B, n_i*W*C) @ (n_i*W*C, Wo*O), with the kernel rows laid out as block
+  Toeplitz matrices (:func:`_rows_conv`): the padding rows are never multiplied, and matmuls use
+  every core where XLA:CPU runs its convolutions on one thread. Used on one host device with two
+  or more cores where it needs at most 0.8 of the convolution's multiply-adds
+  (:func:`_rows_pay` has the measurements).
 * max-pool, when windows tile the input (window == stride, sizes divide), as a reshape and a
   select of the first maximum of each window, which routes the gradient exactly as
   ``reduce_window``'s ``select_and_scatter_add`` does (to the first maximum on ties); otherwise
@@ -226,15 +232,101 @@ def _column_kernel_grad(v, ct, w_shape, strides, pads, dilation, precision):
     return jnp.stack(cols, axis=1).astype(ct.dtype)
 
 
+# Kernels that cover most of their feature map (SmallGAP's 7x7 kernel on its 7x7 map) are run
+# as one matmul per output row (:func:`_rows_conv`) when that needs at most this fraction of the
+# multiply-adds of XLA's convolution, which computes every tap, the padding's zeros included.
+_ROWS_MAX_FLOP_RATIO = 0.8
+_ROWS_MAX_OUT_ROWS = 32
+
+
+def _rows_flop_ratio(in_hw, k_hw, strides, pads, dilation) -> float:
+    """Multiply-adds of :func:`_rows_conv` / those of a convolution over every kernel tap
+    (inf where the row form does not apply: strides or dilation other than 1, many rows)."""
+    (h, w), (kh, kw), (lo, hi) = in_hw, k_hw, pads[0]
+    ho = h + lo + hi - kh + 1
+    if tuple(strides) != (1, 1) or tuple(dilation) != (1, 1) or not 0 < ho <= _ROWS_MAX_OUT_ROWS:
+        return float("inf")
+    row_pairs = sum(max(0, min(h, i - lo + kh) - max(0, i - lo)) for i in range(ho))
+    return w * row_pairs / (ho * kh * kw)
+
+
+def _rows_pay(in_hw, k_hw, strides, pads, dilation) -> bool:
+    """Whether a convolution runs as :func:`_rows_conv` (forward, input and kernel gradients):
+    where it needs at most ``_ROWS_MAX_FLOP_RATIO`` of the convolution's multiply-adds *and* each
+    host device has at least two cores (one device on this 2-core machine).
+
+    XLA:CPU ran the convolutions of these models on one thread here (a layer took the same time
+    pinned to one core with ``taskset``), while its matmuls use every core. SmallGAP's 7x7 kernel
+    on its 7x7 map (ratio 0.755) on one host device, 2-core Xeon VM, 2026-12-04, batch 128,
+    interleaved medians, row form against the fast path without it (``python -m
+    experiments.benchmarks.step_speed --models smallgap,poolgap --repeats 7 --host_devices 1
+    --compare_no_rows``, results/step_speed_gap_1dev.json, ``speedup_vs_no_rows``): forward 1.05x,
+    PGD step 1.65x (41.3 -> 25.0 ms), PGD-10 1.67x, train step 1.33x; PoolGAP has no such layer
+    (0.96-1.26x: noise). With the batch split over two host devices on the same two cores each
+    device's matmuls get one core and the gain is gone (development measurements with the rule
+    forced: PGD step 1.03x, PGD-10 0.99x, forward 0.90x; train step 0.57x with the row form's
+    kernel gradient, whose per-row partial sums over the sharded batch are all-reduced), hence
+    the core count."""
+    if _rows_flop_ratio(in_hw, k_hw, strides, pads, dilation) > _ROWS_MAX_FLOP_RATIO:
+        return False
+    return (os.cpu_count() or 1) >= 2 * jax.local_device_count()
+
+
+def _row_matrices(w: Array, in_w: int, out_w: int, left: int) -> Array:
+    """(kh, kw, C, O) -> (kh, W*C, Wo*O): for each kernel row, the matrix that maps a padded-free
+    input row (W*C) to an output row (Wo*O), block (b, j) = w[row, b - j + left] or zero. Built by
+    copying kernel slices (no arithmetic), so its derivative is slicing and adding."""
+    kh, kw, c, o = w.shape
+    zero = jnp.zeros((kh, c, o), w.dtype)
+    rows = []
+    for b in range(in_w):
+        blocks = [w[:, b - j + left] if 0 <= b - j + left < kw else zero for j in range(out_w)]
+        rows.append(jnp.stack(blocks, axis=2))  # (kh, C, Wo, O)
+    return jnp.stack(rows, axis=1).reshape(kh, in_w * c, out_w * o)
+
+
+def _rows_conv(x: Array, w: Array, pads, precision) -> Array:
+    """A stride-1 convolution as one matmul per output row: output row i is the concatenation of
+    the input rows it sees, (B, n_i*W*C), times the matching kernel rows' matrices from
+    :func:`_row_matrices`, (n_i*W*C, Wo*O). Rows of zero padding are never multiplied; columns
+    of padding are only the zero blocks of those matrices. Plain JAX, so autodiff gives matmuls
+    for the input and kernel gradients too."""
+    b, h, wd, c = x.shape
+    kh, kw, _, o = w.shape
+    (lo, hi), (left, right) = pads
+    ho, wo = h + lo + hi - kh + 1, wd + left + right - kw + 1
+    m = _row_matrices(w, wd, wo, left)
+    xr = x.reshape(b, h, wd * c)
+    out = []
+    for i in range(ho):
+        a0, a1 = max(0, i - lo), min(h, i - lo + kh)
+        if a1 <= a0:
+            out.append(jnp.zeros((b, wo * o), x.dtype))
+            continue
+        out.append(lax.dot(xr[:, a0:a1].reshape(b, -1),
+                           m[a0 - i + lo:a1 - i + lo].reshape(-1, wo * o), precision=precision))
+    return jnp.stack(out, axis=1).reshape(b, ho, wo, o)
+
+
+def _rows_input_grad(g: Array, w: Array, in_hw, pads, precision) -> Array:
+    """The transpose of :func:`_rows_conv` in its input (B, Ho, Wo, O) -> (B, H, W, C)."""
+    x_struct = jax.ShapeDtypeStruct((g.shape[0], *in_hw, w.shape[2]), g.dtype)
+    return jax.linear_transpose(lambda x: _rows_conv(x, w, pads, precision), x_struct)(g)[0]
+
+
 def _kernel_grad(v, ct, w_aval, static, dw_method):
-    """d<ct, conv(v, w)>/dw: the kernel gradient of the convolution of ``v`` by ``dw_method``:
+    """d<ct, conv(v, w)>/dw: the kernel gradient of the convolution of ``v``: the transpose of
+    :func:`_rows_conv` where that form pays (:func:`_rows_pay`), otherwise by ``dw_method``:
     ``"columns"`` (:func:`_column_kernel_grad`), ``"taps"`` (one matmul per tap, :func:`_taps_conv`)
     or ``"xla"`` (XLA's backward-filter convolution)."""
+    strides, pads, dilation, precision = static
+    w_struct = jax.ShapeDtypeStruct(w_aval.shape, w_aval.dtype)
+    if _rows_pay(v.shape[1:3], w_aval.shape[:2], strides, pads, dilation):
+        return jax.linear_transpose(lambda w: _rows_conv(v, w, pads, precision), w_struct)(ct)[0]
     if dw_method == "columns":
         strides, pads, dilation, precision = static
         return _column_kernel_grad(v, ct, w_aval.shape, strides, pads, dilation, precision)
     conv = _taps_conv if dw_method == "taps" else _std_conv
-    w_struct = jax.ShapeDtypeStruct(w_aval.shape, w_aval.dtype)
     return jax.linear_transpose(lambda w: conv(v, w, *static, None), w_struct)(ct)[0]
 
 
@@ -252,11 +344,15 @@ conv_input_p = Primitive("jaxadv_conv_input")
 
 def _conv_impl(v, w, *, strides, pads, dilation, precision, in_hw, dw_method):
     del in_hw, dw_method
+    if _rows_pay(v.shape[1:3], w.shape[:2], strides, pads, dilation):
+        return _rows_conv(v, w, pads, precision)
     return _std_conv(v, w, strides, pads, dilation, precision, None)
 
 
 def _conv_input_impl(g, w, *, strides, pads, dilation, precision, in_hw, dw_method):
     del dw_method
+    if _rows_pay(in_hw, w.shape[:2], strides, pads, dilation):
+        return _rows_input_grad(g, w, in_hw, pads, precision)
     return _input_grad(g, w, in_hw, strides, pads, dilation, precision)
 
 

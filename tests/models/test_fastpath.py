@@ -33,11 +33,19 @@ def force_columns(monkeypatch):
         yield
 
 
-@pytest.fixture(params=["columns", "taps", "xla"])
+@pytest.fixture(params=["columns", "taps", "xla", "rows"])
 def kernel_grad(request, monkeypatch):
     """The fast path with each kernel gradient (per kernel column, per tap, or XLA's); the input
-    gradient is the fast path's explicit-HWIO form in all."""
-    monkeypatch.setattr(fastpath, "_kernel_grad_method", lambda *a: request.param)
+    gradient is the fast path's explicit-HWIO form in all. ``"rows"``: every stride-1 convolution
+    as one matmul per output row (:func:`fastpath._rows_conv`: forward, input and kernel
+    gradients), whatever it costs and however many devices; XLA's kernel gradient elsewhere."""
+    if request.param == "rows":
+        monkeypatch.setattr(fastpath, "_rows_pay",
+                            lambda *a: fastpath._rows_flop_ratio(*a) < float("inf"))
+        monkeypatch.setattr(fastpath, "_kernel_grad_method", lambda *a: "xla")
+    else:
+        monkeypatch.setattr(fastpath, "_rows_pay", lambda *a: False)
+        monkeypatch.setattr(fastpath, "_kernel_grad_method", lambda *a: request.param)
     with fastpath.enabled(True):
         yield request.param
 
@@ -212,6 +220,42 @@ def test_kernel_gradient_rule(monkeypatch, x_shape, w_shape, strides, devices, e
     _kernel_grad_method): the batch counts as split over every device."""
     monkeypatch.setattr(jax, "device_count", lambda *a, **k: devices)
     assert fastpath._kernel_grad_method(x_shape, w_shape, strides) == expected
+
+
+@pytest.mark.parametrize("in_hw,k_hw,strides,pads,devices,expected", [
+    ((7, 7), (7, 7), (1, 1), ((3, 3), (3, 3)), 1, True),  # SmallGAP's last layer: 0.755
+    ((7, 7), (7, 7), (1, 1), ((3, 3), (3, 3)), 2, False),  # one core per device: no gain
+    ((8, 8), (7, 7), (1, 1), ((3, 3), (3, 3)), 1, False),  # SmallGAP on 32x32: 0.90
+    ((7, 7), (7, 7), (2, 2), ((3, 3), (3, 3)), 1, False),  # strided
+    ((4, 4), (3, 3), (1, 1), ((1, 1), (1, 1)), 1, False),  # 3x3 on 4x4: 1.11
+    ((14, 14), (5, 5), (1, 1), ((2, 2), (2, 2)), 1, False),  # PoolGAP's second layer
+])
+def test_rows_rule(monkeypatch, in_hw, k_hw, strides, pads, devices, expected):
+    """The row-matmul convolution only where it needs at most 0.8 of the convolution's
+    multiply-adds and each host device has two cores or more (see fastpath._rows_pay)."""
+    monkeypatch.setattr(jax, "local_device_count", lambda *a, **k: devices)
+    monkeypatch.setattr(fastpath.os, "cpu_count", lambda: 2)
+    assert fastpath._rows_pay(in_hw, k_hw, strides, pads, (1, 1)) is expected
+    ratio = fastpath._rows_flop_ratio((7, 7), (7, 7), (1, 1), ((3, 3), (3, 3)), (1, 1))
+    assert ratio == pytest.approx(37 * 7 / (7 * 49))
+
+
+def test_rows_form_has_no_convolution(monkeypatch):
+    """Where the row form pays, the forward pass, its input gradient in a loop and the kernel
+    gradient compile to matmuls only (no XLA convolution left), and equal the standard ones."""
+    monkeypatch.setattr(jax, "local_device_count", lambda *a, **k: 1)
+    monkeypatch.setattr(fastpath.os, "cpu_count", lambda: 2)
+    x, k = _data(3, 7, 7, 4, 7, 7, 5)
+    with fastpath.enabled(True):
+        def run(conv):
+            f = lambda x, k: jnp.sum(jnp.tanh(conv(x, k, (1, 1), "SAME")) ** 2)
+            loop = lambda x, k: lax.fori_loop(0, 2, lambda i, z: z + 0.1 * jax.grad(f)(z, k), x)
+            return jax.jit(lambda x, k: (loop(x, k), jax.grad(f, 1)(x, k)))
+
+        text = run(_fast).lower(x, k).compile().as_text()
+        assert "convolution(" not in text and "dot(" in text
+        for a, b in zip(run(_fast)(x, k), run(_std)(x, k), strict=True):
+            _close(a, b, 1e-5)
 
 
 def test_dispatch_and_fallbacks(force_columns):
