@@ -3,6 +3,7 @@
     python -m experiments.benchmarks.kernel_grad [--batches 16 64 128] [--repeats 7] [--out FILE]
     python -m experiments.benchmarks.kernel_grad --train_steps poolgap preact_resnet18 \
         --host_devices 2 [--out FILE]
+    python -m experiments.benchmarks.kernel_grad --forms [--batches 128] [--out FILE]
 
 For each layer shape (SAME padding, float32, NHWC) and batch, the gradient of
 ``sum(tanh(conv(x, w)))`` with respect to the kernel ``w`` is jitted with the fast path on and
@@ -19,6 +20,13 @@ stands for the batch per device.
 ``--host_devices`` XLA host devices (the batch split over them), with the kernel gradient the
 rule picks (``rule``) against XLA's everywhere (``xla``), interleaved, medians after a warm-up
 call: what decides the rule, since single layers on one device overstate the gain.
+
+``--forms`` times, for each layer and batch, the forward pass, the input gradient and the kernel
+gradient (each a jitted linear map, ms) in three forms: XLA's convolutions (``xla``; the input
+gradient with the fast path's HWIO kernel), im2col (``patches``, :func:`fastpath._patches_conv`
+and its transposes) and one matmul per output row (``rows``, :func:`fastpath._rows_conv`, stride
+1 only), with the form :func:`fastpath._patches_pay` / :func:`fastpath._rows_pay` pick on one
+device (``picked``). The forced method comparisons above run with both forms off.
 """
 
 import argparse
@@ -57,20 +65,22 @@ def time_call(fn, *args, repeats: int) -> float:
 @contextlib.contextmanager
 def kernel_grad_rule(rule):
     """The fast path on, with ``fastpath._kernel_grad_method`` replaced by ``rule`` (None: the
-    library's own) and JAX's caches cleared on the way in and out, so that what is traced inside
-    uses it."""
+    library's own; a rule also turns the row and im2col forms off) and JAX's caches cleared on
+    the way in and out, so that what is traced inside uses it."""
     import jax
 
     from jaxadv.models import fastpath
 
-    original = fastpath._kernel_grad_method
-    fastpath._kernel_grad_method = original if rule is None else rule
+    original = (fastpath._kernel_grad_method, fastpath._rows_pay, fastpath._patches_pay)
+    if rule is not None:  # a forced method: the row and im2col forms off too
+        fastpath._kernel_grad_method = rule
+        fastpath._rows_pay = fastpath._patches_pay = lambda *a: False
     jax.clear_caches()
     try:
         with fastpath.enabled(True):
             yield
     finally:
-        fastpath._kernel_grad_method = original
+        fastpath._kernel_grad_method, fastpath._rows_pay, fastpath._patches_pay = original
         jax.clear_caches()
 
 
@@ -104,6 +114,60 @@ def bench_layer(batch: int, layer: tuple, repeats: int, methods=METHODS) -> dict
     for m in methods:
         if m != "xla" and "xla_ms" in ms:
             out[f"xla_over_{m}"] = ms["xla_ms"] / ms[f"{m}_ms"]
+    return out
+
+
+def bench_forms(batch: int, layer: tuple, repeats: int) -> list[dict]:
+    """Forward, input gradient and kernel gradient of one layer in XLA's, the im2col and the row
+    form: one row per op with ``<form>_ms`` (None where the form does not apply) and ``picked``."""
+    import jax
+    import numpy as np
+    from jax import lax
+
+    from jaxadv.models import fastpath
+
+    name, hw, cin, cout, k, stride = layer
+    x = jax.random.normal(jax.random.key(0), (batch, hw, hw, cin))
+    w = 0.05 * jax.random.normal(jax.random.key(1), (k, k, cin, cout))
+    strides, dil = (stride, stride), (1, 1)
+    pads = tuple(tuple(p) for p in lax.padtype_to_pads((hw, hw), (k, k), strides, "SAME"))
+    convs = {"xla": lambda x, w: fastpath._std_conv(x, w, strides, pads, dil, None, None),
+             "patches": lambda x, w: fastpath._patches_conv(x, w, strides, pads, dil, None)}
+    rows_ok = fastpath._rows_flop_ratio((hw, hw), (k, k), strides, pads, dil) < float("inf")
+    if rows_ok:
+        convs["rows"] = lambda x, w: fastpath._rows_conv(x, w, pads, None)
+    g = jax.random.normal(jax.random.key(2), convs["xla"](x, w).shape)
+    x_sd, w_sd = jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(w.shape, w.dtype)
+    rows_pay = fastpath._rows_flop_ratio((hw, hw), (k, k), strides, pads, dil) <= \
+        fastpath._ROWS_MAX_FLOP_RATIO
+    out = []
+    for op in ("forward", "input", "kernel"):
+        r = {"batch": batch, "layer": f"{name}: {hw}x{hw}x{cin}->{cout}, {k}x{k}, stride {stride}",
+             "op": op, "rows_ms": None}
+        results = {}
+        for form, conv in convs.items():
+            if op == "forward":
+                fn, args = jax.jit(conv), (x, w)
+            elif op == "input" and form == "xla":
+                fn = jax.jit(lambda g, w: fastpath._input_grad(g, w, (hw, hw), strides, pads, dil,
+                                                               None))
+                args = (g, w)
+            elif op == "input":
+                fn = jax.jit(lambda g, w, c=conv: jax.linear_transpose(
+                    lambda v: c(v, w), x_sd)(g)[0])
+                args = (g, w)
+            else:
+                fn = jax.jit(lambda x, g, c=conv: jax.linear_transpose(
+                    lambda v: c(x, v), w_sd)(g)[0])
+                args = (x, g)
+            results[form] = np.asarray(fn(*args))
+            r[f"{form}_ms"] = time_call(fn, *args, repeats=repeats)
+        ref = results["xla"]
+        r["max_rel_diff"] = max(float(np.abs(v - ref).max() / max(np.abs(ref).max(), 1e-30))
+                                for v in results.values())
+        r["picked"] = ("rows" if rows_pay else
+                       "patches" if fastpath._patches_pay(cin, op) else "xla")
+        out.append(r)
     return out
 
 
@@ -154,8 +218,25 @@ def main(argv=None) -> list:
                    help="time whole train steps of these models instead of single layers")
     p.add_argument("--host_devices", type=int, default=1,
                    help="XLA host devices for --train_steps (set before JAX initialises)")
+    p.add_argument("--forms", action="store_true",
+                   help="time forward, input and kernel gradients in XLA's, im2col and row form")
     args = p.parse_args(argv)
     rows = []
+    if args.forms:
+        print("| batch | layer | op | XLA ms | im2col ms | rows ms | picked |\n"
+              "|---|---|---|---|---|---|---|")
+        for batch in args.batches:
+            for layer in LAYERS[:args.layers]:
+                for r in bench_forms(batch, layer, args.repeats):
+                    rows.append(r)
+                    rms = "" if r["rows_ms"] is None else f"{r['rows_ms']:.2f}"
+                    print(f"| {r['batch']} | {r['layer']} | {r['op']} | {r['xla_ms']:.2f} | "
+                          f"{r['patches_ms']:.2f} | {rms} | {r['picked']} |", flush=True)
+        if args.out:
+            report.write_json(args.out, {"forms": rows, "repeats": args.repeats,
+                                         "command": report.command(
+                                             "experiments.benchmarks.kernel_grad", argv)})
+        return rows
     if args.train_steps:
         from jaxadv.devices import use_host_devices
 

@@ -2,8 +2,8 @@
 
     python -m experiments.benchmarks.step_speed --out results/step_speed.json
         [--quick] [--host_devices N] [--models smallgap,poolgap,preact_resnet18] [--repeats R]
-        [--compare_standard] [--compare_no_rows] [--no_fastpath] [--torch_device cuda]
-        [--precision highest]
+        [--compare_standard] [--compare_no_rows] [--compare_no_patches] [--no_fastpath]
+        [--torch_device cuda] [--precision highest]
 
 Models (batch 128, float32, random N(0, 1/fan_in) weights, key 0): SmallGAP and PoolGAP on 28x28x1,
 PreAct ResNet-18 (batch norm) on 32x32x3. Each is built in jaxadv and as its PyTorch twin with the
@@ -29,7 +29,8 @@ time, next to ``matmul_peak_gflops``, a 4096^3 float32 ``jnp.dot`` timed in the 
 ``--host_devices N`` splits the batch over N XLA host devices (default 8; set before JAX
 initialises, with ``jaxadv.devices.use_host_devices``); ``--compare_standard`` adds jaxadv with
 the fast path off (``jaxadv_std``) as a third contestant, ``--compare_no_rows`` the fast path
-without its row-matmul convolution (``jaxadv_no_rows``, see ``fastpath._rows_pay``);
+without its row-matmul convolution (``jaxadv_no_rows``, see ``fastpath._rows_pay``),
+``--compare_no_patches`` without its im2col form for images (``jaxadv_no_patches``);
 ``--no_fastpath`` turns it off for the ``jaxadv`` one.
 ``--quick``: batch 32, 2 rounds, a 1024^3 matmul (a smoke test, not a measurement).
 
@@ -79,6 +80,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compare_no_rows", action="store_true",
                    help="Also time jaxadv with the fast path's row-matmul convolution off "
                         "(contestant 'jaxadv_no_rows'; fastpath._rows_pay).")
+    p.add_argument("--compare_no_patches", action="store_true",
+                   help="Also time jaxadv with the fast path's im2col convolution of images off "
+                        "(contestant 'jaxadv_no_patches'; fastpath._patches_pay).")
     p.add_argument("--no_fastpath", action="store_true", help="Turn the fast path off.")
     p.add_argument("--torch_threads", type=int, default=0,
                    help="torch.set_num_threads (0: PyTorch's default).")
@@ -416,8 +420,9 @@ def main(argv=None) -> dict:
     results = {"times_ms": {}, "speedup_vs_torch": {}, "gflops": {}, "flops": {}, "parity": {}}
     if args.compare_standard:
         results["speedup_vs_standard"] = {}
-    if args.compare_no_rows:
-        results["speedup_vs_no_rows"] = {}
+    forms_off = [f for f in ("rows", "patches") if getattr(args, f"compare_no_{f}")]
+    for form in forms_off:
+        results[f"speedup_vs_no_{form}"] = {}
     rng = np.random.default_rng(0)
     for name in args.models.split(","):
         shape = (batch,) + MODELS[name]
@@ -428,31 +433,31 @@ def main(argv=None) -> dict:
         results["parity"][name] = check_parity(name, handles, tmodel, x_np, y_np)
         tfns = torch_ops(tmodel, x_np, y_np, device)
         std = jax_ops(name, x_np, y_np, fast=False, mesh=mesh)[0] if args.compare_standard else None
-        no_rows = None
-        if args.compare_no_rows:
-            with rows_off():
-                no_rows = jax_ops(name, x_np, y_np, fast=not args.no_fastpath, mesh=mesh)[0]
+        without = {}
+        for form in forms_off:
+            with form_off(form):
+                without[form] = jax_ops(name, x_np, y_np, fast=not args.no_fastpath, mesh=mesh)[0]
         for op in ops:
             contestants = {"jaxadv": fns[op], "torch": tfns[op]}
             if std is not None:
                 contestants["jaxadv_std"] = std[op]
-            if no_rows is not None:
-                contestants["jaxadv_no_rows"] = no_rows[op]
+            for form, fns_without in without.items():
+                contestants[f"jaxadv_no_{form}"] = fns_without[op]
             t = time_rounds(contestants, repeats_resnet if name == "preact_resnet18" else repeats)
             k = f"{name}/{op}"
             results["times_ms"][k] = t
             results["speedup_vs_torch"][k] = t["torch"]["median"] / t["jaxadv"]["median"]
             if std is not None:
                 results["speedup_vs_standard"][k] = t["jaxadv_std"]["median"] / t["jaxadv"]["median"]
-            if no_rows is not None:
-                results["speedup_vs_no_rows"][k] = (t["jaxadv_no_rows"]["median"]
-                                                    / t["jaxadv"]["median"])
+            for form in without:
+                results[f"speedup_vs_no_{form}"][k] = (t[f"jaxadv_no_{form}"]["median"]
+                                                       / t["jaxadv"]["median"])
             results["flops"][k] = flops[op]
             results["gflops"][k] = (flops[op] / (t["jaxadv"]["median"] / 1e3) / 1e9
                                     if flops[op] else None)
             extra = (f"  std {t['jaxadv_std']['median']:8.1f} ms" if std is not None else "")
-            extra += (f"  no rows {t['jaxadv_no_rows']['median']:8.1f} ms"
-                      if no_rows is not None else "")
+            for form in without:
+                extra += f"  no {form} {t[f'jaxadv_no_{form}']['median']:8.1f} ms"
             print(f"{k:28s} jaxadv {t['jaxadv']['median']:8.1f} ms  torch {t['torch']['median']:8.1f}"
                   f" ms  x{results['speedup_vs_torch'][k]:5.2f}{extra}  "
                   f"{results['gflops'][k] or float('nan'):6.1f} GFLOP/s", flush=True)
@@ -481,20 +486,22 @@ def main(argv=None) -> dict:
 
 
 @contextlib.contextmanager
-def rows_off():
-    """The fast path without its row-matmul convolution (``fastpath._rows_pay`` always False) while
-    jaxadv's ops are traced and compiled (JAX's caches cleared on entry and exit)."""
+def form_off(form: str):
+    """The fast path without one of its convolution forms, ``"rows"`` (``fastpath._rows_pay``)
+    or ``"patches"`` (``fastpath._patches_pay``) always False, while jaxadv's ops are traced and
+    compiled (JAX's caches cleared on entry and exit)."""
     import jax
 
     from jaxadv.models import fastpath
 
-    original = fastpath._rows_pay
-    fastpath._rows_pay = lambda *args: False
+    attr = f"_{form}_pay"
+    original = getattr(fastpath, attr)
+    setattr(fastpath, attr, lambda *args: False)
     jax.clear_caches()
     try:
         yield
     finally:
-        fastpath._rows_pay = original
+        setattr(fastpath, attr, original)
         jax.clear_caches()
 
 

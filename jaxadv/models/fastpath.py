@@ -10,6 +10,9 @@ with the same outputs and gradients (tests: ``tests/models/test_fastpath.py``):
   derivative is matmuls too: ``d kernel = patches^T @ g``, ``d input = col2im(g @ kernel^T)`` (the
   transpose of the slices: interior-padded adds). It is plain JAX, so every order of forward and
   reverse differentiation works (double backprop for Int/Int2 training, jvp, hessians).
+* convolutions of images with at most 4 channels (every model's first layer) as im2col where XLA's
+  convolution is slow (:func:`_patches_conv`, rule and measurements in :func:`_patches_pay`): the
+  input gradient of a 1-channel 5x5 layer 5x faster, of ResNet-18's RGB stem 7.6x.
 * a convolution whose kernel covers most of its map (SmallGAP's 7x7 kernel on its 7x7 map) as one
   matmul per output row, (B, n_i*W*C) @ (n_i*W*C, Wo*O), with the kernel rows laid out as block
   Toeplitz matrices (:func:`_rows_conv`): the padding rows are never multiplied, and matmuls use
@@ -32,9 +35,11 @@ What was measured (2-core AMD EPYC shared with other jobs, load 4-12, so absolut
 a quiet machine's; batch 128 float32; medians of interleaved runs; ms, standard / fast):
 
 * im2col for the whole convolution (patches concatenated along channels + one dot) was *slower*
-  everywhere: XLA:CPU's concatenate of kh*kw strided slices runs at ~1/10 of memory bandwidth
-  (patches of a 14x14x32 map, 5x5 kernel: 285 ms vs 1.6 ms for a copy of the input), so forward
-  2-9x slower. Dropped; so were per-tap forward / input-gradient matmuls (slower except on 4x4 maps).
+  on every layer with many channels: XLA:CPU's concatenate of kh*kw strided slices runs at ~1/10
+  of memory bandwidth (patches of a 14x14x32 map, 5x5 kernel: 285 ms vs 1.6 ms for a copy of the
+  input), so forward 2-9x slower (on a quiet Xeon 1.3-3x, results/conv_forms.json); so were
+  per-tap forward / input-gradient matmuls (slower except on 4x4 maps). On 1-4 channel images,
+  where the patches are small and XLA's convolution is slowest, it pays and is used (below).
 * kernel gradient per tap (one (C, B*Ho*Wo) @ (B*Ho*Wo, O) matmul per kernel tap), on an EPYC:
   3x3 stride-1 layers 26x26x32->64: 958 -> 264; 32x32x64->64: 5324 -> 824; on a quiet 2-core
   Xeon at most 10 % faster than XLA and much slower at small per-device batches. Replaced
@@ -314,15 +319,56 @@ def _rows_input_grad(g: Array, w: Array, in_hw, pads, precision) -> Array:
     return jax.linear_transpose(lambda x: _rows_conv(x, w, pads, precision), x_struct)(g)[0]
 
 
+# Convolutions of images with at most this many channels (the first layer of every model: gray or
+# RGB inputs) use im2col for their input gradient, and for their forward pass and kernel gradient
+# from 2 channels on (:func:`_patches_pay`).
+_PATCHES_MAX_CHANNELS = 4
+
+
+def _patches_pay(channels: int, op: str) -> bool:
+    """Whether the convolution's ``op`` ("forward", "input" gradient or "kernel" gradient) uses
+    :func:`_patches_conv` (im2col) for an input of ``channels`` channels.
+
+    XLA:CPU's convolutions of 1-3 channel images run far below its matmul speed. Single layers,
+    batch 128, one host device, 2-core Xeon VM, 2026-12-04, XLA / im2col ms (``python -m
+    experiments.benchmarks.kernel_grad --forms --batches 128 --repeats 7 --out
+    results/conv_forms.json``): input gradient of PoolGAP's 28x28x1->32 5x5 layer 10.0 / 2.0, of
+    ResNet-18's 32x32x3->64 stem 34.7 / 4.6, of SmallGAP's 28x28x1->16 first layer 1.12 / 0.83;
+    the stem's forward 23.1 / 15.2 and kernel gradient 21.5 / 8.0. One-channel forward passes and
+    kernel gradients are mixed (forward: SmallGAP 1.61 / 0.44, PoolGAP 1.86 / 3.87; kernel 0.40 /
+    0.42 and 4.09 / 3.88), so XLA keeps those; layers of 16 channels and more lose (PoolGAP's
+    14x14x32->64 forward 25.1 / 58.3, input gradient 25.5 / 48.2)."""
+    if op == "input":
+        return channels <= _PATCHES_MAX_CHANNELS
+    return 2 <= channels <= _PATCHES_MAX_CHANNELS
+
+
+def _patches_conv(x: Array, w: Array, strides, pads, dilation, precision) -> Array:
+    """The convolution as im2col: the kh*kw strided views of the padded input concatenated along
+    channels, (B*Ho*Wo, kh*kw*C) @ (kh*kw*C, O). Plain JAX: its transpose in the input is one
+    matmul and the adds of the shifted views (col2im), in the kernel patches^T @ g."""
+    kh, kw, c, o = w.shape
+    xp = _pad_hw(x, pads)
+    out_hw = tuple((n - (k - 1) * d - 1) // s + 1
+                   for n, k, d, s in zip(xp.shape[1:3], (kh, kw), dilation, strides, strict=True))
+    p = jnp.concatenate(_tap_slices(xp, (kh, kw), strides, dilation, out_hw), axis=-1)
+    y = lax.dot(p.reshape(-1, kh * kw * c), w.reshape(kh * kw * c, o), precision=precision)
+    return y.reshape(x.shape[0], *out_hw, o)
+
+
 def _kernel_grad(v, ct, w_aval, static, dw_method):
     """d<ct, conv(v, w)>/dw: the kernel gradient of the convolution of ``v``: the transpose of
-    :func:`_rows_conv` where that form pays (:func:`_rows_pay`), otherwise by ``dw_method``:
+    :func:`_rows_conv` or :func:`_patches_conv` where those forms pay (:func:`_rows_pay`,
+    :func:`_patches_pay`), otherwise by ``dw_method``:
     ``"columns"`` (:func:`_column_kernel_grad`), ``"taps"`` (one matmul per tap, :func:`_taps_conv`)
     or ``"xla"`` (XLA's backward-filter convolution)."""
     strides, pads, dilation, precision = static
     w_struct = jax.ShapeDtypeStruct(w_aval.shape, w_aval.dtype)
     if _rows_pay(v.shape[1:3], w_aval.shape[:2], strides, pads, dilation):
         return jax.linear_transpose(lambda w: _rows_conv(v, w, pads, precision), w_struct)(ct)[0]
+    if _patches_pay(w_aval.shape[2], "kernel"):
+        return jax.linear_transpose(
+            lambda w: _patches_conv(v, w, strides, pads, dilation, precision), w_struct)(ct)[0]
     if dw_method == "columns":
         strides, pads, dilation, precision = static
         return _column_kernel_grad(v, ct, w_aval.shape, strides, pads, dilation, precision)
@@ -346,6 +392,8 @@ def _conv_impl(v, w, *, strides, pads, dilation, precision, in_hw, dw_method):
     del in_hw, dw_method
     if _rows_pay(v.shape[1:3], w.shape[:2], strides, pads, dilation):
         return _rows_conv(v, w, pads, precision)
+    if _patches_pay(w.shape[2], "forward"):
+        return _patches_conv(v, w, strides, pads, dilation, precision)
     return _std_conv(v, w, strides, pads, dilation, precision, None)
 
 
@@ -353,6 +401,10 @@ def _conv_input_impl(g, w, *, strides, pads, dilation, precision, in_hw, dw_meth
     del dw_method
     if _rows_pay(in_hw, w.shape[:2], strides, pads, dilation):
         return _rows_input_grad(g, w, in_hw, pads, precision)
+    if _patches_pay(w.shape[2], "input"):
+        x_struct = jax.ShapeDtypeStruct((g.shape[0], *in_hw, w.shape[2]), g.dtype)
+        return jax.linear_transpose(
+            lambda x: _patches_conv(x, w, strides, pads, dilation, precision), x_struct)(g)[0]
     return _input_grad(g, w, in_hw, strides, pads, dilation, precision)
 
 

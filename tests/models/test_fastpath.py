@@ -33,19 +33,21 @@ def force_columns(monkeypatch):
         yield
 
 
-@pytest.fixture(params=["columns", "taps", "xla", "rows"])
+@pytest.fixture(params=["columns", "taps", "xla", "rows", "patches"])
 def kernel_grad(request, monkeypatch):
     """The fast path with each kernel gradient (per kernel column, per tap, or XLA's); the input
     gradient is the fast path's explicit-HWIO form in all. ``"rows"``: every stride-1 convolution
     as one matmul per output row (:func:`fastpath._rows_conv`: forward, input and kernel
-    gradients), whatever it costs and however many devices; XLA's kernel gradient elsewhere."""
+    gradients), whatever it costs and however many devices; XLA's kernel gradient elsewhere.
+    ``"patches"``: every convolution as im2col (:func:`fastpath._patches_conv`), whatever its
+    channels."""
+    monkeypatch.setattr(fastpath, "_rows_pay", lambda *a: False)
+    monkeypatch.setattr(fastpath, "_patches_pay", lambda *a: request.param == "patches")
+    monkeypatch.setattr(fastpath, "_kernel_grad_method", lambda *a: request.param
+                        if request.param in ("columns", "taps") else "xla")
     if request.param == "rows":
         monkeypatch.setattr(fastpath, "_rows_pay",
                             lambda *a: fastpath._rows_flop_ratio(*a) < float("inf"))
-        monkeypatch.setattr(fastpath, "_kernel_grad_method", lambda *a: "xla")
-    else:
-        monkeypatch.setattr(fastpath, "_rows_pay", lambda *a: False)
-        monkeypatch.setattr(fastpath, "_kernel_grad_method", lambda *a: request.param)
     with fastpath.enabled(True):
         yield request.param
 
@@ -238,6 +240,34 @@ def test_rows_rule(monkeypatch, in_hw, k_hw, strides, pads, devices, expected):
     assert fastpath._rows_pay(in_hw, k_hw, strides, pads, (1, 1)) is expected
     ratio = fastpath._rows_flop_ratio((7, 7), (7, 7), (1, 1), ((3, 3), (3, 3)), (1, 1))
     assert ratio == pytest.approx(37 * 7 / (7 * 49))
+
+
+@pytest.mark.parametrize("channels,op,expected", [
+    (1, "input", True), (3, "input", True), (4, "input", True), (16, "input", False),
+    (1, "forward", False), (3, "forward", True), (32, "forward", False),
+    (1, "kernel", False), (3, "kernel", True), (64, "kernel", False),
+])
+def test_patches_rule(channels, op, expected):
+    """im2col for images of at most 4 channels: the input gradient always, the forward pass and
+    kernel gradient from 2 channels on (results/conv_forms.json)."""
+    assert fastpath._patches_pay(channels, op) is expected
+
+
+def test_image_layers_use_patches_and_match(monkeypatch):
+    """An RGB first layer (ResNet's stem) compiles to matmuls only, forward, input gradient in a
+    loop and kernel gradient, and equals the standard lowering."""
+    monkeypatch.setattr(fastpath, "_rows_pay", lambda *a: False)
+    x, k = _data(3, 10, 9, 3, 3, 3, 8)
+    with fastpath.enabled(True):
+        def run(conv):
+            f = lambda x, k: jnp.sum(jnp.tanh(conv(x, k, (1, 1), "SAME")) ** 2)
+            loop = lambda x, k: lax.fori_loop(0, 2, lambda i, z: z + 0.1 * jax.grad(f)(z, k), x)
+            return jax.jit(lambda x, k: (loop(x, k), jax.grad(f, 1)(x, k)))
+
+        text = run(_fast).lower(x, k).compile().as_text()
+        assert "convolution(" not in text and "dot(" in text
+        for a, b in zip(run(_fast)(x, k), run(_std)(x, k), strict=True):
+            _close(a, b, 1e-5)
 
 
 def test_rows_form_has_no_convolution(monkeypatch):
