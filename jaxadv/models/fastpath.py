@@ -313,12 +313,6 @@ def _rows_conv(x: Array, w: Array, pads, precision) -> Array:
     return jnp.stack(out, axis=1).reshape(b, ho, wo, o)
 
 
-def _rows_input_grad(g: Array, w: Array, in_hw, pads, precision) -> Array:
-    """The transpose of :func:`_rows_conv` in its input (B, Ho, Wo, O) -> (B, H, W, C)."""
-    x_struct = jax.ShapeDtypeStruct((g.shape[0], *in_hw, w.shape[2]), g.dtype)
-    return jax.linear_transpose(lambda x: _rows_conv(x, w, pads, precision), x_struct)(g)[0]
-
-
 # Convolutions of images with at most this many channels (the first layer of every model: gray or
 # RGB inputs) use im2col for their input gradient, and for their forward pass and kernel gradient
 # from 2 channels on (:func:`_patches_pay`).
@@ -356,6 +350,18 @@ def _patches_conv(x: Array, w: Array, strides, pads, dilation, precision) -> Arr
     return y.reshape(x.shape[0], *out_hw, o)
 
 
+def _matmul_form(in_hw, w_shape, strides, pads, dilation, precision, op: str):
+    """The convolution as a function ``(x, w) -> y`` in the matmul form that pays for ``op``
+    ("forward", "input" or "kernel" gradient): :func:`_rows_conv` (:func:`_rows_pay`), else
+    :func:`_patches_conv` (:func:`_patches_pay`); None where XLA's convolution is kept. The
+    gradients are that function's transposes."""
+    if _rows_pay(in_hw, w_shape[:2], strides, pads, dilation):
+        return lambda x, w: _rows_conv(x, w, pads, precision)
+    if _patches_pay(w_shape[2], op):
+        return lambda x, w: _patches_conv(x, w, strides, pads, dilation, precision)
+    return None
+
+
 def _kernel_grad(v, ct, w_aval, static, dw_method):
     """d<ct, conv(v, w)>/dw: the kernel gradient of the convolution of ``v``: the transpose of
     :func:`_rows_conv` or :func:`_patches_conv` where those forms pay (:func:`_rows_pay`,
@@ -364,11 +370,9 @@ def _kernel_grad(v, ct, w_aval, static, dw_method):
     or ``"xla"`` (XLA's backward-filter convolution)."""
     strides, pads, dilation, precision = static
     w_struct = jax.ShapeDtypeStruct(w_aval.shape, w_aval.dtype)
-    if _rows_pay(v.shape[1:3], w_aval.shape[:2], strides, pads, dilation):
-        return jax.linear_transpose(lambda w: _rows_conv(v, w, pads, precision), w_struct)(ct)[0]
-    if _patches_pay(w_aval.shape[2], "kernel"):
-        return jax.linear_transpose(
-            lambda w: _patches_conv(v, w, strides, pads, dilation, precision), w_struct)(ct)[0]
+    conv = _matmul_form(v.shape[1:3], w_aval.shape, *static, "kernel")
+    if conv is not None:
+        return jax.linear_transpose(lambda w: conv(v, w), w_struct)(ct)[0]
     if dw_method == "columns":
         strides, pads, dilation, precision = static
         return _column_kernel_grad(v, ct, w_aval.shape, strides, pads, dilation, precision)
@@ -390,21 +394,18 @@ conv_input_p = Primitive("jaxadv_conv_input")
 
 def _conv_impl(v, w, *, strides, pads, dilation, precision, in_hw, dw_method):
     del in_hw, dw_method
-    if _rows_pay(v.shape[1:3], w.shape[:2], strides, pads, dilation):
-        return _rows_conv(v, w, pads, precision)
-    if _patches_pay(w.shape[2], "forward"):
-        return _patches_conv(v, w, strides, pads, dilation, precision)
+    conv = _matmul_form(v.shape[1:3], w.shape, strides, pads, dilation, precision, "forward")
+    if conv is not None:
+        return conv(v, w)
     return _std_conv(v, w, strides, pads, dilation, precision, None)
 
 
 def _conv_input_impl(g, w, *, strides, pads, dilation, precision, in_hw, dw_method):
     del dw_method
-    if _rows_pay(in_hw, w.shape[:2], strides, pads, dilation):
-        return _rows_input_grad(g, w, in_hw, pads, precision)
-    if _patches_pay(w.shape[2], "input"):
+    conv = _matmul_form(in_hw, w.shape, strides, pads, dilation, precision, "input")
+    if conv is not None:
         x_struct = jax.ShapeDtypeStruct((g.shape[0], *in_hw, w.shape[2]), g.dtype)
-        return jax.linear_transpose(
-            lambda x: _patches_conv(x, w, strides, pads, dilation, precision), x_struct)(g)[0]
+        return jax.linear_transpose(lambda x: conv(x, w), x_struct)(g)[0]
     return _input_grad(g, w, in_hw, strides, pads, dilation, precision)
 
 
