@@ -133,13 +133,12 @@ def bench_forms(batch: int, layer: tuple, repeats: int) -> list[dict]:
     pads = tuple(tuple(p) for p in lax.padtype_to_pads((hw, hw), (k, k), strides, "SAME"))
     convs = {"xla": lambda x, w: fastpath._std_conv(x, w, strides, pads, dil, None, None),
              "patches": lambda x, w: fastpath._patches_conv(x, w, strides, pads, dil, None)}
-    rows_ok = fastpath._rows_flop_ratio((hw, hw), (k, k), strides, pads, dil) < float("inf")
-    if rows_ok:
+    rows_ratio = fastpath._rows_flop_ratio((hw, hw), (k, k), strides, pads, dil)
+    if rows_ratio < float("inf"):
         convs["rows"] = lambda x, w: fastpath._rows_conv(x, w, pads, None)
     g = jax.random.normal(jax.random.key(2), convs["xla"](x, w).shape)
     x_sd, w_sd = jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(w.shape, w.dtype)
-    rows_pay = fastpath._rows_flop_ratio((hw, hw), (k, k), strides, pads, dil) <= \
-        fastpath._ROWS_MAX_FLOP_RATIO
+    rows_pay = rows_ratio <= fastpath._ROWS_MAX_FLOP_RATIO
     out = []
     for op in ("forward", "input", "kernel"):
         r = {"batch": batch, "layer": f"{name}: {hw}x{hw}x{cin}->{cout}, {k}x{k}, stride {stride}",

@@ -368,14 +368,12 @@ def _kernel_grad(v, ct, w_aval, static, dw_method):
     :func:`_patches_pay`), otherwise by ``dw_method``:
     ``"columns"`` (:func:`_column_kernel_grad`), ``"taps"`` (one matmul per tap, :func:`_taps_conv`)
     or ``"xla"`` (XLA's backward-filter convolution)."""
-    strides, pads, dilation, precision = static
     w_struct = jax.ShapeDtypeStruct(w_aval.shape, w_aval.dtype)
     conv = _matmul_form(v.shape[1:3], w_aval.shape, *static, "kernel")
     if conv is not None:
         return jax.linear_transpose(lambda w: conv(v, w), w_struct)(ct)[0]
     if dw_method == "columns":
-        strides, pads, dilation, precision = static
-        return _column_kernel_grad(v, ct, w_aval.shape, strides, pads, dilation, precision)
+        return _column_kernel_grad(v, ct, w_aval.shape, *static)
     conv = _taps_conv if dw_method == "taps" else _std_conv
     return jax.linear_transpose(lambda w: conv(v, w, *static, None), w_struct)(ct)[0]
 
