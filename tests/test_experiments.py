@@ -274,11 +274,16 @@ def test_step_speed_benchmark_smoke(tmp_path):
     pytest.importorskip("torch")
     result = _run_in_fresh_process(
         "experiments.benchmarks.step_speed", "--quick", "--models", "smallgap", "--batch", "4",
-        "--repeats", "1", "--host_devices", "2", "--precision", "highest", out=tmp_path / "ss.json")
+        "--repeats", "1", "--host_devices", "2", "--precision", "highest", "--compare_no_fold",
+        out=tmp_path / "ss.json")
     ops = ("forward", "pgd_step", "pgd10", "train_step")
     assert set(result["speedup_vs_torch"]) == {f"smallgap/{op}" for op in ops}
     assert all(v > 0 for v in result["speedup_vs_torch"].values())
+    assert set(result["speedup_vs_no_fold"]) == set(result["speedup_vs_torch"])
     assert all(result["flops"][f"smallgap/{op}"] > 0 for op in ops)
+    # The GAP fold skips most of SmallGAP's last layer: the program run counts fewer FLOPs.
+    assert all(0 < result["flops_executed"][f"smallgap/{op}"] < result["flops"][f"smallgap/{op}"]
+               for op in ops)
     assert result["flops"]["smallgap/pgd10"] > 10 * result["flops"]["smallgap/forward"]
     assert result["parity"]["smallgap"]["input_grad_rel_l2_diff"] < 1e-4
     cfg = result["config"]

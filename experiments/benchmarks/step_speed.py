@@ -2,7 +2,8 @@
 
     python -m experiments.benchmarks.step_speed --out results/step_speed.json
         [--quick] [--host_devices N] [--models smallgap,poolgap,preact_resnet18] [--repeats R]
-        [--compare_standard] [--compare_no_rows] [--compare_no_patches] [--no_fastpath]
+        [--compare_standard] [--compare_no_rows] [--compare_no_patches] [--compare_no_fold]
+        [--no_fastpath]
         [--torch_device cuda] [--precision highest]
 
 Models (batch 128, float32, random N(0, 1/fan_in) weights, key 0): SmallGAP and PoolGAP on 28x28x1,
@@ -25,12 +26,18 @@ machine hits them alike; medians with the interquartile range. ``speedup_vs_torc
 jaxadv median. ``gflops`` is jaxadv's achieved GFLOP/s, the op's FLOPs (XLA's cost analysis of the
 standard lowering: forward, pgd_step, train_step; pgd10 = 10 pgd_step + forward) over its median
 time, next to ``matmul_peak_gflops``, a 4096^3 float32 ``jnp.dot`` timed in the same run.
+``gflops_executed`` is the same with the FLOPs of the program jaxadv actually ran (XLA's count of
+the compiled fast-path program): lower than ``gflops`` where the fast path skips work (the GAP
+fold), so it, not ``gflops``, is the one to hold against the matmul peak there.
 
 ``--host_devices N`` splits the batch over N XLA host devices (default 8; set before JAX
 initialises, with ``jaxadv.devices.use_host_devices``); ``--compare_standard`` adds jaxadv with
 the fast path off (``jaxadv_std``) as a third contestant, ``--compare_no_rows`` the fast path
 without its row-matmul convolution (``jaxadv_no_rows``, see ``fastpath._rows_pay``),
-``--compare_no_patches`` without its im2col form for images (``jaxadv_no_patches``);
+``--compare_no_patches`` without its im2col form for images (``jaxadv_no_patches``),
+``--compare_no_fold`` without its GAP fold (``jaxadv_no_fold``: SmallGAP's last convolution feeds
+the GAP head directly, so the logits need only its mean over positions, ``fastpath.conv_mean``;
+the PyTorch twin computes the whole map);
 ``--no_fastpath`` turns it off for the ``jaxadv`` one.
 ``--quick``: batch 32, 2 rounds, a 1024^3 matmul (a smoke test, not a measurement).
 
@@ -83,6 +90,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compare_no_patches", action="store_true",
                    help="Also time jaxadv with the fast path's im2col convolution of images off "
                         "(contestant 'jaxadv_no_patches'; fastpath._patches_pay).")
+    p.add_argument("--compare_no_fold", action="store_true",
+                   help="Also time jaxadv without the fast path's GAP fold (SmallGAP's last "
+                        "convolution averaged without its output map; contestant "
+                        "'jaxadv_no_fold'; fastpath._fold_pay).")
     p.add_argument("--no_fastpath", action="store_true", help="Turn the fast path off.")
     p.add_argument("--torch_threads", type=int, default=0,
                    help="torch.set_num_threads (0: PyTorch's default).")
@@ -200,8 +211,9 @@ def jax_ops(name: str, x_np, y_np, *, fast: bool, mesh) -> tuple[dict, dict, dic
     """Compiled jaxadv ops for model ``name`` with the fast path on or off.
 
     Returns (fns, flops, handles): fns[op]() runs op once and blocks; flops[op] is XLA's FLOP count
-    of the op's standard lowering (None where unavailable); handles has the model, variables and the
-    jitted logits and input-gradient functions for the parity checks.
+    of the op's standard lowering and of the program that runs (None where unavailable); handles
+    has the model, variables and the jitted logits and input-gradient functions for the parity
+    checks.
     """
     import jax
     import jax.numpy as jnp
@@ -256,8 +268,9 @@ def jax_ops(name: str, x_np, y_np, *, fast: bool, mesh) -> tuple[dict, dict, dic
                       if flops["pgd_step"] and flops["forward"] else None)
 
     with fastpath.enabled(fast):
-        compiled = {op: jax.jit(defs[op], donate_argnums=(0,) if op == "train_step" else ())
-                    .lower(*args[op]).compile() for op in OPS}
+        lowered = {op: jax.jit(defs[op], donate_argnums=(0,) if op == "train_step" else ())
+                   .lower(*args[op]) for op in OPS}
+        compiled = {op: low.compile() for op, low in lowered.items()}
         handles = {"model": model, "variables": variables, "logits": jax.jit(logits),
                    "input_grad": jax.jit(input_grad), "x": x, "y": y}
 
@@ -266,6 +279,11 @@ def jax_ops(name: str, x_np, y_np, *, fast: bool, mesh) -> tuple[dict, dict, dic
     def run_train():
         carry["state"], metrics = compiled["train_step"](carry["state"], batch, key)
         jax.block_until_ready(metrics)
+
+    executed = {op: xla_flops(lowered[op]) for op in ("forward", "pgd_step", "train_step")}
+    executed["pgd10"] = (10 * executed["pgd_step"] + executed["forward"]
+                         if executed["pgd_step"] and executed["forward"] else None)
+    flops = {op: (flops[op], executed[op]) for op in flops}
 
     fns = {op: (lambda op=op: jax.block_until_ready(compiled[op](*args[op])))
            for op in ("forward", "pgd_step", "pgd10")}
@@ -417,10 +435,11 @@ def main(argv=None) -> dict:
     mm_n = 1024 if args.quick else 4096
     peak_before = matmul_peak_gflops(mm_n)
 
-    results = {"times_ms": {}, "speedup_vs_torch": {}, "gflops": {}, "flops": {}, "parity": {}}
+    results = {"times_ms": {}, "speedup_vs_torch": {}, "gflops": {}, "flops": {}, "parity": {},
+               "gflops_executed": {}, "flops_executed": {}}
     if args.compare_standard:
         results["speedup_vs_standard"] = {}
-    forms_off = [f for f in ("rows", "patches") if getattr(args, f"compare_no_{f}")]
+    forms_off = [f for f in ("rows", "patches", "fold") if getattr(args, f"compare_no_{f}")]
     for form in forms_off:
         results[f"speedup_vs_no_{form}"] = {}
     rng = np.random.default_rng(0)
@@ -452,9 +471,10 @@ def main(argv=None) -> dict:
             for form in without:
                 results[f"speedup_vs_no_{form}"][k] = (t[f"jaxadv_no_{form}"]["median"]
                                                        / t["jaxadv"]["median"])
-            results["flops"][k] = flops[op]
-            results["gflops"][k] = (flops[op] / (t["jaxadv"]["median"] / 1e3) / 1e9
-                                    if flops[op] else None)
+            seconds = t["jaxadv"]["median"] / 1e3
+            (results["flops"][k], results["flops_executed"][k]) = flops[op]
+            results["gflops"][k], results["gflops_executed"][k] = (
+                f / seconds / 1e9 if f else None for f in flops[op])
             extra = (f"  std {t['jaxadv_std']['median']:8.1f} ms" if std is not None else "")
             for form in without:
                 extra += f"  no {form} {t[f'jaxadv_no_{form}']['median']:8.1f} ms"
@@ -487,8 +507,9 @@ def main(argv=None) -> dict:
 
 @contextlib.contextmanager
 def form_off(form: str):
-    """The fast path without one of its convolution forms, ``"rows"`` (``fastpath._rows_pay``)
-    or ``"patches"`` (``fastpath._patches_pay``) always False, while jaxadv's ops are traced and
+    """The fast path without one of its convolution forms, ``"rows"`` (``fastpath._rows_pay``),
+    ``"patches"`` (``fastpath._patches_pay``) or ``"fold"`` (``fastpath._fold_pay``: SmallGAP's
+    GAP fold) always False, while jaxadv's ops are traced and
     compiled (JAX's caches cleared on entry and exit)."""
     import jax
 
@@ -508,18 +529,20 @@ def form_off(form: str):
 def format_table(results: dict) -> str:
     """A Markdown table of the results."""
     std = "speedup_vs_standard" in results
-    head = "| model/op | jaxadv ms (IQR) | PyTorch ms (IQR) | speedup | GFLOP/s | % of matmul peak |"
+    head = ("| model/op | jaxadv ms (IQR) | PyTorch ms (IQR) | speedup | GFLOP/s (model) | "
+            "GFLOP/s executed | % of matmul peak |")
     head += " fast path gain |" if std else ""
-    lines = [head, "|" + "---|" * (7 if std else 6)]
+    lines = [head, "|" + "---|" * (8 if std else 7)]
     peak = results.get("matmul_peak_gflops")
     for k, t in results["times_ms"].items():
         j, tt = t["jaxadv"], t["torch"]
         gf = results["gflops"][k]
+        ex = results.get("gflops_executed", {}).get(k) or gf
         row = (f"| {k} | {j['median']:.1f} ({j['q25']:.0f}-{j['q75']:.0f}) | {tt['median']:.1f} "
                f"({tt['q25']:.0f}-{tt['q75']:.0f}) | {results['speedup_vs_torch'][k]:.2f} | "
-               f"{gf:.1f} | {100 * gf / peak:.0f}% |" if gf and peak else
+               f"{gf:.1f} | {ex:.1f} | {100 * ex / peak:.0f}% |" if gf and peak else
                f"| {k} | {j['median']:.1f} | {tt['median']:.1f} | "
-               f"{results['speedup_vs_torch'][k]:.2f} | - | - |")
+               f"{results['speedup_vs_torch'][k]:.2f} | - | - | - |")
         if std:
             row += f" {results['speedup_vs_standard'][k]:.2f} |"
         lines.append(row)

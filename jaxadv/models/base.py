@@ -32,7 +32,18 @@ class GAPClassifier(nn.Module):
         """Feature map (B, h, w, k) -> CAM (B, h, w, K); ``mean_{h,w}(cam) == head(a)``."""
         return self.head_layer(a, per_location=True)
 
+    def pooled_features(self, x: Array, train: bool = False) -> Array | None:
+        """``mean_{h,w} features(x)`` (B, k) computed without the feature map, or None (the
+        default) where the model has no such shortcut. Models whose feature map is a convolution
+        followed only by the GAP head return ``layers.conv_mean(...)`` here, and ``__call__`` then
+        computes the logits from it (same values to float32 rounding, far fewer multiply-adds)."""
+        del x, train
+        return None
+
     def __call__(self, x: Array, train: bool = False) -> Array:
+        pooled = self.pooled_features(x, train=train)
+        if pooled is not None:
+            return self.head_layer(pooled[:, None, None, :])
         return self.head(self.features(x, train=train))
 
     def _make_head(self, *, use_bias: bool = False, kernel_init=None) -> GAPHead:

@@ -19,6 +19,11 @@ with the same outputs and gradients (tests: ``tests/models/test_fastpath.py``):
   every core where XLA:CPU runs its convolutions on one thread. Used on one host device with two
   or more cores where it needs at most 0.8 of the convolution's multiply-adds
   (:func:`_rows_pay` has the measurements).
+* the GAP fold: where a model's feature map is a convolution followed only by the GAP head
+  (SmallGAP's last layer), its logits need only the mean of that convolution over positions,
+  which is the kernel applied to window sums of its input (:func:`conv_mean`, 1/49 of the 7x7
+  layer's multiply-adds); the map itself is still built for features, CAM and Grad-CAM. Models opt
+  in through ``GAPClassifier.pooled_features``.
 * max-pool, when windows tile the input (window == stride, sizes divide), as a reshape and a
   select of the first maximum of each window, which routes the gradient exactly as
   ``reduce_window``'s ``select_and_scatter_add`` does (to the first maximum on ties); otherwise
@@ -564,3 +569,69 @@ def max_pool(x: Array, *, window: int, stride: int, padding: str = "VALID") -> A
         return _tiled_max_pool(x, window)
     return lax.reduce_window(
         x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), padding)
+
+
+def _window_sum_matrix(size: int, kernel: int, stride: int, dilation: int, pad_lo: int,
+                       out: int) -> Array:
+    """(size, kernel) 0/1 matrix M with M[p, r] = 1 iff input position p meets kernel tap r at some
+    output position i (p == i * stride + r * dilation - pad_lo, 0 <= i < out). Padding positions
+    hold zeros, so they simply have no row."""
+    i = jnp.arange(out)[:, None]
+    r = jnp.arange(kernel)[None, :]
+    p = i * stride + r * dilation - pad_lo                      # (out, kernel)
+    hits = p[:, None, :] == jnp.arange(size)[None, :, None]     # (out, size, kernel)
+    return jnp.sum(hits, axis=0).astype(jnp.float32)
+
+
+def _fold_pay() -> bool:
+    """Whether models take :func:`conv_mean` (the GAP fold) where it applies: always, since it
+    needs 1/(Ho*Wo) of the layer's multiply-adds (``layers.conv_mean_available`` asks; the
+    benchmarks switch it off to measure it)."""
+    return True
+
+
+def conv_mean(x: Array, kernel: Array, bias: Array | None, *, strides=(1, 1), padding="SAME",
+              dilation=(1, 1), precision=None) -> Array:
+    """``mean_{h,w}(conv(x, kernel) + bias)``, (B, O), without the (B, Ho, Wo, O) output map.
+
+    A convolution is linear, so the mean of its output over positions is the kernel applied to
+    the sums of the input over the positions each tap sees:
+    ``mean_{i,j} out[i, j, o] = sum_{r,s,c} K[r, s, c, o] S[r, s, c] / (Ho Wo) + b[o]`` with
+    ``S[r, s, c] = sum_{i,j} x_pad[i*sh + r*dh, j*sw + s*dw, c]``; S is two small 0/1 matmuls
+    (``_window_sum_matrix``) and the rest one (B, kh*kw*C) @ (kh*kw*C, O) matmul. For SmallGAP's
+    last layer (7x7 kernel on its 7x7 map, 32 -> 100 channels, followed directly by the GAP head)
+    that is 1/49 of the convolution's multiply-adds; forward, input and kernel gradients and
+    every higher order follow from plain JAX. Used by models whose feature map is a convolution
+    followed only by the GAP head (``GAPClassifier.pooled_features``).
+
+    Args:
+      x: (B, H, W, C) input of the convolution (NHWC).
+      kernel: (kh, kw, C, O) (HWIO).
+      bias: (O,) or None.
+      strides, padding, dilation: as for ``lax.conv_general_dilated`` (kernel dilation).
+    Returns:
+      (B, O).
+    """
+    if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[2] != x.shape[3]:
+        raise ValueError(f"conv_mean takes x (B, H, W, C) and kernel (kh, kw, C, O); got "
+                         f"{x.shape} and {kernel.shape}.")
+    strides, dilation = tuple(strides), tuple(dilation)
+    dilated = [(k - 1) * d + 1 for k, d in zip(kernel.shape[:2], dilation, strict=True)]
+    pads = _pairs(padding, x.shape[1:3], dilated, strides)
+    if pads is None:
+        raise ValueError(f"conv_mean: padding {padding!r} is not 'SAME', 'VALID' or two "
+                         "(low, high) pairs.")
+    out_hw = [(n + lo + hi - k) // s + 1
+              for n, (lo, hi), k, s in zip(x.shape[1:3], pads, dilated, strides, strict=True)]
+    if min(out_hw) < 1:
+        raise ValueError(f"conv_mean: the kernel {kernel.shape[:2]} (dilation {dilation}) does "
+                         f"not fit the padded input {x.shape[1:3]} with padding {pads}.")
+    mh, mw = (_window_sum_matrix(n, k, s, d, lo, o).astype(x.dtype)
+              for n, k, s, d, (lo, _), o in zip(x.shape[1:3], kernel.shape[:2], strides, dilation,
+                                                pads, out_hw, strict=True))
+    sums = jnp.einsum("bhwc,hr->brwc", x, mh, precision=precision)
+    sums = jnp.einsum("brwc,ws->brsc", sums, mw, precision=precision)
+    b = x.shape[0]
+    out = jnp.dot(sums.reshape(b, -1), kernel.reshape(-1, kernel.shape[3]).astype(x.dtype),
+                  precision=precision) / (out_hw[0] * out_hw[1])
+    return out if bias is None else out + bias.astype(x.dtype)

@@ -41,11 +41,19 @@ class SmallGAP(GAPClassifier):
         self.conv3 = layers.conv(w3, 7, strides=1, kernel_init=init)
         self.head_layer = self._make_head()
 
-    def features(self, x: Array, train: bool = False) -> Array:
+    def _conv3_input(self, x: Array) -> Array:
         act = layers.get_activation(self.activation)
         h = self.conv1(self.normalize(x))
-        h = self.conv2(act(h))
-        return self.conv3(act(h))
+        return act(self.conv2(act(h)))
+
+    def features(self, x: Array, train: bool = False) -> Array:
+        return self.conv3(self._conv3_input(x))
+
+    def pooled_features(self, x: Array, train: bool = False) -> Array | None:
+        # conv3 feeds the GAP head directly (no activation): its mean over positions needs no map.
+        if not layers.conv_mean_available(self.conv3):
+            return None
+        return layers.conv_mean(self.conv3, self._conv3_input(x))
 
 
 class PoolGAP(GAPClassifier):

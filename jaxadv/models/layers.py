@@ -71,6 +71,40 @@ def conv(
     )
 
 
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def conv_mean_available(module: nn.Conv) -> bool:
+    """Whether :func:`conv_mean` applies to the bound :func:`conv` module now: the CPU fast path is
+    on, the module is not being initialised (its parameters must exist), and its settings are
+    plain (no dtype override, groups, input dilation or mask)."""
+    from jaxadv.models import fastpath
+
+    return (fastpath.is_enabled() and fastpath._fold_pay() and not module.is_initializing()
+            and module.dtype is None
+            and module.feature_group_count == 1 and _pair(module.input_dilation or 1) == (1, 1)
+            and module.mask is None
+            and (not isinstance(module.padding, str) or module.padding in ("SAME", "VALID")))
+
+
+def conv_mean(module: nn.Conv, x: Array) -> Array:
+    """``mean_{h,w} module(x)`` (B, O) for a bound :func:`conv` module, without its output map
+    (:func:`jaxadv.models.fastpath.conv_mean`); check :func:`conv_mean_available` first."""
+    from jaxadv.models import fastpath
+
+    params = module.variables["params"]
+    kernel, bias = params["kernel"], params.get("bias")
+    dtype = jnp.result_type(x, kernel, *([] if bias is None else [bias]))
+    padding = module.padding
+    if not isinstance(padding, str):
+        padding = [_pair(p) for p in padding]
+    return fastpath.conv_mean(
+        x.astype(dtype), kernel.astype(dtype), None if bias is None else bias.astype(dtype),
+        strides=_pair(module.strides or 1), padding=padding,
+        dilation=_pair(module.kernel_dilation or 1), precision=module.precision)
+
+
 def max_pool(x: Array, window: int, stride: int | None = None, padding: str = "VALID") -> Array:
     """Max-pool (B, H, W, C) with a square window; uses jaxadv's pooling lowering."""
     from jaxadv.models import fastpath
