@@ -263,6 +263,11 @@ def test_attributions_benchmark_splits_the_batch_over_host_devices(tmp_path):
     assert set(result["parity"]) == {"ig", "smoothgrad", "gradcam", "occlusion"}
     assert max(result["parity"].values()) < 1e-4
     assert all(v > 0 for v in result["speedup_vs_captum"].values())
+    # Roofline figures: FLOP counts and the rate 2x Captum would need, next to the matmul peak.
+    sg = result["per_model"]["smallgap"]
+    assert all(sg["flops"][m] > 0 and sg["gflops_needed_for_2x"][m] > 0 for m in sg["flops"])
+    assert sg["flops"]["ig"] > sg["flops"]["gradcam"]
+    assert result["matmul_peak_gflops"] > 0
 
 
 @pytest.mark.peer
@@ -273,7 +278,7 @@ def test_step_speed_benchmark_smoke(tmp_path):
     sizes: this checks the script, not the speed)."""
     pytest.importorskip("torch")
     result = _run_in_fresh_process(
-        "experiments.benchmarks.step_speed", "--quick", "--models", "smallgap", "--batch", "4",
+        "experiments.benchmarks.step_speed", "--quick", "--models", "smallgap", "--batch", "128",
         "--repeats", "1", "--host_devices", "2", "--precision", "highest", "--compare_no_fold",
         out=tmp_path / "ss.json")
     ops = ("forward", "pgd_step", "pgd10", "train_step")
@@ -281,7 +286,8 @@ def test_step_speed_benchmark_smoke(tmp_path):
     assert all(v > 0 for v in result["speedup_vs_torch"].values())
     assert set(result["speedup_vs_no_fold"]) == set(result["speedup_vs_torch"])
     assert all(result["flops"][f"smallgap/{op}"] > 0 for op in ops)
-    # The GAP fold skips most of SmallGAP's last layer: the program run counts fewer FLOPs.
+    # The GAP fold (64 examples per device: batch 128 on 2 devices) skips most of SmallGAP's
+    # last layer: the program run counts fewer FLOPs.
     assert all(0 < result["flops_executed"][f"smallgap/{op}"] < result["flops"][f"smallgap/{op}"]
                for op in ops)
     assert result["flops"]["smallgap/pgd10"] > 10 * result["flops"]["smallgap/forward"]

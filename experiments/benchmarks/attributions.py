@@ -42,6 +42,12 @@ the library, builds the model and the batch and runs one (jitted, for JAX) forwa
 jaxadv evaluates the path in chunks of ``--ig-chunk`` points (default 20: 2560 images per model
 call, ``lax.scan`` over 10 chunks); Captum uses its default (all 25600 images in one call).
 
+Roofline: ``per_model[m]["flops"]`` is XLA's FLOP count of each jaxadv method as the model
+defines it (the standard lowering, fast path off), ``jaxadv_gflops`` that count over jaxadv's
+time, and ``gflops_needed_for_2x`` the rate any implementation of the same computation would
+need to take half of Captum's time; ``matmul_peak_gflops`` (a float32 ``jnp.dot``, the larger of
+a run before and after the models) is what this machine can do at best.
+
 JSON: ``parity`` {method: max over models of the relative error}, ``speedup_vs_captum``
 {method: min over models of Captum seconds / jaxadv seconds}, ``ig200_peak_mb``
 {"jaxadv", "captum"}, and ``per_model`` with every figure (images/s, seconds, errors).
@@ -189,8 +195,10 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True)
     from captum import attr as C
 
     import jaxadv.attributions as A
+    from experiments.benchmarks import step_speed
     from jaxadv import sharding
     from jaxadv.interop.torch_port import nchw_to_nhwc, nhwc_to_nchw
+    from jaxadv.models import fastpath
 
     fns, tmodel, x, t, info = build(name, batch)
     # The batch split over every device (one unless --host_devices): a data mesh.
@@ -238,6 +246,13 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True)
     theirs = {"ig": captum_ig, "smoothgrad": captum_sg, "gradcam": captum_gradcam,
               "occlusion": captum_occ}
 
+    # XLA's FLOP count of each method as the model defines it (the standard lowering), for the
+    # roofline: how many GFLOP/s a given speed-up over Captum needs (set against the matmul peak).
+    flops = {}
+    with fastpath.enabled(False):
+        for m in METHODS:
+            flops[m] = step_speed.xla_flops(ours[m].lower(xj, tj))
+
     # First calls (jit compile + run), then parity; SmoothGrad parity uses the same samples
     # injected into Captum's NoiseTunnel.
     first_call_s, parity = {}, {}
@@ -273,6 +288,11 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True)
     out["jaxadv_images_per_s"] = {m: batch / s for m, s in out["jaxadv_s"].items()}
     out["captum_images_per_s"] = {m: batch / s for m, s in out["captum_s"].items()}
     out["speedup_vs_captum"] = {m: out["captum_s"][m] / out["jaxadv_s"][m] for m in METHODS}
+    out["flops"] = flops
+    out["jaxadv_gflops"] = {m: flops[m] / out["jaxadv_s"][m] / 1e9 if flops[m] else None
+                            for m in METHODS}
+    out["gflops_needed_for_2x"] = {m: 2 * flops[m] / out["captum_s"][m] / 1e9 if flops[m]
+                                   else None for m in METHODS}
     return out
 
 
@@ -393,6 +413,9 @@ def main(argv=None) -> dict:
 
     import torch
 
+    from experiments.benchmarks.step_speed import matmul_peak_gflops
+
+    peak_before = matmul_peak_gflops(1024 if args.quick else 4096)
     per_model = {}
     for name in args.models.split(","):
         per_model[name] = bench_model(name, batches[name], repeats)
@@ -402,6 +425,10 @@ def main(argv=None) -> dict:
         "speedup_vs_captum": {m: min(r["speedup_vs_captum"][m] for r in per_model.values())
                               for m in METHODS},
         "per_model": per_model,
+        # float32 jnp.dot peak before and after the model runs: a method whose
+        # gflops_needed_for_2x exceeds it cannot reach 2x Captum on this machine.
+        "matmul_peak_gflops": max(peak_before,
+                                  matmul_peak_gflops(1024 if args.quick else 4096)),
         "settings": {"ig_steps": IG_STEPS, "ig_rule": "gausslegendre",
                      "smoothgrad_samples": SG_SAMPLES, "smoothgrad_stdev": SG_STDEV,
                      "occlusion_window": OCC_WINDOW, "occlusion_stride": OCC_STRIDE,

@@ -32,7 +32,7 @@ def cam_map_fn(apply_fn, variables) -> MapFn:
     """``map_fn(x, y) -> (B, h, w)``: the CAM of class y of a GAP-head model (no upsampling)."""
 
     def map_fn(x, y):
-        cam = apply_fn(variables, apply_fn(variables, x, method="features"), method="cam")
+        _, cam = apply_fn(variables, x, method="logits_and_cam")
         return jnp.take_along_axis(cam, y[:, None, None, None], axis=-1)[..., 0]
 
     return map_fn

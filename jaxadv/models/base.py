@@ -10,6 +10,7 @@ lives inside ``features``):
 """
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from jaxadv.models.head import GAPHead
 from jaxadv.types import Array
@@ -31,6 +32,24 @@ class GAPClassifier(nn.Module):
     def cam(self, a: Array) -> Array:
         """Feature map (B, h, w, k) -> CAM (B, h, w, K); ``mean_{h,w}(cam) == head(a)``."""
         return self.head_layer(a, per_location=True)
+
+    def logits_and_cam(self, x: Array, train: bool = False) -> tuple[Array, Array]:
+        """Input (B, H, W, C) -> (logits (B, K), CAM (B, h, w, K)) in one pass; where the model
+        composes its last convolution with the head (:meth:`folded_cam`), logits are the CAM's
+        mean over positions (equal to ``head(features(x))`` for a GAP head, up to rounding)."""
+        cam = self.folded_cam(x, train=train)
+        if cam is not None:
+            return jnp.mean(cam, axis=(1, 2)), cam
+        feats = self.features(x, train=train)
+        return self.head(feats), self.cam(feats)
+
+    def folded_cam(self, x: Array, train: bool = False) -> Array | None:
+        """The CAM (B, h, w, K) computed without the (B, h, w, k) feature map, or None (the
+        default). A model whose feature map is a convolution followed only by the GAP head
+        composes that convolution's kernel with the head's weights (``layers.conv_then_dense``):
+        K output channels instead of k."""
+        del x, train
+        return None
 
     def pooled_features(self, x: Array, train: bool = False) -> Array | None:
         """``mean_{h,w} features(x)`` (B, k) computed without the feature map, or None (the

@@ -22,8 +22,11 @@ with the same outputs and gradients (tests: ``tests/models/test_fastpath.py``):
 * the GAP fold: where a model's feature map is a convolution followed only by the GAP head
   (SmallGAP's last layer), its logits need only the mean of that convolution over positions,
   which is the kernel applied to window sums of its input (:func:`conv_mean`, 1/49 of the 7x7
-  layer's multiply-adds); the map itself is still built for features, CAM and Grad-CAM. Models opt
-  in through ``GAPClassifier.pooled_features``.
+  layer's multiply-adds), for batches of at least 64 examples per device (:func:`_fold_pay`).
+  Their CAM (``GAPClassifier.logits_and_cam``, used by the Int/Int2 objectives and the AAI
+  attack) is one convolution whose kernel is composed with the head's weights (10 output channels
+  instead of 100). ``features`` and Grad-CAM still build the map. Models opt in through
+  ``GAPClassifier.pooled_features`` and ``folded_cam``.
 * max-pool, when windows tile the input (window == stride, sizes divide), as a reshape and a
   select of the first maximum of each window, which routes the gradient exactly as
   ``reduce_window``'s ``select_and_scatter_add`` does (to the first maximum on ties); otherwise
@@ -571,23 +574,41 @@ def max_pool(x: Array, *, window: int, stride: int, padding: str = "VALID") -> A
         x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), padding)
 
 
-def _window_sum_matrix(size: int, kernel: int, stride: int, dilation: int, pad_lo: int,
-                       out: int) -> Array:
-    """(size, kernel) 0/1 matrix M with M[p, r] = 1 iff input position p meets kernel tap r at some
-    output position i (p == i * stride + r * dilation - pad_lo, 0 <= i < out). Padding positions
-    hold zeros, so they simply have no row."""
-    i = jnp.arange(out)[:, None]
-    r = jnp.arange(kernel)[None, :]
-    p = i * stride + r * dilation - pad_lo                      # (out, kernel)
-    hits = p[:, None, :] == jnp.arange(size)[None, :, None]     # (out, size, kernel)
-    return jnp.sum(hits, axis=0).astype(jnp.float32)
+def _window_sums(x: Array, axis: int, kernel: int, stride: int, dilation: int, pad_lo: int,
+                 out: int) -> Array:
+    """Along ``axis`` of x, for each kernel tap r (a new axis in its place, length ``kernel``),
+    the sum of the input positions p = i * stride + r * dilation - pad_lo, 0 <= i < out, that
+    fall inside the input (padding positions are zeros). Each is a strided slice and a reduce:
+    adds only, in an order that does not depend on the batch size (a 0/1 matmul did: XLA:CPU
+    picks its dot kernel by size, and the rounding with it)."""
+    size = x.shape[axis]
+    taps = []
+    for r in range(kernel):
+        first = r * dilation - pad_lo
+        i_lo = max(0, -(first // stride))                  # first i with p >= 0
+        i_hi = min(out - 1, (size - 1 - first) // stride)  # last i with p < size
+        if i_hi < i_lo:
+            taps.append(jnp.zeros(x.shape[:axis] + x.shape[axis + 1:], x.dtype))
+            continue
+        start, stop = first + i_lo * stride, first + i_hi * stride + 1
+        taps.append(jnp.sum(lax.slice_in_dim(x, start, stop, stride, axis), axis=axis))
+    return jnp.stack(taps, axis=axis)
 
 
-def _fold_pay() -> bool:
-    """Whether models take :func:`conv_mean` (the GAP fold) where it applies: always, since it
-    needs 1/(Ho*Wo) of the layer's multiply-adds (``layers.conv_mean_available`` asks; the
-    benchmarks switch it off to measure it)."""
-    return True
+_FOLD_MIN_ROWS_PER_DEVICE = 64
+
+
+def _fold_pay(batch: int) -> bool:
+    """Whether a model takes :func:`conv_mean` (the GAP fold) for a batch of ``batch`` examples
+    (``layers.conv_mean_available`` asks; the benchmarks switch it off to measure it). It needs
+    1/(Ho*Wo) of the layer's multiply-adds, but its matmul has one row per example, and XLA:CPU
+    computes a product of <= 32 rows with another kernel whose rounding differs (measured: the
+    rows of a (B, 1568) @ (1568, 100) product equal those of the 6,400-row product for B >= 63,
+    not for B <= 32). So that an example's logits do not depend on how a batch is split over
+    devices (the mesh step equals the single-device step), the fold is used only where every
+    device would get at least 64 rows: ``batch >= 64 * jax.device_count()``, or one device."""
+    devices = jax.device_count()
+    return devices == 1 or batch >= _FOLD_MIN_ROWS_PER_DEVICE * devices
 
 
 def conv_mean(x: Array, kernel: Array, bias: Array | None, *, strides=(1, 1), padding="SAME",
@@ -597,8 +618,8 @@ def conv_mean(x: Array, kernel: Array, bias: Array | None, *, strides=(1, 1), pa
     A convolution is linear, so the mean of its output over positions is the kernel applied to
     the sums of the input over the positions each tap sees:
     ``mean_{i,j} out[i, j, o] = sum_{r,s,c} K[r, s, c, o] S[r, s, c] / (Ho Wo) + b[o]`` with
-    ``S[r, s, c] = sum_{i,j} x_pad[i*sh + r*dh, j*sw + s*dw, c]``; S is two small 0/1 matmuls
-    (``_window_sum_matrix``) and the rest one (B, kh*kw*C) @ (kh*kw*C, O) matmul. For SmallGAP's
+    ``S[r, s, c] = sum_{i,j} x_pad[i*sh + r*dh, j*sw + s*dw, c]``; S is sums of strided slices
+    (``_window_sums``) and the rest one (B, kh*kw*C) @ (kh*kw*C, O) matmul. For SmallGAP's
     last layer (7x7 kernel on its 7x7 map, 32 -> 100 channels, followed directly by the GAP head)
     that is 1/49 of the convolution's multiply-adds; forward, input and kernel gradients and
     every higher order follow from plain JAX. Used by models whose feature map is a convolution
@@ -626,11 +647,10 @@ def conv_mean(x: Array, kernel: Array, bias: Array | None, *, strides=(1, 1), pa
     if min(out_hw) < 1:
         raise ValueError(f"conv_mean: the kernel {kernel.shape[:2]} (dilation {dilation}) does "
                          f"not fit the padded input {x.shape[1:3]} with padding {pads}.")
-    mh, mw = (_window_sum_matrix(n, k, s, d, lo, o).astype(x.dtype)
-              for n, k, s, d, (lo, _), o in zip(x.shape[1:3], kernel.shape[:2], strides, dilation,
-                                                pads, out_hw, strict=True))
-    sums = jnp.einsum("bhwc,hr->brwc", x, mh, precision=precision)
-    sums = jnp.einsum("brwc,ws->brsc", sums, mw, precision=precision)
+    sums = x
+    for axis in (1, 2):
+        sums = _window_sums(sums, axis, kernel.shape[axis - 1], strides[axis - 1],
+                            dilation[axis - 1], pads[axis - 1][0], out_hw[axis - 1])
     b = x.shape[0]
     out = jnp.dot(sums.reshape(b, -1), kernel.reshape(-1, kernel.shape[3]).astype(x.dtype),
                   precision=precision) / (out_hw[0] * out_hw[1])

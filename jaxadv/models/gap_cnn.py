@@ -49,9 +49,15 @@ class SmallGAP(GAPClassifier):
     def features(self, x: Array, train: bool = False) -> Array:
         return self.conv3(self._conv3_input(x))
 
+    def folded_cam(self, x: Array, train: bool = False) -> Array | None:
+        # conv3 feeds the GAP head directly: CAM = conv(h, W3 @ W_head) + b3 @ W_head.
+        if not layers.conv_mean_available(self.conv3):
+            return None
+        return layers.conv_then_dense(self.conv3, self._conv3_input(x), self.head_layer)
+
     def pooled_features(self, x: Array, train: bool = False) -> Array | None:
         # conv3 feeds the GAP head directly (no activation): its mean over positions needs no map.
-        if not layers.conv_mean_available(self.conv3):
+        if not layers.conv_mean_available(self.conv3, x.shape[0]):
             return None
         return layers.conv_mean(self.conv3, self._conv3_input(x))
 

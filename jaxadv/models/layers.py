@@ -75,14 +75,15 @@ def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-def conv_mean_available(module: nn.Conv) -> bool:
-    """Whether :func:`conv_mean` applies to the bound :func:`conv` module now: the CPU fast path is
-    on, the module is not being initialised (its parameters must exist), and its settings are
-    plain (no dtype override, groups, input dilation or mask)."""
+def conv_mean_available(module: nn.Conv, batch: int | None = None) -> bool:
+    """Whether :func:`conv_mean` (``batch`` given) or :func:`conv_then_dense` (``batch`` None)
+    applies to the bound :func:`conv` module now: the CPU fast path is on (for the mean, with
+    ``fastpath._fold_pay(batch)``), the module is not being initialised (its parameters must
+    exist), and its settings are plain (no dtype override, groups, input dilation or mask)."""
     from jaxadv.models import fastpath
 
-    return (fastpath.is_enabled() and fastpath._fold_pay() and not module.is_initializing()
-            and module.dtype is None
+    return (fastpath.is_enabled() and (batch is None or fastpath._fold_pay(batch))
+            and not module.is_initializing() and module.dtype is None
             and module.feature_group_count == 1 and _pair(module.input_dilation or 1) == (1, 1)
             and module.mask is None
             and (not isinstance(module.padding, str) or module.padding in ("SAME", "VALID")))
@@ -103,6 +104,32 @@ def conv_mean(module: nn.Conv, x: Array) -> Array:
         x.astype(dtype), kernel.astype(dtype), None if bias is None else bias.astype(dtype),
         strides=_pair(module.strides or 1), padding=padding,
         dilation=_pair(module.kernel_dilation or 1), precision=module.precision)
+
+
+def conv_then_dense(module: nn.Conv, x: Array, dense: nn.Module) -> Array:
+    """``dense(module(x))`` per position, (B, Ho, Wo, K), as ONE convolution with the composed
+    kernel ``W_conv @ W_dense`` (kh, kw, C, K) and bias ``b_conv @ W_dense + b_dense``: K output
+    channels instead of the module's O (for SmallGAP's CAM, 10 instead of 100). ``dense`` is a
+    bound module with ``kernel`` (O, K) and optional ``bias`` (K,) parameters (the GAP head).
+    Check :func:`conv_mean_available` first; the convolution uses jaxadv's lowering."""
+    from jaxadv.models import fastpath
+
+    conv_p, dense_p = module.variables["params"], dense.variables["params"]
+    kernel, bias = conv_p["kernel"], conv_p.get("bias")
+    matrix, dense_bias = dense_p["kernel"], dense_p.get("bias")
+    dtype = jnp.result_type(x, kernel, matrix)
+    kernel = jnp.einsum("hwio,ok->hwik", kernel.astype(dtype), matrix.astype(dtype),
+                        precision=module.precision)
+    padding = module.padding
+    if not isinstance(padding, str):
+        padding = [_pair(p) for p in padding]
+    out = fastpath.conv_general_dilated(
+        x.astype(dtype), kernel, _pair(module.strides or 1), padding,
+        rhs_dilation=_pair(module.kernel_dilation or 1),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=module.precision)
+    if bias is not None:
+        out = out + jnp.dot(bias.astype(dtype), matrix.astype(dtype), precision=module.precision)
+    return out if dense_bias is None else out + dense_bias.astype(dtype)
 
 
 def max_pool(x: Array, window: int, stride: int | None = None, padding: str = "VALID") -> Array:

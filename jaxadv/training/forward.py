@@ -60,11 +60,8 @@ def logits_and_cam(apply_fn, params, batch_stats, x: Array, *, train: bool = Fal
     differentiable w.r.t. params and x. In training mode with batch norm, the statistics update."""
     variables = _variables(params, batch_stats)
     if batch_stats and train:
-        feats, updates = apply_fn(variables, x, train=True, method="features",
-                                  mutable=["batch_stats"])
-        new_stats = updates["batch_stats"]
-    else:
-        feats, new_stats = apply_fn(variables, x, train=train, method="features"), batch_stats
-    logits = apply_fn(variables, feats, method="head")
-    cam = apply_fn(variables, feats, method="cam")
-    return logits, cam, new_stats
+        (logits, cam), updates = apply_fn(variables, x, train=True, method="logits_and_cam",
+                                          mutable=["batch_stats"])
+        return logits, cam, updates["batch_stats"]
+    logits, cam = apply_fn(variables, x, train=train, method="logits_and_cam")
+    return logits, cam, batch_stats

@@ -18,6 +18,39 @@ def fast_compile():
         yield
 
 
+@pytest.fixture
+def fold_always(monkeypatch):
+    """The fold whatever the batch (the suite runs on 8 host devices, where its rule needs 512
+    examples; ``test_fold_rule`` checks the rule)."""
+    monkeypatch.setattr(fastpath, "_fold_pay", lambda batch: True)
+
+
+@pytest.mark.parametrize("batch,devices,expected", [
+    (5, 1, True), (128, 2, True), (127, 2, False), (128, 8, False), (512, 8, True)])
+def test_fold_rule(monkeypatch, batch, devices, expected):
+    """At least 64 examples per device where the batch may be split (XLA:CPU rounds matmuls of
+    <= 32 rows differently, so smaller per-device batches would make the mesh step differ from
+    the single-device one); any batch on one device."""
+    monkeypatch.setattr(jax, "device_count", lambda: devices)
+    assert fastpath._fold_pay(batch) is expected
+
+
+def test_fold_is_batch_invariant_where_used():
+    """SmallGAP's logits and input gradients of an example do not depend on the batch it is in,
+    for batches of 64 and more (the rule's threshold; float32, exact equality)."""
+    model, variables = _smallgap(widths=(16, 32, 100))
+    x = jax.random.uniform(jax.random.key(1), (256, 28, 28, 1))
+
+    def grads(x):
+        return jax.grad(lambda z: jnp.sum(jax.nn.log_softmax(model.apply(variables, z))[:, 0]))(x)
+
+    with fastpath.enabled(True):
+        logits, g = jax.jit(model.apply)(variables, x), jax.jit(grads)(x)
+        for n in (64, 100):
+            np.testing.assert_array_equal(jax.jit(model.apply)(variables, x[:n]), logits[:n])
+            np.testing.assert_array_equal(jax.jit(grads)(x[:n]), g[:n])
+
+
 def _mean_of_conv(x, w, b, strides, padding, dilation):
     out = lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation,
                                    dimension_numbers=NHWC)
@@ -94,7 +127,7 @@ def _shapes_in_jaxpr(fn, *args) -> set[tuple[int, ...]]:
     return shapes
 
 
-def test_smallgap_logits_take_the_fold_and_match():
+def test_smallgap_logits_take_the_fold_and_match(fold_always):
     """With the fast path on, SmallGAP's logits never build the 7x7xO map of its last layer (its
     output feeds the GAP head directly) and equal the standard lowering's, as do the input and
     parameter gradients; features and CAM still give the map, and mean(CAM) == logits."""
@@ -108,7 +141,7 @@ def test_smallgap_logits_take_the_fold_and_match():
     results = {}
     for on in (True, False):
         with fastpath.enabled(on):
-            assert layers.conv_mean_available(model.bind(variables).conv3) is on
+            assert layers.conv_mean_available(model.bind(variables).conv3, 5) is on
             results[on] = (jax.jit(model.apply)(variables, x),
                            jax.jit(jax.grad(loss, (0, 1)))(variables, x))
             shapes = _shapes_in_jaxpr(lambda x: model.apply(variables, x), x)
@@ -122,7 +155,7 @@ def test_smallgap_logits_take_the_fold_and_match():
     _close(jnp.mean(cam, axis=(1, 2)), results[True][0], 1e-5)
 
 
-def test_smallgap_initialises_the_same_with_the_fold():
+def test_smallgap_initialises_the_same_with_the_fold(fold_always):
     """Initialisation goes through the convolution (conv_mean needs existing parameters), so
     the parameter tree and values do not depend on the fast path."""
     model = get_model("smallgap", widths=(4, 6, 8))
@@ -132,3 +165,57 @@ def test_smallgap_initialises_the_same_with_the_fold():
             trees[on] = init_variables(model, jax.random.key(0), (1, 28, 28, 1))
     assert jax.tree.structure(trees[True]) == jax.tree.structure(trees[False])
     jax.tree.map(np.testing.assert_array_equal, trees[True], trees[False])
+
+
+def test_smallgap_cam_takes_the_composed_kernel_and_matches(fold_always):
+    """``logits_and_cam`` with the fast path on composes the last convolution with the head (a
+    7x7 convolution to K = 10 channels, no 7x7xO map) and equals the feature-map route (fast path
+    off), values and gradients wrt parameters and input (double backprop included, as Int/Int2
+    training needs); mean(CAM) == logits."""
+    model, variables = _smallgap()
+    x = jax.random.uniform(jax.random.key(1), (5, 28, 28, 1))
+    probe = jax.random.normal(jax.random.key(2), (5, 7, 7, 10))
+
+    def loss(v, x):
+        logits, cam = model.apply(v, x, method="logits_and_cam")
+        return jnp.sum(cam * probe) + jnp.sum(jnp.tanh(logits))
+
+    def input_grad_norm(v):
+        return jnp.sum(jax.grad(loss, 1)(v, x) ** 2)
+
+    results = {}
+    for on in (True, False):
+        with fastpath.enabled(on):
+            results[on] = (jax.jit(lambda v, x: model.apply(v, x, method="logits_and_cam"))(
+                variables, x), jax.jit(jax.grad(loss, (0, 1)))(variables, x),
+                jax.jit(jax.grad(input_grad_norm))(variables))
+            shapes = _shapes_in_jaxpr(lambda x: model.apply(variables, x,
+                                                            method="logits_and_cam"), x)
+            assert ((5, 7, 7, 8) in shapes) is not on
+    (logits, cam), _, _ = results[True]
+    assert cam.shape == (5, 7, 7, 10)
+    _close(jnp.mean(cam, axis=(1, 2)), logits, 1e-5)
+    jax.tree.map(lambda a, b: _close(a, b, 1e-4), results[True], results[False])
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_conv_then_dense_matches_dense_of_conv(use_bias):
+    """The composed kernel and bias equal applying the convolution then the dense map per
+    position, for a strided, asymmetrically padded layer with and without a convolution bias."""
+    import flax.linen as nn
+
+    class Net(nn.Module):
+        def setup(self):
+            self.conv = layers.conv(6, 3, strides=2, padding=((1, 0), (0, 2)), use_bias=use_bias)
+            self.dense = nn.Dense(4)
+
+        def __call__(self, x):
+            return self.dense(self.conv(x))
+
+        def folded(self, x):
+            return layers.conv_then_dense(self.conv, x, self.dense)
+
+    net = Net()
+    x = jax.random.normal(jax.random.key(0), (2, 9, 8, 3))
+    v = net.init(jax.random.key(1), x)
+    _close(net.apply(v, x, method="folded"), net.apply(v, x))
