@@ -75,6 +75,12 @@ def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
+def _padding(module: nn.Conv):
+    """The module's padding as ``lax`` takes it: 'SAME' / 'VALID' or (low, high) pairs."""
+    padding = module.padding
+    return padding if isinstance(padding, str) else [_pair(p) for p in padding]
+
+
 def conv_mean_available(module: nn.Conv, batch: int | None = None) -> bool:
     """Whether :func:`conv_mean` (``batch`` given) or :func:`conv_then_dense` (``batch`` None)
     applies to the bound :func:`conv` module now: the CPU fast path is on (for the mean, with
@@ -97,12 +103,9 @@ def conv_mean(module: nn.Conv, x: Array) -> Array:
     params = module.variables["params"]
     kernel, bias = params["kernel"], params.get("bias")
     dtype = jnp.result_type(x, kernel, *([] if bias is None else [bias]))
-    padding = module.padding
-    if not isinstance(padding, str):
-        padding = [_pair(p) for p in padding]
     return fastpath.conv_mean(
         x.astype(dtype), kernel.astype(dtype), None if bias is None else bias.astype(dtype),
-        strides=_pair(module.strides or 1), padding=padding,
+        strides=_pair(module.strides or 1), padding=_padding(module),
         dilation=_pair(module.kernel_dilation or 1), precision=module.precision)
 
 
@@ -120,11 +123,8 @@ def conv_then_dense(module: nn.Conv, x: Array, dense: nn.Module) -> Array:
     dtype = jnp.result_type(x, kernel, matrix)
     kernel = jnp.einsum("hwio,ok->hwik", kernel.astype(dtype), matrix.astype(dtype),
                         precision=module.precision)
-    padding = module.padding
-    if not isinstance(padding, str):
-        padding = [_pair(p) for p in padding]
     out = fastpath.conv_general_dilated(
-        x.astype(dtype), kernel, _pair(module.strides or 1), padding,
+        x.astype(dtype), kernel, _pair(module.strides or 1), _padding(module),
         rhs_dilation=_pair(module.kernel_dilation or 1),
         dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=module.precision)
     if bias is not None:
