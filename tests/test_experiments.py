@@ -334,6 +334,23 @@ def test_kernel_grad_benchmark_smoke(tmp_path):
 
 @pytest.mark.skipif(not (SHARED / "boopathy-mnist").exists(),
                     reason="needs ../shared/data (official checkpoints, MNIST test set)")
+def test_multi_eps_benchmark_times_every_sweep_mode(tmp_path):
+    """multi_eps: the 8 radii in one call, vmapped, one at a time and nested, against one radius
+    and Foolbox's loop; the nested sweep's robust accuracy never rises with eps (16 points; this
+    checks the script, not the numbers of the committed run)."""
+    pytest.importorskip("foolbox")
+    from experiments.benchmarks import attacks
+
+    r = attacks.main(["--quick", "--n", "16", "--sections", "multi_eps", "--multi_eps_repeats",
+                      "1", "--skip_peers", "--out", str(tmp_path / "m.json")])["multi_eps"]
+    assert {"jaxadv_s_all_vmap", "jaxadv_s_all_eps_batch_size_1", "jaxadv_s_all_nested"} <= set(r)
+    acc = r["jaxadv_robust_acc_nested"]
+    assert len(acc) == len(r["jaxadv_robust_acc"]) == 8
+    assert all(a >= b for a, b in zip(acc[:-1], acc[1:], strict=True))  # radii in increasing order
+
+
+@pytest.mark.skipif(not (SHARED / "boopathy-mnist").exists(),
+                    reason="needs ../shared/data (official checkpoints, MNIST test set)")
 def test_paired_pgd_benchmark_gives_both_libraries_the_same_starts(tmp_path):
     """pgd_paired: jaxadv and ART attack from the same drawn starts (ART's sampler patched for the
     call and restored), so on the same weights they agree point for point (16 points, 2 seeds,

@@ -395,11 +395,11 @@ def bench_multi_eps(setup, repeats: int) -> dict:
     def one(x, y, key, eps):
         return gradient.pgd(f, x, y, key, eps=eps, **kw).x_adv
 
-    def all_eps_fn(eps_batch_size):
+    def all_eps_fn(eps_batch_size, nested=False):
         @jax.jit
         def all_eps(x, y, key, eps):
             return sweep.attack_over_eps(gradient.pgd, f, x, y, key, epsilons=eps,
-                                         eps_batch_size=eps_batch_size, **kw)
+                                         eps_batch_size=eps_batch_size, nested=nested, **kw)
         return all_eps
 
     eps_all = jnp.asarray(MULTI_EPS, jnp.float32)
@@ -407,17 +407,22 @@ def bench_multi_eps(setup, repeats: int) -> dict:
     # off CPU) and lax.map over the radii (eps_batch_size=1, the default on CPU), which avoids the
     # growth of the per-example convolution cost with the batch size on CPU. Both are reported;
     # s_all is the faster one.
-    all_vmap, all_map = all_eps_fn(None), all_eps_fn(1)
+    # A third, `nested=True`: the radii in increasing order, attacking only the examples that no
+    # smaller radius has broken (the others keep their example, adversarial in every larger ball).
+    all_vmap, all_map, all_nested = all_eps_fn(None), all_eps_fn(1), all_eps_fn(1, nested=True)
     jt = time_interleaved({
         "one": lambda: jax.block_until_ready(one(x, y, key, jnp.float32(0.3))),
         "vmap": lambda: jax.block_until_ready(all_vmap(x, y, key, eps_all)),
         "eps_batch_size_1": lambda: jax.block_until_ready(all_map(x, y, key, eps_all)),
+        "nested": lambda: jax.block_until_ready(all_nested(x, y, key, eps_all)),
     }, repeats=repeats)
     s_one = jt.pop("one")
     s_modes = jt
     best_mode = min(s_modes, key=s_modes.get)
     swept = all_vmap(x, y, key, eps_all)
     jax_acc = [setup["robust_acc"](c) for c in np.asarray(swept.clipped)]
+    nested_acc = [setup["robust_acc"](c)
+                  for c in np.asarray(all_nested(x, y, key, eps_all).clipped)]
 
     fmodel = fb.JAXModel(f, bounds=(0.0, 1.0))
     atk = fb.attacks.LinfPGD(abs_stepsize=LINF["step_size"], steps=LINF["num_steps"])
@@ -438,7 +443,8 @@ def bench_multi_eps(setup, repeats: int) -> dict:
             "jaxadv_all_mode": best_mode,
             **{f"jaxadv_s_all_{mode}": v for mode, v in s_modes.items()},
             "jaxadv_all_over_one": s_all / s_one, "foolbox_all_over_one": f_all / f_one,
-            "jaxadv_robust_acc": jax_acc, "foolbox_robust_acc": [float(a) for a in fb_acc],
+            "jaxadv_robust_acc": jax_acc, "jaxadv_robust_acc_nested": nested_acc,
+            "foolbox_robust_acc": [float(a) for a in fb_acc],
             "n": setup["n"]}
 
 

@@ -238,3 +238,52 @@ def test_attack_over_eps_auto_runs_one_radius_at_a_time_on_cpu(key, monkeypatch)
     assert radius_map() and radius_map(eps_batch_size=1) and not radius_map(eps_batch_size=None)
     monkeypatch.setattr(S.jax, "default_backend", lambda: "gpu")
     assert not radius_map()
+
+
+@pytest.mark.parametrize("chunk", [2, 8])
+def test_nested_eps_sweep_carries_broken_examples_and_stays_feasible(key, chunk):
+    """``nested=True``: success is monotone in eps (given unsorted), an example broken at a
+    smaller radius keeps that radius' example, every example lies in its ball and the bounds,
+    and at the smallest radius the standing examples get the attack run on their chunk."""
+    f = mlp_model()
+    x, y = data()
+    eps = [0.3, 0.0, 0.1, 0.02, 0.05]
+    sw = jax.jit(lambda x, y, k: S.attack_over_eps(G.pgd, f, x, y, k, epsilons=eps, nested=True,
+                                                   nested_chunk=chunk, **PGD_KW))(x, y, key)
+    assert sw.raw.shape == sw.clipped.shape == (len(eps),) + x.shape
+    order = np.argsort(eps)
+    success = np.asarray(sw.success)[order]
+    assert np.all(success[1:] >= success[:-1])
+    np.testing.assert_array_equal(success[0], np.asarray(jnp.argmax(f(x), -1) != y))  # eps 0
+    for k, e in enumerate(eps):
+        delta = np.abs(np.asarray(sw.clipped[k] - x)).reshape(B, -1).max(-1)
+        assert np.all(delta <= e + 1e-6)
+        assert float(sw.clipped[k].min()) >= 0.0 and float(sw.clipped[k].max()) <= 1.0
+    for j in range(1, len(order)):  # carried over: broken before -> same example
+        before = success[j - 1]
+        np.testing.assert_array_equal(np.asarray(sw.raw[order[j]])[before],
+                                      np.asarray(sw.clipped[order[j - 1]])[before])
+    # One radius, one chunk: the standing examples, gathered to the front, get the attack itself
+    # (with the chunk's key).
+    one = S.attack_over_eps(G.pgd, f, x, y, key, epsilons=[0.05], nested=True,
+                            nested_chunk=B, **PGD_KW)
+    broken = np.asarray(jnp.argmax(f(x), -1) != y)
+    perm = np.argsort(broken, kind="stable")
+    ref = G.pgd(f, x[perm], y[perm], jax.random.fold_in(key, 0), eps=0.05, **PGD_KW)
+    n = int((~broken).sum())
+    np.testing.assert_allclose(np.asarray(one.raw[0])[perm][:n], np.asarray(ref.x_adv)[:n],
+                               atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(one.raw[0])[broken], np.asarray(x)[broken])
+
+
+def test_nested_eps_sweep_gathers_per_example_targets(key):
+    """Targets (B,) travel with their examples through the gather of the nested sweep: on the
+    easy linear problem every example reaches its own target at the large radius."""
+    f = easy_linear_problem()
+    x, y = data()
+    targets = (y + 1) % K
+    sw = S.attack_over_eps(G.pgd, f, x, y, key, epsilons=[0.5, 0.01], nested=True,
+                           nested_chunk=2, targets=targets, step_size=0.1,
+                           num_steps=20)
+    assert bool(jnp.all(sw.success[0]))
+    np.testing.assert_array_equal(jnp.argmax(f(sw.clipped[0]), -1), targets)
