@@ -207,6 +207,15 @@ def xla_flops(lowered) -> float | None:
     return None
 
 
+def _op_flops(lowered: dict) -> dict:
+    """XLA's FLOP count of the lowered forward, pgd_step and train_step, and pgd10 as 10 PGD steps
+    plus the final forward pass (None where a count is unavailable)."""
+    flops = {op: xla_flops(low) for op, low in lowered.items()}
+    flops["pgd10"] = (10 * flops["pgd_step"] + flops["forward"]
+                      if flops["pgd_step"] and flops["forward"] else None)
+    return flops
+
+
 def jax_ops(name: str, x_np, y_np, *, fast: bool, mesh) -> tuple[dict, dict, dict]:
     """Compiled jaxadv ops for model ``name`` with the fast path on or off.
 
@@ -260,12 +269,9 @@ def jax_ops(name: str, x_np, y_np, *, fast: bool, mesh) -> tuple[dict, dict, dic
             "pgd10": (variables, x, y, key, eps, step), "train_step": (state, batch, key)}
     defs = {"forward": logits, "pgd_step": pgd_step, "pgd10": pgd10, "train_step": train_step}
 
-    flops = {}
     with fastpath.enabled(False):
-        for op in ("forward", "pgd_step", "train_step"):
-            flops[op] = xla_flops(jax.jit(defs[op]).lower(*args[op]))
-    flops["pgd10"] = (10 * flops["pgd_step"] + flops["forward"]
-                      if flops["pgd_step"] and flops["forward"] else None)
+        flops = _op_flops({op: jax.jit(defs[op]).lower(*args[op]) for op in OPS
+                           if op != "pgd10"})
 
     with fastpath.enabled(fast):
         lowered = {op: jax.jit(defs[op], donate_argnums=(0,) if op == "train_step" else ())
@@ -280,9 +286,7 @@ def jax_ops(name: str, x_np, y_np, *, fast: bool, mesh) -> tuple[dict, dict, dic
         carry["state"], metrics = compiled["train_step"](carry["state"], batch, key)
         jax.block_until_ready(metrics)
 
-    executed = {op: xla_flops(lowered[op]) for op in ("forward", "pgd_step", "train_step")}
-    executed["pgd10"] = (10 * executed["pgd_step"] + executed["forward"]
-                         if executed["pgd_step"] and executed["forward"] else None)
+    executed = _op_flops({op: low for op, low in lowered.items() if op != "pgd10"})
     flops = {op: (flops[op], executed[op]) for op in flops}
 
     fns = {op: (lambda op=op: jax.block_until_ready(compiled[op](*args[op])))
