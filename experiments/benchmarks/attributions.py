@@ -26,7 +26,12 @@ Methods, each library with the same hyper-parameters on the same batch (float32)
 Parity: max |jaxadv - Captum| / max |Captum| over the batch (SmoothGrad with the same noise
 samples injected into Captum's NoiseTunnel). ``error_vs_float64`` gives, for IG and SmoothGrad,
 each library's float32 error against a float64 Captum run on the ``.double()`` twin, which tells
-float32 rounding (in either library) from a real disagreement. Timing: one warm-up call (jaxadv:
+float32 rounding (in either library) from a real disagreement; ``parity_float64`` is the parity
+of every method with both libraries in float64 (jaxadv under ``jax.enable_x64``, the same
+weights cast; Captum keeps two float32 steps in its float64 runs, IG's quadrature weights
+(``torch.tensor(step_sizes).float()``) and occlusion's result (``.float() / weight``), which bound
+those two near 1e-8), and ``images_over_1e-4`` lists the images whose float32 error passes 1e-4, for
+jaxadv against Captum and for Captum's float32 against its float64. Timing: one warm-up call (jaxadv:
 the jit compile), then the median of ``--repeats`` calls; images/s = batch / median seconds.
 jaxadv functions are jitted once per method with the batch and the targets as arguments; Captum
 runs eagerly (its normal mode). Both use every CPU core (XLA's default thread pool,
@@ -88,7 +93,8 @@ def time_call(fn, *, repeats: int) -> float:
 
 
 def build(name: str, batch: int, seed: int = 0):
-    """(jax model fns, torch twin, x NHWC float32 numpy, targets int numpy, description)."""
+    """(jax model fns, torch twin, x NHWC float32 numpy, targets int numpy, description,
+    (flax model, variables))."""
     import jax
 
     from jaxadv.interop.torch_port import check_logits_agree, to_torch
@@ -124,7 +130,8 @@ def build(name: str, batch: int, seed: int = 0):
     logits = np.asarray(jax.jit(fns.logits)(x))
     diff = check_logits_agree(jax.jit(fns.logits), tmodel, x)
     targets = logits.argmax(-1).astype(np.int32)
-    return fns, tmodel, x, targets, {"weights": source, "data": data, "logits_max_abs_diff": diff}
+    info = {"weights": source, "data": data, "logits_max_abs_diff": diff}
+    return fns, tmodel, x, targets, info, (model, variables)
 
 
 def _feature_wrapper(torch, tmodel):
@@ -153,38 +160,103 @@ def _rel_err(a, b) -> float:
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
-def _float64_errors(tmodel, xt, tt, x, ours, xj, tj, noise, sg_same_noise, batch) -> dict:
-    """Errors of each library's float32 IG / SmoothGrad against a float64 reference (Captum on
-    the ``.double()`` twin, same noise), to tell float32 rounding from disagreement."""
+def _per_image_err(a, b) -> np.ndarray:
+    """Per image: max |a - b| over the image / max |b| over the batch (the parity metric's terms)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    d = np.abs(a - b).reshape(a.shape[0], -1).max(axis=1)
+    return d / max(np.max(np.abs(b)), 1e-30)
+
+
+def _captum_noise_rows(noise, batch, shape):
+    from jaxadv.interop.torch_port import nhwc_to_nchw
+
+    return nhwc_to_nchw(np.transpose(noise, (1, 0, 2, 3, 4)).reshape((batch * SG_SAMPLES,) + shape))
+
+
+def _float64_checks(bound, tmodel, xt, tt, x, t, ours32, noise, sg_same_noise, xj, tj,
+                    batch) -> dict:
+    """Float32 rounding told apart from disagreement, against float64 runs of both libraries.
+
+    * ``error_vs_float64``: each library's float32 IG / SmoothGrad against Captum in float64 (the
+      ``.double()`` twin, same noise);
+    * ``parity_float64``: jaxadv in float64 (``jax.enable_x64``, the same variables cast to
+      float64) against Captum in float64, every method: the implementations' agreement with
+      rounding out of the way;
+    * ``images_over_1e-4``: for IG / SmoothGrad, the images whose float32 jaxadv-vs-Captum error
+      exceeds 1e-4 and the images whose Captum float32-vs-float64 error does (same per-image terms
+      as ``parity``).
+    """
     import copy
 
+    import jax
     import jax.numpy as jnp
     from captum import attr as C
 
-    from jaxadv.interop.torch_port import nchw_to_nhwc, nhwc_to_nchw
+    import jaxadv.attributions as A
+    from jaxadv.interop.torch_port import nchw_to_nhwc
+    from jaxadv.models import model_fns
 
+    model, variables = bound
+    channels = x.shape[-1]
     t64 = copy.deepcopy(tmodel).double()
     x64 = xt.double()
-    ig64 = nchw_to_nhwc(C.IntegratedGradients(t64).attribute(x64, target=tt, n_steps=IG_STEPS,
-                                                             method="gausslegendre"))
-    ig32 = nchw_to_nhwc(C.IntegratedGradients(tmodel).attribute(xt, target=tt, n_steps=IG_STEPS,
-                                                                method="gausslegendre"))
-    rows = nhwc_to_nchw(np.transpose(noise, (1, 0, 2, 3, 4)).reshape(
-        (batch * SG_SAMPLES,) + x.shape[1:]))
+    rows = _captum_noise_rows(noise, batch, x.shape[1:])
+    sg_kw = dict(nt_type="smoothgrad", nt_samples=SG_SAMPLES, stdevs=SG_STDEV, target=tt,
+                 abs=False)
     original = C.NoiseTunnel.__dict__["_add_noise_to_input"]
     try:
         C.NoiseTunnel._add_noise_to_input = staticmethod(
             lambda inp, stdev, n: inp.repeat_interleave(n, dim=0) + rows.to(inp.dtype))
-        kw = dict(nt_type="smoothgrad", nt_samples=SG_SAMPLES, stdevs=SG_STDEV, target=tt,
-                  abs=False)
-        sg64 = nchw_to_nhwc(C.NoiseTunnel(C.Saliency(t64)).attribute(x64, **kw))
-        sg32 = nchw_to_nhwc(C.NoiseTunnel(C.Saliency(tmodel)).attribute(xt, **kw))
+        sg64 = nchw_to_nhwc(C.NoiseTunnel(C.Saliency(t64)).attribute(x64, **sg_kw))
+        sg32 = nchw_to_nhwc(C.NoiseTunnel(C.Saliency(tmodel)).attribute(xt, **sg_kw))
     finally:
         C.NoiseTunnel._add_noise_to_input = original
+    ig_kw = dict(target=tt, n_steps=IG_STEPS, method="gausslegendre")
+    ig64 = nchw_to_nhwc(C.IntegratedGradients(t64).attribute(x64, **ig_kw))
+    ig32 = nchw_to_nhwc(C.IntegratedGradients(tmodel).attribute(xt, **ig_kw))
+    num_patches = A.occlusion_masks(x.shape[1], x.shape[2], window=OCC_WINDOW,
+                                    strides=OCC_STRIDE).shape[0]
+    wrapped = _feature_wrapper(__import__("torch"), t64)
+    ref64 = {
+        "ig": ig64, "smoothgrad": sg64,
+        "gradcam": C.LayerGradCam(wrapped, wrapped.feat).attribute(
+            x64, target=tt, relu_attributions=True).detach().numpy()[:, 0],
+        "occlusion": nchw_to_nhwc(C.Occlusion(t64).attribute(
+            x64, sliding_window_shapes=(channels, OCC_WINDOW, OCC_WINDOW),
+            strides=(channels, OCC_STRIDE, OCC_STRIDE), baselines=0.0, target=tt,
+            perturbations_per_eval=num_patches)),
+    }
+    with jax.enable_x64(True):
+        fns = model_fns(model, jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64),
+                                                      variables))
+        xd, td = jnp.asarray(x, jnp.float64), jnp.asarray(t)
+        mine64 = {
+            "ig": A.integrated_gradients(fns.logits, xd, td, num_steps=IG_STEPS,
+                                         rule="gausslegendre"),
+            "smoothgrad": A.smooth_grad(fns.logits, xd, td, None,
+                                        noise=jnp.asarray(noise, jnp.float64)),
+            "gradcam": A.grad_cam(fns.features, fns.head, xd, td),
+            "occlusion": A.occlusion(fns.logits, xd, td, window=OCC_WINDOW, strides=OCC_STRIDE),
+        }
+        mine64 = {m: np.asarray(v, np.float64) for m, v in mine64.items()}
+    ig_mine = np.asarray(ours32["ig"](xj, tj))
+    sg_mine = np.asarray(sg_same_noise(xj, tj, jnp.asarray(noise)))
+
+    def over(err):
+        return [int(i) for i in np.flatnonzero(err > 1e-4)]
+
     return {
-        "ig": {"jaxadv": _rel_err(ours["ig"](xj, tj), ig64), "captum": _rel_err(ig32, ig64)},
-        "smoothgrad": {"jaxadv": _rel_err(sg_same_noise(xj, tj, jnp.asarray(noise)), sg64),
-                       "captum": _rel_err(sg32, sg64)},
+        "error_vs_float64": {
+            "ig": {"jaxadv": _rel_err(ig_mine, ig64), "captum": _rel_err(ig32, ig64)},
+            "smoothgrad": {"jaxadv": _rel_err(sg_mine, sg64), "captum": _rel_err(sg32, sg64)},
+        },
+        "parity_float64": {m: _rel_err(mine64[m], ref64[m]) for m in METHODS},
+        "images_over_1e-4": {
+            "ig": {"jaxadv_vs_captum_float32": over(_per_image_err(ig_mine, ig32)),
+                   "captum_float32_vs_float64": over(_per_image_err(ig32, ig64))},
+            "smoothgrad": {"jaxadv_vs_captum_float32": over(_per_image_err(sg_mine, sg32)),
+                           "captum_float32_vs_float64": over(_per_image_err(sg32, sg64))},
+        },
     }
 
 
@@ -200,7 +272,7 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True)
     from jaxadv.interop.torch_port import nchw_to_nhwc, nhwc_to_nchw
     from jaxadv.models import fastpath
 
-    fns, tmodel, x, t, info = build(name, batch)
+    fns, tmodel, x, t, info, bound = build(name, batch)
     # The batch split over every device (one unless --host_devices): a data mesh.
     xj, tj = sharding.shard_batch((x, t), sharding.data_mesh())
     xt, tt = nhwc_to_nchw(x), torch.as_tensor(t, dtype=torch.int64)
@@ -261,8 +333,7 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True)
         mine = jax.block_until_ready(ours[m](xj, tj))
         first_call_s[m] = time.perf_counter() - t0
         if m == "smoothgrad":
-            rows = nhwc_to_nchw(np.transpose(noise, (1, 0, 2, 3, 4)).reshape(
-                (batch * SG_SAMPLES,) + x.shape[1:]))
+            rows = _captum_noise_rows(noise, batch, x.shape[1:])
             original = C.NoiseTunnel.__dict__["_add_noise_to_input"]  # the staticmethod object
             C.NoiseTunnel._add_noise_to_input = staticmethod(
                 lambda inp, stdev, n: inp.repeat_interleave(n, dim=0) + rows)
@@ -279,8 +350,8 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True)
     out = {"batch": batch, "parity": parity, "jaxadv_first_call_s": first_call_s,
            "jaxadv_s": {}, "captum_s": {}, **info}
     if f64_reference:
-        out["error_vs_float64"] = _float64_errors(tmodel, xt, tt, x, ours, xj, tj, noise,
-                                                  sg_same_noise, batch)
+        out.update(_float64_checks(bound, tmodel, xt, tt, x, t, ours, noise, sg_same_noise,
+                                   xj, tj, batch))
     for m in METHODS:
         out["jaxadv_s"][m] = time_call(lambda m=m: jax.block_until_ready(ours[m](xj, tj)),
                                        repeats=repeats)
@@ -320,7 +391,7 @@ def _memory_child(kind: str, batch: int, steps: int, chunk: int) -> None:
 
         import jaxadv.attributions as A
 
-        fns, tmodel, x, t, _ = build("smallgap", batch)
+        fns, tmodel, x, t, *_ = build("smallgap", batch)
         del tmodel
         if kind == "jax":
             fn = jax.jit(lambda v: A.integrated_gradients(fns.logits, v, t, num_steps=steps,
@@ -334,7 +405,7 @@ def _memory_child(kind: str, batch: int, steps: int, chunk: int) -> None:
 
         from jaxadv.interop.torch_port import nhwc_to_nchw
 
-        fns, tmodel, x, t, _ = build("smallgap", batch)
+        fns, tmodel, x, t, *_ = build("smallgap", batch)
         xt, tt = nhwc_to_nchw(x), torch.as_tensor(t, dtype=torch.int64)
         if kind == "torch":
             IntegratedGradients(tmodel).attribute(xt, target=tt, n_steps=steps,
@@ -424,6 +495,9 @@ def main(argv=None) -> dict:
         "parity": {m: max(r["parity"][m] for r in per_model.values()) for m in METHODS},
         "speedup_vs_captum": {m: min(r["speedup_vs_captum"][m] for r in per_model.values())
                               for m in METHODS},
+        **({"parity_float64": {m: max(r["parity_float64"][m] for r in per_model.values())
+                               for m in METHODS}}
+           if all("parity_float64" in r for r in per_model.values()) else {}),
         "per_model": per_model,
         # float32 jnp.dot peak before and after the model runs: a method whose
         # gflops_needed_for_2x exceeds it cannot reach 2x Captum on this machine.

@@ -52,14 +52,16 @@ def _conv(cin, cout, k, stride=1, bias=True):
 class _Base(nn.Module):
     def __init__(self, mean=None, std=None):
         super().__init__()
-        self.register_buffer("mean", None if mean is None else torch.tensor(mean).view(1, -1, 1, 1))
-        self.register_buffer("std", None if std is None else torch.tensor(std).view(1, -1, 1, 1))
+        # Python floats, made a tensor of the input's dtype at each call (as jaxadv's Normalize
+        # does): a float32 buffer would carry its rounding into a ``.double()`` twin.
+        self.mean = None if mean is None else tuple(float(v) for v in mean)
+        self.std = None if std is None else tuple(float(v) for v in std)
 
     def normalize(self, x):
         if self.mean is not None:
-            x = x - self.mean
+            x = x - torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         if self.std is not None:
-            x = x / self.std
+            x = x / torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         return x
 
     def cam(self, a):
