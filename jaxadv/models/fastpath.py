@@ -536,11 +536,19 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 
 def _first_max_mask(blocks: Array, out: Array) -> Array:
     """(B, Ho, k, Wo, k, C) bool: the first maximum of each window in row-major window order."""
-    b, ho, k, wo, _, c = blocks.shape
+    k = blocks.shape[2]
     eq = blocks == out[:, :, None, :, None, :]
-    flat = eq.transpose(0, 1, 3, 5, 2, 4).reshape(b, ho, wo, c, k * k)
-    first = flat & (jnp.cumsum(flat.astype(jnp.int32), axis=-1) == 1)
-    return first.reshape(b, ho, wo, c, k, k).transpose(0, 1, 4, 2, 5, 3)
+    # An element-wise pass over the k*k positions, each kept unless an earlier one was a maximum
+    # (a cumulative sum over the window ran as a reduce-window, 7.5 of PoolGAP's ~90 ms PGD step).
+    seen, rows = None, []
+    for i in range(k):
+        row = []
+        for j in range(k):
+            e = eq[:, :, i, :, j, :]
+            row.append(e if seen is None else e & ~seen)
+            seen = e if seen is None else seen | e
+        rows.append(jnp.stack(row, axis=3))
+    return jnp.stack(rows, axis=2)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))

@@ -332,8 +332,8 @@ def test_switch(monkeypatch):
         fastpath.set_enabled("yes")
 
 
-@pytest.mark.parametrize("shape", [(3, 8, 6, 2), (2, 4, 4, 5)])
-def test_max_pool_matches_reduce_window_with_ties(shape):
+@pytest.mark.parametrize("shape,window", [((3, 8, 6, 2), 2), ((2, 4, 4, 5), 2), ((2, 9, 6, 3), 3)])
+def test_max_pool_matches_reduce_window_with_ties(shape, window):
     x = jax.random.normal(jax.random.key(0), shape)
     x = x.at[:, :2].set(0.0).at[:, 2:, :2].set(1.0)  # whole windows of equal values
     x = jnp.round(x * 2) / 2  # and scattered ties
@@ -341,7 +341,7 @@ def test_max_pool_matches_reduce_window_with_ties(shape):
     def pool(on):
         def f(x):
             with fastpath.enabled(on):
-                return fastpath.max_pool(x, window=2, stride=2)
+                return fastpath.max_pool(x, window=window, stride=window)
         return f
 
     def outputs(on):  # value, gradient (distinct weights per output), forward mode
@@ -354,7 +354,7 @@ def test_max_pool_matches_reduce_window_with_ties(shape):
     for a, b in zip(outputs(True), outputs(False), strict=True):
         np.testing.assert_array_equal(a, b)
     with fastpath.enabled(True):
-        jaxpr = jax.make_jaxpr(lambda x: fastpath.max_pool(x, window=2, stride=2))(x)
+        jaxpr = jax.make_jaxpr(lambda x: fastpath.max_pool(x, window=window, stride=window))(x)
     assert "reduce_window_max" not in {e.primitive.name for e in jaxpr.eqns}
 
 
