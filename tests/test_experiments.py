@@ -280,11 +280,12 @@ def test_step_speed_benchmark_smoke(tmp_path):
     result = _run_in_fresh_process(
         "experiments.benchmarks.step_speed", "--quick", "--models", "smallgap", "--batch", "128",
         "--repeats", "1", "--host_devices", "2", "--precision", "highest", "--compare_no_fold",
-        out=tmp_path / "ss.json")
+        "--compare_cumsum_mask", out=tmp_path / "ss.json")
     ops = ("forward", "pgd_step", "pgd10", "train_step")
     assert set(result["speedup_vs_torch"]) == {f"smallgap/{op}" for op in ops}
     assert all(v > 0 for v in result["speedup_vs_torch"].values())
     assert set(result["speedup_vs_no_fold"]) == set(result["speedup_vs_torch"])
+    assert set(result["speedup_vs_cumsum_mask"]) == set(result["speedup_vs_torch"])
     assert all(result["flops"][f"smallgap/{op}"] > 0 for op in ops)
     # The GAP fold (64 examples per device: batch 128 on 2 devices) skips most of SmallGAP's
     # last layer: the program run counts fewer FLOPs.

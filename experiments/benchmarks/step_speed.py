@@ -3,6 +3,7 @@
     python -m experiments.benchmarks.step_speed --out results/step_speed.json
         [--quick] [--host_devices N] [--models smallgap,poolgap,preact_resnet18] [--repeats R]
         [--compare_standard] [--compare_no_rows] [--compare_no_patches] [--compare_no_fold]
+        [--compare_cumsum_mask]
         [--no_fastpath]
         [--torch_device cuda] [--precision highest]
 
@@ -37,7 +38,9 @@ without its row-matmul convolution (``jaxadv_no_rows``, see ``fastpath._rows_pay
 ``--compare_no_patches`` without its im2col form for images (``jaxadv_no_patches``),
 ``--compare_no_fold`` without its GAP fold (``jaxadv_no_fold``: SmallGAP's last convolution feeds
 the GAP head directly, so the logits need only its mean over positions, ``fastpath.conv_mean``;
-the PyTorch twin computes the whole map);
+the PyTorch twin computes the whole map), ``--compare_cumsum_mask`` with the max pool's
+first-maximum mask taken from a cumulative sum over each window (``jaxadv_cumsum_mask``: the form
+used until 2026-12-05, which XLA:CPU runs as a reduce-window; now an element-wise pass);
 ``--no_fastpath`` turns it off for the ``jaxadv`` one.
 ``--quick``: batch 32, 2 rounds, a 1024^3 matmul (a smoke test, not a measurement).
 
@@ -94,6 +97,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="Also time jaxadv without the fast path's GAP fold (SmallGAP's last "
                         "convolution averaged without its output map; contestant "
                         "'jaxadv_no_fold'; fastpath._fold_pay).")
+    p.add_argument("--compare_cumsum_mask", action="store_true",
+                   help="Also time jaxadv with the max pool's first-maximum mask from a cumulative "
+                        "sum (contestant 'jaxadv_cumsum_mask'; fastpath._first_max_mask).")
     p.add_argument("--no_fastpath", action="store_true", help="Turn the fast path off.")
     p.add_argument("--torch_threads", type=int, default=0,
                    help="torch.set_num_threads (0: PyTorch's default).")
@@ -444,8 +450,9 @@ def main(argv=None) -> dict:
     if args.compare_standard:
         results["speedup_vs_standard"] = {}
     forms_off = [f for f in ("rows", "patches", "fold") if getattr(args, f"compare_no_{f}")]
+    forms_off += ["mask"] if args.compare_cumsum_mask else []
     for form in forms_off:
-        results[f"speedup_vs_no_{form}"] = {}
+        results[f"speedup_vs_{_off_label(form)}"] = {}
     rng = np.random.default_rng(0)
     for name in args.models.split(","):
         shape = (batch,) + MODELS[name]
@@ -465,7 +472,7 @@ def main(argv=None) -> dict:
             if std is not None:
                 contestants["jaxadv_std"] = std[op]
             for form, fns_without in without.items():
-                contestants[f"jaxadv_no_{form}"] = fns_without[op]
+                contestants[f"jaxadv_{_off_label(form)}"] = fns_without[op]
             t = time_rounds(contestants, repeats_resnet if name == "preact_resnet18" else repeats)
             k = f"{name}/{op}"
             results["times_ms"][k] = t
@@ -473,15 +480,17 @@ def main(argv=None) -> dict:
             if std is not None:
                 results["speedup_vs_standard"][k] = t["jaxadv_std"]["median"] / t["jaxadv"]["median"]
             for form in without:
-                results[f"speedup_vs_no_{form}"][k] = (t[f"jaxadv_no_{form}"]["median"]
-                                                       / t["jaxadv"]["median"])
+                label = _off_label(form)
+                results[f"speedup_vs_{label}"][k] = (t[f"jaxadv_{label}"]["median"]
+                                                     / t["jaxadv"]["median"])
             seconds = t["jaxadv"]["median"] / 1e3
             (results["flops"][k], results["flops_executed"][k]) = flops[op]
             results["gflops"][k], results["gflops_executed"][k] = (
                 f / seconds / 1e9 if f else None for f in flops[op])
             extra = (f"  std {t['jaxadv_std']['median']:8.1f} ms" if std is not None else "")
             for form in without:
-                extra += f"  no {form} {t[f'jaxadv_no_{form}']['median']:8.1f} ms"
+                label = _off_label(form)
+                extra += f"  {label} {t[f'jaxadv_{label}']['median']:8.1f} ms"
             print(f"{k:28s} jaxadv {t['jaxadv']['median']:8.1f} ms  torch {t['torch']['median']:8.1f}"
                   f" ms  x{results['speedup_vs_torch'][k]:5.2f}{extra}  "
                   f"{results['gflops'][k] or float('nan'):6.1f} GFLOP/s", flush=True)
@@ -509,19 +518,36 @@ def main(argv=None) -> dict:
     return results
 
 
+def _off_label(form: str) -> str:
+    return "cumsum_mask" if form == "mask" else f"no_{form}"
+
+
+def cumsum_first_max_mask(blocks, out):
+    """The max pool's first-maximum mask as jaxadv computed it until 2026-12-05: the window's
+    equalities flattened and kept where their cumulative sum is 1 (a reduce-window in XLA:CPU)."""
+    import jax.numpy as jnp
+
+    b, ho, k, wo, _, c = blocks.shape
+    eq = blocks == out[:, :, None, :, None, :]
+    flat = eq.transpose(0, 1, 3, 5, 2, 4).reshape(b, ho, wo, c, k * k)
+    first = flat & (jnp.cumsum(flat.astype(jnp.int32), axis=-1) == 1)
+    return first.reshape(b, ho, wo, c, k, k).transpose(0, 1, 4, 2, 5, 3)
+
+
 @contextlib.contextmanager
 def form_off(form: str):
-    """The fast path without one of its convolution forms, ``"rows"`` (``fastpath._rows_pay``),
-    ``"patches"`` (``fastpath._patches_pay``) or ``"fold"`` (``fastpath._fold_pay``: SmallGAP's
-    GAP fold) always False, while jaxadv's ops are traced and
-    compiled (JAX's caches cleared on entry and exit)."""
+    """The fast path without one of its forms, while jaxadv's ops are traced and compiled (JAX's
+    caches cleared on entry and exit): ``"rows"`` (``fastpath._rows_pay``), ``"patches"``
+    (``fastpath._patches_pay``) or ``"fold"`` (``fastpath._fold_pay``: SmallGAP's GAP fold)
+    always False, or ``"mask"``: the max pool's first-maximum mask by
+    :func:`cumsum_first_max_mask`."""
     import jax
 
     from jaxadv.models import fastpath
 
-    attr = f"_{form}_pay"
+    attr = "_first_max_mask" if form == "mask" else f"_{form}_pay"
     original = getattr(fastpath, attr)
-    setattr(fastpath, attr, lambda *args: False)
+    setattr(fastpath, attr, cumsum_first_max_mask if form == "mask" else lambda *args: False)
     jax.clear_caches()
     try:
         yield
