@@ -343,8 +343,15 @@ def test_multi_eps_benchmark_times_every_sweep_mode(tmp_path):
     from experiments.benchmarks import attacks
 
     r = attacks.main(["--quick", "--n", "16", "--sections", "multi_eps", "--multi_eps_repeats",
-                      "1", "--skip_peers", "--out", str(tmp_path / "m.json")])["multi_eps"]
+                      "1", "--seeds", "2", "--skip_peers", "--out", str(tmp_path / "m.json")]
+                     )["multi_eps"]
     assert {"jaxadv_s_all_vmap", "jaxadv_s_all_eps_batch_size_1", "jaxadv_s_all_nested"} <= set(r)
+    seeds = r["robust_acc_over_seeds"]
+    assert len(seeds["jaxadv"]) == len(seeds["foolbox"]) == 2
+    assert seeds["jaxadv"][0] == r["jaxadv_robust_acc"]
+    assert len(seeds["diff_mean"]) == len(seeds["diff_se"]) == 8
+    paired = r["paired_with_foolbox"]
+    assert len(paired["jaxadv"]) == len(paired["foolbox"]) == len(paired["disagreements"]) == 8
     acc = r["jaxadv_robust_acc_nested"]
     assert len(acc) == len(r["jaxadv_robust_acc"]) == 8
     assert all(a >= b for a, b in zip(acc[:-1], acc[1:], strict=True))  # radii in increasing order

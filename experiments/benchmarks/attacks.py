@@ -16,7 +16,9 @@ same budget:
   jaxadv as ``x_init`` and to ART through its start sampler, ``random_sphere``, patched for the
   call): with the start's randomness removed, any gap in robust accuracy is the attacks' own.
 * ``multi_eps``: 8 l-inf radii; jaxadv one eps vs all 8 in one compiled call, Foolbox one eps vs
-  its ``epsilons=[8 values]`` call (which loops over them).
+  its ``epsilons=[8 values]`` call (which loops over them); with ``--seeds S`` > 1 also the
+  robust accuracy at every radius over S random starts of both (``robust_acc_over_seeds``), and
+  both from the same starts (``paired_with_foolbox``).
 
 Each library starts where it does by default: jaxadv, ART and Foolbox uniformly in the ball
 (for l2 in 784 dimensions, at about eps from x), torchattacks uniformly in the l-inf box and for
@@ -55,7 +57,7 @@ import numpy as np
 from experiments import report
 from jaxadv import sharding
 from jaxadv.attacks import gradient, sweep
-from jaxadv.attacks.projections import norm_of
+from jaxadv.attacks.projections import norm_of, random_start
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_CHECKPOINT = REPO.parent / "shared" / "data" / "boopathy-mnist" / "mnist_smallgap_adv_100.pkl"
@@ -383,7 +385,12 @@ def bench_pgd_paired(setup, cfg: dict, norm: str, seeds: int) -> dict:
         "robust_only_against_jaxadv": only["jaxadv"], "robust_only_against_art": only["art"]}
 
 
-def bench_multi_eps(setup, repeats: int) -> dict:
+def bench_multi_eps(setup, repeats: int, seeds: int = 1) -> dict:
+    """8 radii in one call against one radius (timed), and the robust accuracy at each radius.
+    With ``seeds`` > 1 the robust accuracies are also measured (not timed) for random starts
+    1..seeds-1 of both libraries (jaxadv ``jax.random.key(s)``, independent radii; Foolbox's
+    next draws) and reported per seed, with the mean over seeds and the standard error of the
+    mean difference at each radius (``robust_acc_over_seeds``)."""
     import foolbox as fb
 
     f = setup["logits_fn"]
@@ -438,6 +445,23 @@ def bench_multi_eps(setup, repeats: int) -> dict:
     f_one, f_all = ft["one"], ft["all"]
     fb_acc = [setup["robust_acc"](c) for c in fb_out[1]]  # the 8-radius call
     s_all = s_modes[best_mode]
+    paired = _multi_eps_paired(setup, fb, fmodel, f, x, y, key, kw)
+    over_seeds = {}
+    if seeds > 1:
+        acc_j, acc_f = [jax_acc], [[float(a) for a in fb_acc]]
+        for s in range(1, seeds):
+            acc_j.append([setup["robust_acc"](c) for c in np.asarray(
+                all_map(x, y, jax.random.key(s), eps_all).clipped)])
+            fb_run(list(MULTI_EPS))()
+            acc_f.append([float(setup["robust_acc"](c)) for c in fb_out[1]])
+            print(f"  multi_eps seed {s}: jaxadv {acc_j[-1]} Foolbox {acc_f[-1]}", flush=True)
+        diff = np.asarray(acc_j) - np.asarray(acc_f)
+        over_seeds = {"robust_acc_over_seeds": {
+            "seeds": seeds, "jaxadv": acc_j, "foolbox": acc_f,
+            "jaxadv_mean": np.mean(acc_j, axis=0).tolist(),
+            "foolbox_mean": np.mean(acc_f, axis=0).tolist(),
+            "diff_mean": diff.mean(axis=0).tolist(),
+            "diff_se": (diff.std(axis=0, ddof=1) / np.sqrt(seeds)).tolist()}}
     return {"eps": MULTI_EPS, "jaxadv_s_one": s_one, "jaxadv_s_all": s_all,
             "foolbox_s_one": f_one, "foolbox_s_all": f_all,
             "jaxadv_all_mode": best_mode,
@@ -445,7 +469,37 @@ def bench_multi_eps(setup, repeats: int) -> dict:
             "jaxadv_all_over_one": s_all / s_one, "foolbox_all_over_one": f_all / f_one,
             "jaxadv_robust_acc": jax_acc, "jaxadv_robust_acc_nested": nested_acc,
             "foolbox_robust_acc": [float(a) for a in fb_acc],
-            "n": setup["n"]}
+            "paired_with_foolbox": paired, **over_seeds, "n": setup["n"]}
+
+
+def _multi_eps_paired(setup, fb, fmodel, f, x, y, key, kw) -> dict:
+    """jaxadv's PGD and Foolbox's LinfPGD from the same starts at every radius: the uniform draw
+    u of ``random_start(key)`` scaled by each eps (Foolbox's ``get_random_start`` overridden to
+    return it; both then clip to [0, 1]), so any difference in robust accuracy is the attacks'
+    own, not their random draws'. Reports both robust accuracies and the points they disagree on."""
+    import eagerpy as ep
+
+    u = random_start(key, x, 1.0, "linf")
+
+    class FromJaxadvStart(fb.attacks.LinfPGD):
+        def get_random_start(self, x0, epsilon):
+            return x0 + ep.astensor(u * epsilon)
+
+    atk = FromJaxadvStart(abs_stepsize=kw["step_size"], steps=kw["num_steps"])
+    x_fb = atk(fmodel, x, y, epsilons=list(MULTI_EPS))[1]
+    one = jax.jit(lambda x, y, eps, x_init: gradient.pgd(f, x, y, key, eps=eps, x_init=x_init,
+                                                         **kw).x_adv)
+    out = {"jaxadv": [], "foolbox": [], "disagreements": []}
+    for eps, xf in zip(MULTI_EPS, x_fb, strict=True):
+        xj = np.asarray(one(x, y, jnp.float32(eps), jnp.clip(x + u * eps, 0.0, 1.0)))
+        xf = np.asarray(xf)
+        setup["check_in_ball"](xj, eps, "linf")
+        setup["check_in_ball"](xf, eps, "linf")
+        rj, rf = setup["robust_acc_mask"](xj), setup["robust_acc_mask"](xf)
+        out["jaxadv"].append(float(100.0 * rj.mean()))
+        out["foolbox"].append(float(100.0 * rf.mean()))
+        out["disagreements"].append(int(np.sum(rj != rf)))
+    return out
 
 
 def run_peer_modules(setup: dict, quick: bool) -> dict:
@@ -545,7 +599,7 @@ def main(argv=None) -> dict:
         results["pgd_paired"] = {norm: bench_pgd_paired(setup, cfg, norm, seeds)
                                  for norm, cfg in (("linf", LINF), ("l2", L2))}
     if "multi_eps" in args.sections:
-        results["multi_eps"] = bench_multi_eps(setup, multi_repeats)
+        results["multi_eps"] = bench_multi_eps(setup, multi_repeats, seeds)
     if not args.skip_peers:
         results.update(run_peer_modules(setup, args.quick))
     out = report.write_json(args.out, results, indent=2)
