@@ -190,6 +190,7 @@ def _float64_checks(bound, tmodel, xt, tt, x, t, ours32, noise, sg_same_noise, x
 
     import jax
     import jax.numpy as jnp
+    import torch
     from captum import attr as C
 
     import jaxadv.attributions as A
@@ -216,7 +217,7 @@ def _float64_checks(bound, tmodel, xt, tt, x, t, ours32, noise, sg_same_noise, x
     ig32 = nchw_to_nhwc(C.IntegratedGradients(tmodel).attribute(xt, **ig_kw))
     num_patches = A.occlusion_masks(x.shape[1], x.shape[2], window=OCC_WINDOW,
                                     strides=OCC_STRIDE).shape[0]
-    wrapped = _feature_wrapper(__import__("torch"), t64)
+    wrapped = _feature_wrapper(torch, t64)
     ref64 = {
         "ig": ig64, "smoothgrad": sg64,
         "gradcam": C.LayerGradCam(wrapped, wrapped.feat).attribute(
