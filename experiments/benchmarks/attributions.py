@@ -59,6 +59,7 @@ JSON: ``parity`` {method: max over models of the relative error}, ``speedup_vs_c
 """
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -160,6 +161,47 @@ def _rel_err(a, b) -> float:
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
+def _jaxadv_methods(fns, key) -> dict:
+    """The four jaxadv methods as (x, targets) -> map, with this benchmark's settings."""
+    import jaxadv.attributions as A
+
+    return {
+        "ig": lambda v, c: A.integrated_gradients(fns.logits, v, c, num_steps=IG_STEPS,
+                                                  rule="gausslegendre"),
+        "smoothgrad": lambda v, c: A.smooth_grad(fns.logits, v, c, key, num_samples=SG_SAMPLES,
+                                                 stdev=SG_STDEV),
+        "gradcam": lambda v, c: A.grad_cam(fns.features, fns.head, v, c),
+        "occlusion": lambda v, c: A.occlusion(fns.logits, v, c, window=OCC_WINDOW,
+                                              strides=OCC_STRIDE),
+    }
+
+
+def _captum_methods(torch, tmodel, tt, x_shape) -> dict:
+    """The four Captum methods on ``tmodel`` as x (NCHW tensor) -> attribution, with the same
+    settings as :func:`_jaxadv_methods` (x_shape: the NHWC batch shape)."""
+    from captum import attr as C
+
+    import jaxadv.attributions as A
+
+    channels = x_shape[-1]
+    num_patches = A.occlusion_masks(x_shape[1], x_shape[2], window=OCC_WINDOW,
+                                    strides=OCC_STRIDE).shape[0]
+    wrapped = _feature_wrapper(torch, tmodel)
+    return {
+        "ig": lambda xt: C.IntegratedGradients(tmodel).attribute(
+            xt, target=tt, n_steps=IG_STEPS, method="gausslegendre"),
+        "smoothgrad": lambda xt: C.NoiseTunnel(C.Saliency(tmodel)).attribute(
+            xt, nt_type="smoothgrad", nt_samples=SG_SAMPLES, stdevs=SG_STDEV, target=tt,
+            abs=False),
+        "gradcam": lambda xt: C.LayerGradCam(wrapped, wrapped.feat).attribute(
+            xt, target=tt, relu_attributions=True),
+        "occlusion": lambda xt: C.Occlusion(tmodel).attribute(
+            xt, sliding_window_shapes=(channels, OCC_WINDOW, OCC_WINDOW),
+            strides=(channels, OCC_STRIDE, OCC_STRIDE), baselines=0.0, target=tt,
+            perturbations_per_eval=num_patches),
+    }
+
+
 def _per_image_err(a, b) -> np.ndarray:
     """Per image: max |a - b| over the image / max |b| over the batch (the parity metric's terms)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -198,47 +240,31 @@ def _float64_checks(bound, tmodel, xt, tt, x, t, ours32, noise, sg_same_noise, x
     from jaxadv.models import model_fns
 
     model, variables = bound
-    channels = x.shape[-1]
-    t64 = copy.deepcopy(tmodel).double()
+    captum32 = _captum_methods(torch, tmodel, tt, x.shape)
+    captum64 = _captum_methods(torch, copy.deepcopy(tmodel).double(), tt, x.shape)
     x64 = xt.double()
     rows = _captum_noise_rows(noise, batch, x.shape[1:])
-    sg_kw = dict(nt_type="smoothgrad", nt_samples=SG_SAMPLES, stdevs=SG_STDEV, target=tt,
-                 abs=False)
     original = C.NoiseTunnel.__dict__["_add_noise_to_input"]
     try:
         C.NoiseTunnel._add_noise_to_input = staticmethod(
             lambda inp, stdev, n: inp.repeat_interleave(n, dim=0) + rows.to(inp.dtype))
-        sg64 = nchw_to_nhwc(C.NoiseTunnel(C.Saliency(t64)).attribute(x64, **sg_kw))
-        sg32 = nchw_to_nhwc(C.NoiseTunnel(C.Saliency(tmodel)).attribute(xt, **sg_kw))
+        sg64 = nchw_to_nhwc(captum64["smoothgrad"](x64))
+        sg32 = nchw_to_nhwc(captum32["smoothgrad"](xt))
     finally:
         C.NoiseTunnel._add_noise_to_input = original
-    ig_kw = dict(target=tt, n_steps=IG_STEPS, method="gausslegendre")
-    ig64 = nchw_to_nhwc(C.IntegratedGradients(t64).attribute(x64, **ig_kw))
-    ig32 = nchw_to_nhwc(C.IntegratedGradients(tmodel).attribute(xt, **ig_kw))
-    num_patches = A.occlusion_masks(x.shape[1], x.shape[2], window=OCC_WINDOW,
-                                    strides=OCC_STRIDE).shape[0]
-    wrapped = _feature_wrapper(torch, t64)
-    ref64 = {
-        "ig": ig64, "smoothgrad": sg64,
-        "gradcam": C.LayerGradCam(wrapped, wrapped.feat).attribute(
-            x64, target=tt, relu_attributions=True).detach().numpy()[:, 0],
-        "occlusion": nchw_to_nhwc(C.Occlusion(t64).attribute(
-            x64, sliding_window_shapes=(channels, OCC_WINDOW, OCC_WINDOW),
-            strides=(channels, OCC_STRIDE, OCC_STRIDE), baselines=0.0, target=tt,
-            perturbations_per_eval=num_patches)),
-    }
+    ig64 = nchw_to_nhwc(captum64["ig"](x64))
+    ig32 = nchw_to_nhwc(captum32["ig"](xt))
+    ref64 = {"ig": ig64, "smoothgrad": sg64,
+             "gradcam": captum64["gradcam"](x64).detach().numpy()[:, 0],
+             "occlusion": nchw_to_nhwc(captum64["occlusion"](x64))}
     with jax.enable_x64(True):
         fns = model_fns(model, jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64),
                                                       variables))
         xd, td = jnp.asarray(x, jnp.float64), jnp.asarray(t)
-        mine64 = {
-            "ig": A.integrated_gradients(fns.logits, xd, td, num_steps=IG_STEPS,
-                                         rule="gausslegendre"),
-            "smoothgrad": A.smooth_grad(fns.logits, xd, td, None,
-                                        noise=jnp.asarray(noise, jnp.float64)),
-            "gradcam": A.grad_cam(fns.features, fns.head, xd, td),
-            "occlusion": A.occlusion(fns.logits, xd, td, window=OCC_WINDOW, strides=OCC_STRIDE),
-        }
+        mine64 = {m: f(xd, td) for m, f in _jaxadv_methods(fns, None).items()
+                  if m != "smoothgrad"}
+        mine64["smoothgrad"] = A.smooth_grad(fns.logits, xd, td, None,
+                                             noise=jnp.asarray(noise, jnp.float64))
         mine64 = {m: np.asarray(v, np.float64) for m, v in mine64.items()}
     ig_mine = np.asarray(ours32["ig"](xj, tj))
     sg_mine = np.asarray(sg_same_noise(xj, tj, jnp.asarray(noise)))
@@ -277,47 +303,15 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True)
     # The batch split over every device (one unless --host_devices): a data mesh.
     xj, tj = sharding.shard_batch((x, t), sharding.data_mesh())
     xt, tt = nhwc_to_nchw(x), torch.as_tensor(t, dtype=torch.int64)
-    channels = x.shape[-1]
     key = jax.random.key(0)
     noise = np.asarray(SG_STDEV * jax.random.normal(jax.random.key(1), (SG_SAMPLES,) + x.shape))
 
     # Targets are jit arguments (traced), as in real use: closed-over constant targets would let
     # XLA constant-fold part of the backward pass of a GAP-linear head.
-    ours = {
-        "ig": jax.jit(lambda v, c: A.integrated_gradients(fns.logits, v, c, num_steps=IG_STEPS,
-                                                          rule="gausslegendre")),
-        "smoothgrad": jax.jit(lambda v, c: A.smooth_grad(fns.logits, v, c, key,
-                                                         num_samples=SG_SAMPLES, stdev=SG_STDEV)),
-        "gradcam": jax.jit(lambda v, c: A.grad_cam(fns.features, fns.head, v, c)),
-        "occlusion": jax.jit(lambda v, c: A.occlusion(fns.logits, v, c, window=OCC_WINDOW,
-                                                      strides=OCC_STRIDE)),
-    }
+    ours = {m: jax.jit(f) for m, f in _jaxadv_methods(fns, key).items()}
     sg_same_noise = jax.jit(lambda v, c, n: A.smooth_grad(fns.logits, v, c, None, noise=n))
-    wrapped = _feature_wrapper(torch, tmodel)
-    num_patches = A.occlusion_masks(x.shape[1], x.shape[2], window=OCC_WINDOW,
-                                    strides=OCC_STRIDE).shape[0]
-
-    def captum_ig():
-        return C.IntegratedGradients(tmodel).attribute(xt, target=tt, n_steps=IG_STEPS,
-                                                       method="gausslegendre")
-
-    def captum_sg():
-        return C.NoiseTunnel(C.Saliency(tmodel)).attribute(
-            xt, nt_type="smoothgrad", nt_samples=SG_SAMPLES, stdevs=SG_STDEV, target=tt,
-            abs=False)
-
-    def captum_gradcam():
-        return C.LayerGradCam(wrapped, wrapped.feat).attribute(xt, target=tt,
-                                                               relu_attributions=True)
-
-    def captum_occ():
-        return C.Occlusion(tmodel).attribute(
-            xt, sliding_window_shapes=(channels, OCC_WINDOW, OCC_WINDOW),
-            strides=(channels, OCC_STRIDE, OCC_STRIDE), baselines=0.0, target=tt,
-            perturbations_per_eval=num_patches)
-
-    theirs = {"ig": captum_ig, "smoothgrad": captum_sg, "gradcam": captum_gradcam,
-              "occlusion": captum_occ}
+    captum32 = _captum_methods(torch, tmodel, tt, x.shape)
+    theirs = {m: functools.partial(f, xt) for m, f in captum32.items()}
 
     # XLA's FLOP count of each method as the model defines it (the standard lowering), for the
     # roofline: how many GFLOP/s a given speed-up over Captum needs (set against the matmul peak).
@@ -339,7 +333,7 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True)
             C.NoiseTunnel._add_noise_to_input = staticmethod(
                 lambda inp, stdev, n: inp.repeat_interleave(n, dim=0) + rows)
             try:
-                ref = nchw_to_nhwc(captum_sg())
+                ref = nchw_to_nhwc(theirs[m]())
             finally:
                 C.NoiseTunnel._add_noise_to_input = original
             parity[m] = _rel_err(sg_same_noise(xj, tj, jnp.asarray(noise)), ref)
