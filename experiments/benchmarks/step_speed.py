@@ -518,10 +518,6 @@ def main(argv=None) -> dict:
     return results
 
 
-def _off_label(form: str) -> str:
-    return "cumsum_mask" if form == "mask" else f"no_{form}"
-
-
 def cumsum_first_max_mask(blocks, out):
     """The max pool's first-maximum mask as jaxadv computed it until 2026-12-05: the window's
     equalities flattened and kept where their cumulative sum is 1 (a reduce-window in XLA:CPU)."""
@@ -532,6 +528,24 @@ def cumsum_first_max_mask(blocks, out):
     flat = eq.transpose(0, 1, 3, 5, 2, 4).reshape(b, ho, wo, c, k * k)
     first = flat & (jnp.cumsum(flat.astype(jnp.int32), axis=-1) == 1)
     return first.reshape(b, ho, wo, c, k, k).transpose(0, 1, 4, 2, 5, 3)
+
+
+def _always_false(*args) -> bool:
+    return False
+
+
+# form -> (fastpath attribute replaced while the contestant compiles, its replacement, contestant
+# label: timings under "jaxadv_<label>", ratios under "speedup_vs_<label>").
+_FORMS_OFF = {
+    "rows": ("_rows_pay", _always_false, "no_rows"),
+    "patches": ("_patches_pay", _always_false, "no_patches"),
+    "fold": ("_fold_pay", _always_false, "no_fold"),
+    "mask": ("_first_max_mask", cumsum_first_max_mask, "cumsum_mask"),
+}
+
+
+def _off_label(form: str) -> str:
+    return _FORMS_OFF[form][2]
 
 
 @contextlib.contextmanager
@@ -545,9 +559,9 @@ def form_off(form: str):
 
     from jaxadv.models import fastpath
 
-    attr = "_first_max_mask" if form == "mask" else f"_{form}_pay"
+    attr, replacement, _ = _FORMS_OFF[form]
     original = getattr(fastpath, attr)
-    setattr(fastpath, attr, cumsum_first_max_mask if form == "mask" else lambda *args: False)
+    setattr(fastpath, attr, replacement)
     jax.clear_caches()
     try:
         yield
