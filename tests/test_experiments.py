@@ -571,3 +571,65 @@ def test_ensemble_stages_smoke(tmp_path):
     assert row["robust"] == after[-1] and 0.0 <= row["pgd200"] <= 1.0
     assert "zero_gradients" in row["flags"]
     assert json.loads(out.read_text())["settings"]["data"] == "first 8 MNIST test images"
+
+
+@pytest.mark.slow
+def test_relu_sign_flips_tell_where_float32_gradients_leave_float64():
+    """The attributions benchmark's ``relu_kinks`` diagnostic: on a PreAct ResNet (ReLU inputs are
+    BatchNorm outputs), an image whose ReLU inputs all keep their float64 sign in float32 has a
+    float32 input gradient within 1e-5 of the float64 one, and every image further off than 1e-4
+    has a flipped sign; a model without batch norm is refused."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from experiments.benchmarks.attributions import _per_image_err, relu_sign_flips
+    from jaxadv.models import get_model, init_variables, model_fns
+
+    model = get_model("preact_resnet18", width_multiplier=0.25)
+    variables = init_variables(model, jax.random.key(0), (1, 16, 16, 3))
+    x = np.asarray(jax.random.uniform(jax.random.key(1), (16, 16, 16, 3)))
+    # Put 128 ReLU inputs on their kink: the final BatchNorm's bias of channel k set so that its
+    # float64 output at one position of image k % 8 is zero up to the bias's float32 rounding
+    # (float32 puts some on the other side: rounding alone decides their sign). Images 8-15 keep
+    # their ReLU inputs away from the kinks.
+    import flax.linen as nn
+
+    with jax.enable_x64(True):
+        v64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
+        _, state = model.apply(v64, jnp.asarray(x, jnp.float64), train=False,
+                               capture_intermediates=lambda m, _: isinstance(m, nn.BatchNorm)
+                               and m.name == "final_norm")
+        z = np.asarray(jax.tree_util.tree_leaves(state["intermediates"])[0])  # (16, 2, 2, 128)
+    k = np.arange(128)
+    at_kink = z[k % 8, (k // 8) % 4 // 2, (k // 8) % 2, k]
+    norm = variables["params"]["body"]["final_norm"]
+    variables = {**variables, "params": {**variables["params"], "body": {
+        **variables["params"]["body"],
+        "final_norm": {**norm, "bias": jnp.asarray(np.asarray(norm["bias"], np.float64) - at_kink,
+                                                    jnp.float32)}}}}
+    flips, per_image = relu_sign_flips(model, variables, x)
+    # Every ReLU input counted: 17 BatchNorm outputs (two per block, the final one) of widths
+    # 16-32-64-128 on maps 16-8-4-2.
+    assert flips.shape == (16,)
+    assert per_image == 4 * 16**3 + (16**3 + 3 * 8 * 8 * 32) + (8 * 8 * 32 + 3 * 4 * 4 * 64) \
+        + (4 * 4 * 64 + 3 * 2 * 2 * 128) + 2 * 2 * 128
+    t = np.asarray(jax.jit(model_fns(model, variables).logits)(x)).argmax(-1)
+
+    def grad(v, xs):
+        fns = model_fns(model, v)
+        return jax.grad(lambda z: jnp.sum(jnp.take_along_axis(fns.logits(z), t[:, None], 1)))(xs)
+
+    g32 = np.asarray(jax.jit(grad)(variables, jnp.asarray(x)))
+    with jax.enable_x64(True):
+        v64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
+        g64 = np.asarray(jax.jit(grad)(v64, jnp.asarray(x, jnp.float64)))
+    err = _per_image_err(g32, g64)
+    assert (flips[:8] > 0).all() and (err[:8] > 1e-4).all()
+    assert (err[flips == 0] < 1e-5).all()
+    assert (flips[err > 1e-4] > 0).all()
+
+    small = get_model("smallgap")
+    with pytest.raises(ValueError, match="BatchNorm"):
+        relu_sign_flips(small, init_variables(small, jax.random.key(0), (1, 28, 28, 1)),
+                        np.zeros((2, 28, 28, 1), np.float32))

@@ -9,7 +9,9 @@ Models (same weights in both frameworks, the PyTorch twin from
   ../shared/data is present (else a seeded random initialisation), on the first MNIST test images
   (else uniform noise);
 * ``preact_resnet18``: PreAct ResNet-18, 32x32x3, seeded random initialisation (eval-mode batch
-  norm), on uniform-noise images (CIFAR-10 needs the network).
+  norm), on uniform-noise images (CIFAR-10 needs the network);
+* ``preact_resnet18_softplus``: the same network, initialisation and images with softplus in place
+  of ReLU; parity only (no timing): it tells rounding at ReLU kinks from rounding in general.
 
 Methods, each library with the same hyper-parameters on the same batch (float32):
 
@@ -31,7 +33,11 @@ of every method with both libraries in float64 (jaxadv under ``jax.enable_x64``,
 weights cast; Captum keeps two float32 steps in its float64 runs, IG's quadrature weights
 (``torch.tensor(step_sizes).float()``) and occlusion's result (``.float() / weight``), which bound
 those two near 1e-8), and ``images_over_1e-4`` lists the images whose float32 error passes 1e-4, for
-jaxadv against Captum and for Captum's float32 against its float64. Timing: one warm-up call (jaxadv:
+jaxadv against Captum and for Captum's float32 against its float64. ``relu_kinks`` (ReLU models
+with batch norm: PreAct ResNet-18) gives per image the number of ReLU inputs whose sign differs
+between jaxadv's float32 and float64 forward passes at the image, next to the float32 input
+gradient's error against float64 on that image: a float32 map can only be as close to another
+implementation's as the ReLU masks the two compute agree. Timing: one warm-up call (jaxadv:
 the jit compile), then the median of ``--repeats`` calls; images/s = batch / median seconds.
 jaxadv functions are jitted once per method with the batch and the targets as arguments; Captum
 runs eagerly (its normal mode). Both use every CPU core (XLA's default thread pool,
@@ -78,6 +84,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 CHECKPOINT = REPO.parent / "shared" / "data" / "boopathy-mnist" / "mnist_smallgap_adv_100.pkl"
 MNIST = REPO.parent / "shared" / "data" / "mnist-test"
 METHODS = ("ig", "smoothgrad", "gradcam", "occlusion")
+PARITY_ONLY = ("preact_resnet18_softplus",)  # models whose methods are not timed
 IG_STEPS, SG_SAMPLES, SG_STDEV = 50, 25, 0.15
 OCC_WINDOW, OCC_STRIDE = 8, 4
 
@@ -119,12 +126,13 @@ def build(name: str, batch: int, seed: int = 0):
             x = np.asarray(jax.random.uniform(jax.random.key(seed + 1), (batch, 28, 28, 1)))
             data = "uniform noise"
         tmodel = to_torch("smallgap", variables)
-    elif name == "preact_resnet18":
-        model = get_model(name)
+    elif name in ("preact_resnet18", "preact_resnet18_softplus"):
+        activation = "softplus" if name.endswith("softplus") else "relu"
+        model = get_model("preact_resnet18", activation=activation)
         variables = init_variables(model, jax.random.key(seed), (1, 32, 32, 3))
         source, data = "random init", "uniform noise"
         x = np.asarray(jax.random.uniform(jax.random.key(seed + 1), (batch, 32, 32, 3)))
-        tmodel = to_torch(name, variables)
+        tmodel = to_torch("preact_resnet18", variables, activation=activation)
     else:
         raise ValueError(f"Unknown benchmark model {name!r}.")
     fns = model_fns(model, variables)
@@ -278,6 +286,9 @@ def _float64_checks(bound, tmodel, xt, tt, x, t, ours32, noise, sg_same_noise, x
             "smoothgrad": {"jaxadv": _rel_err(sg_mine, sg64), "captum": _rel_err(sg32, sg64)},
         },
         "parity_float64": {m: _rel_err(mine64[m], ref64[m]) for m in METHODS},
+        "ig_error_vs_float64_per_image": {
+            "jaxadv": _per_image_err(ig_mine, mine64["ig"]).tolist(),
+            "captum": _per_image_err(ig32, ig64).tolist()},
         "images_over_1e-4": {
             "ig": {"jaxadv_vs_captum_float32": over(_per_image_err(ig_mine, ig32)),
                    "captum_float32_vs_float64": over(_per_image_err(ig32, ig64))},
@@ -287,7 +298,92 @@ def _float64_checks(bound, tmodel, xt, tt, x, t, ours32, noise, sg_same_noise, x
     }
 
 
-def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True) -> dict:
+@functools.cache
+def _relu_input_signs(model):
+    """Jitted (variables, x) -> (B, n) boolean: the signs of ``model``'s BatchNorm outputs."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    @jax.jit
+    def signs(v, xs):
+        _, state = model.apply(v, xs, train=False,
+                               capture_intermediates=lambda m, _: isinstance(m, nn.BatchNorm))
+        leaves = jax.tree_util.tree_leaves(state.get("intermediates", {}))
+        return (jnp.concatenate([a.reshape(a.shape[0], -1) > 0 for a in leaves], axis=1)
+                if leaves else jnp.zeros((xs.shape[0], 0), bool))
+
+    return signs
+
+
+def relu_sign_flips(model, variables, x) -> tuple[np.ndarray, int]:
+    """Per image of ``x`` (B, H, W, C), how many ReLU inputs have a different sign in a float32
+    and a float64 forward pass (same variables, cast), and the number of ReLU inputs per image.
+
+    For models whose every ReLU input is a ``BatchNorm`` output (PreAct ResNets); raises
+    ValueError for a model without batch norm. Where a sign differs, the two passes route the
+    gradient through different ReLU masks, and the float32 map differs from the float64 one by
+    far more than rounding elsewhere would give."""
+    import jax
+    import jax.numpy as jnp
+
+    signs = _relu_input_signs(model)
+    s32 = np.asarray(signs(variables, jnp.asarray(x, jnp.float32)))
+    if s32.shape[1] == 0:
+        raise ValueError("relu_sign_flips needs a model whose ReLU inputs are BatchNorm outputs "
+                         "(PreAct ResNet); this model has no BatchNorm layer.")
+    with jax.enable_x64(True):
+        v64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), variables)
+        s64 = np.asarray(signs(v64, jnp.asarray(x, jnp.float64)))
+    return (s32 != s64).sum(axis=1).astype(np.int64), int(s32.shape[1])
+
+
+def _relu_kinks(bound, x, t, ig_error) -> dict:
+    """``relu_kinks`` of the benchmark JSON: per image, ReLU sign flips float32 vs float64 at the
+    image and the float32 input gradient's error against the float64 one (:func:`_per_image_err`
+    terms); and the flips summed over IG's path points (zero baseline, this benchmark's rule)
+    next to ``ig_error`` (per image, jaxadv's float32 IG against its float64 IG)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxadv.models import model_fns
+
+    model, variables = bound
+    flips, per_image = relu_sign_flips(model, variables, x)
+
+    def grad(fns, xs, ts):
+        return jax.grad(lambda v: jnp.sum(jnp.take_along_axis(fns.logits(v), ts[:, None], 1)))(xs)
+
+    fns32 = model_fns(model, variables)
+    g32 = np.asarray(jax.jit(lambda xs, ts: grad(fns32, xs, ts))(jnp.asarray(x), jnp.asarray(t)))
+    with jax.enable_x64(True):
+        fns = model_fns(model, jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64),
+                                                      variables))
+        g64 = np.asarray(grad(fns, jnp.asarray(x, jnp.float64), jnp.asarray(t)))
+    err = _per_image_err(g32, g64)
+    flipped = flips > 0
+    import jaxadv.attributions as A
+
+    alphas, _ = A.quadrature("gausslegendre", IG_STEPS)
+    path_flips = sum(relu_sign_flips(model, variables, np.float32(a) * x)[0] for a in alphas)
+    ig_error, on_path = np.asarray(ig_error), path_flips > 0
+    return {"relu_inputs_per_image": per_image,
+            "ig_path_sign_flips": path_flips.tolist(),
+            "ig_error_vs_float64": ig_error.tolist(),
+            "max_ig_error_images_without_path_flip": (float(ig_error[~on_path].max())
+                                                      if not on_path.all() else None),
+            "min_ig_error_images_with_path_flip": (float(ig_error[on_path].min())
+                                                   if on_path.any() else None),
+            "sign_flips_float32_vs_float64": flips.tolist(),
+            "gradient_error_vs_float64": err.tolist(),
+            "max_gradient_error_images_without_flip": (float(err[~flipped].max())
+                                                       if not flipped.all() else None),
+            "min_gradient_error_images_with_flip": (float(err[flipped].min())
+                                                    if flipped.any() else None)}
+
+
+def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True,
+                timing: bool = True) -> dict:
     import jax
     import jax.numpy as jnp
     import torch
@@ -317,7 +413,7 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True)
     # roofline: how many GFLOP/s a given speed-up over Captum needs (set against the matmul peak).
     flops = {}
     with fastpath.enabled(False):
-        for m in METHODS:
+        for m in METHODS if timing else ():
             flops[m] = step_speed.xla_flops(ours[m].lower(xj, tj))
 
     # First calls (jit compile + run), then parity; SmoothGrad parity uses the same samples
@@ -347,6 +443,11 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True)
     if f64_reference:
         out.update(_float64_checks(bound, tmodel, xt, tt, x, t, ours, noise, sg_same_noise,
                                    xj, tj, batch))
+        if name == "preact_resnet18":
+            out["relu_kinks"] = _relu_kinks(
+                bound, x, t, out["ig_error_vs_float64_per_image"]["jaxadv"])
+    if not timing:
+        return out
     for m in METHODS:
         out["jaxadv_s"][m] = time_call(lambda m=m: jax.block_until_ready(ours[m](xj, tj)),
                                        repeats=repeats)
@@ -435,6 +536,9 @@ def markdown_table(result: dict) -> str:
              "|---|---|---|---|---|---|"]
     for name, r in result["per_model"].items():
         for m in METHODS:
+            if "speedup_vs_captum" not in r:  # parity only
+                lines.append(f"| {name} (B={r['batch']}) | {m} | | | | {r['parity'][m]:.1e} |")
+                continue
             lines.append(f"| {name} (B={r['batch']}) | {m} | {r['jaxadv_images_per_s'][m]:.1f} | "
                          f"{r['captum_images_per_s'][m]:.1f} | {r['speedup_vs_captum'][m]:.2f}x | "
                          f"{r['parity'][m]:.1e} |")
@@ -452,7 +556,8 @@ def main(argv=None) -> dict:
     p.add_argument("--out", type=pathlib.Path)
     p.add_argument("--quick", action="store_true", help="small batches, 2 repeats")
     p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--models", default="smallgap,preact_resnet18")
+    p.add_argument("--models", default="smallgap,preact_resnet18,preact_resnet18_softplus",
+                   help="comma-separated; " + ", ".join(PARITY_ONLY) + " are parity only")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--ig-chunk", type=int, default=20)
     p.add_argument("--host_devices", type=int, default=1,
@@ -473,8 +578,9 @@ def main(argv=None) -> dict:
 
         use_host_devices(args.host_devices)  # before the first JAX operation
     import jax
-    batches = ({"smallgap": 32, "preact_resnet18": 4} if args.quick
-               else {"smallgap": 128, "preact_resnet18": 16})
+    batches = ({"smallgap": 32, "preact_resnet18": 4, "preact_resnet18_softplus": 4}
+               if args.quick
+               else {"smallgap": 128, "preact_resnet18": 16, "preact_resnet18_softplus": 16})
     repeats = args.repeats or (2 if args.quick else 3)
 
     import torch
@@ -484,12 +590,14 @@ def main(argv=None) -> dict:
     peak_before = matmul_peak_gflops(1024 if args.quick else 4096)
     per_model = {}
     for name in args.models.split(","):
-        per_model[name] = bench_model(name, batches[name], repeats)
+        per_model[name] = bench_model(name, batches[name], repeats,
+                                      timing=name not in PARITY_ONLY)
         print(f"{name}: done", flush=True)
+    timed = [r for r in per_model.values() if "speedup_vs_captum" in r]
     result = {
         "parity": {m: max(r["parity"][m] for r in per_model.values()) for m in METHODS},
-        "speedup_vs_captum": {m: min(r["speedup_vs_captum"][m] for r in per_model.values())
-                              for m in METHODS},
+        **({"speedup_vs_captum": {m: min(r["speedup_vs_captum"][m] for r in timed)
+                                  for m in METHODS}} if timed else {}),
         **({"parity_float64": {m: max(r["parity_float64"][m] for r in per_model.values())
                                for m in METHODS}}
            if all("parity_float64" in r for r in per_model.values()) else {}),
