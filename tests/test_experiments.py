@@ -633,3 +633,22 @@ def test_relu_sign_flips_tell_where_float32_gradients_leave_float64():
     with pytest.raises(ValueError, match="BatchNorm"):
         relu_sign_flips(small, init_variables(small, jax.random.key(0), (1, 28, 28, 1)),
                         np.zeros((2, 28, 28, 1), np.float32))
+
+
+@pytest.mark.peer
+def test_attributions_benchmark_ig_chunk_sweep(tmp_path):
+    """``--ig_chunk_sweep`` times IG in both libraries at each number of path points per call
+    (Captum's internal_batch_size = points x batch) and names each library's fastest."""
+    pytest.importorskip("torch")
+    pytest.importorskip("captum")
+    from experiments.benchmarks import attributions
+
+    result = attributions.main(["--quick", "--models", "smallgap", "--repeats", "1",
+                                "--ig_chunk_sweep", "1,all", "--out", str(tmp_path / "s.json")])
+    sweep = result["ig_chunk_sweep"]["smallgap"]
+    assert set(sweep["jaxadv_s"]) == set(sweep["captum_s"]) == {"1", "None"}
+    assert sweep["images_per_call"] == {"1": 32, "None": 32 * attributions.IG_STEPS}
+    assert all(v > 0 for v in [*sweep["jaxadv_s"].values(), *sweep["captum_s"].values()])
+    assert sweep["best_points_per_call"]["jaxadv"] in sweep["jaxadv_s"]
+    assert sweep["speedup_vs_captum_each_at_best"] > 0
+    assert json.loads((tmp_path / "s.json").read_text())["ig_chunk_sweep"]

@@ -53,6 +53,10 @@ the library, builds the model and the batch and runs one (jitted, for JAX) forwa
 jaxadv evaluates the path in chunks of ``--ig-chunk`` points (default 20: 2560 images per model
 call, ``lax.scan`` over 10 chunks); Captum uses its default (all 25600 images in one call).
 
+``--ig_chunk_sweep 1,2,5,all`` instead times only IG at those numbers of path points per model call
+in both libraries (jaxadv ``chunk_size``, Captum ``internal_batch_size`` = points x batch): both
+are faster on CPU with a few points per call than with all of them at once.
+
 Roofline: ``per_model[m]["flops"]`` is XLA's FLOP count of each jaxadv method as the model
 defines it (the standard lowering, fast path off), ``jaxadv_gflops`` that count over jaxadv's
 time, and ``gflops_needed_for_2x`` the rate any implementation of the same computation would
@@ -463,6 +467,43 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True,
     return out
 
 
+def ig_chunk_sweep(name: str, batch: int, chunks, repeats: int) -> dict:
+    """IG (this benchmark's settings) timed at several numbers of path points per model call, in
+    both libraries: jaxadv ``chunk_size`` = c, Captum ``internal_batch_size`` = c * batch (the same
+    images per call); ``None`` = all points in one call. Returns {"jaxadv_s": {c: s},
+    "captum_s": {c: s}, "images_per_call": {c: n}} with the keys as strings."""
+    import jax
+    import torch
+    from captum import attr as C
+
+    import jaxadv.attributions as A
+    from jaxadv import sharding
+    from jaxadv.interop.torch_port import nhwc_to_nchw
+
+    fns, tmodel, x, t, *_ = build(name, batch)
+    xj, tj = sharding.shard_batch((x, t), sharding.data_mesh())
+    xt, tt = nhwc_to_nchw(x), torch.as_tensor(t, dtype=torch.int64)
+    out = {"jaxadv_s": {}, "captum_s": {}, "images_per_call": {}}
+    for c in chunks:
+        ig = jax.jit(lambda v, k, c=c: A.integrated_gradients(
+            fns.logits, v, k, num_steps=IG_STEPS, rule="gausslegendre", chunk_size=c))
+        key = str(c)
+        out["images_per_call"][key] = (c or IG_STEPS) * batch
+        out["jaxadv_s"][key] = time_call(lambda ig=ig: jax.block_until_ready(ig(xj, tj)),
+                                         repeats=repeats)
+        out["captum_s"][key] = time_call(
+            lambda c=c: C.IntegratedGradients(tmodel).attribute(
+                xt, target=tt, n_steps=IG_STEPS, method="gausslegendre",
+                internal_batch_size=None if c is None else c * batch), repeats=repeats)
+        print(f"{name} IG, {key} points per call: jaxadv {out['jaxadv_s'][key]:.2f} s, "
+              f"Captum {out['captum_s'][key]:.2f} s", flush=True)
+    best = {lib: min(out[f"{lib}_s"], key=out[f"{lib}_s"].get) for lib in ("jaxadv", "captum")}
+    out["best_points_per_call"] = best
+    out["speedup_vs_captum_each_at_best"] = (out["captum_s"][best["captum"]]
+                                             / out["jaxadv_s"][best["jaxadv"]])
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # IG-200 peak memory: child processes.
 
@@ -563,6 +604,9 @@ def main(argv=None) -> dict:
     p.add_argument("--host_devices", type=int, default=1,
                    help="split jaxadv's batch over N XLA host devices (Captum uses every core "
                         "through torch's threads either way)")
+    p.add_argument("--ig_chunk_sweep", default=None, metavar="C1,C2,...",
+                   help="only time IG at these numbers of path points per call in both libraries "
+                        "('all' = every point in one call) for --models; JSON key ig_chunk_sweep")
     p.add_argument("--memory-child", choices=("jax", "base-jax", "torch", "base-torch"),
                    help=argparse.SUPPRESS)
     p.add_argument("--memory-batch", type=int, default=128, help=argparse.SUPPRESS)
@@ -587,6 +631,18 @@ def main(argv=None) -> dict:
 
     from experiments.benchmarks.step_speed import matmul_peak_gflops
 
+    if args.ig_chunk_sweep:
+        chunks = [None if c.strip() == "all" else int(c) for c in args.ig_chunk_sweep.split(",")]
+        result = {"ig_chunk_sweep": {name: ig_chunk_sweep(name, batches[name], chunks, repeats)
+                                     for name in args.models.split(",")},
+                  "matmul_peak_gflops": matmul_peak_gflops(1024 if args.quick else 4096),
+                  "settings": {"ig_steps": IG_STEPS, "ig_rule": "gausslegendre",
+                               "repeats": repeats, "quick": args.quick,
+                               "jaxadv_host_devices": jax.device_count()},
+                  "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                              "torch_threads": torch.get_num_threads()}}
+        report.write_json(args.out, result, indent=2)
+        return result
     peak_before = matmul_peak_gflops(1024 if args.quick else 4096)
     per_model = {}
     for name in args.models.split(","):
