@@ -350,24 +350,21 @@ def _relu_kinks(bound, x, t, ig_error) -> dict:
     import jax
     import jax.numpy as jnp
 
+    import jaxadv.attributions as A
     from jaxadv.models import model_fns
 
     model, variables = bound
     flips, per_image = relu_sign_flips(model, variables, x)
 
-    def grad(fns, xs, ts):
-        return jax.grad(lambda v: jnp.sum(jnp.take_along_axis(fns.logits(v), ts[:, None], 1)))(xs)
+    def saliency(v, xs):
+        return jax.jit(lambda z, c: A.saliency(model_fns(model, v).logits, z, c))(xs, t)
 
-    fns32 = model_fns(model, variables)
-    g32 = np.asarray(jax.jit(lambda xs, ts: grad(fns32, xs, ts))(jnp.asarray(x), jnp.asarray(t)))
+    g32 = np.asarray(saliency(variables, jnp.asarray(x)))
     with jax.enable_x64(True):
-        fns = model_fns(model, jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64),
-                                                      variables))
-        g64 = np.asarray(grad(fns, jnp.asarray(x, jnp.float64), jnp.asarray(t)))
+        g64 = np.asarray(saliency(jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64),
+                                                         variables), jnp.asarray(x, jnp.float64)))
     err = _per_image_err(g32, g64)
     flipped = flips > 0
-    import jaxadv.attributions as A
-
     alphas, _ = A.quadrature("gausslegendre", IG_STEPS)
     path_flips = sum(relu_sign_flips(model, variables, np.float32(a) * x)[0] for a in alphas)
     ig_error, on_path = np.asarray(ig_error), path_flips > 0
