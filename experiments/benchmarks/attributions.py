@@ -168,18 +168,28 @@ def _feature_wrapper(torch, tmodel):
     return Wrapped(tmodel)
 
 
+def _float64(tree):
+    """``tree`` with every leaf a float64 jax array (call under ``jax.enable_x64``)."""
+    import jax
+    import jax.numpy as jnp
+
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), tree)
+
+
 def _rel_err(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
-def _jaxadv_methods(fns, key) -> dict:
-    """The four jaxadv methods as (x, targets) -> map, with this benchmark's settings."""
+def _jaxadv_methods(fns, key, ig_points_per_call: int | None = None) -> dict:
+    """The four jaxadv methods as (x, targets) -> map, with this benchmark's settings; IG with
+    ``ig_points_per_call`` path points per model call (``chunk_size``; None: all at once)."""
     import jaxadv.attributions as A
 
     return {
         "ig": lambda v, c: A.integrated_gradients(fns.logits, v, c, num_steps=IG_STEPS,
-                                                  rule="gausslegendre"),
+                                                  rule="gausslegendre",
+                                                  chunk_size=ig_points_per_call),
         "smoothgrad": lambda v, c: A.smooth_grad(fns.logits, v, c, key, num_samples=SG_SAMPLES,
                                                  stdev=SG_STDEV),
         "gradcam": lambda v, c: A.grad_cam(fns.features, fns.head, v, c),
@@ -188,9 +198,10 @@ def _jaxadv_methods(fns, key) -> dict:
     }
 
 
-def _captum_methods(torch, tmodel, tt, x_shape) -> dict:
+def _captum_methods(torch, tmodel, tt, x_shape, ig_points_per_call: int | None = None) -> dict:
     """The four Captum methods on ``tmodel`` as x (NCHW tensor) -> attribution, with the same
-    settings as :func:`_jaxadv_methods` (x_shape: the NHWC batch shape)."""
+    settings as :func:`_jaxadv_methods` (x_shape: the NHWC batch shape; IG's
+    ``internal_batch_size`` = ``ig_points_per_call`` x batch, None: all points at once)."""
     from captum import attr as C
 
     import jaxadv.attributions as A
@@ -201,7 +212,9 @@ def _captum_methods(torch, tmodel, tt, x_shape) -> dict:
     wrapped = _feature_wrapper(torch, tmodel)
     return {
         "ig": lambda xt: C.IntegratedGradients(tmodel).attribute(
-            xt, target=tt, n_steps=IG_STEPS, method="gausslegendre"),
+            xt, target=tt, n_steps=IG_STEPS, method="gausslegendre",
+            internal_batch_size=(None if ig_points_per_call is None
+                                 else ig_points_per_call * x_shape[0])),
         "smoothgrad": lambda xt: C.NoiseTunnel(C.Saliency(tmodel)).attribute(
             xt, nt_type="smoothgrad", nt_samples=SG_SAMPLES, stdevs=SG_STDEV, target=tt,
             abs=False),
@@ -270,8 +283,7 @@ def _float64_checks(bound, tmodel, xt, tt, x, t, ours32, noise, sg_same_noise, x
              "gradcam": captum64["gradcam"](x64).detach().numpy()[:, 0],
              "occlusion": nchw_to_nhwc(captum64["occlusion"](x64))}
     with jax.enable_x64(True):
-        fns = model_fns(model, jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64),
-                                                      variables))
+        fns = model_fns(model, _float64(variables))
         xd, td = jnp.asarray(x, jnp.float64), jnp.asarray(t)
         mine64 = {m: f(xd, td) for m, f in _jaxadv_methods(fns, None).items()
                   if m != "smoothgrad"}
@@ -337,8 +349,7 @@ def relu_sign_flips(model, variables, x) -> tuple[np.ndarray, int]:
         raise ValueError("relu_sign_flips needs a model whose ReLU inputs are BatchNorm outputs "
                          "(PreAct ResNet); this model has no BatchNorm layer.")
     with jax.enable_x64(True):
-        v64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), variables)
-        s64 = np.asarray(signs(v64, jnp.asarray(x, jnp.float64)))
+        s64 = np.asarray(signs(_float64(variables), jnp.asarray(x, jnp.float64)))
     return (s32 != s64).sum(axis=1).astype(np.int64), int(s32.shape[1])
 
 
@@ -361,8 +372,7 @@ def _relu_kinks(bound, x, t, ig_error) -> dict:
 
     g32 = np.asarray(saliency(variables, jnp.asarray(x)))
     with jax.enable_x64(True):
-        g64 = np.asarray(saliency(jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64),
-                                                         variables), jnp.asarray(x, jnp.float64)))
+        g64 = np.asarray(saliency(_float64(variables), jnp.asarray(x, jnp.float64)))
     err = _per_image_err(g32, g64)
     flipped = flips > 0
     alphas, _ = A.quadrature("gausslegendre", IG_STEPS)
@@ -471,9 +481,7 @@ def ig_chunk_sweep(name: str, batch: int, chunks, repeats: int) -> dict:
     "captum_s": {c: s}, "images_per_call": {c: n}} with the keys as strings."""
     import jax
     import torch
-    from captum import attr as C
 
-    import jaxadv.attributions as A
     from jaxadv import sharding
     from jaxadv.interop.torch_port import nhwc_to_nchw
 
@@ -482,16 +490,13 @@ def ig_chunk_sweep(name: str, batch: int, chunks, repeats: int) -> dict:
     xt, tt = nhwc_to_nchw(x), torch.as_tensor(t, dtype=torch.int64)
     out = {"jaxadv_s": {}, "captum_s": {}, "images_per_call": {}}
     for c in chunks:
-        ig = jax.jit(lambda v, k, c=c: A.integrated_gradients(
-            fns.logits, v, k, num_steps=IG_STEPS, rule="gausslegendre", chunk_size=c))
+        ig = jax.jit(_jaxadv_methods(fns, None, c)["ig"])
+        captum_ig = _captum_methods(torch, tmodel, tt, x.shape, c)["ig"]
         key = str(c)
         out["images_per_call"][key] = (c or IG_STEPS) * batch
         out["jaxadv_s"][key] = time_call(lambda ig=ig: jax.block_until_ready(ig(xj, tj)),
                                          repeats=repeats)
-        out["captum_s"][key] = time_call(
-            lambda c=c: C.IntegratedGradients(tmodel).attribute(
-                xt, target=tt, n_steps=IG_STEPS, method="gausslegendre",
-                internal_batch_size=None if c is None else c * batch), repeats=repeats)
+        out["captum_s"][key] = time_call(lambda f=captum_ig: f(xt), repeats=repeats)
         print(f"{name} IG, {key} points per call: jaxadv {out['jaxadv_s'][key]:.2f} s, "
               f"Captum {out['captum_s'][key]:.2f} s", flush=True)
     best = {lib: min(out[f"{lib}_s"], key=out[f"{lib}_s"].get) for lib in ("jaxadv", "captum")}
@@ -628,6 +633,9 @@ def main(argv=None) -> dict:
 
     from experiments.benchmarks.step_speed import matmul_peak_gflops
 
+    machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+               "torch_threads": torch.get_num_threads(),
+               "note": "shared machine: timings are noisy"}
     if args.ig_chunk_sweep:
         chunks = [None if c.strip() == "all" else int(c) for c in args.ig_chunk_sweep.split(",")]
         result = {"ig_chunk_sweep": {name: ig_chunk_sweep(name, batches[name], chunks, repeats)
@@ -636,8 +644,7 @@ def main(argv=None) -> dict:
                   "settings": {"ig_steps": IG_STEPS, "ig_rule": "gausslegendre",
                                "repeats": repeats, "quick": args.quick,
                                "jaxadv_host_devices": jax.device_count()},
-                  "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                              "torch_threads": torch.get_num_threads()}}
+                  "machine": machine}
         report.write_json(args.out, result, indent=2)
         return result
     peak_before = matmul_peak_gflops(1024 if args.quick else 4096)
@@ -664,9 +671,7 @@ def main(argv=None) -> dict:
                      "occlusion_window": OCC_WINDOW, "occlusion_stride": OCC_STRIDE,
                      "repeats": repeats, "quick": args.quick,
                      "jaxadv_host_devices": jax.device_count()},
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(),
-                    "note": "shared machine: timings are noisy"},
+        "machine": machine,
     }
     if not args.skip_memory:
         result["ig200_peak_mb"] = ig200_peak_memory(chunk=args.ig_chunk)
