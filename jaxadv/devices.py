@@ -12,8 +12,22 @@ In a notebook, first cell::
     use_host_devices(2)          # or use_host_devices() for one device per core
     import jax                   # any JAX work comes after
 
-The command line (``jaxadv train ... --host_devices N``) calls the same function. XLA:CPU flags
-(``xla_cpu_use_xnnpack``, ``xla_cpu_use_onednn``, ``xla_cpu_experimental_xnn_graph_fusion_mode``,
+The command line (``jaxadv train ... --host_devices N``) calls the same function.
+
+Convolutions on one thread. XLA:CPU (jaxlib 0.10) hands every convolution to YNNPACK
+(``__ynn_fusion``), which runs it on one thread; with YNNPACK's convolutions off
+(``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``) XLA runs them with Eigen on
+its intra-op thread pool, every core. :func:`set_cpu_convolution_flags` adds that flag where a
+host device has at least two cores to itself (one device on a 2-core machine), and leaves YNNPACK
+where the devices already take every core (there each device's convolutions run on one core, and
+Eigen's threads would compete). ``import jaxadv`` and :func:`use_host_devices` call it, so
+import jaxadv before JAX's first computation (XLA reads ``XLA_FLAGS`` once, when its backend
+starts). Measured on a 2-core EPYC VM (``python -m experiments.benchmarks.step_speed
+--compare_conv_backend``; README, "Speed against PyTorch"): PoolGAP's PGD step on one device
+1.3x faster. :func:`convolution_backend` says which one compiled code uses. A user's own
+``--xla_cpu_experimental_ynn_fusion_type`` in ``XLA_FLAGS`` is left as it is, and
+``JAXADV_FASTPATH=0`` leaves XLA's default. Other XLA:CPU flags (``xla_cpu_use_xnnpack``,
+``xla_cpu_use_onednn``, ``xla_cpu_experimental_xnn_graph_fusion_mode``,
 ``xla_cpu_multi_thread_eigen``) were measured on the convolutions of jaxadv's models and gave no
 change beyond noise, so none is set.
 
@@ -36,6 +50,8 @@ import sys
 
 _FLAG = "--xla_force_host_platform_device_count"
 _TIMEOUT_FLAG = "--xla_cpu_collective_call_terminate_timeout_seconds"
+_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+_EIGEN_CONVOLUTIONS = f"{_CONV_FLAG}=-individual_convolution"
 
 
 def _with_count(xla_flags: str, n: int) -> str:
@@ -96,6 +112,7 @@ def use_host_devices(n: int | None = None, *, collective_timeout_s: int | None =
                 ) from None
     os.environ["XLA_FLAGS"] = _with_timeout(_with_count(os.environ.get("XLA_FLAGS", ""), n),
                                             collective_timeout_s)
+    set_cpu_convolution_flags()
     return n
 
 
@@ -110,3 +127,61 @@ def use_host_devices_unless_set(n: int | None = None) -> int | None:
     if _FLAG in os.environ.get("XLA_FLAGS", ""):
         return None
     return use_host_devices(n)
+
+
+def _host_device_count(xla_flags: str) -> int:
+    """The host device count ``xla_flags`` asks for (XLA's default: 1)."""
+    found = re.findall(rf"{_FLAG}=(\d+)", xla_flags)
+    return int(found[-1]) if found else 1
+
+
+def _with_convolution_flags(xla_flags: str, *, cores: int, fastpath_off: bool = False) -> str:
+    """``xla_flags`` with YNNPACK's convolutions off (:data:`_EIGEN_CONVOLUTIONS`) when each host
+    device has >= 2 cores, without it otherwise. That exact flag is jaxadv's to add and take out;
+    any other setting of ``--xla_cpu_experimental_ynn_fusion_type`` is the user's and is kept."""
+    kept = [f for f in xla_flags.split() if f != _EIGEN_CONVOLUTIONS]
+    if any(f.startswith(_CONV_FLAG) for f in kept):
+        return xla_flags
+    if not fastpath_off and cores >= 2 * _host_device_count(xla_flags):
+        kept.append(_EIGEN_CONVOLUTIONS)
+    return " ".join(kept)
+
+
+def set_cpu_convolution_flags() -> bool:
+    """Adds ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`` to ``XLA_FLAGS``
+    where each host device has at least two cores (module docstring: XLA:CPU's convolutions then
+    run with Eigen on every core instead of YNNPACK on one), and takes it out again where
+    :func:`use_host_devices` gives every core its own device.
+
+    Called by ``import jaxadv`` and :func:`use_host_devices`; it takes effect only before JAX's
+    backends start. Any other value of that flag in ``XLA_FLAGS`` is the user's and is kept
+    (``=+individual_convolution`` keeps YNNPACK's convolutions everywhere);
+    ``JAXADV_FASTPATH=0`` leaves XLA's default.
+
+    Returns:
+      Whether ``XLA_FLAGS`` now holds jaxadv's flag.
+    """
+    off = os.environ.get("JAXADV_FASTPATH", "").strip().lower() in ("0", "false", "off", "no")
+    before = os.environ.get("XLA_FLAGS")
+    flags = _with_convolution_flags(before or "", cores=os.cpu_count() or 1, fastpath_off=off)
+    if flags != (before or ""):
+        os.environ["XLA_FLAGS"] = flags
+    return _EIGEN_CONVOLUTIONS in flags.split()
+
+
+def convolution_backend() -> str:
+    """Which library XLA:CPU runs convolutions with in this process: ``"ynnpack"`` (one thread
+    per convolution) or ``"eigen"`` (XLA's intra-op thread pool); ``"none"`` when JAX's default
+    backend is not the CPU. Compiles (does not run) a 3x3 convolution of 2x8x8x32 zeros, a size
+    YNNPACK takes (XLA leaves the smallest convolutions to Eigen either way); this starts JAX's
+    backends."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    if jax.default_backend() != "cpu":
+        return "none"
+    x, k = jnp.zeros((2, 8, 8, 32)), jnp.zeros((3, 3, 32, 32))
+    conv = jax.jit(lambda x, k: lax.conv_general_dilated(
+        x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    return "ynnpack" if "__ynn_fusion" in conv.lower(x, k).compile().as_text() else "eigen"

@@ -104,3 +104,49 @@ def test_collective_timeout_decides_whether_a_late_device_aborts_the_process():
     waited = run(600)
     assert waited.returncode == 0, waited.stderr[-2000:]
     assert "done" in waited.stdout
+
+
+def test_convolution_flag_follows_cores_per_device():
+    """jaxadv's YNNPACK-convolutions-off flag: added where each host device has >= 2 cores, taken
+    out where it has fewer, a user's own setting of the flag kept, nothing with the fast path
+    off."""
+    from jaxadv.devices import _EIGEN_CONVOLUTIONS as ours
+    from jaxadv.devices import _with_convolution_flags as flags
+
+    count = "--xla_force_host_platform_device_count"
+    assert flags("", cores=2) == ours  # one device, two cores
+    assert flags("", cores=1) == ""
+    assert flags(f"{count}=2", cores=2) == f"{count}=2"
+    assert flags(f"{count}=2", cores=4) == f"{count}=2 {ours}"
+    assert flags(f"{count}=2 {ours}", cores=2) == f"{count}=2"  # use_host_devices(2) on 2 cores
+    assert flags(f"{ours} {count}=1", cores=2) == f"{count}=1 {ours}"  # kept once
+    assert flags("--xla_cpu_foo=1", cores=8, fastpath_off=True) == "--xla_cpu_foo=1"
+    assert flags(ours, cores=8, fastpath_off=True) == ""
+    user = "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution"
+    assert flags(user, cores=8) == user
+    assert flags(f"{count}=8 {user}", cores=2) == f"{count}=8 {user}"
+
+
+_BACKEND = """
+import os, sys
+import jaxadv
+from jaxadv.devices import convolution_backend, use_host_devices
+if len(sys.argv) > 1:
+    use_host_devices(int(sys.argv[1]))
+print(convolution_backend(), os.environ.get("XLA_FLAGS", ""))
+"""
+
+
+@pytest.mark.parametrize("devices", [None, 1, 2])
+def test_convolution_backend_in_a_fresh_process(devices):
+    """What compiled code runs: Eigen's threaded convolutions where a device has >= 2 cores
+    (``import jaxadv`` alone, one device), YNNPACK's where every core has its own device."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXADV_FASTPATH")}
+    env["JAX_PLATFORMS"] = "cpu"
+    argv = [sys.executable, "-c", _BACKEND] + ([] if devices is None else [str(devices)])
+    out = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+                         check=True)
+    backend = out.stdout.split()[0]
+    cores = os.cpu_count() or 1
+    expected = "eigen" if cores >= 2 * (devices or 1) else "ynnpack"
+    assert backend == expected, out.stdout

@@ -1,6 +1,7 @@
 """The results scripts run end to end (quick settings, synthetic Fashion-MNIST-shaped data)."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -280,12 +281,19 @@ def test_step_speed_benchmark_smoke(tmp_path):
     result = _run_in_fresh_process(
         "experiments.benchmarks.step_speed", "--quick", "--models", "smallgap", "--batch", "128",
         "--repeats", "1", "--host_devices", "2", "--precision", "highest", "--compare_no_fold",
-        "--compare_cumsum_mask", out=tmp_path / "ss.json")
+        "--compare_cumsum_mask", "--compare_conv_backend", out=tmp_path / "ss.json")
     ops = ("forward", "pgd_step", "pgd10", "train_step")
     assert set(result["speedup_vs_torch"]) == {f"smallgap/{op}" for op in ops}
     assert all(v > 0 for v in result["speedup_vs_torch"].values())
     assert set(result["speedup_vs_no_fold"]) == set(result["speedup_vs_torch"])
     assert set(result["speedup_vs_cumsum_mask"]) == set(result["speedup_vs_torch"])
+    # The other convolution library as a contestant: Eigen's where every core has its own device
+    # (2 devices on 2 cores), YNNPACK's where a device has >= 2 cores.
+    backend = result["config"]["conv_backend"]
+    expected = "eigen" if (os.cpu_count() or 1) >= 4 else "ynnpack"
+    assert backend == expected
+    other = {"eigen": "ynnpack", "ynnpack": "eigen"}[backend]
+    assert set(result[f"speedup_vs_{other}_conv"]) == set(result["speedup_vs_torch"])
     assert all(result["flops"][f"smallgap/{op}"] > 0 for op in ops)
     # The GAP fold (64 examples per device: batch 128 on 2 devices) skips most of SmallGAP's
     # last layer: the program run counts fewer FLOPs.

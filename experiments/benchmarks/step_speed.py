@@ -3,7 +3,7 @@
     python -m experiments.benchmarks.step_speed --out results/step_speed.json
         [--quick] [--host_devices N] [--models smallgap,poolgap,preact_resnet18] [--repeats R]
         [--compare_standard] [--compare_no_rows] [--compare_no_patches] [--compare_no_fold]
-        [--compare_cumsum_mask]
+        [--compare_cumsum_mask] [--compare_conv_backend]
         [--no_fastpath]
         [--torch_device cuda] [--precision highest]
 
@@ -40,8 +40,12 @@ without its row-matmul convolution (``jaxadv_no_rows``, see ``fastpath._rows_pay
 the GAP head directly, so the logits need only its mean over positions, ``fastpath.conv_mean``;
 the PyTorch twin computes the whole map), ``--compare_cumsum_mask`` with the max pool's
 first-maximum mask taken from a cumulative sum over each window (``jaxadv_cumsum_mask``: the form
-used until 2026-12-05, which XLA:CPU runs as a reduce-window; now an element-wise pass);
-``--no_fastpath`` turns it off for the ``jaxadv`` one.
+used until 2026-12-05, which XLA:CPU runs as a reduce-window; now an element-wise pass),
+``--compare_conv_backend`` the same programs compiled with XLA:CPU's other convolution library
+(``jaxadv_ynnpack_conv`` where jaxadv runs Eigen's, ``jaxadv_eigen_conv`` where it runs
+YNNPACK's; ``jaxadv.devices.set_cpu_convolution_flags``; through ``compiler_options``, so in the
+same process); ``--no_fastpath`` turns it off for the ``jaxadv`` one. ``config.conv_backend``
+records which one jaxadv ran (``jaxadv.devices.convolution_backend``).
 ``--quick``: batch 32, 2 rounds, a 1024^3 matmul (a smoke test, not a measurement).
 
 On a GPU machine: ``--torch_device cuda`` puts the PyTorch twin on the GPU (every PyTorch op is
@@ -100,6 +104,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compare_cumsum_mask", action="store_true",
                    help="Also time jaxadv with the max pool's first-maximum mask from a cumulative "
                         "sum (contestant 'jaxadv_cumsum_mask'; fastpath._first_max_mask).")
+    p.add_argument("--compare_conv_backend", action="store_true",
+                   help="Also time jaxadv's programs compiled with XLA:CPU's other convolution "
+                        "library (contestant 'jaxadv_ynnpack_conv' or 'jaxadv_eigen_conv'; "
+                        "jaxadv.devices.set_cpu_convolution_flags).")
     p.add_argument("--no_fastpath", action="store_true", help="Turn the fast path off.")
     p.add_argument("--torch_threads", type=int, default=0,
                    help="torch.set_num_threads (0: PyTorch's default).")
@@ -222,8 +230,19 @@ def _op_flops(lowered: dict) -> dict:
     return flops
 
 
-def jax_ops(name: str, x_np, y_np, *, fast: bool, mesh) -> tuple[dict, dict, dict]:
-    """Compiled jaxadv ops for model ``name`` with the fast path on or off.
+# XLA:CPU's convolution library -> the compile option that selects it (YNNPACK's dots, XLA's
+# default, stay on in both).
+CONV_BACKEND_OPTIONS = {
+    "ynnpack": {"xla_cpu_experimental_ynn_fusion_type":
+                "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"},
+    "eigen": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
+}
+
+
+def jax_ops(name: str, x_np, y_np, *, fast: bool, mesh,
+            compiler_options: dict | None = None) -> tuple[dict, dict, dict]:
+    """Compiled jaxadv ops for model ``name`` with the fast path on or off (and XLA
+    ``compiler_options`` for every op, e.g. :data:`CONV_BACKEND_OPTIONS`).
 
     Returns (fns, flops, handles): fns[op]() runs op once and blocks; flops[op] is XLA's FLOP count
     of the op's standard lowering and of the program that runs (None where unavailable); handles
@@ -282,7 +301,8 @@ def jax_ops(name: str, x_np, y_np, *, fast: bool, mesh) -> tuple[dict, dict, dic
     with fastpath.enabled(fast):
         lowered = {op: jax.jit(defs[op], donate_argnums=(0,) if op == "train_step" else ())
                    .lower(*args[op]) for op in OPS}
-        compiled = {op: low.compile() for op, low in lowered.items()}
+        compiled = {op: low.compile(compiler_options=compiler_options)
+                    for op, low in lowered.items()}
         handles = {"model": model, "variables": variables, "logits": jax.jit(logits),
                    "input_grad": jax.jit(input_grad), "x": x, "y": y}
 
@@ -426,6 +446,7 @@ def main(argv=None) -> dict:
     import torch
 
     from jaxadv import sharding
+    from jaxadv.devices import convolution_backend
     from jaxadv.interop.torch_port import to_torch
     from jaxadv.models import fastpath
 
@@ -453,6 +474,11 @@ def main(argv=None) -> dict:
     forms_off += ["mask"] if args.compare_cumsum_mask else []
     for form in forms_off:
         results[f"speedup_vs_{_off_label(form)}"] = {}
+    conv_backend = convolution_backend()
+    other_conv = None
+    if args.compare_conv_backend:
+        other_conv = "ynnpack" if conv_backend == "eigen" else "eigen"
+        results[f"speedup_vs_{other_conv}_conv"] = {}
     rng = np.random.default_rng(0)
     for name in args.models.split(","):
         shape = (batch,) + MODELS[name]
@@ -467,6 +493,9 @@ def main(argv=None) -> dict:
         for form in forms_off:
             with form_off(form):
                 without[form] = jax_ops(name, x_np, y_np, fast=not args.no_fastpath, mesh=mesh)[0]
+        if other_conv:
+            without[other_conv] = jax_ops(name, x_np, y_np, fast=not args.no_fastpath, mesh=mesh,
+                                          compiler_options=CONV_BACKEND_OPTIONS[other_conv])[0]
         for op in ops:
             contestants = {"jaxadv": fns[op], "torch": tfns[op]}
             if std is not None:
@@ -506,7 +535,8 @@ def main(argv=None) -> dict:
         "platform": platform.platform(), "backend": jax.default_backend(),
         "devices": str(jax.devices()[0].device_kind), "argv": sys.argv[1:] if argv is None else argv,
         "command": report.command("experiments.benchmarks.step_speed", argv),
-        "torch_device": device, "precision": args.precision,
+        "torch_device": device, "precision": args.precision, "conv_backend": conv_backend,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "jax_default_matmul_precision": getattr(jax.config, "jax_default_matmul_precision", None),
         **torch_flags,
     }
@@ -545,7 +575,7 @@ _FORMS_OFF = {
 
 
 def _off_label(form: str) -> str:
-    return _FORMS_OFF[form][2]
+    return f"{form}_conv" if form in CONV_BACKEND_OPTIONS else _FORMS_OFF[form][2]
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ with the same outputs and gradients (tests: ``tests/models/test_fastpath.py``):
 * a convolution whose kernel covers most of its map (SmallGAP's 7x7 kernel on its 7x7 map) as one
   matmul per output row, (B, n_i*W*C) @ (n_i*W*C, Wo*O), with the kernel rows laid out as block
   Toeplitz matrices (:func:`_rows_conv`): the padding rows are never multiplied, and matmuls use
-  every core where XLA:CPU runs its convolutions on one thread. Used on one host device with two
+  every core where XLA:CPU's YNNPACK convolutions run on one thread. Used on one host device with two
   or more cores where it needs at most 0.8 of the convolution's multiply-adds
   (:func:`_rows_pay` has the measurements).
 * the GAP fold: where a model's feature map is a convolution followed only by the GAP head
@@ -269,7 +269,11 @@ def _rows_pay(in_hw, k_hw, strides, pads, dilation) -> bool:
     host device has at least two cores (one device on this 2-core machine).
 
     XLA:CPU ran the convolutions of these models on one thread here (a layer took the same time
-    pinned to one core with ``taskset``), while its matmuls use every core. SmallGAP's 7x7 kernel
+    pinned to one core with ``taskset``: YNNPACK's convolutions), while its matmuls use every core.
+    With Eigen's threaded convolutions, which jaxadv now selects on such a device
+    (:func:`jaxadv.devices.set_cpu_convolution_flags`), the row form still pays on that layer:
+    forward / input / kernel gradient 11.1 / 11.1 / 11.2 ms XLA against 9.1 / 8.8 / 9.0 (EPYC VM,
+    2026-12-05, results/conv_forms_eigen_1dev.json). SmallGAP's 7x7 kernel
     on its 7x7 map (ratio 0.755) on one host device, 2-core Xeon VM, 2026-12-04, batch 128,
     interleaved medians, row form against the fast path without it (``python -m
     experiments.benchmarks.step_speed --models smallgap,poolgap --repeats 7 --host_devices 1
