@@ -169,6 +169,16 @@ def set_cpu_convolution_flags() -> bool:
     return _EIGEN_CONVOLUTIONS in flags.split()
 
 
+# XLA:CPU's convolution library -> the compile options that select it for one program
+# (``jax.jit(f).lower(...).compile(compiler_options=...)``), whatever ``XLA_FLAGS`` say; YNNPACK's
+# dots, XLA's default, stay on in both.
+CONVOLUTION_BACKEND_OPTIONS = {
+    "ynnpack": {"xla_cpu_experimental_ynn_fusion_type":
+                "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"},
+    "eigen": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
+}
+
+
 def convolution_backend() -> str:
     """Which library XLA:CPU runs convolutions with in this process: ``"ynnpack"`` (one thread
     per convolution) or ``"eigen"`` (XLA's intra-op thread pool); ``"none"`` when JAX's default

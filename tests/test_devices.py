@@ -150,3 +150,24 @@ def test_convolution_backend_in_a_fresh_process(devices):
     cores = os.cpu_count() or 1
     expected = "eigen" if cores >= 2 * (devices or 1) else "ynnpack"
     assert backend == expected, out.stdout
+
+
+def test_convolution_backend_options_select_the_library():
+    """``CONVOLUTION_BACKEND_OPTIONS`` compile one program with either library, whatever
+    XLA_FLAGS say; both compute the same convolution."""
+    import jax.numpy as jnp
+    from jax import lax
+
+    from jaxadv.devices import CONVOLUTION_BACKEND_OPTIONS
+
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 32))
+    k = jax.random.normal(jax.random.key(1), (3, 3, 32, 32))
+    lowered = jax.jit(lambda x, k: lax.conv_general_dilated(
+        x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))).lower(x, k)
+    outs = {}
+    for lib, options in CONVOLUTION_BACKEND_OPTIONS.items():
+        compiled = lowered.compile(compiler_options=options)
+        assert ("__ynn_fusion" in compiled.as_text()) == (lib == "ynnpack")
+        outs[lib] = compiled(x, k)
+    assert float(jnp.max(jnp.abs(outs["eigen"] - outs["ynnpack"]))) < 1e-4 * float(
+        jnp.max(jnp.abs(outs["eigen"])))

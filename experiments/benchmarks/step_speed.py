@@ -230,19 +230,10 @@ def _op_flops(lowered: dict) -> dict:
     return flops
 
 
-# XLA:CPU's convolution library -> the compile option that selects it (YNNPACK's dots, XLA's
-# default, stay on in both).
-CONV_BACKEND_OPTIONS = {
-    "ynnpack": {"xla_cpu_experimental_ynn_fusion_type":
-                "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"},
-    "eigen": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
-}
-
-
 def jax_ops(name: str, x_np, y_np, *, fast: bool, mesh,
             compiler_options: dict | None = None) -> tuple[dict, dict, dict]:
     """Compiled jaxadv ops for model ``name`` with the fast path on or off (and XLA
-    ``compiler_options`` for every op, e.g. :data:`CONV_BACKEND_OPTIONS`).
+    ``compiler_options`` for every op, e.g. ``jaxadv.devices.CONVOLUTION_BACKEND_OPTIONS``).
 
     Returns (fns, flops, handles): fns[op]() runs op once and blocks; flops[op] is XLA's FLOP count
     of the op's standard lowering and of the program that runs (None where unavailable); handles
@@ -446,7 +437,7 @@ def main(argv=None) -> dict:
     import torch
 
     from jaxadv import sharding
-    from jaxadv.devices import convolution_backend
+    from jaxadv.devices import CONVOLUTION_BACKEND_OPTIONS, convolution_backend
     from jaxadv.interop.torch_port import to_torch
     from jaxadv.models import fastpath
 
@@ -495,7 +486,7 @@ def main(argv=None) -> dict:
                 without[form] = jax_ops(name, x_np, y_np, fast=not args.no_fastpath, mesh=mesh)[0]
         if other_conv:
             without[other_conv] = jax_ops(name, x_np, y_np, fast=not args.no_fastpath, mesh=mesh,
-                                          compiler_options=CONV_BACKEND_OPTIONS[other_conv])[0]
+                                          compiler_options=CONVOLUTION_BACKEND_OPTIONS[other_conv])[0]
         for op in ops:
             contestants = {"jaxadv": fns[op], "torch": tfns[op]}
             if std is not None:
@@ -575,7 +566,7 @@ _FORMS_OFF = {
 
 
 def _off_label(form: str) -> str:
-    return f"{form}_conv" if form in CONV_BACKEND_OPTIONS else _FORMS_OFF[form][2]
+    return f"{form}_conv" if form in ("eigen", "ynnpack") else _FORMS_OFF[form][2]
 
 
 @contextlib.contextmanager
