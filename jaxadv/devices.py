@@ -22,9 +22,13 @@ host device has at least two cores to itself (one device on a 2-core machine), a
 where the devices already take every core (there each device's convolutions run on one core, and
 Eigen's threads would compete). ``import jaxadv`` and :func:`use_host_devices` call it, so
 import jaxadv before JAX's first computation (XLA reads ``XLA_FLAGS`` once, when its backend
-starts). Measured on a 2-core EPYC VM (``python -m experiments.benchmarks.step_speed
---compare_conv_backend``; README, "Speed against PyTorch"): PoolGAP's PGD step on one device
-1.3x faster. :func:`convolution_backend` says which one compiled code uses. A user's own
+starts). Measured on a 2-core EPYC VM, batch 128, the same programs compiled with either library
+in one run (``python -m experiments.benchmarks.step_speed --models smallgap,poolgap --host_devices
+1 --compare_conv_backend``, results/step_speed_conv_1dev.json; README, "Speed against PyTorch"):
+PoolGAP's PGD step on one device 1.60x faster with Eigen (62.4 -> 39.0 ms), its train step 1.65x;
+SmallGAP's small convolutions 0.65-0.78x (3.1 -> 4.7 ms forward); on two devices YNNPACK is the
+faster (PoolGAP 1.1-1.6x, results/step_speed_conv_2dev.json). :func:`convolution_backend` says
+which one compiled code uses. A user's own
 ``--xla_cpu_experimental_ynn_fusion_type`` in ``XLA_FLAGS`` is left as it is, and
 ``JAXADV_FASTPATH=0`` leaves XLA's default. Other XLA:CPU flags (``xla_cpu_use_xnnpack``,
 ``xla_cpu_use_onednn``, ``xla_cpu_experimental_xnn_graph_fusion_mode``,
