@@ -133,6 +133,21 @@ def use_host_devices_unless_set(n: int | None = None) -> int | None:
     return use_host_devices(n)
 
 
+def fastpath_env_setting() -> bool | None:
+    """The CPU fast path's setting from ``JAXADV_FASTPATH`` (``jaxadv.models.fastpath``): True
+    (1), False (0: standard lowerings and XLA's default convolution library), None (unset or
+    "auto": on for CPU)."""
+    value = os.environ.get("JAXADV_FASTPATH", "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value in ("0", "false", "off", "no"):
+        return False
+    if value in ("1", "true", "on", "yes"):
+        return True
+    raise ValueError(f"JAXADV_FASTPATH={value!r} is not understood; use 0 (standard lowerings), "
+                     "1 (fast path everywhere it applies) or leave it unset (fast path on CPU).")
+
+
 def _host_device_count(xla_flags: str) -> int:
     """The host device count ``xla_flags`` asks for (XLA's default: 1)."""
     found = re.findall(rf"{_FLAG}=(\d+)", xla_flags)
@@ -165,9 +180,9 @@ def set_cpu_convolution_flags() -> bool:
     Returns:
       Whether ``XLA_FLAGS`` now holds jaxadv's flag.
     """
-    off = os.environ.get("JAXADV_FASTPATH", "").strip().lower() in ("0", "false", "off", "no")
     before = os.environ.get("XLA_FLAGS")
-    flags = _with_convolution_flags(before or "", cores=os.cpu_count() or 1, fastpath_off=off)
+    flags = _with_convolution_flags(before or "", cores=os.cpu_count() or 1,
+                                    fastpath_off=fastpath_env_setting() is False)
     if flags != (before or ""):
         os.environ["XLA_FLAGS"] = flags
     return _EIGEN_CONVOLUTIONS in flags.split()

@@ -137,18 +137,21 @@ print(convolution_backend(), os.environ.get("XLA_FLAGS", ""))
 """
 
 
-@pytest.mark.parametrize("devices", [None, 1, 2])
-def test_convolution_backend_in_a_fresh_process(devices):
+@pytest.mark.parametrize("devices,fastpath", [(None, ""), (1, ""), (2, ""), (None, "0")])
+def test_convolution_backend_in_a_fresh_process(devices, fastpath):
     """What compiled code runs: Eigen's threaded convolutions where a device has >= 2 cores
-    (``import jaxadv`` alone, one device), YNNPACK's where every core has its own device."""
+    (``import jaxadv`` alone, one device), YNNPACK's where every core has its own device, and
+    XLA's default (YNNPACK) with ``JAXADV_FASTPATH=0``."""
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXADV_FASTPATH")}
     env["JAX_PLATFORMS"] = "cpu"
+    if fastpath:
+        env["JAXADV_FASTPATH"] = fastpath
     argv = [sys.executable, "-c", _BACKEND] + ([] if devices is None else [str(devices)])
     out = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
                          check=True)
     backend = out.stdout.split()[0]
     cores = os.cpu_count() or 1
-    expected = "eigen" if cores >= 2 * (devices or 1) else "ynnpack"
+    expected = "eigen" if cores >= 2 * (devices or 1) and fastpath != "0" else "ynnpack"
     assert backend == expected, out.stdout
 
 

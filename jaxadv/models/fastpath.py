@@ -93,21 +93,10 @@ from jax import lax
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
+from jaxadv.devices import fastpath_env_setting
 from jaxadv.types import Array
 
 _ENABLED: bool | None = None  # None: automatic (on for CPU); set by set_enabled / enabled
-
-
-def _env_setting() -> bool | None:
-    value = os.environ.get("JAXADV_FASTPATH", "").strip().lower()
-    if value in ("", "auto"):
-        return None
-    if value in ("0", "false", "off", "no"):
-        return False
-    if value in ("1", "true", "on", "yes"):
-        return True
-    raise ValueError(f"JAXADV_FASTPATH={value!r} is not understood; use 0 (standard lowerings), "
-                     "1 (fast path everywhere it applies) or leave it unset (fast path on CPU).")
 
 
 def set_enabled(flag: bool | None) -> None:
@@ -146,7 +135,7 @@ def is_enabled() -> bool:
     """Whether the fast path would be used by a function traced now."""
     if _ENABLED is not None:
         return _ENABLED
-    env = _env_setting()
+    env = fastpath_env_setting()
     if env is not None:
         return env
     return jax.default_backend() == "cpu"
