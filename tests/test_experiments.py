@@ -331,11 +331,16 @@ def test_kernel_grad_benchmark_smoke(tmp_path):
     assert rows[0]["max_rel_diff"] < 1e-4
     assert rows[0]["rule"] in ("columns", "taps", "xla")
     assert json.loads(out.read_text())["rows"][0]["layer"].startswith("smallgap conv1: 28x28x1")
-    # The three forms of each op of a layer agree (SmallGAP's 7x7 layer: rows apply).
-    forms = kernel_grad.main(["--forms", "--batches", "2", "--layers", "3", "--repeats", "1"])
+    # The forms of each op of a layer agree (SmallGAP's 7x7 layer: rows apply; its one-channel
+    # first layer: taps apply), compiled with Eigen's convolutions.
+    forms = kernel_grad.main(["--forms", "--batches", "2", "--layers", "3", "--repeats", "1",
+                              "--conv_backend", "eigen"])
     assert [r["op"] for r in forms[-3:]] == ["forward", "input", "kernel"]
     assert all(r["max_rel_diff"] < 1e-4 and r["xla_ms"] > 0 and r["patches_ms"] > 0 for r in forms)
     assert all(r["rows_ms"] > 0 for r in forms[-3:]) and forms[0]["rows_ms"] is None
+    assert all(r["taps_ms"] > 0 for r in forms[:3]) and forms[-1]["taps_ms"] is None
+    assert [r["picked"] for r in forms[:3]] == ["taps", "patches", "xla"]
+    assert {r["conv_backend"] for r in forms} == {"eigen"}
     # Whole train steps, the rule's kernel gradients against XLA's (a conv-free model here).
     step = kernel_grad.bench_train_step("linear", repeats=1)
     assert step["devices"] == 8 and step["rule_ms"] > 0 and step["xla_ms"] > 0

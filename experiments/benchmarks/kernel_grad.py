@@ -3,7 +3,8 @@
     python -m experiments.benchmarks.kernel_grad [--batches 16 64 128] [--repeats 7] [--out FILE]
     python -m experiments.benchmarks.kernel_grad --train_steps poolgap preact_resnet18 \
         --host_devices 2 [--out FILE]
-    python -m experiments.benchmarks.kernel_grad --forms [--batches 128] [--out FILE]
+    python -m experiments.benchmarks.kernel_grad --forms [--batches 128] [--conv_backend eigen] \
+        [--out FILE]
 
 For each layer shape (SAME padding, float32, NHWC) and batch, the gradient of
 ``sum(tanh(conv(x, w)))`` with respect to the kernel ``w`` is jitted with the fast path on and
@@ -22,11 +23,15 @@ rule picks (``rule``) against XLA's everywhere (``xla``), interleaved, medians a
 call: what decides the rule, since single layers on one device overstate the gain.
 
 ``--forms`` times, for each layer and batch, the forward pass, the input gradient and the kernel
-gradient (each a jitted linear map, ms) in three forms: XLA's convolutions (``xla``; the input
+gradient (each a jitted linear map, ms) in four forms: XLA's convolutions (``xla``; the input
 gradient with the fast path's HWIO kernel), im2col (``patches``, :func:`fastpath._patches_conv`
-and its transposes) and one matmul per output row (``rows``, :func:`fastpath._rows_conv`, stride
-1 only), with the form :func:`fastpath._patches_pay` / :func:`fastpath._rows_pay` pick on one
-device (``picked``). The forced method comparisons above run with both forms off.
+and its transposes), the sum over kernel taps (``taps``, :func:`fastpath._taps_conv`, one-channel
+layers only: with more channels its tap products are matmuls) and one matmul per output row
+(``rows``, :func:`fastpath._rows_conv`, stride 1 only), with the form :func:`fastpath._rows_pay`
+/ :func:`fastpath._taps_pay` / :func:`fastpath._patches_pay` pick on one device (``picked``).
+``--conv_backend eigen`` or ``ynnpack`` compiles every form with that library's convolutions
+(:data:`jaxadv.devices.CONVOLUTION_BACKEND_OPTIONS`; default: the process's setting). The forced
+method comparisons above run with these forms off.
 """
 
 import argparse
@@ -65,22 +70,24 @@ def time_call(fn, *args, repeats: int) -> float:
 @contextlib.contextmanager
 def kernel_grad_rule(rule):
     """The fast path on, with ``fastpath._kernel_grad_method`` replaced by ``rule`` (None: the
-    library's own; a rule also turns the row and im2col forms off) and JAX's caches cleared on
+    library's own; a rule also turns the row, taps and im2col forms off) and JAX's caches cleared on
     the way in and out, so that what is traced inside uses it."""
     import jax
 
     from jaxadv.models import fastpath
 
-    original = (fastpath._kernel_grad_method, fastpath._rows_pay, fastpath._patches_pay)
-    if rule is not None:  # a forced method: the row and im2col forms off too
+    original = (fastpath._kernel_grad_method, fastpath._rows_pay, fastpath._patches_pay,
+                fastpath._taps_pay)
+    if rule is not None:  # a forced method: the row, taps and im2col forms off too
         fastpath._kernel_grad_method = rule
-        fastpath._rows_pay = fastpath._patches_pay = lambda *a: False
+        fastpath._rows_pay = fastpath._patches_pay = fastpath._taps_pay = lambda *a: False
     jax.clear_caches()
     try:
         with fastpath.enabled(True):
             yield
     finally:
-        fastpath._kernel_grad_method, fastpath._rows_pay, fastpath._patches_pay = original
+        (fastpath._kernel_grad_method, fastpath._rows_pay, fastpath._patches_pay,
+         fastpath._taps_pay) = original
         jax.clear_caches()
 
 
@@ -117,14 +124,19 @@ def bench_layer(batch: int, layer: tuple, repeats: int, methods=METHODS) -> dict
     return out
 
 
-def bench_forms(batch: int, layer: tuple, repeats: int) -> list[dict]:
-    """Forward, input gradient and kernel gradient of one layer in XLA's, the im2col and the row
-    form: one row per op with ``<form>_ms`` (None where the form does not apply) and ``picked``."""
+def bench_forms(batch: int, layer: tuple, repeats: int, conv_backend: str | None = None
+                ) -> list[dict]:
+    """Forward, input gradient and kernel gradient of one layer in XLA's, the im2col, the taps and
+    the row form: one row per op with ``<form>_ms`` (None where the form does not apply) and
+    ``picked``; compiled with ``conv_backend``'s convolutions where given."""
     import jax
     import numpy as np
     from jax import lax
 
+    from jaxadv.devices import CONVOLUTION_BACKEND_OPTIONS
     from jaxadv.models import fastpath
+
+    options = CONVOLUTION_BACKEND_OPTIONS[conv_backend] if conv_backend else None
 
     name, hw, cin, cout, k, stride = layer
     x = jax.random.normal(jax.random.key(0), (batch, hw, hw, cin))
@@ -133,6 +145,8 @@ def bench_forms(batch: int, layer: tuple, repeats: int) -> list[dict]:
     pads = tuple(tuple(p) for p in lax.padtype_to_pads((hw, hw), (k, k), strides, "SAME"))
     convs = {"xla": lambda x, w: fastpath._std_conv(x, w, strides, pads, dil, None, None),
              "patches": lambda x, w: fastpath._patches_conv(x, w, strides, pads, dil, None)}
+    if cin == 1:
+        convs["taps"] = lambda x, w: fastpath._taps_conv(x, w, strides, pads, dil, None, None)
     rows_ratio = fastpath._rows_flop_ratio((hw, hw), (k, k), strides, pads, dil)
     if rows_ratio < float("inf"):
         convs["rows"] = lambda x, w: fastpath._rows_conv(x, w, pads, None)
@@ -142,7 +156,7 @@ def bench_forms(batch: int, layer: tuple, repeats: int) -> list[dict]:
     out = []
     for op in ("forward", "input", "kernel"):
         r = {"batch": batch, "layer": f"{name}: {hw}x{hw}x{cin}->{cout}, {k}x{k}, stride {stride}",
-             "op": op, "rows_ms": None}
+             "op": op, "rows_ms": None, "taps_ms": None, "conv_backend": conv_backend}
         results = {}
         for form, conv in convs.items():
             if op == "forward":
@@ -159,12 +173,15 @@ def bench_forms(batch: int, layer: tuple, repeats: int) -> list[dict]:
                 fn = jax.jit(lambda x, g, c=conv: jax.linear_transpose(
                     lambda v: c(x, v), w_sd)(g)[0])
                 args = (x, g)
+            fn = fn.lower(*args).compile(options)
             results[form] = np.asarray(fn(*args))
             r[f"{form}_ms"] = time_call(fn, *args, repeats=repeats)
         ref = results["xla"]
         r["max_rel_diff"] = max(float(np.abs(v - ref).max() / max(np.abs(ref).max(), 1e-30))
                                 for v in results.values())
-        r["picked"] = ("rows" if rows_pay else
+        taps_pay = fastpath._taps_pay(
+            cin, cout, op, ynnpack=None if conv_backend is None else conv_backend == "ynnpack")
+        r["picked"] = ("rows" if rows_pay else "taps" if taps_pay else
                        "patches" if fastpath._patches_pay(cin, op) else "xla")
         out.append(r)
     return out
@@ -218,21 +235,29 @@ def main(argv=None) -> list:
     p.add_argument("--host_devices", type=int, default=1,
                    help="XLA host devices for --train_steps (set before JAX initialises)")
     p.add_argument("--forms", action="store_true",
-                   help="time forward, input and kernel gradients in XLA's, im2col and row form")
+                   help="time forward, input and kernel gradients in XLA's, im2col, taps and "
+                        "row form")
+    p.add_argument("--conv_backend", choices=("eigen", "ynnpack"), default=None,
+                   help="with --forms: compile every form with this library's convolutions")
     args = p.parse_args(argv)
     rows = []
     if args.forms:
-        print("| batch | layer | op | XLA ms | im2col ms | rows ms | picked |\n"
-              "|---|---|---|---|---|---|---|")
+        print("| batch | layer | op | XLA ms | im2col ms | taps ms | rows ms | picked |\n"
+              "|---|---|---|---|---|---|---|---|")
         for batch in args.batches:
             for layer in LAYERS[:args.layers]:
-                for r in bench_forms(batch, layer, args.repeats):
+                for r in bench_forms(batch, layer, args.repeats, args.conv_backend):
                     rows.append(r)
-                    rms = "" if r["rows_ms"] is None else f"{r['rows_ms']:.2f}"
+                    opt = {f: "" if r[f"{f}_ms"] is None else f"{r[f'{f}_ms']:.2f}"
+                           for f in ("taps", "rows")}
                     print(f"| {r['batch']} | {r['layer']} | {r['op']} | {r['xla_ms']:.2f} | "
-                          f"{r['patches_ms']:.2f} | {rms} | {r['picked']} |", flush=True)
+                          f"{r['patches_ms']:.2f} | {opt['taps']} | {opt['rows']} | "
+                          f"{r['picked']} |", flush=True)
         if args.out:
+            from jaxadv.devices import convolution_backend
+
             report.write_json(args.out, {"forms": rows, "repeats": args.repeats,
+                                         "conv_backend": args.conv_backend or convolution_backend(),
                                          "command": report.command(
                                              "experiments.benchmarks.kernel_grad", argv)})
         return rows

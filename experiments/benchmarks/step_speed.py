@@ -2,7 +2,8 @@
 
     python -m experiments.benchmarks.step_speed --out results/step_speed.json
         [--quick] [--host_devices N] [--models smallgap,poolgap,preact_resnet18] [--repeats R]
-        [--compare_standard] [--compare_no_rows] [--compare_no_patches] [--compare_no_fold]
+        [--compare_standard] [--compare_no_rows] [--compare_no_patches] [--compare_no_taps]
+        [--compare_no_fold]
         [--compare_cumsum_mask] [--compare_conv_backend]
         [--no_fastpath]
         [--torch_device cuda] [--precision highest]
@@ -36,6 +37,8 @@ initialises, with ``jaxadv.devices.use_host_devices``); ``--compare_standard`` a
 the fast path off (``jaxadv_std``) as a third contestant, ``--compare_no_rows`` the fast path
 without its row-matmul convolution (``jaxadv_no_rows``, see ``fastpath._rows_pay``),
 ``--compare_no_patches`` without its im2col form for images (``jaxadv_no_patches``),
+``--compare_no_taps`` without its sum-over-taps forward pass of one-channel images
+(``jaxadv_no_taps``, ``fastpath._taps_pay``),
 ``--compare_no_fold`` without its GAP fold (``jaxadv_no_fold``: SmallGAP's last convolution feeds
 the GAP head directly, so the logits need only its mean over positions, ``fastpath.conv_mean``;
 the PyTorch twin computes the whole map), ``--compare_cumsum_mask`` with the max pool's
@@ -97,6 +100,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compare_no_patches", action="store_true",
                    help="Also time jaxadv with the fast path's im2col convolution of images off "
                         "(contestant 'jaxadv_no_patches'; fastpath._patches_pay).")
+    p.add_argument("--compare_no_taps", action="store_true",
+                   help="Also time jaxadv with the fast path's sum-over-taps forward pass of "
+                        "one-channel images off (contestant 'jaxadv_no_taps'; fastpath._taps_pay).")
     p.add_argument("--compare_no_fold", action="store_true",
                    help="Also time jaxadv without the fast path's GAP fold (SmallGAP's last "
                         "convolution averaged without its output map; contestant "
@@ -461,7 +467,8 @@ def main(argv=None) -> dict:
                "gflops_executed": {}, "flops_executed": {}}
     if args.compare_standard:
         results["speedup_vs_standard"] = {}
-    forms_off = [f for f in ("rows", "patches", "fold") if getattr(args, f"compare_no_{f}")]
+    forms_off = [f for f in ("rows", "patches", "taps", "fold")
+                 if getattr(args, f"compare_no_{f}")]
     forms_off += ["mask"] if args.compare_cumsum_mask else []
     for form in forms_off:
         results[f"speedup_vs_{_off_label(form)}"] = {}
@@ -560,6 +567,7 @@ def _always_false(*args) -> bool:
 _FORMS_OFF = {
     "rows": ("_rows_pay", _always_false, "no_rows"),
     "patches": ("_patches_pay", _always_false, "no_patches"),
+    "taps": ("_taps_pay", _always_false, "no_taps"),
     "fold": ("_fold_pay", _always_false, "no_fold"),
     "mask": ("_first_max_mask", cumsum_first_max_mask, "cumsum_mask"),
 }
@@ -573,7 +581,8 @@ def _off_label(form: str) -> str:
 def form_off(form: str):
     """The fast path without one of its forms, while jaxadv's ops are traced and compiled (JAX's
     caches cleared on entry and exit): ``"rows"`` (``fastpath._rows_pay``), ``"patches"``
-    (``fastpath._patches_pay``) or ``"fold"`` (``fastpath._fold_pay``: SmallGAP's GAP fold)
+    (``fastpath._patches_pay``), ``"taps"`` (``fastpath._taps_pay``) or ``"fold"``
+    (``fastpath._fold_pay``: SmallGAP's GAP fold)
     always False, or ``"mask"``: the max pool's first-maximum mask by
     :func:`cumsum_first_max_mask`."""
     import jax

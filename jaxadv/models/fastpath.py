@@ -13,6 +13,12 @@ with the same outputs and gradients (tests: ``tests/models/test_fastpath.py``):
 * convolutions of images with at most 4 channels (every model's first layer) as im2col where XLA's
   convolution is slow (:func:`_patches_conv`, rule and measurements in :func:`_patches_pay`): the
   input gradient of a 1-channel 5x5 layer 5x faster, of ResNet-18's RGB stem 7.6x.
+* the forward pass of one-channel images (PoolGAP's and SmallGAP's first layers) as the sum over
+  kernel taps of the shifted image times that tap's weights (:func:`_taps_conv`, rule and
+  measurements in :func:`_taps_pay`): one loop of broadcast multiply-adds, kept out of
+  YNNPACK's fusions (:func:`_outside_library_fusions`); single layers 1.4-5x faster than XLA's
+  convolution; not where YNNPACK runs the layer (PoolGAP's on two host devices), where whole
+  steps did not gain.
 * a convolution whose kernel covers most of its map (SmallGAP's 7x7 kernel on its 7x7 map) as one
   matmul per output row, (B, n_i*W*C) @ (n_i*W*C, Wo*O), with the kernel rows laid out as block
   Toeplitz matrices (:func:`_rows_conv`): the padding rows are never multiplied, and matmuls use
@@ -172,9 +178,11 @@ def _std_conv(x, w, strides, pads, dilation, precision, preferred_element_type):
 
 
 def _taps_conv(x, w, strides, pads, dilation, precision, preferred_element_type):
-    """The convolution as a sum over kernel taps of (B*Ho*Wo, C) @ (C, O) matmuls. Used for the
-    kernel tangent only: its transpose w.r.t. the kernel is one (C, B*Ho*Wo) @ (B*Ho*Wo, O) matmul
-    per tap, which XLA:CPU runs far faster than its backward-filter convolution."""
+    """The convolution as a sum over kernel taps of (B*Ho*Wo, C) @ (C, O) matmuls. Used for 1x1
+    kernels, for the forward pass of one-channel images (:func:`_taps_pay`: with C = 1 XLA turns
+    the products into broadcast multiplies and fuses all taps, the bias add and the activation
+    into one loop), and as the ``"taps"`` kernel gradient (its transpose w.r.t. the kernel is one
+    (C, B*Ho*Wo) @ (B*Ho*Wo, O) matmul per tap)."""
     kh, kw = w.shape[:2]
     xp = _pad_hw(x, pads)
     out_hw = tuple((n - (k - 1) * d - 1) // s + 1
@@ -351,13 +359,76 @@ def _patches_conv(x: Array, w: Array, strides, pads, dilation, precision) -> Arr
     return y.reshape(x.shape[0], *out_hw, o)
 
 
+@functools.cache
+def _ynnpack_convolutions() -> bool:
+    """Whether this process's XLA:CPU runs convolutions with YNNPACK (fixed once JAX's backends
+    start: :func:`jaxadv.devices.convolution_backend`)."""
+    from jaxadv.devices import convolution_backend
+
+    return convolution_backend() == "ynnpack"
+
+
+# YNNPACK leaves convolutions with at most this many input and output channels to XLA.
+_YNNPACK_MIN_CHANNELS = 17
+
+
+def _taps_pay(channels: int, out_channels: int, op: str, *, ynnpack: bool | None = None) -> bool:
+    """Whether the convolution's ``op`` runs as :func:`_taps_conv`, the sum over kernel taps of
+    the shifted input times that tap's weights: the forward pass of one-channel images, which XLA
+    compiles to one loop of broadcast multiply-adds, unless YNNPACK runs the convolution (this
+    process's convolutions are YNNPACK's, :func:`_ynnpack_convolutions`, and it has at least 17
+    output channels: PoolGAP's first layer on two host devices). So SmallGAP's first layer
+    (16 outputs) always, PoolGAP's (32) where convolutions run on Eigen (one host device).
+
+    Single layers, batch 128, one host device, EPYC VM, 2026-12-05, ms with Eigen's / YNNPACK's
+    convolutions (``python -m experiments.benchmarks.kernel_grad --forms --batches 128 --repeats 7
+    --conv_backend eigen`` and ``ynnpack``, results/conv_forms_taps_eigen.json and
+    conv_forms_taps_ynnpack.json): PoolGAP's 28x28x1->32 5x5 layer, XLA's convolution 5.15 / 2.05,
+    im2col 3.99 / 3.92, taps 1.44 / 1.43; SmallGAP's 28x28x1->16 4x4 stride 2, 1.56 / 0.99, 0.60
+    / 0.66, 0.31 / 0.21. Their gradients do not gain as taps (PoolGAP's input gradient 3.08 /
+    3.17 against im2col's 2.03 / 3.44, kernel gradient 5.91 / 10.25 against XLA's 1.89 / 6.11),
+    and with more channels the tap products stay matmuls, one per tap: the forward pass at C = 1
+    only. (The picks in those files follow this rule.)
+
+    Whole ops, batch 128, same machine and day, taps for every one-channel forward pass against
+    none (``python -m experiments.benchmarks.step_speed --models smallgap,poolgap --repeats 9
+    --host_devices N --compare_no_taps``, ``speedup_vs_no_taps`` in
+    results/step_speed_taps_Ndev.json), forward / PGD step / PGD-10 / train step: one device
+    (Eigen) SmallGAP 1.66 / 1.24 / 1.23 / 1.06x, PoolGAP 0.98 / 1.07 / 1.01 / 1.04x; two devices
+    (YNNPACK) SmallGAP 1.37 / 1.27 / 1.26 / 1.06x, PoolGAP 1.08 / 0.95 / 0.90 / 0.99x, hence
+    YNNPACK's PoolGAP layer is left to it. ``ynnpack`` overrides the process's library (the
+    benchmarks' per-program compile options)."""
+    if op != "forward" or channels != 1:
+        return False
+    if ynnpack is None:
+        ynnpack = _ynnpack_convolutions()
+    return out_channels < _YNNPACK_MIN_CHANNELS or not ynnpack
+
+
+def _outside_library_fusions(y: Array) -> Array:
+    """``y`` unchanged (NaN and infinities included) through a clamp to [-inf, inf], which XLA
+    keeps and which YNNPACK's fusions cannot take (clamp is not among its operations). XLA:CPU
+    grows a YNNPACK fusion from each dot through every operation YNNPACK supports; in an eval
+    forward pass that is the whole model, and YNNPACK ran the tap sum's 25 broadcast
+    multiply-adds (and PoolGAP's 14x14x32->64 convolution with them) far slower than XLA's own
+    loop and Eigen do (development measurement, PoolGAP forward pass at batch 128 on one device:
+    36.6 ms without this against 20.3 ms without the taps,
+    results/step_speed_taps_nobarrier_1dev.json; with it 18.8 against 18.3,
+    results/step_speed_taps_1dev.json). Used on the forward pass only, where the primitive's own
+    transpose rules give the gradients, so the clamp is never differentiated."""
+    return lax.clamp(jnp.asarray(-jnp.inf, y.dtype), y, jnp.asarray(jnp.inf, y.dtype))
+
+
 def _matmul_form(in_hw, w_shape, strides, pads, dilation, precision, op: str):
     """The convolution as a function ``(x, w) -> y`` in the matmul form that pays for ``op``
     ("forward", "input" or "kernel" gradient): :func:`_rows_conv` (:func:`_rows_pay`), else
-    :func:`_patches_conv` (:func:`_patches_pay`); None where XLA's convolution is kept. The
-    gradients are that function's transposes."""
+    :func:`_taps_conv` (:func:`_taps_pay`), else :func:`_patches_conv` (:func:`_patches_pay`);
+    None where XLA's convolution is kept. The gradients are that function's transposes."""
     if _rows_pay(in_hw, w_shape[:2], strides, pads, dilation):
         return lambda x, w: _rows_conv(x, w, pads, precision)
+    if _taps_pay(w_shape[2], w_shape[3], op):
+        return lambda x, w: _outside_library_fusions(
+            _taps_conv(x, w, strides, pads, dilation, precision, None))
     if _patches_pay(w_shape[2], op):
         return lambda x, w: _patches_conv(x, w, strides, pads, dilation, precision)
     return None

@@ -33,16 +33,20 @@ def force_columns(monkeypatch):
         yield
 
 
-@pytest.fixture(params=["columns", "taps", "xla", "rows", "patches"])
+@pytest.fixture(params=["columns", "taps", "xla", "rows", "patches", "taps_forward"])
 def kernel_grad(request, monkeypatch):
     """The fast path with each kernel gradient (per kernel column, per tap, or XLA's); the input
     gradient is the fast path's explicit-HWIO form in all. ``"rows"``: every stride-1 convolution
     as one matmul per output row (:func:`fastpath._rows_conv`: forward, input and kernel
     gradients), whatever it costs and however many devices; XLA's kernel gradient elsewhere.
     ``"patches"``: every convolution as im2col (:func:`fastpath._patches_conv`), whatever its
-    channels."""
+    channels. ``"taps_forward"``: every forward pass as the sum over kernel taps
+    (:func:`fastpath._taps_conv`), whatever its channels; elsewhere the rule's own choice for
+    one-channel forward passes (:func:`fastpath._taps_pay`)."""
     monkeypatch.setattr(fastpath, "_rows_pay", lambda *a: False)
     monkeypatch.setattr(fastpath, "_patches_pay", lambda *a: request.param == "patches")
+    if request.param == "taps_forward":
+        monkeypatch.setattr(fastpath, "_taps_pay", lambda channels, out, op: op == "forward")
     monkeypatch.setattr(fastpath, "_kernel_grad_method", lambda *a: request.param
                         if request.param in ("columns", "taps") else "xla")
     if request.param == "rows":
@@ -249,8 +253,49 @@ def test_rows_rule(monkeypatch, in_hw, k_hw, strides, pads, devices, expected):
 ])
 def test_patches_rule(channels, op, expected):
     """im2col for images of at most 4 channels: the input gradient always, the forward pass and
-    kernel gradient from 2 channels on (results/conv_forms.json)."""
+    kernel gradient from 2 channels on (results/conv_forms.json; one-channel forward passes take
+    the sum over taps, which :func:`fastpath._matmul_form` checks first)."""
     assert fastpath._patches_pay(channels, op) is expected
+
+
+@pytest.mark.parametrize("channels,out,op,ynnpack,expected", [
+    (1, 32, "forward", False, True), (1, 16, "forward", False, True),
+    (1, 16, "forward", True, True), (1, 17, "forward", True, False),  # YNNPACK's own layer
+    (1, 32, "input", False, False), (1, 32, "kernel", False, False),
+    (2, 32, "forward", False, False), (3, 64, "forward", False, False),
+    (32, 64, "forward", False, False),
+])
+def test_taps_rule(monkeypatch, channels, out, op, ynnpack, expected):
+    """The sum over taps for the forward pass of one-channel images, except where YNNPACK runs
+    the convolution (results/step_speed_taps_1dev.json, step_speed_taps_2dev.json); the
+    process's library by default."""
+    assert fastpath._taps_pay(channels, out, op, ynnpack=ynnpack) is expected
+    monkeypatch.setattr(fastpath, "_ynnpack_convolutions", lambda: ynnpack)
+    assert fastpath._taps_pay(channels, out, op) is expected
+
+
+def test_ynnpack_convolutions_is_this_process_library():
+    from jaxadv.devices import convolution_backend
+
+    assert fastpath._ynnpack_convolutions() is (convolution_backend() == "ynnpack")
+
+
+def test_one_channel_forward_is_one_loop_and_matches(monkeypatch):
+    """A one-channel layer's forward pass (PoolGAP's first layer, odd sizes) compiles without an
+    XLA convolution or matmul (the taps become broadcast multiply-adds), and its output, input
+    gradient and kernel gradient equal the standard lowering's."""
+    monkeypatch.setattr(fastpath, "_rows_pay", lambda *a: False)
+    x, k = _data(3, 11, 9, 1, 5, 5, 6)
+    with fastpath.enabled(True):
+        text = jax.jit(lambda x, k: _fast(x, k, (1, 1), "SAME")).lower(x, k).compile().as_text()
+        assert "convolution(" not in text and " dot(" not in text
+        loss = lambda conv: lambda x, k: jnp.sum(jnp.tanh(conv(x, k, (1, 1), "SAME")) ** 2)
+        fast = jax.jit(lambda x, k: (_fast(x, k, (1, 1), "SAME"),
+                                     *jax.grad(loss(_fast), (0, 1))(x, k)))(x, k)
+    std = jax.jit(lambda x, k: (_std(x, k, (1, 1), "SAME"),
+                                *jax.grad(loss(_std), (0, 1))(x, k)))(x, k)
+    for a, b in zip(fast, std, strict=True):
+        _close(a, b)
 
 
 def test_image_layers_use_patches_and_match(monkeypatch):
