@@ -528,10 +528,10 @@ for _prim, _impl, _lhs, _rhs in ((conv_p, _conv_impl, _conv_transpose_v, _conv_t
 
 def _kernel_grad_method(x_shape, w_shape, strides) -> str:
     """How :data:`conv_p` computes its kernel gradient: ``"columns"`` (:func:`_column_kernel_grad`)
-    for kernels of at most 3x3 with at least 32 input channels and at least 65,536 output rows
-    (batch x height x width) per device, the batch taken as split over all
-    ``jax.device_count()`` devices (how jaxadv's data mesh shards it); else ``"xla"`` (XLA's
-    backward-filter convolution).
+    where this process runs YNNPACK's convolutions, for kernels of at most 3x3 with at least 32
+    input channels and at least 65,536 output rows (batch x height x width) per device, the batch
+    taken as split over all ``jax.device_count()`` devices (how jaxadv's data mesh shards it);
+    else ``"xla"`` (XLA's backward-filter convolution).
 
     Single layers on one device (quiet 2-core Xeon VM, 2026-12-03, ``python -m
     experiments.benchmarks.kernel_grad --out results/kernel_grad.json``; XLA time / columns time
@@ -552,7 +552,20 @@ def _kernel_grad_method(x_shape, w_shape, strides) -> str:
     --host_devices N``, results/kernel_grad_train_steps_Ndev.json): ResNet-18 3.12 vs 3.73 s on
     one device (1.20x), 2.72 vs 2.75 s on two (1.01x), unchanged on eight (every layer on XLA);
     PoolGAP and SmallGAP keep XLA's kernel gradient everywhere (their ratios, 0.96-1.08, are the
-    run-to-run noise of identical programs)."""
+    run-to-run noise of identical programs).
+
+    Those were measured against YNNPACK's convolutions, which ran on one thread. Where this
+    process runs Eigen's (one host device with two cores or more,
+    :func:`jaxadv.devices.set_cpu_convolution_flags`) XLA's kernel gradient wins on every layer
+    and is always used (EPYC VM, 2026-12-05, batch 128, ``python -m
+    experiments.benchmarks.kernel_grad --batches 128 --repeats 7 --out
+    results/kernel_grad_eigen_1dev.json``, XLA time / columns time: ResNet-18's 32x32x64->64 0.50,
+    16x16x128->128 0.56, the 2-conv CNN's layer 0.64; ResNet-18's train step, ``--train_steps
+    preact_resnet18 --host_devices 1 --repeats 9 --out
+    results/kernel_grad_train_steps_eigen_1dev.json``: 3,198 ms with the columns against 3,050
+    with XLA's, 0.95x)."""
+    if not _ynnpack_convolutions():
+        return "xla"
     kh, kw = w_shape[:2]
     ho = -(-x_shape[1] // strides[0])
     wo = -(-x_shape[2] // strides[1])

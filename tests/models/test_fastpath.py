@@ -223,9 +223,14 @@ def test_changing_the_setting_retraces_functions_traced_before():
 ])
 def test_kernel_gradient_rule(monkeypatch, x_shape, w_shape, strides, devices, expected):
     """The per-column kernel gradient only where it measured faster than XLA's (see
-    _kernel_grad_method): the batch counts as split over every device."""
+    _kernel_grad_method): the batch counts as split over every device, and only against
+    YNNPACK's convolutions (Eigen's kernel gradients beat it: results/kernel_grad_eigen_1dev.json,
+    kernel_grad_train_steps_eigen_1dev.json)."""
     monkeypatch.setattr(jax, "device_count", lambda *a, **k: devices)
+    monkeypatch.setattr(fastpath, "_ynnpack_convolutions", lambda: True)
     assert fastpath._kernel_grad_method(x_shape, w_shape, strides) == expected
+    monkeypatch.setattr(fastpath, "_ynnpack_convolutions", lambda: False)
+    assert fastpath._kernel_grad_method(x_shape, w_shape, strides) == "xla"
 
 
 @pytest.mark.parametrize("in_hw,k_hw,strides,pads,devices,expected", [
