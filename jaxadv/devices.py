@@ -23,12 +23,13 @@ where the devices already take every core (there each device's convolutions run 
 Eigen's threads would compete). ``import jaxadv`` and :func:`use_host_devices` call it, so
 import jaxadv before JAX's first computation (XLA reads ``XLA_FLAGS`` once, when its backend
 starts). Measured on a 2-core EPYC VM, batch 128, the same programs compiled with either library
-in one run (``python -m experiments.benchmarks.step_speed --models smallgap,poolgap --host_devices
-1 --compare_conv_backend``, results/step_speed_conv_1dev.json; README, "Speed against PyTorch"):
-PoolGAP's PGD step on one device 1.60x faster with Eigen (62.4 -> 39.0 ms), its train step 1.65x;
-SmallGAP's small convolutions 0.65-0.78x (3.1 -> 4.7 ms forward); on two devices YNNPACK is the
-faster (PoolGAP 1.1-1.6x, results/step_speed_conv_2dev.json). :func:`convolution_backend` says
-which one compiled code uses. A user's own
+in one run (``python -m experiments.benchmarks.step_speed --models smallgap,poolgap --repeats 7
+--host_devices N --compare_conv_backend``, results/step_speed_conv_Ndev_fixed.json; README,
+"Speed against PyTorch"): on one device PoolGAP's PGD step 1.67x faster with Eigen (67.6 -> 40.3
+ms), PGD-10 1.62x, train step 1.59x (106.1 -> 66.9 ms), forward pass 0.99x; SmallGAP's small
+convolutions 0.77x on the forward pass, 1.01-1.18x on the others; on two devices YNNPACK is the
+faster (PoolGAP 1.08-1.19x, SmallGAP 0.97-1.43x). :func:`convolution_backend` says which one
+compiled code uses. A user's own
 ``--xla_cpu_experimental_ynn_fusion_type`` in ``XLA_FLAGS`` is left as it is, and
 ``JAXADV_FASTPATH=0`` leaves XLA's default. Other XLA:CPU flags (``xla_cpu_use_xnnpack``,
 ``xla_cpu_use_onednn``, ``xla_cpu_experimental_xnn_graph_fusion_mode``,
@@ -189,12 +190,17 @@ def set_cpu_convolution_flags() -> bool:
 
 
 # XLA:CPU's convolution library -> the compile options that select it for one program
-# (``jax.jit(f).lower(...).compile(compiler_options=...)``), whatever ``XLA_FLAGS`` say; YNNPACK's
-# dots, XLA's default, stay on in both.
+# (``jax.jit(f).lower(...).compile(compiler_options=...)``), whatever ``XLA_FLAGS`` say. The rest
+# of XLA's default library fusions (jaxlib 0.10: YNNPACK's dots and reductions) stays on in both,
+# so each equals what a process with that library compiles by default (tested). Until
+# 2026-12-05 (afternoon) both left YNNPACK's reductions out, so the other library's contestant of
+# ``step_speed --compare_conv_backend`` ran without them: the comparisons of that morning
+# (results/step_speed_conv_{1,2}dev.json) are superseded by results/step_speed_conv_*_fixed.json.
+_DEFAULT_LIBRARY_FUSIONS = ("LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT", "LIBRARY_FUSION_TYPE_REDUCE")
 CONVOLUTION_BACKEND_OPTIONS = {
-    "ynnpack": {"xla_cpu_experimental_ynn_fusion_type":
-                "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"},
-    "eigen": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
+    "ynnpack": {"xla_cpu_experimental_ynn_fusion_type": ",".join(
+        _DEFAULT_LIBRARY_FUSIONS + ("LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",))},
+    "eigen": {"xla_cpu_experimental_ynn_fusion_type": ",".join(_DEFAULT_LIBRARY_FUSIONS)},
 }
 
 

@@ -36,11 +36,13 @@ def test_after_initialisation(monkeypatch):
 def test_an_explicit_count_in_xla_flags_wins(monkeypatch):
     """The experiment scripts' call: a count already in XLA_FLAGS is kept and nothing changes;
     without one, the count is set (here the one in effect, since the backends exist)."""
+    # The backends first: started under the made-up flags below, XLA would abort the process
+    # (unknown flag), which happened when this test was the first of a pytest worker.
+    have = len(jax.devices("cpu"))
     flags = "--xla_cpu_foo=1 --xla_force_host_platform_device_count=5"
     monkeypatch.setenv("XLA_FLAGS", flags)
     assert use_host_devices_unless_set() is None and use_host_devices_unless_set(3) is None
     assert os.environ["XLA_FLAGS"] == flags
-    have = len(jax.devices("cpu"))
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_foo=1")
     assert use_host_devices_unless_set(have) == have
     assert os.environ["XLA_FLAGS"] == (
@@ -153,6 +155,46 @@ def test_convolution_backend_in_a_fresh_process(devices, fastpath):
     cores = os.cpu_count() or 1
     expected = "eigen" if cores >= 2 * (devices or 1) and fastpath != "0" else "ynnpack"
     assert backend == expected, out.stdout
+
+
+_DEFAULT_EQUALS_OPTIONS = """
+import re, sys
+import jaxadv, jax, jax.numpy as jnp
+from jax import lax
+from jaxadv.devices import CONVOLUTION_BACKEND_OPTIONS, convolution_backend
+
+def f(x, k, w):  # a convolution, a tiled max pool (a reduction) and a dot
+    y = lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = jnp.max(y.reshape(8, 8, 2, 8, 2, 32), axis=(2, 4))
+    return jnp.mean(y, axis=(1, 2)) @ w
+
+args = (jnp.ones((8, 16, 16, 32)), jnp.ones((3, 3, 32, 32)), jnp.ones((32, 10)))
+lowered = jax.jit(f).lower(*args)
+ops = lambda t: sorted(re.findall(r"= \\S+ ([\\w-]+)\\(", t[t.index("ENTRY"):]))
+default = lowered.compile().as_text()
+backend = convolution_backend()
+chosen = lowered.compile(CONVOLUTION_BACKEND_OPTIONS[backend]).as_text()
+same = ops(chosen) == ops(default) and chosen.count("__ynn") == default.count("__ynn")
+print(backend, same, default.count("__ynn_fusion"))
+"""
+
+
+@pytest.mark.parametrize("fastpath", ["", "0"])
+def test_convolution_backend_options_equal_the_process_default(fastpath):
+    """Each entry of ``CONVOLUTION_BACKEND_OPTIONS`` compiles what a process with that library
+    compiles by default (YNNPACK's reductions and dots included), in a fresh process with Eigen's
+    convolutions (``import jaxadv`` on one device) and with XLA's default (``JAXADV_FASTPATH=0``)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXADV_FASTPATH")}
+    env["JAX_PLATFORMS"] = "cpu"
+    if fastpath:
+        env["JAXADV_FASTPATH"] = fastpath
+    out = subprocess.run([sys.executable, "-c", _DEFAULT_EQUALS_OPTIONS], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120, check=True)
+    backend, same, fusions = out.stdout.split()
+    assert same == "True", out.stdout
+    assert int(fusions) >= 2  # the reduction and the dot at least
+    cores = os.cpu_count() or 1
+    assert backend == ("ynnpack" if fastpath == "0" or cores < 2 else "eigen")
 
 
 def test_convolution_backend_options_select_the_library():
