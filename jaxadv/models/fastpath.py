@@ -180,8 +180,8 @@ def _std_conv(x, w, strides, pads, dilation, precision, preferred_element_type):
 def _taps_conv(x, w, strides, pads, dilation, precision, preferred_element_type):
     """The convolution as a sum over kernel taps of (B*Ho*Wo, C) @ (C, O) matmuls. Used for 1x1
     kernels, for the forward pass of one-channel images (:func:`_taps_pay`: with C = 1 XLA turns
-    the products into broadcast multiplies and fuses all taps, the bias add and the activation
-    into one loop), and as the ``"taps"`` kernel gradient (its transpose w.r.t. the kernel is one
+    the products into broadcast multiplies and fuses all taps and the layer's bias add into one
+    loop), and as the ``"taps"`` kernel gradient (its transpose w.r.t. the kernel is one
     (C, B*Ho*Wo) @ (B*Ho*Wo, O) matmul per tap)."""
     kh, kw = w.shape[:2]
     xp = _pad_hw(x, pads)
@@ -368,7 +368,8 @@ def _ynnpack_convolutions() -> bool:
     return convolution_backend() == "ynnpack"
 
 
-# YNNPACK leaves convolutions with at most this many input and output channels to XLA.
+# YNNPACK takes a convolution only where its input or output channels reach this many (XLA
+# leaves those with at most 16 of both to Eigen).
 _YNNPACK_MIN_CHANNELS = 17
 
 
