@@ -340,6 +340,10 @@ def test_kernel_grad_benchmark_smoke(tmp_path):
     assert all(r["rows_ms"] > 0 for r in forms[-3:]) and forms[0]["rows_ms"] is None
     assert all(r["taps_ms"] > 0 for r in forms[:3]) and forms[-1]["taps_ms"] is None
     assert [r["picked"] for r in forms[:3]] == ["taps", "patches", "xla"]
+    # Strided layers' input gradients also run per output phase (SmallGAP's first two layers).
+    assert [r["phases_ms"] is not None and r["phases_ms"] > 0 for r in forms] == [
+        False, True, False, False, True, False, False, False, False]
+    assert forms[4]["picked"] == "phases"
     assert {r["conv_backend"] for r in forms} == {"eigen"}
     # Whole train steps, the rule's kernel gradients against XLA's (a conv-free model here).
     step = kernel_grad.bench_train_step("linear", repeats=1)

@@ -27,8 +27,11 @@ gradient (each a jitted linear map, ms) in four forms: XLA's convolutions (``xla
 gradient with the fast path's HWIO kernel), im2col (``patches``, :func:`fastpath._patches_conv`
 and its transposes), the sum over kernel taps (``taps``, :func:`fastpath._taps_conv`, one-channel
 layers only: with more channels its tap products are matmuls) and one matmul per output row
-(``rows``, :func:`fastpath._rows_conv`, stride 1 only), with the form :func:`fastpath._rows_pay`
-/ :func:`fastpath._taps_pay` / :func:`fastpath._patches_pay` pick on one device (``picked``).
+(``rows``, :func:`fastpath._rows_conv`, stride 1 only), for the input gradient of strided
+layers one stride-1 convolution per output phase (``phases``, :func:`fastpath._phase_input_grad`;
+``xla`` is then the convolution of the stride-dilated cotangent), with the form
+:func:`fastpath._rows_pay` / :func:`fastpath._taps_pay` / :func:`fastpath._patches_pay` /
+:func:`fastpath._phases_pay` pick on one device (``picked``).
 ``--conv_backend eigen`` or ``ynnpack`` compiles every form with that library's convolutions
 (:data:`jaxadv.devices.CONVOLUTION_BACKEND_OPTIONS`; default: the process's setting). The forced
 method comparisons above run with these forms off.
@@ -156,14 +159,22 @@ def bench_forms(batch: int, layer: tuple, repeats: int, conv_backend: str | None
     out = []
     for op in ("forward", "input", "kernel"):
         r = {"batch": batch, "layer": f"{name}: {hw}x{hw}x{cin}->{cout}, {k}x{k}, stride {stride}",
-             "op": op, "rows_ms": None, "taps_ms": None, "conv_backend": conv_backend}
+             "op": op, "rows_ms": None, "taps_ms": None, "phases_ms": None,
+             "conv_backend": conv_backend}
         results = {}
-        for form, conv in convs.items():
+        forms = dict(convs)
+        if op == "input" and stride > 1:
+            forms["phases"] = None
+        for form, conv in forms.items():
             if op == "forward":
                 fn, args = jax.jit(conv), (x, w)
-            elif op == "input" and form == "xla":
-                fn = jax.jit(lambda g, w: fastpath._input_grad(g, w, (hw, hw), strides, pads, dil,
-                                                               None))
+            elif op == "input" and form in ("xla", "phases"):
+                if form == "xla":
+                    fn = jax.jit(lambda g, w: fastpath._dilated_input_grad(
+                        g, w, (hw, hw), strides, pads, dil, None))
+                else:
+                    fn = jax.jit(lambda g, w: fastpath._phase_input_grad(
+                        g, w, (hw, hw), strides, pads, None))
                 args = (g, w)
             elif op == "input":
                 fn = jax.jit(lambda g, w, c=conv: jax.linear_transpose(
@@ -182,7 +193,8 @@ def bench_forms(batch: int, layer: tuple, repeats: int, conv_backend: str | None
         taps_pay = fastpath._taps_pay(
             cin, cout, op, ynnpack=None if conv_backend is None else conv_backend == "ynnpack")
         r["picked"] = ("rows" if rows_pay else "taps" if taps_pay else
-                       "patches" if fastpath._patches_pay(cin, op) else "xla")
+                       "patches" if fastpath._patches_pay(cin, op) else
+                       "phases" if op == "input" and fastpath._phases_pay(strides, dil) else "xla")
         out.append(r)
     return out
 
@@ -242,17 +254,17 @@ def main(argv=None) -> list:
     args = p.parse_args(argv)
     rows = []
     if args.forms:
-        print("| batch | layer | op | XLA ms | im2col ms | taps ms | rows ms | picked |\n"
-              "|---|---|---|---|---|---|---|---|")
+        print("| batch | layer | op | XLA ms | im2col ms | taps ms | rows ms | phases ms "
+              "| picked |\n|---|---|---|---|---|---|---|---|---|")
         for batch in args.batches:
             for layer in LAYERS[:args.layers]:
                 for r in bench_forms(batch, layer, args.repeats, args.conv_backend):
                     rows.append(r)
                     opt = {f: "" if r[f"{f}_ms"] is None else f"{r[f'{f}_ms']:.2f}"
-                           for f in ("taps", "rows")}
+                           for f in ("taps", "rows", "phases")}
                     print(f"| {r['batch']} | {r['layer']} | {r['op']} | {r['xla_ms']:.2f} | "
                           f"{r['patches_ms']:.2f} | {opt['taps']} | {opt['rows']} | "
-                          f"{r['picked']} |", flush=True)
+                          f"{opt['phases']} | {r['picked']} |", flush=True)
         if args.out:
             from jaxadv.devices import convolution_backend
 

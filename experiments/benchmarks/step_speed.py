@@ -3,7 +3,7 @@
     python -m experiments.benchmarks.step_speed --out results/step_speed.json
         [--quick] [--host_devices N] [--models smallgap,poolgap,preact_resnet18] [--repeats R]
         [--compare_standard] [--compare_no_rows] [--compare_no_patches] [--compare_no_taps]
-        [--compare_no_fold]
+        [--compare_no_fold] [--compare_no_phases]
         [--compare_cumsum_mask] [--compare_conv_backend]
         [--no_fastpath]
         [--torch_device cuda] [--precision highest]
@@ -41,7 +41,9 @@ without its row-matmul convolution (``jaxadv_no_rows``, see ``fastpath._rows_pay
 (``jaxadv_no_taps``, ``fastpath._taps_pay``),
 ``--compare_no_fold`` without its GAP fold (``jaxadv_no_fold``: SmallGAP's last convolution feeds
 the GAP head directly, so the logits need only its mean over positions, ``fastpath.conv_mean``;
-the PyTorch twin computes the whole map), ``--compare_cumsum_mask`` with the max pool's
+the PyTorch twin computes the whole map), ``--compare_no_phases`` with the input gradient of
+strided convolutions as one convolution of the stride-dilated cotangent instead of one per output
+phase (``jaxadv_no_phases``, ``fastpath._phases_pay``), ``--compare_cumsum_mask`` with the max pool's
 first-maximum mask taken from a cumulative sum over each window (``jaxadv_cumsum_mask``: the form
 used until 2026-12-05, which XLA:CPU runs as a reduce-window; now an element-wise pass),
 ``--compare_conv_backend`` the same programs compiled with XLA:CPU's other convolution library
@@ -107,6 +109,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="Also time jaxadv without the fast path's GAP fold (SmallGAP's last "
                         "convolution averaged without its output map; contestant "
                         "'jaxadv_no_fold'; fastpath._fold_pay).")
+    p.add_argument("--compare_no_phases", action="store_true",
+                   help="Also time jaxadv with strided convolutions' input gradient as one "
+                        "convolution of the dilated cotangent (contestant 'jaxadv_no_phases'; "
+                        "fastpath._phases_pay).")
     p.add_argument("--compare_cumsum_mask", action="store_true",
                    help="Also time jaxadv with the max pool's first-maximum mask from a cumulative "
                         "sum (contestant 'jaxadv_cumsum_mask'; fastpath._first_max_mask).")
@@ -467,7 +473,7 @@ def main(argv=None) -> dict:
                "gflops_executed": {}, "flops_executed": {}}
     if args.compare_standard:
         results["speedup_vs_standard"] = {}
-    forms_off = [f for f in ("rows", "patches", "taps", "fold")
+    forms_off = [f for f in ("rows", "patches", "taps", "fold", "phases")
                  if getattr(args, f"compare_no_{f}")]
     forms_off += ["mask"] if args.compare_cumsum_mask else []
     for form in forms_off:
@@ -569,6 +575,7 @@ _FORMS_OFF = {
     "patches": ("_patches_pay", _always_false, "no_patches"),
     "taps": ("_taps_pay", _always_false, "no_taps"),
     "fold": ("_fold_pay", _always_false, "no_fold"),
+    "phases": ("_phases_pay", _always_false, "no_phases"),
     "mask": ("_first_max_mask", cumsum_first_max_mask, "cumsum_mask"),
 }
 
@@ -581,8 +588,8 @@ def _off_label(form: str) -> str:
 def form_off(form: str):
     """The fast path without one of its forms, while jaxadv's ops are traced and compiled (JAX's
     caches cleared on entry and exit): ``"rows"`` (``fastpath._rows_pay``), ``"patches"``
-    (``fastpath._patches_pay``), ``"taps"`` (``fastpath._taps_pay``) or ``"fold"``
-    (``fastpath._fold_pay``: SmallGAP's GAP fold)
+    (``fastpath._patches_pay``), ``"taps"`` (``fastpath._taps_pay``), ``"fold"``
+    (``fastpath._fold_pay``: SmallGAP's GAP fold) or ``"phases"`` (``fastpath._phases_pay``)
     always False, or ``"mask"``: the max pool's first-maximum mask by
     :func:`cumsum_first_max_mask`."""
     import jax

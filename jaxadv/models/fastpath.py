@@ -33,6 +33,11 @@ with the same outputs and gradients (tests: ``tests/models/test_fastpath.py``):
   attack) is one convolution whose kernel is composed with the head's weights (10 output channels
   instead of 100). ``features`` and Grad-CAM still build the map. Models opt in through
   ``GAPClassifier.pooled_features`` and ``folded_cam``.
+* the input gradient of strided convolutions (ResNet-18's stage transitions, SmallGAP's second
+  layer) as one stride-1 convolution per output phase (:func:`_phase_input_grad`, rule and
+  measurements in :func:`_phases_pay`) instead of one convolution of the stride-dilated
+  cotangent, whose inserted zeros XLA:CPU multiplies too: ResNet-18's 32x32x64->128 stride-2
+  layer 2.2x faster, its train step 1.27x.
 * max-pool, when windows tile the input (window == stride, sizes divide), as a reshape and a
   select of the first maximum of each window, which routes the gradient exactly as
   ``reduce_window``'s ``select_and_scatter_add`` does (to the first maximum on ties); otherwise
@@ -195,15 +200,87 @@ def _taps_conv(x, w, strides, pads, dilation, precision, preferred_element_type)
     return out
 
 
+def _phases_pay(strides, dilation) -> bool:
+    """Whether a strided convolution's input gradient runs as :func:`_phase_input_grad` (one
+    stride-1 convolution per output phase) instead of one convolution of the stride-dilated
+    cotangent: for every stride above 1 without kernel dilation, on every backend of the fast path.
+
+    XLA:CPU computes the dilated form over all the inserted zeros (for stride 2, 4x the
+    multiply-adds that touch the cotangent); it was the costliest single operation of PreAct
+    ResNet-18's train step (152 of ~1,850 ms in a profile: the input gradient of stage 2's first
+    convolution). Single layers, batch 128, one host device (Eigen's convolutions), 2-core EPYC
+    VM, 2026-12-05 evening, dilated form / phases, ms (``python -m
+    experiments.benchmarks.kernel_grad --forms --batches 128 --repeats 7 --out
+    results/conv_forms_phases_1dev.json``): ResNet-18's 32x32x64->128 stride 2 68.9 / 31.2,
+    SmallGAP's 14x14x16->32 4x4 stride 2 1.03 / 0.59. Whole ops, same machine and evening,
+    phases against the dilated form in the same run (``python -m
+    experiments.benchmarks.step_speed --models preact_resnet18 --repeats 5 --host_devices 1
+    --compare_no_phases``, results/step_speed_phases_resnet_1dev.json, ``speedup_vs_no_phases``;
+    ``--models smallgap --repeats 7``, results/step_speed_phases_smallgap_1dev.json): ResNet-18
+    forward 0.98x (untouched: noise), PGD step 1.06x, PGD-10 1.01x, train step 1.27x (2,072 ->
+    1,635 ms); SmallGAP 0.92 / 1.05 / 1.31 / 1.14x."""
+    return max(strides) > 1 and tuple(dilation) == (1, 1)
+
+
+def _phase_input_grad(g, w, x_hw, strides, pads, precision):
+    """The input gradient of a strided convolution, ``g`` (B, Ho, Wo, O) -> (B, H, W, C), as one
+    stride-1 convolution per output phase: input row ``y = s*Y + f`` receives only the kernel
+    taps ``i = i0 + s*t`` with ``i0 = (f + pad_lo) mod s``, so phase ``f`` is ``g`` convolved
+    with that sub-kernel (flipped, transposed to HWIO) at an offset; the s_h * s_w phase maps are
+    interleaved into the input's grid (stack and reshape). Every multiply-add touches a real
+    cotangent entry, where the dilated form (:func:`_input_grad`) multiplies the inserted zeros too.
+    A phase no tap reaches (kernel smaller than the stride) is zero."""
+    c = w.shape[2]
+    n = g.shape[0]
+    phases = []
+    for axis in range(2):
+        s, k, lo = strides[axis], w.shape[axis], pads[axis][0]
+        size, g_size = x_hw[axis], g.shape[1 + axis]
+        per_phase = []
+        for f in range(s):
+            i0 = (f + lo) % s
+            taps = len(range(i0, k, s))
+            shift = (f + lo - i0) // s
+            rows = -(-(size - f) // s)
+            pad_lo = taps - 1 - shift
+            per_phase.append((i0, taps, (pad_lo, rows + taps - 1 - g_size - pad_lo), rows))
+        phases.append(per_phase)
+    n_y = max(p[3] for p in phases[0])
+    n_x = max(p[3] for p in phases[1])
+    grid = []
+    for i0, taps_y, pads_y, rows_y in phases[0]:
+        line = []
+        for j0, taps_x, pads_x, rows_x in phases[1]:
+            if taps_y == 0 or taps_x == 0:
+                out = jnp.zeros((n, rows_y, rows_x, c), g.dtype)
+            else:
+                sub = jnp.flip(w[i0::strides[0], j0::strides[1]], (0, 1)).transpose(0, 1, 3, 2)
+                out = lax.conv_general_dilated(g, sub, (1, 1), (pads_y, pads_x),
+                                               dimension_numbers=_NHWC, precision=precision)
+            line.append(jnp.pad(out, ((0, 0), (0, n_y - rows_y), (0, n_x - rows_x), (0, 0))))
+        grid.append(jnp.stack(line, axis=3))
+    dx = jnp.stack(grid, axis=2).reshape(n, n_y * strides[0], n_x * strides[1], c)
+    return dx[:, :x_hw[0], :x_hw[1]]
+
+
 def _input_grad(g, w, x_hw, strides, pads, dilation, precision):
     """The convolution's derivative w.r.t. its input, ``g`` (B, Ho, Wo, O) -> (B, H, W, C): ``g``
-    dilated by the strides, convolved with the spatially flipped kernel transposed to HWIO.
+    dilated by the strides, convolved with the spatially flipped kernel transposed to HWIO; for
+    strides above 1, one stride-1 convolution per output phase (:func:`_phases_pay`,
+    :func:`_phase_input_grad`).
 
     JAX's own transpose rule gives the same convolution with the kernel's in/out dimensions swapped
     in the dimension numbers instead (``01oi``). Inside a ``while`` loop (every attack loop) XLA:CPU
     keeps that form and runs it about 2.5x slower than in straight-line code, where it transposes
     the kernel once; the explicit transpose here gives the fast form in both. It is the
     implementation of :data:`conv_input_p`."""
+    if _phases_pay(strides, dilation):
+        return _phase_input_grad(g, w, x_hw, strides, pads, precision)
+    return _dilated_input_grad(g, w, x_hw, strides, pads, dilation, precision)
+
+
+def _dilated_input_grad(g, w, x_hw, strides, pads, dilation, precision):
+    """:func:`_input_grad` as one convolution of the stride-dilated ``g`` (any stride)."""
     wt = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
     pads_t = []
     for n, k, d, s, (lo, _), o in zip(x_hw, w.shape[:2], dilation, strides, pads, g.shape[1:3],

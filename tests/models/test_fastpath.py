@@ -279,6 +279,57 @@ def test_taps_rule(monkeypatch, channels, out, op, ynnpack, expected):
     assert fastpath._taps_pay(channels, out, op) is expected
 
 
+@pytest.mark.parametrize("strides,dilation,expected", [
+    ((1, 1), (1, 1), False), ((2, 2), (1, 1), True), ((1, 2), (1, 1), True),
+    ((3, 3), (1, 1), True), ((2, 2), (2, 2), False),
+])
+def test_phases_rule(strides, dilation, expected):
+    """One convolution per output phase for every strided input gradient without kernel
+    dilation."""
+    assert fastpath._phases_pay(strides, dilation) is expected
+
+
+PHASE_CASES = [  # (B, H, W, C, kh, kw, O, strides, padding)
+    (3, 32, 32, 4, 3, 3, 6, (2, 2), "SAME"),  # ResNet-18's strided 3x3 (pads (0, 1))
+    (2, 9, 7, 3, 3, 3, 5, (2, 2), "SAME"),  # odd sizes: phases of different lengths
+    (2, 11, 10, 2, 5, 4, 3, (3, 2), "SAME"),
+    (2, 10, 11, 3, 3, 3, 2, (1, 2), ((2, 0), (1, 3))),
+    (2, 10, 9, 2, 3, 3, 3, (2, 2), "VALID"),  # last row and column unused
+    (2, 11, 11, 2, 2, 2, 3, (3, 3), ((1, 0), (0, 2))),  # kernel < stride: phases without taps
+    (1, 8, 8, 2, 4, 4, 3, (2, 2), ((3, 0), (0, 3))),  # padding beyond half the kernel
+]
+
+
+@pytest.mark.parametrize("case", PHASE_CASES, ids=[f"{c[4]}x{c[5]}-s{c[7]}-{c[8]}"
+                                                    for c in PHASE_CASES])
+def test_phase_input_grad_equals_the_dilated_form(case):
+    """The strided convolution's input gradient as one stride-1 convolution per output phase
+    equals JAX's transpose of the convolution (float32 tolerance), rows and columns the stride
+    never reaches included, and its compiled form convolves no dilated cotangent."""
+    b, h, w, c, kh, kw, o, strides, padding = case
+    x, k = _data(b, h, w, c, kh, kw, o)
+    pads = fastpath._pairs(padding, (h, w), (kh, kw), strides)
+    y, vjp = jax.vjp(lambda x: _std(x, k, strides, pads), x)
+    g = jax.random.normal(jax.random.key(7), y.shape)
+    phases = jax.jit(lambda g, k: fastpath._phase_input_grad(g, k, (h, w), strides, pads, None))
+    _close(phases(g, k), vjp(g)[0])
+    assert "lhs_dilate" not in phases.lower(g, k).compile().as_text()
+
+
+def test_strided_input_gradient_uses_phases():
+    """Through the fast path (the model's convolution primitive), the input gradient of a
+    strided layer is the phase form: no convolution of a dilated cotangent in the program."""
+    x, k = _data(2, 16, 16, 8, 3, 3, 8)
+
+    def compiled_text(conv):
+        grad = jax.grad(lambda z: jnp.sum(jnp.tanh(conv(z, k, (2, 2), "SAME"))))
+        return jax.jit(grad).lower(x).compile().as_text()
+
+    with fastpath.enabled(True):
+        assert "lhs_dilate" not in compiled_text(_fast)
+    assert "lhs_dilate" in compiled_text(_std)  # what the test guards against
+
+
 def test_ynnpack_convolutions_is_this_process_library():
     from jaxadv.devices import convolution_backend
 
