@@ -3,7 +3,7 @@
     python -m experiments.benchmarks.step_speed --out results/step_speed.json
         [--quick] [--host_devices N] [--models smallgap,poolgap,preact_resnet18] [--repeats R]
         [--compare_standard] [--compare_no_rows] [--compare_no_patches] [--compare_no_taps]
-        [--compare_no_fold] [--compare_no_phases]
+        [--compare_no_fold] [--compare_no_phases] [--compare_no_stored]
         [--compare_cumsum_mask] [--compare_conv_backend]
         [--no_fastpath]
         [--torch_device cuda] [--precision highest]
@@ -43,8 +43,11 @@ without its row-matmul convolution (``jaxadv_no_rows``, see ``fastpath._rows_pay
 the GAP head directly, so the logits need only its mean over positions, ``fastpath.conv_mean``;
 the PyTorch twin computes the whole map), ``--compare_no_phases`` with the input gradient of
 strided convolutions as one convolution of the stride-dilated cotangent instead of one per output
-phase (``jaxadv_no_phases``, ``fastpath._phases_pay``), ``--compare_cumsum_mask`` with the max pool's
-first-maximum mask taken from a cumulative sum over each window (``jaxadv_cumsum_mask``: the form
+phase (``jaxadv_no_phases``, ``fastpath._phases_pay``), ``--compare_no_stored`` with XLA's kernel
+gradients transposing the recomputed element-wise producers of a convolution's input instead of
+the stored input (``jaxadv_no_stored``, ``fastpath._stored_pay``), ``--compare_cumsum_mask``
+with the max pool's first-maximum mask taken from a cumulative sum over each window
+(``jaxadv_cumsum_mask``: the form
 used until 2026-12-05, which XLA:CPU runs as a reduce-window; now an element-wise pass),
 ``--compare_conv_backend`` the same programs compiled with XLA:CPU's other convolution library
 (``jaxadv_ynnpack_conv`` where jaxadv runs Eigen's, ``jaxadv_eigen_conv`` where it runs
@@ -113,6 +116,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="Also time jaxadv with strided convolutions' input gradient as one "
                         "convolution of the dilated cotangent (contestant 'jaxadv_no_phases'; "
                         "fastpath._phases_pay).")
+    p.add_argument("--compare_no_stored", action="store_true",
+                   help="Also time jaxadv with XLA's kernel gradients reading a recomputed input "
+                        "instead of the stored one (contestant 'jaxadv_no_stored'; "
+                        "fastpath._stored_pay).")
     p.add_argument("--compare_cumsum_mask", action="store_true",
                    help="Also time jaxadv with the max pool's first-maximum mask from a cumulative "
                         "sum (contestant 'jaxadv_cumsum_mask'; fastpath._first_max_mask).")
@@ -473,7 +480,7 @@ def main(argv=None) -> dict:
                "gflops_executed": {}, "flops_executed": {}}
     if args.compare_standard:
         results["speedup_vs_standard"] = {}
-    forms_off = [f for f in ("rows", "patches", "taps", "fold", "phases")
+    forms_off = [f for f in ("rows", "patches", "taps", "fold", "phases", "stored")
                  if getattr(args, f"compare_no_{f}")]
     forms_off += ["mask"] if args.compare_cumsum_mask else []
     for form in forms_off:
@@ -576,6 +583,7 @@ _FORMS_OFF = {
     "taps": ("_taps_pay", _always_false, "no_taps"),
     "fold": ("_fold_pay", _always_false, "no_fold"),
     "phases": ("_phases_pay", _always_false, "no_phases"),
+    "stored": ("_stored_pay", _always_false, "no_stored"),
     "mask": ("_first_max_mask", cumsum_first_max_mask, "cumsum_mask"),
 }
 
@@ -589,7 +597,8 @@ def form_off(form: str):
     """The fast path without one of its forms, while jaxadv's ops are traced and compiled (JAX's
     caches cleared on entry and exit): ``"rows"`` (``fastpath._rows_pay``), ``"patches"``
     (``fastpath._patches_pay``), ``"taps"`` (``fastpath._taps_pay``), ``"fold"``
-    (``fastpath._fold_pay``: SmallGAP's GAP fold) or ``"phases"`` (``fastpath._phases_pay``)
+    (``fastpath._fold_pay``: SmallGAP's GAP fold), ``"phases"`` (``fastpath._phases_pay``) or
+    ``"stored"`` (``fastpath._stored_pay``)
     always False, or ``"mask"``: the max pool's first-maximum mask by
     :func:`cumsum_first_max_mask`."""
     import jax

@@ -512,6 +512,41 @@ def _matmul_form(in_hw, w_shape, strides, pads, dilation, precision, op: str):
     return None
 
 
+def _stored_pay(channels: int) -> bool:
+    """Whether XLA's kernel gradient reads its input through :func:`_stored` (inputs with more
+    than one channel; a one-channel input's transpose to channels-first is a reshape).
+
+    XLA:CPU computes a convolution's kernel gradient as a convolution of the input with the
+    batch and channel dimensions swapped, so it first transposes the input (B, H, W, C) to
+    (C, H, W, B); into that transpose it fuses whatever element-wise operations produced the
+    input (in PreAct ResNet-18 the batch norm and ReLU in front of every convolution), which it
+    then recomputes in the transposed loop order. For a (128, 32, 32, 64) activation that loop
+    took 35 ms against 11 ms for a transpose of the stored activation (development measurement,
+    2026-12-05), and the five such transposes of ResNet-18's first stage 43-77 ms each in a
+    profile of its train step (``jax.profiler``). Train steps against the fast path without it,
+    batch 128, 2-core EPYC VM, 2026-12-05 evening (``python -m experiments.benchmarks.step_speed
+    --models preact_resnet18 --repeats 5 --host_devices 1 --compare_no_stored``,
+    results/step_speed_stored_resnet_1dev.json, ``speedup_vs_no_stored``; ``--models
+    smallgap,poolgap --repeats 7 --host_devices N``, results/step_speed_stored_gap_Ndev.json;
+    ``--models preact_resnet18 --repeats 3 --host_devices 2``,
+    results/step_speed_stored_resnet_2dev.json): ResNet-18 1.12x on one device (1,621 -> 1,443
+    ms), 1.01x on two (YNNPACK); SmallGAP 1.54x / 1.43x on one / two devices; PoolGAP 0.97x /
+    1.03x. The forward pass and input gradients compute no kernel gradient and are unchanged."""
+    return channels > 1
+
+
+def _stored(v: Array) -> Array:
+    """``v`` unchanged, as XLA's stored buffer: passed through a conditional whose predicate is
+    true for every value of ``v``'s first element (NaN included: ``v0 == v0 or v0 != v0``) but
+    which XLA cannot fold, and through which it does not fuse. Element-wise producers of ``v``
+    are then computed once, in the forward pass, not again inside the transpose in front of the
+    kernel-gradient convolution (:func:`_stored_pay`). The other branch never runs. The result
+    is ``v`` bit for bit, so gradients are unchanged (tests compare them with the standard
+    lowering's)."""
+    v0 = v.reshape(-1)[0]
+    return lax.cond((v0 == v0) | (v0 != v0), lambda v: v, lambda v: -v, v)
+
+
 def _kernel_grad(v, ct, w_aval, static, dw_method):
     """d<ct, conv(v, w)>/dw: the kernel gradient of the convolution of ``v``: the transpose of
     :func:`_rows_conv` or :func:`_patches_conv` where those forms pay (:func:`_rows_pay`,
@@ -524,8 +559,11 @@ def _kernel_grad(v, ct, w_aval, static, dw_method):
         return jax.linear_transpose(lambda w: conv(v, w), w_struct)(ct)[0]
     if dw_method == "columns":
         return _column_kernel_grad(v, ct, w_aval.shape, *static)
-    conv = _taps_conv if dw_method == "taps" else _std_conv
-    return jax.linear_transpose(lambda w: conv(v, w, *static, None), w_struct)(ct)[0]
+    if dw_method == "taps":
+        return jax.linear_transpose(lambda w: _taps_conv(v, w, *static, None), w_struct)(ct)[0]
+    if _stored_pay(v.shape[-1]):
+        v = _stored(v)
+    return jax.linear_transpose(lambda w: _std_conv(v, w, *static, None), w_struct)(ct)[0]
 
 
 # Two bilinear primitives, each the other's transpose in its first argument:

@@ -330,6 +330,52 @@ def test_strided_input_gradient_uses_phases():
     assert "lhs_dilate" in compiled_text(_std)  # what the test guards against
 
 
+def test_stored_is_the_identity_bit_for_bit():
+    """The fusion barrier in front of XLA's kernel gradient returns its input unchanged, NaN,
+    infinities and signed zeros included (its predicate is true for every first element, NaN
+    too), under jit and vmap, with the identity as derivative."""
+    v = jnp.array([[np.nan, -0.0, 0.0, np.inf], [-np.inf, 1e-45, -3.5, 2.0]], jnp.float32)
+    for first in (np.nan, np.inf, -0.0, 1.0):
+        u = v.at[0, 0].set(first)
+        out = jax.jit(fastpath._stored)(u)
+        np.testing.assert_array_equal(np.asarray(out).view(np.uint32), np.asarray(u).view(np.uint32))
+    batched = jax.vmap(fastpath._stored)(v)
+    np.testing.assert_array_equal(np.asarray(batched).view(np.uint32), np.asarray(v).view(np.uint32))
+    w = jnp.arange(6.0).reshape(2, 3)
+    _, tangent = jax.jvp(fastpath._stored, (w,), (jnp.ones_like(w),))
+    np.testing.assert_array_equal(tangent, jnp.ones_like(w))
+    np.testing.assert_array_equal(jax.grad(lambda z: jnp.sum(fastpath._stored(z) * w))(w), w)
+
+
+@pytest.mark.parametrize("channels,expected", [(1, False), (2, True), (64, True)])
+def test_stored_rule(channels, expected):
+    assert fastpath._stored_pay(channels) is expected
+
+
+def test_kernel_gradient_reads_the_stored_input(monkeypatch):
+    """XLA's kernel gradient of a convolution whose input is an element-wise function of
+    another array (batch norm and ReLU in front of ResNet-18's convolutions) goes through the
+    barrier, so the transpose in front of it reads the stored input instead of recomputing those
+    operations in a transposed loop; the gradients equal the standard lowering's."""
+    monkeypatch.setattr(fastpath, "_kernel_grad_method", lambda *a: "xla")
+    x, k = _data(4, 10, 10, 6, 3, 3, 5)
+    scale, shift = jnp.linspace(0.5, 1.5, 6), jnp.linspace(-0.2, 0.2, 6)
+
+    def loss(conv):
+        return lambda x, k: jnp.sum(jnp.sin(conv(jnp.maximum(x * scale + shift, 0.0), k, (1, 1),
+                                                 "SAME")))
+
+    grads = {name: jax.jit(jax.grad(loss(conv), (0, 1))) for name, conv in (("fast", _fast),
+                                                                            ("std", _std))}
+    with fastpath.enabled(True):
+        text = grads["fast"].lower(x, k).compile().as_text()
+        fast = grads["fast"](x, k)
+    assert "conditional" in text
+    assert "conditional" not in grads["std"].lower(x, k).compile().as_text()
+    for a, b in zip(fast, grads["std"](x, k), strict=True):
+        _close(a, b)
+
+
 def test_ynnpack_convolutions_is_this_process_library():
     from jaxadv.devices import convolution_backend
 
