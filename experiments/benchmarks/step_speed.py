@@ -120,6 +120,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="Also time jaxadv with XLA's kernel gradients reading a recomputed input "
                         "instead of the stored one (contestant 'jaxadv_no_stored'; "
                         "fastpath._stored_pay).")
+    p.add_argument("--compare_no_taps_stored", action="store_true",
+                   help="Also time jaxadv with the one-channel tap sum's output recomputed by its "
+                        "consumers (contestant 'jaxadv_no_taps_stored'; "
+                        "fastpath._taps_stored_pay).")
     p.add_argument("--compare_cumsum_mask", action="store_true",
                    help="Also time jaxadv with the max pool's first-maximum mask from a cumulative "
                         "sum (contestant 'jaxadv_cumsum_mask'; fastpath._first_max_mask).")
@@ -480,7 +484,8 @@ def main(argv=None) -> dict:
                "gflops_executed": {}, "flops_executed": {}}
     if args.compare_standard:
         results["speedup_vs_standard"] = {}
-    forms_off = [f for f in ("rows", "patches", "taps", "fold", "phases", "stored")
+    forms_off = [f for f in ("rows", "patches", "taps", "fold", "phases", "stored",
+                             "taps_stored")
                  if getattr(args, f"compare_no_{f}")]
     forms_off += ["mask"] if args.compare_cumsum_mask else []
     for form in forms_off:
@@ -584,6 +589,7 @@ _FORMS_OFF = {
     "fold": ("_fold_pay", _always_false, "no_fold"),
     "phases": ("_phases_pay", _always_false, "no_phases"),
     "stored": ("_stored_pay", _always_false, "no_stored"),
+    "taps_stored": ("_taps_stored_pay", _always_false, "no_taps_stored"),
     "mask": ("_first_max_mask", cumsum_first_max_mask, "cumsum_mask"),
 }
 

@@ -505,11 +505,29 @@ def _matmul_form(in_hw, w_shape, strides, pads, dilation, precision, op: str):
     if _rows_pay(in_hw, w_shape[:2], strides, pads, dilation):
         return lambda x, w: _rows_conv(x, w, pads, precision)
     if _taps_pay(w_shape[2], w_shape[3], op):
-        return lambda x, w: _outside_library_fusions(
-            _taps_conv(x, w, strides, pads, dilation, precision, None))
+        def taps(x, w):
+            y = _outside_library_fusions(_taps_conv(x, w, strides, pads, dilation, precision, None))
+            return _stored(y) if _taps_stored_pay() else y
+        return taps
     if _patches_pay(w_shape[2], op):
         return lambda x, w: _patches_conv(x, w, strides, pads, dilation, precision)
     return None
+
+
+def _taps_stored_pay() -> bool:
+    """Whether the tap sum's output (:func:`_taps_conv`, forward pass of one-channel images)
+    goes through :func:`_stored`, so that its consumers read it instead of recomputing the
+    taps: XLA fused PoolGAP's 25-tap sum into the max pool's first-maximum mask of the backward
+    pass (about 3.5 ms of a 38 ms train step in a profile, 2026-12-05). Against the tap sum
+    recomputed by its consumers, same runs, 2-core EPYC VM, 2026-12-05 evening (``python -m
+    experiments.benchmarks.step_speed --models smallgap,poolgap --repeats 11 --host_devices 1
+    --compare_no_taps_stored``, results/step_speed_taps_stored_1dev.json,
+    ``speedup_vs_no_taps_stored``), forward / PGD step / PGD-10 / train step: PoolGAP 0.93 /
+    1.16 / 1.10 / 1.14x (a first run 1.02 / 1.11 / 1.13 / 1.11x); SmallGAP, whose ops take 1-6
+    ms, 0.82 / 1.40 / 1.07 / 0.85x (first run 1.60 / 1.06 / 0.95 / 0.99x: noise of that size).
+    On two devices (``--repeats 9 --host_devices 2``, results/step_speed_taps_stored_2dev.json),
+    where only SmallGAP's layer takes the taps: 0.88-1.05x."""
+    return True
 
 
 def _stored_pay(channels: int) -> bool:

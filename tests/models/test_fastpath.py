@@ -400,6 +400,30 @@ def test_one_channel_forward_is_one_loop_and_matches(monkeypatch):
         _close(a, b)
 
 
+def test_tap_sum_is_stored_for_its_consumers(monkeypatch):
+    """The tap sum's output goes through the fusion barrier (PoolGAP: the max pool's
+    first-maximum mask in the backward pass recomputed all 25 taps), and a one-channel layer
+    followed by a max pool still has the standard lowering's output and gradients."""
+    monkeypatch.setattr(fastpath, "_rows_pay", lambda *a: False)
+    x, k = _data(3, 12, 10, 1, 5, 5, 6)
+
+    def loss(conv):
+        return lambda x, k: jnp.sum(jnp.tanh(fastpath.max_pool(
+            conv(x, k, (1, 1), "SAME"), window=2, stride=2)) ** 2)
+
+    with fastpath.enabled(True):
+        grad = jax.jit(jax.grad(loss(_fast), (0, 1)))
+        assert "conditional" in grad.lower(x, k).compile().as_text()
+        fast = grad(x, k)
+        monkeypatch.setattr(fastpath, "_taps_stored_pay", lambda: False)
+        jax.clear_caches()
+        assert "conditional" not in jax.jit(jax.grad(loss(_fast), (0, 1))).lower(
+            x, k).compile().as_text()
+    std = jax.jit(jax.grad(loss(_std), (0, 1)))(x, k)
+    for a, b in zip(fast, std, strict=True):
+        _close(a, b)
+
+
 def test_image_layers_use_patches_and_match(monkeypatch):
     """An RGB first layer (ResNet's stem) compiles to matmuls only, forward, input gradient in a
     loop and kernel gradient, and equals the standard lowering."""
