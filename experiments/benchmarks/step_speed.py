@@ -484,9 +484,7 @@ def main(argv=None) -> dict:
                "gflops_executed": {}, "flops_executed": {}}
     if args.compare_standard:
         results["speedup_vs_standard"] = {}
-    forms_off = [f for f in ("rows", "patches", "taps", "fold", "phases", "stored",
-                             "taps_stored")
-                 if getattr(args, f"compare_no_{f}")]
+    forms_off = [f for f in _FORMS_OFF if f != "mask" and getattr(args, f"compare_no_{f}")]
     forms_off += ["mask"] if args.compare_cumsum_mask else []
     for form in forms_off:
         results[f"speedup_vs_{_off_label(form)}"] = {}
@@ -603,8 +601,8 @@ def form_off(form: str):
     """The fast path without one of its forms, while jaxadv's ops are traced and compiled (JAX's
     caches cleared on entry and exit): ``"rows"`` (``fastpath._rows_pay``), ``"patches"``
     (``fastpath._patches_pay``), ``"taps"`` (``fastpath._taps_pay``), ``"fold"``
-    (``fastpath._fold_pay``: SmallGAP's GAP fold), ``"phases"`` (``fastpath._phases_pay``) or
-    ``"stored"`` (``fastpath._stored_pay``)
+    (``fastpath._fold_pay``: SmallGAP's GAP fold), ``"phases"`` (``fastpath._phases_pay``),
+    ``"stored"`` (``fastpath._stored_pay``) or ``"taps_stored"`` (``fastpath._taps_stored_pay``)
     always False, or ``"mask"``: the max pool's first-maximum mask by
     :func:`cumsum_first_max_mask`."""
     import jax
