@@ -52,6 +52,7 @@ Aborting after a minute lets a resumable run restart; a long timeout would leave
 import os
 import re
 import sys
+import warnings
 
 _FLAG = "--xla_force_host_platform_device_count"
 _TIMEOUT_FLAG = "--xla_cpu_collective_call_terminate_timeout_seconds"
@@ -176,7 +177,10 @@ def set_cpu_convolution_flags() -> bool:
     Called by ``import jaxadv`` and :func:`use_host_devices`; it takes effect only before JAX's
     backends start. Any other value of that flag in ``XLA_FLAGS`` is the user's and is kept
     (``=+individual_convolution`` keeps YNNPACK's convolutions everywhere);
-    ``JAXADV_FASTPATH=0`` leaves XLA's default.
+    ``JAXADV_FASTPATH=0`` leaves XLA's default. Called after JAX's backend has started, when
+    the flag would be added, it warns: it can no longer take effect (the attributions benchmark
+    did this until 2026-12-06: it measured the matmul peak first, and its one-device runs timed
+    YNNPACK's convolutions; README, "Attributions against Captum").
 
     Returns:
       Whether ``XLA_FLAGS`` now holds jaxadv's flag.
@@ -186,7 +190,29 @@ def set_cpu_convolution_flags() -> bool:
                                     fastpath_off=fastpath_env_setting() is False)
     if flags != (before or ""):
         os.environ["XLA_FLAGS"] = flags
-    return _EIGEN_CONVOLUTIONS in flags.split()
+    wanted = _EIGEN_CONVOLUTIONS in flags.split()
+    if wanted and _EIGEN_CONVOLUTIONS not in (before or "").split() and _backends_started():
+        warnings.warn(
+            "JAX's CPU backend started before jaxadv set XLA_FLAGS' "
+            f"{_EIGEN_CONVOLUTIONS} (XLA:CPU convolutions on every core instead of one), so "
+            "the flag cannot take effect in this process: convolutions run on one core each (see "
+            "jaxadv.devices). Import jaxadv before the first JAX operation: in a notebook, "
+            "restart the kernel and import it in the first cell; in a script, at the top.",
+            stacklevel=2)
+    return wanted
+
+
+def _backends_started() -> bool:
+    """Whether JAX has started its backends in this process (False if jax is not imported, or
+    if this JAX version does not say)."""
+    if "jax" not in sys.modules:
+        return False
+    try:
+        from jax._src import xla_bridge
+
+        return bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):
+        return False
 
 
 # XLA:CPU's convolution library -> the compile options that select it for one program

@@ -157,6 +157,42 @@ def test_convolution_backend_in_a_fresh_process(devices, fastpath):
     assert backend == expected, out.stdout
 
 
+_LATE_IMPORT = """
+import os, sys, warnings
+os.cpu_count = lambda: 4  # a device with >= 2 cores: jaxadv wants Eigen's convolutions
+import jax
+if sys.argv[1] == "late":
+    jax.numpy.zeros(1).block_until_ready()  # JAX's backend starts before jaxadv is imported
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import jaxadv
+    from jaxadv.devices import convolution_backend
+    backend = convolution_backend()
+print(backend, len(caught))
+for w in caught:
+    print(w.category.__name__, w.message)
+"""
+
+
+@pytest.mark.parametrize("order", ["late", "first"])
+def test_importing_jaxadv_after_jax_started_warns(order):
+    """``import jaxadv`` after JAX's first computation cannot switch XLA:CPU's convolutions to
+    Eigen (XLA reads XLA_FLAGS when its backend starts): YNNPACK's stay, and a warning says so
+    and names the fix. Imported first, Eigen's convolutions and no warning."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXADV_FASTPATH")}
+    env["JAX_PLATFORMS"] = "cpu"
+    out = subprocess.run([sys.executable, "-c", _LATE_IMPORT, order], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120, check=True)
+    lines = out.stdout.strip().splitlines()
+    backend, warned = lines[0].split()
+    if order == "late":
+        assert (backend, warned) == ("ynnpack", "1"), out.stdout
+        assert lines[1].startswith("UserWarning")
+        assert "before the first JAX operation" in lines[1] and "restart" in lines[1]
+    else:
+        assert (backend, warned) == ("eigen", "0"), out.stdout
+
+
 _DEFAULT_EQUALS_OPTIONS = """
 import re, sys
 import jaxadv, jax, jax.numpy as jnp

@@ -261,6 +261,8 @@ def test_attributions_benchmark_splits_the_batch_over_host_devices(tmp_path):
         "experiments.benchmarks.attributions", "--quick", "--models", "smallgap", "--repeats",
         "1", "--skip-memory", "--host_devices", "2", out=tmp_path / "attr.json")
     assert result["settings"]["jaxadv_host_devices"] == 2
+    cores = os.cpu_count() or 1
+    assert result["settings"]["convolution_backend"] == ("eigen" if cores >= 4 else "ynnpack")
     assert set(result["parity"]) == {"ig", "smoothgrad", "gradcam", "occlusion"}
     assert max(result["parity"].values()) < 1e-4
     assert all(v > 0 for v in result["speedup_vs_captum"].values())
@@ -269,6 +271,27 @@ def test_attributions_benchmark_splits_the_batch_over_host_devices(tmp_path):
     assert all(sg["flops"][m] > 0 and sg["gflops_needed_for_2x"][m] > 0 for m in sg["flops"])
     assert sg["flops"]["ig"] > sg["flops"]["gradcam"]
     assert result["matmul_peak_gflops"] > 0
+
+
+def test_attributions_benchmark_imports_jaxadv_before_jax_starts():
+    """The attributions benchmark measures the matmul peak (JAX's first computation) before it
+    builds a model: jaxadv must already be imported then, or XLA:CPU keeps YNNPACK's
+    single-threaded convolutions, which no user who imports jaxadv first gets (until 2026-12-06
+    its one-device runs timed ResNet-18's IG about 2x too slow for this reason)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = ("import experiments.benchmarks.attributions, jax\n"
+            "jax.numpy.zeros(1).block_until_ready()\n"
+            "from jaxadv.devices import convolution_backend\nprint(convolution_backend())")
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXADV_FASTPATH")}
+    env["JAX_PLATFORMS"] = "cpu"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=120, check=True)
+    expected = "eigen" if (os.cpu_count() or 1) >= 2 else "ynnpack"
+    assert out.stdout.split()[-1] == expected
 
 
 @pytest.mark.peer

@@ -66,6 +66,11 @@ a run before and after the models) is what this machine can do at best.
 JSON: ``parity`` {method: max over models of the relative error}, ``speedup_vs_captum``
 {method: min over models of Captum seconds / jaxadv seconds}, ``ig200_peak_mb``
 {"jaxadv", "captum"}, and ``per_model`` with every figure (images/s, seconds, errors).
+``settings.convolution_backend`` is the library XLA:CPU ran jaxadv's convolutions with
+(:func:`jaxadv.devices.convolution_backend`). Until 2026-12-06 this script measured the matmul
+peak before it imported jaxadv, so JAX started without jaxadv's XLA flag and every one-device run
+timed YNNPACK's single-threaded convolutions, not what ``import jaxadv`` gives users (on
+PreAct ResNet-18 IG about 2x slower); results written before then lack the key.
 """
 
 import argparse
@@ -82,6 +87,7 @@ import time
 
 import numpy as np
 
+import jaxadv  # noqa: F401  (before JAX starts: sets XLA:CPU's convolution flags, jaxadv.devices)
 from experiments import report
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -285,10 +291,12 @@ def _float64_checks(bound, tmodel, xt, tt, x, t, ours32, noise, sg_same_noise, x
     with jax.enable_x64(True):
         fns = model_fns(model, _float64(variables))
         xd, td = jnp.asarray(x, jnp.float64), jnp.asarray(t)
-        mine64 = {m: f(xd, td) for m, f in _jaxadv_methods(fns, None).items()
+        # Jitted: one compiled program per method rather than op-by-op dispatch.
+        mine64 = {m: jax.jit(f)(xd, td) for m, f in _jaxadv_methods(fns, None).items()
                   if m != "smoothgrad"}
-        mine64["smoothgrad"] = A.smooth_grad(fns.logits, xd, td, None,
-                                             noise=jnp.asarray(noise, jnp.float64))
+        mine64["smoothgrad"] = jax.jit(lambda v, c, n: A.smooth_grad(fns.logits, v, c, None,
+                                                                     noise=n))(
+            xd, td, jnp.asarray(noise, jnp.float64))
         mine64 = {m: np.asarray(v, np.float64) for m, v in mine64.items()}
     ig_mine = np.asarray(ours32["ig"](xj, tj))
     sg_mine = np.asarray(sg_same_noise(xj, tj, jnp.asarray(noise)))
@@ -602,6 +610,9 @@ def main(argv=None) -> dict:
     p.add_argument("--models", default="smallgap,preact_resnet18,preact_resnet18_softplus",
                    help="comma-separated; " + ", ".join(PARITY_ONLY) + " are parity only")
     p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--skip-float64", action="store_true",
+                   help="leave out the float64 runs of both libraries (error_vs_float64, "
+                        "parity_float64, relu_kinks): the timings and float32 parity only")
     p.add_argument("--ig-chunk", type=int, default=20)
     p.add_argument("--host_devices", type=int, default=1,
                    help="split jaxadv's batch over N XLA host devices (Captum uses every core "
@@ -624,6 +635,9 @@ def main(argv=None) -> dict:
 
         use_host_devices(args.host_devices)  # before the first JAX operation
     import jax
+
+    from jaxadv.devices import convolution_backend
+
     batches = ({"smallgap": 32, "preact_resnet18": 4, "preact_resnet18_softplus": 4}
                if args.quick
                else {"smallgap": 128, "preact_resnet18": 16, "preact_resnet18_softplus": 16})
@@ -643,7 +657,8 @@ def main(argv=None) -> dict:
                   "matmul_peak_gflops": matmul_peak_gflops(1024 if args.quick else 4096),
                   "settings": {"ig_steps": IG_STEPS, "ig_rule": "gausslegendre",
                                "repeats": repeats, "quick": args.quick,
-                               "jaxadv_host_devices": jax.device_count()},
+                               "jaxadv_host_devices": jax.device_count(),
+                               "convolution_backend": convolution_backend()},
                   "machine": machine}
         report.write_json(args.out, result, indent=2)
         return result
@@ -651,6 +666,7 @@ def main(argv=None) -> dict:
     per_model = {}
     for name in args.models.split(","):
         per_model[name] = bench_model(name, batches[name], repeats,
+                                      f64_reference=not args.skip_float64,
                                       timing=name not in PARITY_ONLY)
         print(f"{name}: done", flush=True)
     timed = [r for r in per_model.values() if "speedup_vs_captum" in r]
@@ -670,7 +686,8 @@ def main(argv=None) -> dict:
                      "smoothgrad_samples": SG_SAMPLES, "smoothgrad_stdev": SG_STDEV,
                      "occlusion_window": OCC_WINDOW, "occlusion_stride": OCC_STRIDE,
                      "repeats": repeats, "quick": args.quick,
-                     "jaxadv_host_devices": jax.device_count()},
+                     "jaxadv_host_devices": jax.device_count(),
+                     "convolution_backend": convolution_backend()},
         "machine": machine,
     }
     if not args.skip_memory:
