@@ -56,6 +56,16 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def fresh_process_env(*, keep_fastpath: bool = False) -> dict:
+    """Environment for a fresh Python process that must start JAX as a user's would: on CPU,
+    without this process's ``XLA_FLAGS`` (the test session's host-device count and flags) and,
+    unless ``keep_fastpath``, without ``JAXADV_FASTPATH``."""
+    drop = ("XLA_FLAGS",) if keep_fastpath else ("XLA_FLAGS", "JAXADV_FASTPATH")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
 @pytest.fixture
 def key():
     return jax.random.key(0)

@@ -13,7 +13,7 @@ from jaxadv.devices import (
     use_host_devices,
     use_host_devices_unless_set,
 )
-from tests.conftest import REPO
+from tests.conftest import REPO, fresh_process_env
 
 
 def test_flag_rewriting():
@@ -52,8 +52,7 @@ def test_an_explicit_count_in_xla_flags_wins(monkeypatch):
 def test_before_initialisation_in_a_fresh_process():
     code = ("import jax\nfrom jaxadv.devices import use_host_devices\nuse_host_devices(3)\n"
             "print(jax.device_count())")
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["JAX_PLATFORMS"] = "cpu"
+    env = fresh_process_env(keep_fastpath=True)
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=120, check=True)
     assert out.stdout.strip().splitlines()[-1] == "3"
@@ -93,8 +92,7 @@ print("done", float(f(jnp.array([30000, 0], jnp.int32))[0, 0]))
 
 @pytest.mark.slow
 def test_collective_timeout_decides_whether_a_late_device_aborts_the_process():
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["JAX_PLATFORMS"] = "cpu"
+    env = fresh_process_env(keep_fastpath=True)
     env["XLA_FLAGS"] = "--xla_cpu_collective_call_warn_stuck_timeout_seconds=1"  # abort sooner
 
     def run(timeout_s):
@@ -144,8 +142,7 @@ def test_convolution_backend_in_a_fresh_process(devices, fastpath):
     """What compiled code runs: Eigen's threaded convolutions where a device has >= 2 cores
     (``import jaxadv`` alone, one device), YNNPACK's where every core has its own device, and
     XLA's default (YNNPACK) with ``JAXADV_FASTPATH=0``."""
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXADV_FASTPATH")}
-    env["JAX_PLATFORMS"] = "cpu"
+    env = fresh_process_env()
     if fastpath:
         env["JAXADV_FASTPATH"] = fastpath
     argv = [sys.executable, "-c", _BACKEND] + ([] if devices is None else [str(devices)])
@@ -179,8 +176,7 @@ def test_importing_jaxadv_after_jax_started_warns(order):
     """``import jaxadv`` after JAX's first computation cannot switch XLA:CPU's convolutions to
     Eigen (XLA reads XLA_FLAGS when its backend starts): YNNPACK's stay, and a warning says so
     and names the fix. Imported first, Eigen's convolutions and no warning."""
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXADV_FASTPATH")}
-    env["JAX_PLATFORMS"] = "cpu"
+    env = fresh_process_env()
     out = subprocess.run([sys.executable, "-c", _LATE_IMPORT, order], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=120, check=True)
     lines = out.stdout.strip().splitlines()
@@ -220,8 +216,7 @@ def test_convolution_backend_options_equal_the_process_default(fastpath):
     """Each entry of ``CONVOLUTION_BACKEND_OPTIONS`` compiles what a process with that library
     compiles by default (YNNPACK's reductions and dots included), in a fresh process with Eigen's
     convolutions (``import jaxadv`` on one device) and with XLA's default (``JAXADV_FASTPATH=0``)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXADV_FASTPATH")}
-    env["JAX_PLATFORMS"] = "cpu"
+    env = fresh_process_env()
     if fastpath:
         env["JAXADV_FASTPATH"] = fastpath
     out = subprocess.run([sys.executable, "-c", _DEFAULT_EQUALS_OPTIONS], cwd=REPO, env=env,

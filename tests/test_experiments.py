@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 
+from tests.conftest import fresh_process_env
 from tests.training.helpers import make_synthetic_idx
 
 
@@ -235,13 +236,11 @@ def test_loop_speed_benchmark_smoke(tmp_path):
 def _run_in_fresh_process(module: str, *args: str, out) -> dict:
     """Runs ``python -m module args --out out`` in a fresh process (the XLA host-device count is
     fixed when JAX initialises) on CPU without the parent's XLA flags; returns the JSON written."""
-    import os
     import pathlib
     import subprocess
     import sys
 
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+    env = fresh_process_env(keep_fastpath=True)
     res = subprocess.run([sys.executable, "-m", module, *args, "--out", str(out)],
                          cwd=pathlib.Path(__file__).resolve().parents[1], env=env,
                          capture_output=True, text=True, timeout=600, check=False)
@@ -271,6 +270,10 @@ def test_attributions_benchmark_splits_the_batch_over_host_devices(tmp_path):
     assert all(sg["flops"][m] > 0 and sg["gflops_needed_for_2x"][m] > 0 for m in sg["flops"])
     assert sg["flops"]["ig"] > sg["flops"]["gradcam"]
     assert result["matmul_peak_gflops"] > 0
+    # jaxadv's default chunking ("auto": 1 point per call at batch 32) and all points at once.
+    assert sg["jaxadv_auto_points_per_call"] == {"ig": 1, "smoothgrad": 1}
+    assert set(sg["jaxadv_all_at_once_s"]) == set(sg["speedup_vs_captum_jaxadv_all_at_once"]) == {
+        "ig", "smoothgrad"}
 
 
 def test_attributions_benchmark_imports_jaxadv_before_jax_starts():
@@ -286,8 +289,7 @@ def test_attributions_benchmark_imports_jaxadv_before_jax_starts():
     code = ("import experiments.benchmarks.attributions, jax\n"
             "jax.numpy.zeros(1).block_until_ready()\n"
             "from jaxadv.devices import convolution_backend\nprint(convolution_backend())")
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXADV_FASTPATH")}
-    env["JAX_PLATFORMS"] = "cpu"
+    env = fresh_process_env()
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=120, check=True)
     expected = "eigen" if (os.cpu_count() or 1) >= 2 else "ynnpack"
@@ -692,3 +694,47 @@ def test_attributions_benchmark_ig_chunk_sweep(tmp_path):
     assert sweep["best_points_per_call"]["jaxadv"] in sweep["jaxadv_s"]
     assert sweep["speedup_vs_captum_each_at_best"] > 0
     assert json.loads((tmp_path / "s.json").read_text())["ig_chunk_sweep"]
+
+
+@pytest.mark.peer
+def test_attributions_benchmark_chunk_sweep_times_smoothgrad_and_jaxadvs_default(tmp_path):
+    """``--chunk_sweep`` times IG and SmoothGrad at each number of points per call in both
+    libraries (Captum's NoiseTunnel ``nt_samples_batch_size`` for SmoothGrad) and jaxadv's
+    ``"auto"`` default, and compares the two libraries' defaults."""
+    pytest.importorskip("torch")
+    pytest.importorskip("captum")
+    from experiments.benchmarks import attributions
+    from jaxadv.attributions import auto_chunk_size
+
+    result = attributions.main(["--quick", "--models", "smallgap", "--repeats", "1",
+                                "--chunk_sweep", "2,auto,all", "--chunk_sweep_methods",
+                                "smoothgrad", "--out", str(tmp_path / "s.json")])
+    sweep = result["chunk_sweep"]["smallgap/smoothgrad"]
+    assert sweep["method"] == "smoothgrad"
+    assert set(sweep["jaxadv_s"]) == {"2", "auto", "None"}
+    assert set(sweep["captum_s"]) == {"2", "None"}  # "auto" is jaxadv's alone
+    auto = auto_chunk_size(attributions.SG_SAMPLES, batch=32)
+    assert sweep["jaxadv_auto_points_per_call"] == auto == 1  # batch 32 on CPU: one sample
+    assert sweep["images_per_call"] == {"2": 64, "auto": 32, "None": 32 * attributions.SG_SAMPLES}
+    assert sweep["speedup_vs_captum_defaults"] == pytest.approx(
+        sweep["captum_s"]["None"] / sweep["jaxadv_s"]["auto"])
+    assert json.loads((tmp_path / "s.json").read_text())["chunk_sweep"]
+
+
+@pytest.mark.peer
+@pytest.mark.slow
+def test_attributions_benchmark_ig_peak_memory_children(tmp_path):
+    """The IG peak-memory measurement runs each library in child processes (tiny sizes) with
+    jaxadv's default ``chunk_size="auto"`` passed through the child's command line."""
+    pytest.importorskip("torch")
+    pytest.importorskip("captum")
+    from experiments.benchmarks import attributions
+
+    mem = attributions.ig200_peak_memory(batch=4, steps=8)
+    assert mem["jaxadv_chunk_size"] == "auto" and mem["jaxadv_points_per_call"] == 8
+    assert all(v > 0 for v in mem["raw_maxrss_mb"].values())
+    assert {"jaxadv", "captum"} <= set(mem)
+    with pytest.raises(ValueError):
+        attributions._points_per_call("some")
+    assert attributions._points_per_call(" all ") is None
+    assert attributions._points_per_call("3") == 3

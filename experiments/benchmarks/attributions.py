@@ -16,10 +16,11 @@ Models (same weights in both frameworks, the PyTorch twin from
 Methods, each library with the same hyper-parameters on the same batch (float32):
 
 * ``ig``: Integrated Gradients, zero baseline, 50 Gauss-Legendre points (Captum's default rule),
-  all points in one call in both libraries (jaxadv ``chunk_size=None``, Captum
-  ``internal_batch_size=None``);
-* ``smoothgrad``: NoiseTunnel/SmoothGrad of the vanilla gradient, 25 samples, stdev 0.15, all
-  samples in one call;
+  each library with its default evaluation: jaxadv ``chunk_size="auto"`` (about 32 images per
+  model call on CPU: 2 points at batch 16, 1 at batch 128), Captum ``internal_batch_size=None``
+  (all points in one call); ``jaxadv_all_at_once_s`` times jaxadv with ``chunk_size=None`` too;
+* ``smoothgrad``: NoiseTunnel/SmoothGrad of the vanilla gradient, 25 samples, stdev 0.15, jaxadv
+  ``chunk_size="auto"``, Captum all samples in one call (and jaxadv all at once, as for IG);
 * ``gradcam``: Grad-CAM on the last feature map (Captum ``LayerGradCam`` on a module wrapping the
   twin's ``features``, ``relu_attributions=True``);
 * ``occlusion``: 8x8 patches, stride 4, fill 0 (Captum ``sliding_window_shapes=(C, 8, 8)``,
@@ -50,12 +51,16 @@ IG-200 peak memory (SmallGAP, batch 128, 200 Gauss-Legendre points): each librar
 process; peak = the child's peak resident set size (``VmHWM`` in /proc/self/status; ``ru_maxrss``
 would inherit the parent's peak across fork + exec) minus the same for a baseline child that imports
 the library, builds the model and the batch and runs one (jitted, for JAX) forward pass.
-jaxadv evaluates the path in chunks of ``--ig-chunk`` points (default 20: 2560 images per model
-call, ``lax.scan`` over 10 chunks); Captum uses its default (all 25600 images in one call).
+jaxadv evaluates the path with ``chunk_size=--ig-chunk`` (default ``auto``: one point, 128 images,
+per model call on CPU, ``lax.scan`` over 200 chunks); Captum uses its default (all 25600 images in
+one call).
 
-``--ig_chunk_sweep 1,2,5,all`` instead times only IG at those numbers of path points per model call
-in both libraries (jaxadv ``chunk_size``, Captum ``internal_batch_size`` = points x batch): both
-are faster on CPU with a few points per call than with all of them at once.
+``--chunk_sweep 1,2,auto,all`` instead times only IG and SmoothGrad (``--chunk_sweep_methods``)
+at those numbers of points per model call in both libraries (IG: jaxadv ``chunk_size``, Captum
+``internal_batch_size`` = points x batch; SmoothGrad: jaxadv ``chunk_size``, Captum
+``nt_samples_batch_size``; ``auto``: jaxadv's default, jaxadv only): both are faster on CPU with a
+few points per call than with all of them at once. ``--ig_chunk_sweep C1,...`` is the IG-only
+form of earlier runs (JSON key ``ig_chunk_sweep``).
 
 Roofline: ``per_model[m]["flops"]`` is XLA's FLOP count of each jaxadv method as the model
 defines it (the standard lowering, fast path off), ``jaxadv_gflops`` that count over jaxadv's
@@ -94,6 +99,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 CHECKPOINT = REPO.parent / "shared" / "data" / "boopathy-mnist" / "mnist_smallgap_adv_100.pkl"
 MNIST = REPO.parent / "shared" / "data" / "mnist-test"
 METHODS = ("ig", "smoothgrad", "gradcam", "occlusion")
+CHUNKED = ("ig", "smoothgrad")  # evaluated in chunks of points by jaxadv's default
 PARITY_ONLY = ("preact_resnet18_softplus",)  # models whose methods are not timed
 IG_STEPS, SG_SAMPLES, SG_STDEV = 50, 25, 0.15
 OCC_WINDOW, OCC_STRIDE = 8, 4
@@ -187,9 +193,12 @@ def _rel_err(a, b) -> float:
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
-def _jaxadv_methods(fns, key, ig_points_per_call: int | None = None) -> dict:
+def _jaxadv_methods(fns, key, ig_points_per_call: int | str | None = "auto",
+                    sg_samples_per_call: int | str | None = "auto") -> dict:
     """The four jaxadv methods as (x, targets) -> map, with this benchmark's settings; IG with
-    ``ig_points_per_call`` path points per model call (``chunk_size``; None: all at once)."""
+    ``ig_points_per_call`` path points and SmoothGrad with ``sg_samples_per_call`` noise samples
+    per model call (``chunk_size``: jaxadv's default ``"auto"``, an int, or None for all at
+    once)."""
     import jaxadv.attributions as A
 
     return {
@@ -197,17 +206,19 @@ def _jaxadv_methods(fns, key, ig_points_per_call: int | None = None) -> dict:
                                                   rule="gausslegendre",
                                                   chunk_size=ig_points_per_call),
         "smoothgrad": lambda v, c: A.smooth_grad(fns.logits, v, c, key, num_samples=SG_SAMPLES,
-                                                 stdev=SG_STDEV),
+                                                 stdev=SG_STDEV, chunk_size=sg_samples_per_call),
         "gradcam": lambda v, c: A.grad_cam(fns.features, fns.head, v, c),
         "occlusion": lambda v, c: A.occlusion(fns.logits, v, c, window=OCC_WINDOW,
                                               strides=OCC_STRIDE),
     }
 
 
-def _captum_methods(torch, tmodel, tt, x_shape, ig_points_per_call: int | None = None) -> dict:
+def _captum_methods(torch, tmodel, tt, x_shape, ig_points_per_call: int | None = None,
+                    sg_samples_per_call: int | None = None) -> dict:
     """The four Captum methods on ``tmodel`` as x (NCHW tensor) -> attribution, with the same
     settings as :func:`_jaxadv_methods` (x_shape: the NHWC batch shape; IG's
-    ``internal_batch_size`` = ``ig_points_per_call`` x batch, None: all points at once)."""
+    ``internal_batch_size`` = ``ig_points_per_call`` x batch and NoiseTunnel's
+    ``nt_samples_batch_size`` = ``sg_samples_per_call``; None, Captum's default: all at once)."""
     from captum import attr as C
 
     import jaxadv.attributions as A
@@ -223,7 +234,7 @@ def _captum_methods(torch, tmodel, tt, x_shape, ig_points_per_call: int | None =
                                  else ig_points_per_call * x_shape[0])),
         "smoothgrad": lambda xt: C.NoiseTunnel(C.Saliency(tmodel)).attribute(
             xt, nt_type="smoothgrad", nt_samples=SG_SAMPLES, stdevs=SG_STDEV, target=tt,
-            abs=False),
+            abs=False, nt_samples_batch_size=sg_samples_per_call),
         "gradcam": lambda xt: C.LayerGradCam(wrapped, wrapped.feat).attribute(
             xt, target=tt, relu_attributions=True),
         "occlusion": lambda xt: C.Occlusion(tmodel).attribute(
@@ -424,6 +435,11 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True,
     # Targets are jit arguments (traced), as in real use: closed-over constant targets would let
     # XLA constant-fold part of the backward pass of a GAP-linear head.
     ours = {m: jax.jit(f) for m, f in _jaxadv_methods(fns, key).items()}
+    # IG and SmoothGrad with every point in one call (as Captum's default): the FLOP count (XLA
+    # counts a loop's body once, so the chunked default's count would be one chunk's) and a
+    # second timing that shows what jaxadv's default chunking gains.
+    at_once = {m: jax.jit(f) for m, f in _jaxadv_methods(fns, key, None, None).items()
+               if m in CHUNKED}
     sg_same_noise = jax.jit(lambda v, c, n: A.smooth_grad(fns.logits, v, c, None, noise=n))
     captum32 = _captum_methods(torch, tmodel, tt, x.shape)
     theirs = {m: functools.partial(f, xt) for m, f in captum32.items()}
@@ -433,7 +449,7 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True,
     flops = {}
     with fastpath.enabled(False):
         for m in METHODS if timing else ():
-            flops[m] = step_speed.xla_flops(ours[m].lower(xj, tj))
+            flops[m] = step_speed.xla_flops(at_once.get(m, ours[m]).lower(xj, tj))
 
     # First calls (jit compile + run), then parity; SmoothGrad parity uses the same samples
     # injected into Captum's NoiseTunnel.
@@ -471,9 +487,17 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True,
         out["jaxadv_s"][m] = time_call(lambda m=m: jax.block_until_ready(ours[m](xj, tj)),
                                        repeats=repeats)
         out["captum_s"][m] = time_call(theirs[m], repeats=repeats)
+    out["jaxadv_all_at_once_s"] = {
+        m: time_call(lambda m=m: jax.block_until_ready(at_once[m](xj, tj)), repeats=repeats)
+        for m in CHUNKED}
+    out["jaxadv_auto_points_per_call"] = {
+        "ig": A.auto_chunk_size(IG_STEPS, batch=batch),
+        "smoothgrad": A.auto_chunk_size(SG_SAMPLES, batch=batch)}
     out["jaxadv_images_per_s"] = {m: batch / s for m, s in out["jaxadv_s"].items()}
     out["captum_images_per_s"] = {m: batch / s for m, s in out["captum_s"].items()}
     out["speedup_vs_captum"] = {m: out["captum_s"][m] / out["jaxadv_s"][m] for m in METHODS}
+    out["speedup_vs_captum_jaxadv_all_at_once"] = {
+        m: out["captum_s"][m] / out["jaxadv_all_at_once_s"][m] for m in CHUNKED}
     out["flops"] = flops
     out["jaxadv_gflops"] = {m: flops[m] / out["jaxadv_s"][m] / 1e9 if flops[m] else None
                             for m in METHODS}
@@ -482,35 +506,49 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True,
     return out
 
 
-def ig_chunk_sweep(name: str, batch: int, chunks, repeats: int) -> dict:
-    """IG (this benchmark's settings) timed at several numbers of path points per model call, in
-    both libraries: jaxadv ``chunk_size`` = c, Captum ``internal_batch_size`` = c * batch (the same
-    images per call); ``None`` = all points in one call. Returns {"jaxadv_s": {c: s},
-    "captum_s": {c: s}, "images_per_call": {c: n}} with the keys as strings."""
+def chunk_sweep(name: str, batch: int, chunks, repeats: int, method: str = "ig") -> dict:
+    """IG or SmoothGrad (this benchmark's settings) timed at several numbers of points per model
+    call, in both libraries. IG: jaxadv ``chunk_size`` = c path points, Captum
+    ``internal_batch_size`` = c * batch (the same images per call); SmoothGrad: jaxadv
+    ``chunk_size`` = c noise samples, Captum NoiseTunnel ``nt_samples_batch_size`` = c. ``None`` =
+    all points in one call (both libraries' behaviour before jaxadv's ``"auto"``), ``"auto"`` =
+    jaxadv's default (timed for jaxadv only). Returns {"jaxadv_s": {c: s}, "captum_s": {c: s},
+    "images_per_call": {c: n}, ...} with the keys as strings."""
     import jax
     import torch
 
+    import jaxadv.attributions as A
     from jaxadv import sharding
     from jaxadv.interop.torch_port import nhwc_to_nchw
 
     fns, tmodel, x, t, *_ = build(name, batch)
     xj, tj = sharding.shard_batch((x, t), sharding.data_mesh())
     xt, tt = nhwc_to_nchw(x), torch.as_tensor(t, dtype=torch.int64)
-    out = {"jaxadv_s": {}, "captum_s": {}, "images_per_call": {}}
+    total = IG_STEPS if method == "ig" else SG_SAMPLES
+    auto = A.auto_chunk_size(total, batch=batch)
+    out = {"method": method, "jaxadv_s": {}, "captum_s": {}, "images_per_call": {},
+           "jaxadv_auto_points_per_call": auto}
     for c in chunks:
-        ig = jax.jit(_jaxadv_methods(fns, None, c)["ig"])
-        captum_ig = _captum_methods(torch, tmodel, tt, x.shape, c)["ig"]
+        per_call = {"ig_points_per_call": c} if method == "ig" else {"sg_samples_per_call": c}
+        ours = jax.jit(_jaxadv_methods(fns, jax.random.key(0), **per_call)[method])
         key = str(c)
-        out["images_per_call"][key] = (c or IG_STEPS) * batch
-        out["jaxadv_s"][key] = time_call(lambda ig=ig: jax.block_until_ready(ig(xj, tj)),
+        out["images_per_call"][key] = (auto if c == "auto" else c or total) * batch
+        out["jaxadv_s"][key] = time_call(lambda f=ours: jax.block_until_ready(f(xj, tj)),
                                          repeats=repeats)
-        out["captum_s"][key] = time_call(lambda f=captum_ig: f(xt), repeats=repeats)
-        print(f"{name} IG, {key} points per call: jaxadv {out['jaxadv_s'][key]:.2f} s, "
-              f"Captum {out['captum_s'][key]:.2f} s", flush=True)
-    best = {lib: min(out[f"{lib}_s"], key=out[f"{lib}_s"].get) for lib in ("jaxadv", "captum")}
+        line = f"{name} {method}, {key} points per call: jaxadv {out['jaxadv_s'][key]:.3f} s"
+        if c != "auto":
+            theirs = _captum_methods(torch, tmodel, tt, x.shape, **per_call)[method]
+            out["captum_s"][key] = time_call(lambda f=theirs: f(xt), repeats=repeats)
+            line += f", Captum {out['captum_s'][key]:.3f} s"
+        print(line, flush=True)
+    best = {lib: min(out[f"{lib}_s"], key=out[f"{lib}_s"].get) for lib in ("jaxadv", "captum")
+            if out[f"{lib}_s"]}
     out["best_points_per_call"] = best
-    out["speedup_vs_captum_each_at_best"] = (out["captum_s"][best["captum"]]
-                                             / out["jaxadv_s"][best["jaxadv"]])
+    if len(best) == 2:
+        out["speedup_vs_captum_each_at_best"] = (out["captum_s"][best["captum"]]
+                                                 / out["jaxadv_s"][best["jaxadv"]])
+    if "auto" in out["jaxadv_s"] and "None" in out["captum_s"]:
+        out["speedup_vs_captum_defaults"] = out["captum_s"]["None"] / out["jaxadv_s"]["auto"]
     return out
 
 
@@ -531,7 +569,7 @@ def _peak_rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def _memory_child(kind: str, batch: int, steps: int, chunk: int) -> None:
+def _memory_child(kind: str, batch: int, steps: int, chunk: int | str | None) -> None:
     """Runs in a fresh process; prints {"maxrss_kb": ...} (peak RSS) as its last line."""
     if kind.endswith("jax"):
         import jax
@@ -563,9 +601,10 @@ def _memory_child(kind: str, batch: int, steps: int, chunk: int) -> None:
     print(json.dumps({"maxrss_kb": _peak_rss_kb()}))
 
 
-def _run_child(kind: str, batch: int, steps: int, chunk: int) -> int:
+def _run_child(kind: str, batch: int, steps: int, chunk: int | str | None) -> int:
     cmd = [sys.executable, "-m", "experiments.benchmarks.attributions", "--memory-child", kind,
-           "--memory-batch", str(batch), "--memory-steps", str(steps), "--ig-chunk", str(chunk)]
+           "--memory-batch", str(batch), "--memory-steps", str(steps),
+           "--ig-chunk", "all" if chunk is None else str(chunk)]
     env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
     if res.returncode != 0:
@@ -573,13 +612,17 @@ def _run_child(kind: str, batch: int, steps: int, chunk: int) -> int:
     return json.loads(res.stdout.strip().splitlines()[-1])["maxrss_kb"]
 
 
-def ig200_peak_memory(batch: int = 128, steps: int = 200, chunk: int = 20) -> dict:
+def ig200_peak_memory(batch: int = 128, steps: int = 200, chunk: int | str = "auto") -> dict:
+    import jaxadv.attributions as A
+
     rss = {k: _run_child(k, batch, steps, chunk) for k in ("base-jax", "jax", "base-torch",
                                                            "torch")}
     return {"jaxadv": (rss["jax"] - rss["base-jax"]) / 1024,
             "captum": (rss["torch"] - rss["base-torch"]) / 1024,
             "raw_maxrss_mb": {k: v / 1024 for k, v in rss.items()},
-            "batch": batch, "num_steps": steps, "jaxadv_chunk_size": chunk}
+            "batch": batch, "num_steps": steps, "jaxadv_chunk_size": chunk,
+            "jaxadv_points_per_call": (A.auto_chunk_size(steps, batch=batch) if chunk == "auto"
+                                       else chunk)}
 
 
 def markdown_table(result: dict) -> str:
@@ -597,9 +640,16 @@ def markdown_table(result: dict) -> str:
     if mem:
         lines.append("")
         lines.append(f"IG-200 peak memory (SmallGAP, batch {mem['batch']}): jaxadv "
-                     f"{mem['jaxadv']:.0f} MB (chunks of {mem['jaxadv_chunk_size']} points), "
+                     f"{mem['jaxadv']:.0f} MB ({mem['jaxadv_points_per_call']} points per call), "
                      f"Captum {mem['captum']:.0f} MB (default, all points at once).")
     return "\n".join(lines)
+
+
+def _points_per_call(text: str) -> int | str | None:
+    text = text.strip()
+    if text in ("auto", "all"):
+        return None if text == "all" else text
+    return int(text)
 
 
 def main(argv=None) -> dict:
@@ -613,13 +663,19 @@ def main(argv=None) -> dict:
     p.add_argument("--skip-float64", action="store_true",
                    help="leave out the float64 runs of both libraries (error_vs_float64, "
                         "parity_float64, relu_kinks): the timings and float32 parity only")
-    p.add_argument("--ig-chunk", type=int, default=20)
+    p.add_argument("--ig-chunk", type=_points_per_call, default="auto",
+                   help="jaxadv's chunk_size in the IG-200 memory run: 'auto' (its default), "
+                        "an int, or 'all'")
     p.add_argument("--host_devices", type=int, default=1,
                    help="split jaxadv's batch over N XLA host devices (Captum uses every core "
                         "through torch's threads either way)")
+    p.add_argument("--chunk_sweep", default=None, metavar="C1,C2,...",
+                   help="only time --chunk_sweep_methods at these numbers of points per call in "
+                        "both libraries ('all' = every point in one call, 'auto' = jaxadv's "
+                        "default, jaxadv only) for --models; JSON key chunk_sweep")
+    p.add_argument("--chunk_sweep_methods", default="ig,smoothgrad")
     p.add_argument("--ig_chunk_sweep", default=None, metavar="C1,C2,...",
-                   help="only time IG at these numbers of path points per call in both libraries "
-                        "('all' = every point in one call) for --models; JSON key ig_chunk_sweep")
+                   help="--chunk_sweep C1,C2,... --chunk_sweep_methods ig (JSON key ig_chunk_sweep)")
     p.add_argument("--memory-child", choices=("jax", "base-jax", "torch", "base-torch"),
                    help=argparse.SUPPRESS)
     p.add_argument("--memory-batch", type=int, default=128, help=argparse.SUPPRESS)
@@ -650,12 +706,17 @@ def main(argv=None) -> dict:
     machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                "torch_threads": torch.get_num_threads(),
                "note": "shared machine: timings are noisy"}
-    if args.ig_chunk_sweep:
-        chunks = [None if c.strip() == "all" else int(c) for c in args.ig_chunk_sweep.split(",")]
-        result = {"ig_chunk_sweep": {name: ig_chunk_sweep(name, batches[name], chunks, repeats)
-                                     for name in args.models.split(",")},
+    if args.chunk_sweep or args.ig_chunk_sweep:
+        values = args.chunk_sweep or args.ig_chunk_sweep
+        chunks = [_points_per_call(c) for c in values.split(",")]
+        methods = "ig" if args.ig_chunk_sweep else args.chunk_sweep_methods
+        sweeps = {(name if args.ig_chunk_sweep else f"{name}/{m}"):  # the alias' old layout
+                  chunk_sweep(name, batches[name], chunks, repeats, m)
+                  for name in args.models.split(",") for m in methods.split(",")}
+        result = {("ig_chunk_sweep" if args.ig_chunk_sweep else "chunk_sweep"): sweeps,
                   "matmul_peak_gflops": matmul_peak_gflops(1024 if args.quick else 4096),
                   "settings": {"ig_steps": IG_STEPS, "ig_rule": "gausslegendre",
+                               "smoothgrad_samples": SG_SAMPLES,
                                "repeats": repeats, "quick": args.quick,
                                "jaxadv_host_devices": jax.device_count(),
                                "convolution_backend": convolution_backend()},

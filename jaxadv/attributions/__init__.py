@@ -6,6 +6,7 @@ maps are (B, h, w). Methods never import ``jaxadv.models`` or ``jaxadv.attacks``
     grad_cam(features_fn, head_fn, x, target)       # cam, grad_cam, grad_cam_plus_plus, cam_plus_plus
 """
 
+from jaxadv.attributions._common import auto_chunk_size
 from jaxadv.attributions.asm import adversarial_saliency_map, promotion_suppression_maps
 from jaxadv.attributions.blur_ig import blur_integrated_gradients, gaussian_blur
 from jaxadv.attributions.cam import cam, cam_plus_plus, grad_cam, grad_cam_plus_plus
@@ -37,7 +38,8 @@ from jaxadv.attributions.postprocess import (
 )
 
 __all__ = [
-    "QUADRATURE_RULES", "absolute", "adversarial_saliency_map", "blur_integrated_gradients",
+    "QUADRATURE_RULES", "absolute", "adversarial_saliency_map", "auto_chunk_size",
+    "blur_integrated_gradients",
     "cam", "cam_plus_plus", "clip_percentile", "expected_gradients", "gaussian_blur",
     "grad_cam", "grad_cam_plus_plus", "gradient_shap", "gradient_x_input", "guided_backprop",
     "guided_integrated_gradients", "guided_relu", "integrated_gradients", "make_baseline",

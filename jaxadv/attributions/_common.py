@@ -111,12 +111,109 @@ def per_example(v: Array, x: Array) -> Array:
     return jnp.reshape(v, v.shape[:1] + (1,) * (x.ndim - 1))
 
 
+AUTO = "auto"
+#: Images per model call that ``chunk_size="auto"`` aims at on CPU (see :func:`auto_chunk_size`).
+CPU_IMAGES_PER_CALL = 32
+#: Share of an accelerator's memory that ``chunk_size="auto"`` lets one chunk's estimate take.
+ACCELERATOR_MEMORY_FRACTION = 0.5
+
+
 def check_chunk_size(chunk_size, total: int, name: str = "chunk_size") -> int:
     if chunk_size is None:
         return total
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int | np.integer) or chunk_size < 1:
         raise ValueError(f"{name} must be a positive int or None; got {chunk_size!r}.")
     return int(min(chunk_size, total))
+
+
+def _sub_jaxprs(params):
+    for p in params.values():
+        for q in p if isinstance(p, tuple | list) else (p,):
+            if hasattr(q, "eqns"):
+                yield q
+            elif hasattr(q, "jaxpr") and hasattr(q.jaxpr, "eqns"):
+                yield q.jaxpr
+
+
+def traced_bytes(fn: Callable[[], object]) -> int:
+    """Sum of the sizes of every intermediate array in ``fn``'s program (``jax.make_jaxpr``, no
+    computation; nested jaxprs counted once). An upper estimate of the memory one call needs: it
+    counts every value as if all were alive at once and none were fused away."""
+    total = 0
+
+    def walk(jaxpr):
+        nonlocal total
+        for eqn in jaxpr.eqns:
+            for v in eqn.outvars:
+                shape, dtype = getattr(v.aval, "shape", None), getattr(v.aval, "dtype", None)
+                if shape is not None and dtype is not None:
+                    total += int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            for sub in _sub_jaxprs(eqn.params):
+                walk(sub)
+
+    walk(jax.make_jaxpr(fn)().jaxpr)
+    return total
+
+
+def _device_bytes_limit() -> int | None:
+    try:
+        stats = jax.local_devices()[0].memory_stats()
+    except Exception:  # noqa: BLE001  (backends without memory statistics)
+        return None
+    return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
+
+
+def auto_chunk_size(total: int, *, batch: int, one_point: Callable[[], object] | None = None,
+                    platform: str | None = None, bytes_limit: int | None = None) -> int:
+    """The number of points (path points, noise samples) per model call of ``chunk_size="auto"``.
+
+    * CPU: at most ``max(1, CPU_IMAGES_PER_CALL // batch)`` points, so that each call sees about
+      32 images (at least the batch): calls of tens of images keep the cores busy, much larger
+      ones run out of cache, so both IG and SmoothGrad ran faster this way than with every point
+      at once (README, "Attributions against Captum"; ``python -m
+      experiments.benchmarks.attributions --models smallgap,preact_resnet18 --chunk_sweep
+      1,2,4,8,auto,all --out results/attributions_chunks_1dev.json``). Memory is then that of
+      about 32 images (or one batch), whatever the number of points.
+    * Accelerators: all points in one call (the fastest there) unless ``one_point``'s traced
+      intermediates (:func:`traced_bytes`, an over-estimate) times the number of points would pass
+      ``ACCELERATOR_MEMORY_FRACTION`` of the device's memory (``bytes_limit``, default from
+      ``jax.local_devices()[0].memory_stats()``); then the largest chunk within it. Under data
+      parallelism the estimate is for the whole batch, so it errs towards smaller chunks.
+
+    Either way the points are then spread evenly over the calls that cap needs (50 points at a
+    cap of 32: two calls of 25), so little of the last chunk is padding.
+
+    Args:
+      total: number of points.
+      batch: images per point (B).
+      one_point: zero-argument function evaluating one point (traced, not run), for the memory
+        estimate on accelerators.
+      platform: ``jax.default_backend()`` unless given.
+      bytes_limit: device memory in bytes; default from the device's memory statistics.
+    """
+    platform = jax.default_backend() if platform is None else platform
+    if platform == "cpu":
+        cap = CPU_IMAGES_PER_CALL // max(int(batch), 1)
+    else:
+        limit = _device_bytes_limit() if bytes_limit is None else bytes_limit
+        if limit is None or one_point is None:
+            return int(total)
+        cap = int(ACCELERATOR_MEMORY_FRACTION * limit) // max(traced_bytes(one_point), 1)
+    cap = min(total, max(1, cap))
+    # As many calls as the cap needs, with the points spread evenly over them (less padding).
+    return int(-(-total // -(-total // cap)))
+
+
+def resolve_chunk_size(chunk_size, total: int, *, batch: int,
+                       one_point: Callable[[], object] | None = None,
+                       name: str = "chunk_size") -> int:
+    """``chunk_size`` as points per call: an int (capped at ``total``), None (all ``total`` at
+    once) or ``"auto"`` (:func:`auto_chunk_size`)."""
+    if isinstance(chunk_size, str):
+        if chunk_size == AUTO:
+            return auto_chunk_size(total, batch=batch, one_point=one_point)
+        raise ValueError(f"{name} must be a positive int, None or {AUTO!r}; got {chunk_size!r}.")
+    return check_chunk_size(chunk_size, total, name)
 
 
 def scan_chunks(body: Callable, init, xs):

@@ -66,7 +66,7 @@ def gaussian_blur(x: Array, sigma, *, radius: int | None = None) -> Array:
 
 def blur_integrated_gradients(logits_fn: LogitsFn, x: Array, target, *, max_sigma: float = 50.0,
                               num_steps: int = 100, radius: int | None = None,
-                              chunk_size: int | None = None) -> Array:
+                              chunk_size: int | str | None = "auto") -> Array:
     """Blur IG of the target logit (Xu et al. 2020), trapezoid rule on the blur path.
 
     Args:
@@ -76,7 +76,8 @@ def blur_integrated_gradients(logits_fn: LogitsFn, x: Array, target, *, max_sigm
       max_sigma: blur std (pixels) at the start of the path (PAIR's default 50).
       num_steps: n, the number of path intervals (n + 1 gradient evaluations; PAIR's default 100).
       radius: blur kernel half-width; default ``int(4 * max_sigma + 0.5)``.
-      chunk_size: path points per model call (memory budget); None = all at once.
+      chunk_size: path points per model call (memory budget); None = all at once; ``"auto"``
+        as in :func:`jaxadv.attributions.integrated_gradients`.
 
     Returns:
       (B, H, W, C); sum ~ f_c(x) - f_c(blur(x, max_sigma)).
@@ -99,5 +100,6 @@ def blur_integrated_gradients(logits_fn: LogitsFn, x: Array, target, *, max_sigm
         return _common.stacked_grad(logits_fn, t, points) * coef
 
     idx = np.arange(n + 1, dtype=np.float64)
-    chunk = _common.check_chunk_size(chunk_size, n + 1)
+    chunk = _common.resolve_chunk_size(chunk_size, n + 1, batch=x.shape[0],
+                                       one_point=lambda: point_fn(jnp.zeros((1,), x.dtype)))
     return _common.chunked_weighted_sum(point_fn, idx, np.ones(n + 1), chunk, x)

@@ -21,7 +21,7 @@ from jaxadv.types import Array, LogitsFn, PRNGKey
 
 def expected_gradients(logits_fn: LogitsFn, x: Array, target, key: PRNGKey, *, references: Array,
                        num_samples: int = 25, stdev: float = 0.0,
-                       chunk_size: int | None = None) -> Array:
+                       chunk_size: int | str | None = "auto") -> Array:
     """Expected Gradients (stdev 0) / GradientSHAP (stdev > 0) of the target logit.
 
     Args:
@@ -33,7 +33,8 @@ def expected_gradients(logits_fn: LogitsFn, x: Array, target, key: PRNGKey, *, r
       references: (N, H, W, C) baseline distribution (e.g. training images), drawn uniformly.
       num_samples: Monte-Carlo draws per example.
       stdev: std of Gaussian input noise (GradientSHAP); 0 for Expected Gradients.
-      chunk_size: draws per model call; None = all at once.
+      chunk_size: draws per model call; None = all at once; ``"auto"`` (default) as in
+        :func:`jaxadv.attributions.integrated_gradients`.
 
     Returns:
       (B, H, W, C).
@@ -56,7 +57,10 @@ def expected_gradients(logits_fn: LogitsFn, x: Array, target, key: PRNGKey, *, r
         diff = xn - r
         return r + _common.per_example(alpha, x) * diff, diff
 
-    chunk = _common.check_chunk_size(chunk_size, num_samples)
+    chunk = _common.resolve_chunk_size(
+        chunk_size, num_samples, batch=batch,
+        one_point=lambda: _common.stacked_grad(logits_fn, t,
+                                               jax.vmap(draw)(jax.random.split(key, 1))[0]))
     num_chunks = -(-num_samples // chunk)
     total = num_chunks * chunk
     keys = jax.random.split(key, num_samples)
@@ -75,7 +79,7 @@ def expected_gradients(logits_fn: LogitsFn, x: Array, target, key: PRNGKey, *, r
 
 def gradient_shap(logits_fn: LogitsFn, x: Array, target, key: PRNGKey, *, references: Array,
                   num_samples: int = 25, stdev: float = 0.09,
-                  chunk_size: int | None = None) -> Array:
+                  chunk_size: int | str | None = "auto") -> Array:
     """GradientSHAP: :func:`expected_gradients` with input noise (default stdev 0.09 as in Captum's
     tutorials for [0, 1] images; Captum's ``GradientShap`` itself defaults to 0)."""
     return expected_gradients(logits_fn, x, target, key, references=references,

@@ -25,11 +25,14 @@ correct rule (weights sum to 1). PAIR ``saliency`` uses the left Riemann sum. Al
 Memory: ``chunk_size`` path points are evaluated per model call (one (chunk_size * B)-image
 batch), and the chunks are folded with ``lax.scan`` into a running sum, so peak memory is one
 chunk's activations whatever ``num_steps`` is (Captum evaluates all n * B points at once by
-default). ``chunk_size=None`` (the default) evaluates all points in one call. On CPU a few points
-per call is also faster: PreAct ResNet-18, 16 images, 50 points, one host device of a 2-core VM,
-17.5 s all at once and 12.0 s one point per call (Captum likewise: 17.1 s at once, 10.5 s at 5
-points per call); ``python -m experiments.benchmarks.attributions --models preact_resnet18
---ig_chunk_sweep 1,2,5,10,all --out results/attributions_ig_chunks_1dev.json``.
+default). ``chunk_size=None`` evaluates all points in one call. The default ``"auto"``
+(:func:`jaxadv.attributions.auto_chunk_size`) takes about 32 images per call on CPU, where a
+few points per call is also the faster (IG, 50 points, one host device of a 2-core VM: PreAct
+ResNet-18 at batch 16, 5.0 s at 1 or 2 points per call and 6.0 s all at once; SmallGAP at batch
+128, 0.09 s at 1 point and 0.18 s all at once: ``python -m experiments.benchmarks.attributions
+--models smallgap,preact_resnet18 --chunk_sweep 1,2,4,8,auto,all --out
+results/attributions_chunks_1dev.json``), and all points at once on accelerators unless an
+estimate of their memory passes half the device's.
 """
 
 from collections.abc import Callable
@@ -133,12 +136,14 @@ def _path_sum(stack_grad_fn, start, end, *, num_steps, rule, chunk_size, unroll=
         raise ValueError(f"start and end must have the same shape; got {start.shape} and "
                          f"{end.shape}.")
     alphas, weights = quadrature(rule, num_steps)
-    chunk = _common.check_chunk_size(chunk_size, len(alphas))
     diff = end - start
     ones = (1,) * end.ndim
 
     def point_fn(a):
         return stack_grad_fn(start[None] + jnp.reshape(a, (-1,) + ones) * diff[None])
+
+    chunk = _common.resolve_chunk_size(chunk_size, len(alphas), batch=end.shape[0],
+                                       one_point=lambda: point_fn(jnp.ones((1,), end.dtype)))
 
     return diff * _common.chunked_weighted_sum(point_fn, alphas, weights, chunk, end,
                                                unroll=unroll)
@@ -146,7 +151,7 @@ def _path_sum(stack_grad_fn, start, end, *, num_steps, rule, chunk_size, unroll=
 
 def path_integrated_gradients(value_fn: Callable[[Array], Array], start: Array, end: Array, *,
                               num_steps: int = 50, rule: str = "gausslegendre",
-                              chunk_size: int | None = None) -> Array:
+                              chunk_size: int | str | None = "auto") -> Array:
     """(end - start) * sum_j w_j grad value_fn(start + a_j (end - start)): IG along a straight path.
 
     Args:
@@ -155,7 +160,9 @@ def path_integrated_gradients(value_fn: Callable[[Array], Array], start: Array, 
         a chunk), so it may close over per-example data such as labels.
       start, end: (B, ...) path ends (baseline and input for IG; x and x' for IG-Norm).
       num_steps, rule: the quadrature (see the module table).
-      chunk_size: path points per model call (memory budget); None = all at once.
+      chunk_size: path points per model call (memory budget); None = all at once; ``"auto"``
+        (default): about 32 images per call on CPU, all at once on accelerators unless the memory
+        estimate says otherwise (``jaxadv.attributions.auto_chunk_size``).
 
     Returns:
       Attributions shaped like ``end``. Their sum over non-batch axes approximates
@@ -168,7 +175,7 @@ def path_integrated_gradients(value_fn: Callable[[Array], Array], start: Array, 
 
 def integrated_gradients(logits_fn: LogitsFn, x: Array, target, *, baseline="zero",
                          num_steps: int = 50, rule: str = "gausslegendre",
-                         chunk_size: int | None = None, key: PRNGKey | None = None,
+                         chunk_size: int | str | None = "auto", key: PRNGKey | None = None,
                          blur_sigma: float = 5.0, unroll: bool = False) -> Array:
     """Integrated Gradients of the target logit (Sundararajan et al. 2017).
 
@@ -181,7 +188,8 @@ def integrated_gradients(logits_fn: LogitsFn, x: Array, target, *, baseline="zer
       target: int or (B,) class indices.
       baseline: see :func:`make_baseline` (``"zero"``, ``"blur"``, ``"uniform"``, float, array).
       num_steps, rule: quadrature (module table); ``rule`` in ``QUADRATURE_RULES`` or an alias.
-      chunk_size: path points per model call; bounds memory (module docstring).
+      chunk_size: path points per model call; bounds memory (module docstring); ``"auto"``
+        (default), an int, or None for all at once.
       key: for ``baseline="uniform"``.
       blur_sigma: for ``baseline="blur"``.
       unroll: unroll the loop over chunks: faster on CPU, but memory is then no longer bounded
@@ -202,7 +210,7 @@ def _cross_entropy(logits: Array, labels: Array) -> Array:
 
 def path_ig(logits_fn: LogitsFn, x: Array, x_end: Array, labels, *,
             loss_fn: Callable[[Array, Array], Array] | None = None, num_steps: int = 5,
-            rule: str = "riemann_right", chunk_size: int | None = None) -> Array:
+            rule: str = "riemann_right", chunk_size: int | str | None = "auto") -> Array:
     """IG of a per-example loss along the straight path x -> x_end (methods.md 1.6).
 
     IG_L(x -> x') = (x' - x) * (1/m) sum_{k=1..m} grad_z L(f(z), y) at z = x + (k/m)(x' - x):

@@ -45,7 +45,8 @@ def _tunnel(stack_fn, out_shape, x, key, *, num_samples, stdev, kind, noise, chu
             raise ValueError("noise_tunnel needs a key (jax.random.key(...)) or explicit noise.")
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be an int >= 1; got {num_samples!r}.")
-    chunk = _common.check_chunk_size(chunk_size, num_samples)
+    chunk = _common.resolve_chunk_size(chunk_size, num_samples, batch=x.shape[0],
+                                       one_point=lambda: stack_fn(x[None]))
     num_chunks = -(-num_samples // chunk)
     total = num_chunks * chunk
     valid = (jnp.arange(total) < num_samples).reshape(num_chunks, chunk)
@@ -78,7 +79,7 @@ def _tunnel(stack_fn, out_shape, x, key, *, num_samples, stdev, kind, noise, chu
 
 def noise_tunnel(attribution_fn: Callable[[Array], Array], x: Array, key: PRNGKey | None, *,
                  num_samples: int = 25, stdev: float = 0.15, kind: str = "smoothgrad",
-                 noise: Array | None = None, chunk_size: int | None = None) -> Array:
+                 noise: Array | None = None, chunk_size: int | str | None = "auto") -> Array:
     """Averages ``attribution_fn`` over Gaussian-perturbed copies of x.
 
     Args:
@@ -90,7 +91,8 @@ def noise_tunnel(attribution_fn: Callable[[Array], Array], x: Array, key: PRNGKe
       stdev: noise std (absolute).
       kind: ``"smoothgrad"``, ``"smoothgrad_sq"`` or ``"vargrad"``.
       noise: optional explicit samples (S, *x.shape); overrides key and stdev.
-      chunk_size: samples per call (memory budget); None = all at once.
+      chunk_size: samples per call (memory budget); None = all at once; ``"auto"``
+        (default) as in :func:`jaxadv.attributions.integrated_gradients`.
 
     Returns:
       The smoothed map, shaped like attribution_fn's output.
@@ -104,7 +106,7 @@ def noise_tunnel(attribution_fn: Callable[[Array], Array], x: Array, key: PRNGKe
 def smooth_grad(logits_fn: LogitsFn, x: Array, target, key: PRNGKey | None, *,
                 method: Callable = saliency, num_samples: int = 25, stdev: float = 0.15,
                 kind: str = "smoothgrad", noise: Array | None = None,
-                chunk_size: int | None = None, **method_kwargs) -> Array:
+                chunk_size: int | str | None = "auto", **method_kwargs) -> Array:
     """SmoothGrad (or SmoothGrad^2 / VarGrad via ``kind``) of any ``method(logits_fn, x, target,
     **method_kwargs)`` (default: the vanilla gradient).
 
