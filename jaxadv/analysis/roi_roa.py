@@ -103,7 +103,7 @@ def _check_mask_for(x: Array, mask: Array, name: str = "mask") -> None:
 def importance_map(logits_fn: LogitsFn, x: Array, target, *, method: str = "grad_cam",
                    features_fn=None, head_fn=None, sign: str | None = None,
                    normalization: str | None = "min_max", upsample_method: str = "bilinear",
-                   ig_num_steps: int = 32, ig_chunk_size: int | None = None,
+                   ig_num_steps: int = 32, ig_chunk_size: int | str | None = "auto",
                    occlusion_window=4, occlusion_strides=1, occlusion_fill=0.0) -> Array:
     """Importance map s_I(x) of the target class, per pixel, in [0, 1] (methods.md 3.2 item 1).
 
@@ -126,7 +126,8 @@ def importance_map(logits_fn: LogitsFn, x: Array, target, *, method: str = "grad
         of :func:`jaxadv.attributions.normalize`). Segregation by top-p does not depend on it.
       upsample_method: for CAM-type maps (``jax.image.resize`` method).
       ig_num_steps: integrated-gradients steps (zero baseline, right Riemann sum as methods.md 1.2).
-      ig_chunk_size: IG path points per model call (None = all).
+      ig_chunk_size: IG path points per model call (``"auto"``, the default of
+        :func:`jaxadv.attributions.integrated_gradients`; None = all at once).
       occlusion_window: occlusion patch size k (int or pair).
       occlusion_strides: occlusion stride (<= window).
       occlusion_fill: value the occluding patch takes.

@@ -55,6 +55,18 @@ def test_every_importance_method_finds_the_planted_roi(method):
     np.testing.assert_array_equal(np.asarray(roi), np.broadcast_to(A, roi.shape))
 
 
+def test_ig_importance_does_not_depend_on_its_chunk_size():
+    """``ig_chunk_size`` reaches Integrated Gradients: one path point per call, all at once and
+    the default ``"auto"`` give the same map."""
+    x, y, _ = planted()
+    maps = [rr.importance_map(logits_fn, x, y, method="integrated_gradients", ig_num_steps=40,
+                              **kw) for kw in ({}, {"ig_chunk_size": 1}, {"ig_chunk_size": None})]
+    for m in maps[1:]:
+        np.testing.assert_allclose(m, maps[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="chunk_size"):
+        rr.importance_map(logits_fn, x, y, method="integrated_gradients", ig_chunk_size="some")
+
+
 def test_planted_isolation_metrics_and_neutralisation():
     x, y, x_adv = planted()
     s_i = rr.importance_map(logits_fn, x, y, features_fn=features_fn, head_fn=head_fn)
