@@ -11,6 +11,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.core import jaxprs_in_params
 
 from jaxadv.types import Array
 
@@ -126,15 +127,6 @@ def check_chunk_size(chunk_size, total: int, name: str = "chunk_size") -> int:
     return int(min(chunk_size, total))
 
 
-def _sub_jaxprs(params):
-    for p in params.values():
-        for q in p if isinstance(p, tuple | list) else (p,):
-            if hasattr(q, "eqns"):
-                yield q
-            elif hasattr(q, "jaxpr") and hasattr(q.jaxpr, "eqns"):
-                yield q.jaxpr
-
-
 def traced_bytes(fn: Callable[[], object]) -> int:
     """Sum of the sizes of every intermediate array in ``fn``'s program (``jax.make_jaxpr``, no
     computation; nested jaxprs counted once). An upper estimate of the memory one call needs: it
@@ -148,7 +140,7 @@ def traced_bytes(fn: Callable[[], object]) -> int:
                 shape, dtype = getattr(v.aval, "shape", None), getattr(v.aval, "dtype", None)
                 if shape is not None and dtype is not None:
                     total += int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-            for sub in _sub_jaxprs(eqn.params):
+            for sub in jaxprs_in_params(eqn.params):
                 walk(sub)
 
     walk(jax.make_jaxpr(fn)().jaxpr)

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend.core import jaxprs_in_params
 
 from jaxadv.attributions import (
     _common,
@@ -67,7 +68,7 @@ def _scan_lengths(fn, *args):
         for eqn in jaxpr.eqns:
             if eqn.primitive.name == "scan":
                 lengths.append(eqn.params["length"])
-            for sub in _common._sub_jaxprs(eqn.params):
+            for sub in jaxprs_in_params(eqn.params):
                 walk(sub)
 
     walk(jax.make_jaxpr(fn)(*args).jaxpr)

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
+from jax.extend.core import jaxprs_in_params
 
 from jaxadv.models import fastpath, get_model, init_variables, layers
 from tests.conftest import most_optimizations_off
@@ -120,7 +121,7 @@ def _shapes_in_jaxpr(fn, *args) -> set[tuple[int, ...]]:
     def walk(jaxpr):
         for eqn in jaxpr.eqns:
             shapes.update(tuple(v.aval.shape) for v in eqn.outvars)
-            for sub in jax.core.jaxprs_in_params(eqn.params):
+            for sub in jaxprs_in_params(eqn.params):
                 walk(sub)
 
     walk(jax.make_jaxpr(fn)(*args).jaxpr)
