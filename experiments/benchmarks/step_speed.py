@@ -32,7 +32,7 @@ time, next to ``matmul_peak_gflops``, a 4096^3 float32 ``jnp.dot`` timed in the 
 the compiled fast-path program): lower than ``gflops`` where the fast path skips work (the GAP
 fold), so it, not ``gflops``, is the one to hold against the matmul peak there.
 
-``--host_devices N`` splits the batch over N XLA host devices (default 8; set before JAX
+``--host_devices N`` splits the batch over N XLA host devices (default 1; set before JAX
 initialises, with ``jaxadv.devices.use_host_devices``); ``--compare_standard`` adds jaxadv with
 the fast path off (``jaxadv_std``) as a third contestant, ``--compare_no_rows`` the fast path
 without its row-matmul convolution (``jaxadv_no_rows``, see ``fastpath._rows_pay``),
@@ -86,10 +86,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=pathlib.Path, default=None, help="JSON file for the results.")
     p.add_argument("--quick", action="store_true", help="Smoke test: batch 32, 2 rounds.")
-    p.add_argument("--host_devices", type=int, default=8,
+    p.add_argument("--host_devices", type=int, default=1,
                    help="Split the batch over this many XLA host devices (0: one per core, 1: off). "
-                   "Default 8: on the 2-core machine it beat 1 device on every op (SmallGAP pgd_step "
-                   "x3.7 vs x2.6 over PyTorch, PoolGAP train_step x2.3 vs x1.0).")
+                   "Default 1, what a notebook that imports jaxadv runs (Eigen's threaded "
+                   "convolutions); 8 was the default until 2026-12-06, chosen when one device ran "
+                   "YNNPACK's single-threaded ones. The README gives 1, 2 and 8.")
     p.add_argument("--models", default=",".join(MODELS), help="Comma-separated subset of "
                    f"{', '.join(MODELS)}.")
     p.add_argument("--ops", default=",".join(OPS), help=f"Comma-separated subset of {OPS}.")
