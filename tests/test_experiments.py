@@ -719,6 +719,14 @@ def test_attributions_benchmark_chunk_sweep_times_smoothgrad_and_jaxadvs_default
     assert sweep["speedup_vs_captum_defaults"] == pytest.approx(
         sweep["captum_s"]["None"] / sweep["jaxadv_s"]["auto"])
     assert json.loads((tmp_path / "s.json").read_text())["chunk_sweep"]
+    assert result["settings"]["jaxadv_fastpath"] is True
+    # Without the fast path (XLA's own convolutions) "auto" takes every sample in one call.
+    plain = attributions.main(["--quick", "--models", "smallgap", "--repeats", "1",
+                               "--chunk_sweep", "auto", "--chunk_sweep_methods", "smoothgrad",
+                               "--no_fastpath", "--out", str(tmp_path / "p.json")])
+    assert plain["settings"]["jaxadv_fastpath"] is False
+    assert plain["chunk_sweep"]["smallgap/smoothgrad"]["jaxadv_auto_points_per_call"] == (
+        attributions.SG_SAMPLES)
 
 
 @pytest.mark.peer

@@ -213,6 +213,19 @@ def _jaxadv_methods(fns, key, ig_points_per_call: int | str | None = "auto",
     }
 
 
+def _auto_points(fns, x, t, total: int) -> int:
+    """The points per model call that jaxadv's ``chunk_size="auto"`` takes for this model and
+    batch (IG path points or SmoothGrad samples: one point is one input gradient of the batch)."""
+    import jax.numpy as jnp
+
+    import jaxadv.attributions as A
+    from jaxadv.attributions import _common
+
+    xb, tb = jnp.asarray(x), jnp.asarray(t, jnp.int32)
+    return A.auto_chunk_size(total, batch=x.shape[0],
+                             one_point=lambda: _common.stacked_grad(fns.logits, tb, xb[None]))
+
+
 def _captum_methods(torch, tmodel, tt, x_shape, ig_points_per_call: int | None = None,
                     sg_samples_per_call: int | None = None) -> dict:
     """The four Captum methods on ``tmodel`` as x (NCHW tensor) -> attribution, with the same
@@ -491,8 +504,7 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True,
         m: time_call(lambda m=m: jax.block_until_ready(at_once[m](xj, tj)), repeats=repeats)
         for m in CHUNKED}
     out["jaxadv_auto_points_per_call"] = {
-        "ig": A.auto_chunk_size(IG_STEPS, batch=batch),
-        "smoothgrad": A.auto_chunk_size(SG_SAMPLES, batch=batch)}
+        "ig": _auto_points(fns, x, t, IG_STEPS), "smoothgrad": _auto_points(fns, x, t, SG_SAMPLES)}
     out["jaxadv_images_per_s"] = {m: batch / s for m, s in out["jaxadv_s"].items()}
     out["captum_images_per_s"] = {m: batch / s for m, s in out["captum_s"].items()}
     out["speedup_vs_captum"] = {m: out["captum_s"][m] / out["jaxadv_s"][m] for m in METHODS}
@@ -517,7 +529,6 @@ def chunk_sweep(name: str, batch: int, chunks, repeats: int, method: str = "ig")
     import jax
     import torch
 
-    import jaxadv.attributions as A
     from jaxadv import sharding
     from jaxadv.interop.torch_port import nhwc_to_nchw
 
@@ -525,7 +536,7 @@ def chunk_sweep(name: str, batch: int, chunks, repeats: int, method: str = "ig")
     xj, tj = sharding.shard_batch((x, t), sharding.data_mesh())
     xt, tt = nhwc_to_nchw(x), torch.as_tensor(t, dtype=torch.int64)
     total = IG_STEPS if method == "ig" else SG_SAMPLES
-    auto = A.auto_chunk_size(total, batch=batch)
+    auto = _auto_points(fns, x, t, total)
     out = {"method": method, "jaxadv_s": {}, "captum_s": {}, "images_per_call": {},
            "jaxadv_auto_points_per_call": auto}
     for c in chunks:
@@ -613,15 +624,14 @@ def _run_child(kind: str, batch: int, steps: int, chunk: int | str | None) -> in
 
 
 def ig200_peak_memory(batch: int = 128, steps: int = 200, chunk: int | str = "auto") -> dict:
-    import jaxadv.attributions as A
-
     rss = {k: _run_child(k, batch, steps, chunk) for k in ("base-jax", "jax", "base-torch",
                                                            "torch")}
+    fns, _, x, t, *_ = build("smallgap", batch)
     return {"jaxadv": (rss["jax"] - rss["base-jax"]) / 1024,
             "captum": (rss["torch"] - rss["base-torch"]) / 1024,
             "raw_maxrss_mb": {k: v / 1024 for k, v in rss.items()},
             "batch": batch, "num_steps": steps, "jaxadv_chunk_size": chunk,
-            "jaxadv_points_per_call": (A.auto_chunk_size(steps, batch=batch) if chunk == "auto"
+            "jaxadv_points_per_call": (_auto_points(fns, x, t, steps) if chunk == "auto"
                                        else chunk)}
 
 
@@ -674,6 +684,9 @@ def main(argv=None) -> dict:
                         "both libraries ('all' = every point in one call, 'auto' = jaxadv's "
                         "default, jaxadv only) for --models; JSON key chunk_sweep")
     p.add_argument("--chunk_sweep_methods", default="ig,smoothgrad")
+    p.add_argument("--no_fastpath", action="store_true",
+                   help="trace jaxadv's models without its CPU fast path (XLA's own convolutions, "
+                        "as a model of one's own would have)")
     p.add_argument("--ig_chunk_sweep", default=None, metavar="C1,C2,...",
                    help="--chunk_sweep C1,C2,... --chunk_sweep_methods ig (JSON key ig_chunk_sweep)")
     p.add_argument("--memory-child", choices=("jax", "base-jax", "torch", "base-torch"),
@@ -686,6 +699,15 @@ def main(argv=None) -> dict:
         return {}
     if args.out is None:
         p.error("--out is required")
+    if not args.no_fastpath:
+        return _run(args)
+    from jaxadv.models import fastpath
+
+    with fastpath.enabled(False):  # jaxadv's models with XLA's own convolutions
+        return _run(args)
+
+
+def _run(args) -> dict:
     if args.host_devices > 1:
         from jaxadv.devices import use_host_devices
 
@@ -719,7 +741,8 @@ def main(argv=None) -> dict:
                                "smoothgrad_samples": SG_SAMPLES,
                                "repeats": repeats, "quick": args.quick,
                                "jaxadv_host_devices": jax.device_count(),
-                               "convolution_backend": convolution_backend()},
+                               "convolution_backend": convolution_backend(),
+                               "jaxadv_fastpath": not args.no_fastpath},
                   "machine": machine}
         report.write_json(args.out, result, indent=2)
         return result
@@ -748,7 +771,8 @@ def main(argv=None) -> dict:
                      "occlusion_window": OCC_WINDOW, "occlusion_stride": OCC_STRIDE,
                      "repeats": repeats, "quick": args.quick,
                      "jaxadv_host_devices": jax.device_count(),
-                     "convolution_backend": convolution_backend()},
+                     "convolution_backend": convolution_backend(),
+                     "jaxadv_fastpath": not args.no_fastpath},
         "machine": machine,
     }
     if not args.skip_memory:

@@ -127,24 +127,34 @@ def check_chunk_size(chunk_size, total: int, name: str = "chunk_size") -> int:
     return int(min(chunk_size, total))
 
 
+def _traced_eqns(fn: Callable[[], object]):
+    """Every equation of ``fn``'s program (``jax.make_jaxpr``, no computation), nested ones too."""
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            yield eqn
+            for sub in jaxprs_in_params(eqn.params):
+                yield from walk(sub)
+
+    return walk(jax.make_jaxpr(fn)().jaxpr)
+
+
 def traced_bytes(fn: Callable[[], object]) -> int:
     """Sum of the sizes of every intermediate array in ``fn``'s program (``jax.make_jaxpr``, no
     computation; nested jaxprs counted once). An upper estimate of the memory one call needs: it
     counts every value as if all were alive at once and none were fused away."""
     total = 0
-
-    def walk(jaxpr):
-        nonlocal total
-        for eqn in jaxpr.eqns:
-            for v in eqn.outvars:
-                shape, dtype = getattr(v.aval, "shape", None), getattr(v.aval, "dtype", None)
-                if shape is not None and dtype is not None:
-                    total += int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-            for sub in jaxprs_in_params(eqn.params):
-                walk(sub)
-
-    walk(jax.make_jaxpr(fn)().jaxpr)
+    for eqn in _traced_eqns(fn):
+        for v in eqn.outvars:
+            shape, dtype = getattr(v.aval, "shape", None), getattr(v.aval, "dtype", None)
+            if shape is not None and dtype is not None:
+                total += int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     return total
+
+
+def has_xla_convolution(fn: Callable[[], object]) -> bool:
+    """Whether ``fn``'s program holds XLA's convolution (``conv_general_dilated``) rather than only
+    jaxadv's fast-path primitives (``jaxadv.models.fastpath``)."""
+    return any(eqn.primitive.name == "conv_general_dilated" for eqn in _traced_eqns(fn))
 
 
 def _device_bytes_limit() -> int | None:
@@ -165,7 +175,12 @@ def auto_chunk_size(total: int, *, batch: int, one_point: Callable[[], object] |
       at once (README, "Attributions against Captum"; ``python -m
       experiments.benchmarks.attributions --models smallgap,preact_resnet18 --chunk_sweep
       1,2,4,8,auto,all --out results/attributions_chunks_1dev.json``). Memory is then that of
-      about 32 images (or one batch), whatever the number of points.
+      about 32 images (or one batch), whatever the number of points. Except where a point's
+      program holds XLA's own convolution (a model without jaxadv's CPU fast path, e.g. one's own
+      Flax model, or ``JAXADV_FASTPATH=0``; :func:`has_xla_convolution`): inside the loop over
+      chunks XLA:CPU runs its convolution gradients several times slower, so there all points go
+      in one call (``--chunk_sweep 1,auto,all --no_fastpath``,
+      results/attributions_chunks_nofastpath_1dev.json in the README).
     * Accelerators: all points in one call (the fastest there) unless ``one_point``'s traced
       intermediates (:func:`traced_bytes`, an over-estimate) times the number of points would pass
       ``ACCELERATOR_MEMORY_FRACTION`` of the device's memory (``bytes_limit``, default from
@@ -178,13 +193,15 @@ def auto_chunk_size(total: int, *, batch: int, one_point: Callable[[], object] |
     Args:
       total: number of points.
       batch: images per point (B).
-      one_point: zero-argument function evaluating one point (traced, not run), for the memory
-        estimate on accelerators.
+      one_point: zero-argument function evaluating one point (traced, not run): the memory
+        estimate on accelerators, the convolution check on CPU.
       platform: ``jax.default_backend()`` unless given.
       bytes_limit: device memory in bytes; default from the device's memory statistics.
     """
     platform = jax.default_backend() if platform is None else platform
     if platform == "cpu":
+        if one_point is not None and has_xla_convolution(one_point):
+            return int(total)  # a loop over chunks would slow XLA:CPU's convolutions down
         cap = CPU_IMAGES_PER_CALL // max(int(batch), 1)
     else:
         limit = _device_bytes_limit() if bytes_limit is None else bytes_limit

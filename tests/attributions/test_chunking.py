@@ -16,6 +16,7 @@ from jaxadv.attributions import (
     path_ig,
     smooth_grad,
 )
+from jaxadv.models import fastpath
 from tests.attributions.helpers import tiny_smallgap, uniform_images
 
 pytestmark = pytest.mark.usefixtures("strict_promotion")
@@ -83,6 +84,8 @@ def model_and_batch():
 
 def test_auto_evaluates_integrated_gradients_in_chunks_with_the_same_result(model_and_batch):
     f, x = model_and_batch
+    if not fastpath.is_enabled():
+        pytest.skip("JAXADV_FASTPATH=0: XLA's own convolutions, no loop (next test)")
     ig = lambda v, c: integrated_gradients(f.logits, v, 1, num_steps=64, chunk_size=c)  # noqa: E731
     # Batch 2 on CPU: 16 points per call, so a 4-trip loop; None: one call, no loop.
     assert _scan_lengths(lambda v: ig(v, "auto"), x) == [4]
@@ -112,8 +115,9 @@ def test_auto_is_the_default_and_matches_all_at_once(model_and_batch, method):
         "blur_ig": lambda: blur_integrated_gradients(f.logits, x, 1, num_steps=39, max_sigma=2.0),
         "path_ig": lambda: path_ig(f.logits, x, x + 0.1, np.array([1, 2]), num_steps=40),
     }
-    # 40 points at batch 2: at most 16 per call on CPU, so 3 chunks of 14.
-    assert _scan_lengths(lambda: calls[method]("auto")) == [3]
+    # 40 points at batch 2: at most 16 per call on CPU, so 3 chunks of 14 (with jaxadv's fast
+    # path; with XLA's own convolutions all at once, next test).
+    assert _scan_lengths(lambda: calls[method]("auto")) == ([3] if fastpath.is_enabled() else [])
     ref = calls[method](None)
     np.testing.assert_allclose(calls[method]("auto"), ref, rtol=2e-5, atol=1e-6)
     np.testing.assert_allclose(default[method](), ref, rtol=2e-5, atol=1e-6)
@@ -126,3 +130,25 @@ def test_bad_chunk_size_names_the_choices(model_and_batch, bad):
         integrated_gradients(f.logits, x, 1, num_steps=8, chunk_size=bad)
     with pytest.raises(ValueError, match="chunk_size"):
         smooth_grad(f.logits, x, 1, jax.random.key(0), num_samples=4, chunk_size=bad)
+
+
+def test_auto_keeps_all_points_in_one_call_for_xla_convolutions_on_cpu(model_and_batch):
+    """A model traced with XLA's own convolution (here jaxadv's with its fast path off, as a model
+    of one's own) gets every point in one call on CPU: XLA:CPU runs convolution gradients
+    inside a loop several times slower. The result is the same either way."""
+    f, x = model_and_batch
+    t = np.array([1, 1], np.int32)
+    one_point = lambda: _common.stacked_grad(f.logits, jnp.asarray(t), x[None])  # noqa: E731
+    with fastpath.enabled(False):
+        assert _common.has_xla_convolution(one_point)
+        assert auto_chunk_size(64, batch=2, one_point=one_point, platform="cpu") == 64
+        ig = lambda c: integrated_gradients(f.logits, x, 1, num_steps=64, chunk_size=c)  # noqa: E731
+        assert _scan_lengths(lambda: ig("auto")) == []
+        np.testing.assert_allclose(ig("auto"), ig(4), rtol=2e-5, atol=1e-6)
+    with fastpath.enabled(True):
+        assert not _common.has_xla_convolution(one_point)
+        assert auto_chunk_size(64, batch=2, one_point=one_point, platform="cpu") == 16
+    # Accelerators keep the memory rule either way.
+    with fastpath.enabled(False):
+        assert auto_chunk_size(64, batch=2, one_point=one_point, platform="gpu",
+                               bytes_limit=10**12) == 64
