@@ -145,7 +145,6 @@ def _path_sum(stack_grad_fn, start, end, *, num_steps, rule, chunk_size, unroll=
 
     chunk = _common.resolve_chunk_size(chunk_size, len(alphas), batch=end.shape[0],
                                        one_point=lambda: point_fn(jnp.ones((1,), end.dtype)))
-
     return diff * _common.chunked_weighted_sum(point_fn, alphas, weights, chunk, end,
                                                unroll=unroll)
 
@@ -162,8 +161,7 @@ def path_integrated_gradients(value_fn: Callable[[Array], Array], start: Array, 
       start, end: (B, ...) path ends (baseline and input for IG; x and x' for IG-Norm).
       num_steps, rule: the quadrature (see the module table).
       chunk_size: path points per model call (memory budget); None = all at once; ``"auto"``
-        (default): about 32 images per call on CPU, all at once on accelerators unless the memory
-        estimate says otherwise (``jaxadv.attributions.auto_chunk_size``).
+        (default): the rule of ``jaxadv.attributions.auto_chunk_size`` (module docstring).
 
     Returns:
       Attributions shaped like ``end``. Their sum over non-batch axes approximates

@@ -5,7 +5,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.extend.core import jaxprs_in_params
 
 from jaxadv.attributions import (
     _common,
@@ -63,17 +62,8 @@ def test_traced_bytes_counts_nested_programs():
 
 
 def _scan_lengths(fn, *args):
-    lengths = []
-
-    def walk(jaxpr):
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "scan":
-                lengths.append(eqn.params["length"])
-            for sub in jaxprs_in_params(eqn.params):
-                walk(sub)
-
-    walk(jax.make_jaxpr(fn)(*args).jaxpr)
-    return lengths
+    return [eqn.params["length"] for eqn in _common._traced_eqns(lambda: fn(*args))
+            if eqn.primitive.name == "scan"]
 
 
 @pytest.fixture(scope="module")
