@@ -8,14 +8,21 @@ Sub-packages (imports run one way, from the top down):
 * ``jaxadv.data``       datasets by name -> numpy batches (images float32 in [0, 1], NHWC).
 * ``jaxadv.models``     Flax modules exposing ``features`` and ``head`` for CAM.
 
-Sub-packages are imported on demand. Importing ``jaxadv`` has one side effect, on CPU speed only:
-where a host device has two or more cores it adds an XLA:CPU flag to ``XLA_FLAGS`` that runs
-convolutions on every core (:func:`jaxadv.devices.set_cpu_convolution_flags`, which says when and
-how to keep XLA's default), so import jaxadv before JAX's first computation.
+Sub-packages are imported on demand. Importing ``jaxadv`` has two side effects, on CPU speed only,
+so import jaxadv before JAX's first computation:
+
+* where a host device has two or more cores it adds an XLA:CPU flag to ``XLA_FLAGS`` that runs
+  convolutions on every core (:func:`jaxadv.devices.set_cpu_convolution_flags`, which says when
+  and how to keep XLA's default);
+* on Linux with glibc and no accelerator plugin it sets glibc's ``malloc`` to keep the memory XLA
+  frees for the next call instead of page-faulting it in again every call
+  (:mod:`jaxadv.host_memory`; ``JAXADV_REUSE_HOST_MEMORY=0`` leaves malloc as it is).
 """
 
 from jaxadv import devices as _devices
+from jaxadv import host_memory as _host_memory
 
 __version__ = "0.1.0"
 
 _devices.set_cpu_convolution_flags()
+_host_memory.reuse_freed_memory_unless_disabled()

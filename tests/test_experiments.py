@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 
+from jaxadv import host_memory
 from tests.conftest import fresh_process_env
 from tests.training.helpers import make_synthetic_idx
 
@@ -329,6 +330,28 @@ def test_step_speed_benchmark_smoke(tmp_path):
     cfg = result["config"]
     assert cfg["host_devices"] == 2 and cfg["torch_device"] == "cpu"
     assert cfg["jax_default_matmul_precision"] == "highest" and cfg["cudnn_allow_tf32"] is False
+    assert cfg["reuse_host_memory"] is (host_memory._glibc() is not None)
+
+
+@pytest.mark.slow
+def test_host_memory_benchmark_compares_the_settings_in_separate_processes(tmp_path):
+    """One child process per setting and round: the reuse child has the allocator set, the other
+    not, and both time the same jaxadv and PyTorch ops (tiny sizes: this checks the script, not
+    the speed)."""
+    if host_memory._glibc() is None:
+        pytest.skip("needs Linux with glibc")
+    pytest.importorskip("torch")
+    result = _run_in_fresh_process(
+        "experiments.benchmarks.host_memory", "--models", "smallgap", "--ops", "forward,pgd_step",
+        "--rounds", "2", "--repeats", "2", "--batch", "16", "--torch", out=tmp_path / "hm.json")
+    keys = {f"{who}smallgap/{op}" for who in ("", "torch:") for op in ("forward", "pgd_step")}
+    assert set(result["speedup"]) == keys and all(v > 0 for v in result["speedup"].values())
+    assert set(result["ms"]) == keys == set(result["minor_faults_per_call"])
+    assert len(result["per_round"]) == 2
+    for rnd in result["per_round"]:
+        assert rnd["reuse"]["reuse_applied"] is True
+        assert rnd["no_reuse"]["reuse_applied"] is False
+        assert set(rnd["reuse"]["ops"]) == keys == set(rnd["no_reuse"]["ops"])
 
 
 @pytest.mark.slow

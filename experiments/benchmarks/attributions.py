@@ -714,6 +714,7 @@ def _run(args) -> dict:
         use_host_devices(args.host_devices)  # before the first JAX operation
     import jax
 
+    from jaxadv import host_memory
     from jaxadv.devices import convolution_backend
 
     batches = ({"smallgap": 32, "preact_resnet18": 4, "preact_resnet18_softplus": 4}
@@ -742,7 +743,8 @@ def _run(args) -> dict:
                                "repeats": repeats, "quick": args.quick,
                                "jaxadv_host_devices": jax.device_count(),
                                "convolution_backend": convolution_backend(),
-                               "jaxadv_fastpath": not args.no_fastpath},
+                               "jaxadv_fastpath": not args.no_fastpath,
+                               "reuse_host_memory": host_memory.is_applied()},
                   "machine": machine}
         report.write_json(args.out, result, indent=2)
         return result
@@ -772,7 +774,8 @@ def _run(args) -> dict:
                      "repeats": repeats, "quick": args.quick,
                      "jaxadv_host_devices": jax.device_count(),
                      "convolution_backend": convolution_backend(),
-                     "jaxadv_fastpath": not args.no_fastpath},
+                     "jaxadv_fastpath": not args.no_fastpath,
+                     "reuse_host_memory": host_memory.is_applied()},
         "machine": machine,
     }
     if not args.skip_memory:

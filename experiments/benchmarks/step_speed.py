@@ -25,9 +25,15 @@ checked to agree before anything is timed. Ops, the same work in both frameworks
 Timing: after a warm-up call of each (compilation for jaxadv), ``--repeats`` rounds in which the
 contestants run in turn (the order alternating between rounds), so a change of load on this shared
 machine hits them alike; medians with the interquartile range. ``speedup_vs_torch`` is torch median /
-jaxadv median. ``gflops`` is jaxadv's achieved GFLOP/s, the op's FLOPs (XLA's cost analysis of the
-standard lowering: forward, pgd_step, train_step; pgd10 = 10 pgd_step + forward) over its median
-time, next to ``matmul_peak_gflops``, a 4096^3 float32 ``jnp.dot`` timed in the same run.
+jaxadv median. Both frameworks run in this one process, so the glibc ``malloc`` settings that
+``import jaxadv`` makes (:mod:`jaxadv.host_memory`: freed memory kept for reuse) hold for PyTorch
+too, which allocates its activations with ``malloc`` as well: the comparison is against PyTorch
+with that allocator tuning (``config.reuse_host_memory``; ``JAXADV_REUSE_HOST_MEMORY=0`` runs
+both with glibc's defaults, and ``python -m experiments.benchmarks.host_memory --torch`` measures
+what the setting gives each framework). ``gflops`` is jaxadv's achieved GFLOP/s, the op's FLOPs
+(XLA's cost analysis of the standard lowering: forward, pgd_step, train_step; pgd10 = 10 pgd_step
++ forward) over its median time, next to ``matmul_peak_gflops``, a 4096^3 float32 ``jnp.dot``
+timed in the same run.
 ``gflops_executed`` is the same with the FLOPs of the program jaxadv actually ran (XLA's count of
 the compiled fast-path program): lower than ``gflops`` where the fast path skips work (the GAP
 fold), so it, not ``gflops``, is the one to hold against the matmul peak there.
@@ -460,7 +466,7 @@ def main(argv=None) -> dict:
     import numpy as np
     import torch
 
-    from jaxadv import sharding
+    from jaxadv import host_memory, sharding
     from jaxadv.devices import CONVOLUTION_BACKEND_OPTIONS, convolution_backend
     from jaxadv.interop.torch_port import to_torch
     from jaxadv.models import fastpath
@@ -552,6 +558,7 @@ def main(argv=None) -> dict:
         "command": report.command("experiments.benchmarks.step_speed", argv),
         "torch_device": device, "precision": args.precision, "conv_backend": conv_backend,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "reuse_host_memory": host_memory.is_applied(),
         "jax_default_matmul_precision": getattr(jax.config, "jax_default_matmul_precision", None),
         **torch_flags,
     }

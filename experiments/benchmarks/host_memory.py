@@ -1,0 +1,168 @@
+"""Host memory reuse benchmark: jaxadv's steps with glibc keeping freed memory, and without.
+
+    python -m experiments.benchmarks.host_memory --out results/host_memory_1dev.json
+        [--models smallgap,poolgap,preact_resnet18] [--ops forward,pgd_step,pgd10,train_step]
+        [--rounds 3] [--repeats 11] [--host_devices 1] [--torch]
+
+``import jaxadv`` sets glibc's ``malloc`` to keep the memory XLA frees for the next call
+(:mod:`jaxadv.host_memory`); ``JAXADV_REUSE_HOST_MEMORY=0`` leaves glibc's defaults. The setting
+holds for a whole process, so each round runs two child processes, one per setting (the order
+alternating between rounds), each timing the same compiled ops of ``step_speed`` (batch 128,
+float32, the same weights and data: :func:`experiments.benchmarks.step_speed.jax_ops`): after
+a warm-up call, ``--repeats`` calls back to back, each blocking on its result; the child reports
+the median and the minor page faults per call (``getrusage``: pages the kernel had to map and
+zero). The result per op is the median over rounds of each setting's medians, and ``speedup``
+= time without reuse / time with it.
+
+``--torch`` times the PyTorch twin's ops too (``step_speed.torch_ops``, keys
+``torch:<model>/<op>``), in the same children and so under the same setting: glibc's settings hold
+for the whole process, and PyTorch allocates its activations with ``malloc`` as well.
+
+JSON: ``ms`` {"<model>/<op>": {"reuse": ..., "no_reuse": ...}}, ``speedup``
+{"<model>/<op>": ...}, ``minor_faults_per_call`` (same keys as ``ms``), ``per_round`` (every
+child's figures), ``settings``, ``machine``.
+"""
+
+import argparse
+import itertools
+import json
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from experiments import report
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+MODELS = ("smallgap", "poolgap", "preact_resnet18")
+OPS = ("forward", "pgd_step", "pgd10", "train_step")
+SETTINGS = {"reuse": "1", "no_reuse": "0"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=pathlib.Path, default=None, help="JSON file for the results.")
+    p.add_argument("--models", default=",".join(MODELS), help=f"Comma-separated subset of {MODELS}.")
+    p.add_argument("--ops", default=",".join(OPS), help=f"Comma-separated subset of {OPS}.")
+    p.add_argument("--rounds", type=int, default=3, help="Pairs of child processes.")
+    p.add_argument("--repeats", type=int, default=11, help="Timed calls per op in each child.")
+    p.add_argument("--batch", type=int, default=128, help="Batch size.")
+    p.add_argument("--host_devices", type=int, default=1, help="XLA host devices in each child.")
+    p.add_argument("--torch", action="store_true",
+                   help="Also time the PyTorch twin's ops (keys torch:<model>/<op>) in the same "
+                        "children: the setting holds for the whole process.")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    for name, allowed in (("models", MODELS), ("ops", OPS)):
+        bad = [v for v in getattr(args, name).split(",") if v not in allowed]
+        if bad:
+            p.error(f"--{name}: unknown {bad}; choose from {allowed}.")
+    if args.rounds < 1 or args.repeats < 1 or args.batch < 1 or args.host_devices < 1:
+        p.error("--rounds, --repeats, --batch and --host_devices must be positive.")
+    return args
+
+
+def _child(args) -> dict:
+    """Times the ops in this process (its setting came with the environment)."""
+    from jaxadv.devices import use_host_devices
+
+    use_host_devices(args.host_devices)
+    import numpy as np
+
+    from experiments.benchmarks import step_speed
+    from jaxadv import host_memory, sharding
+
+    out = {"reuse_applied": host_memory.is_applied(), "ops": {}}
+    mesh = sharding.data_mesh() if args.host_devices > 1 else None
+    ops = args.ops.split(",")
+    rng = np.random.default_rng(0)
+    for name in args.models.split(","):  # the data of step_speed's main run
+        x = rng.uniform(0.0, 1.0, (args.batch,) + step_speed.MODELS[name]).astype(np.float32)
+        y = rng.integers(0, 10, (args.batch,)).astype(np.int32)
+        fns, _, handles = step_speed.jax_ops(name, x, y, fast=True, mesh=mesh)
+        contestants = {name: fns}
+        if args.torch:  # the PyTorch twin in the same process, under the same setting
+            import jax
+
+            from jaxadv.interop.torch_port import to_torch
+
+            tmodel = to_torch(name, jax.device_get(handles["variables"]))
+            contestants[f"torch:{name}"] = step_speed.torch_ops(tmodel, x, y)
+        for (label, op_fns), op in itertools.product(contestants.items(), ops):
+            fn = op_fns[op]
+            fn()  # compiled already; one call so that the first timed one finds the heap grown
+            times, faults = [], 0
+            for _ in range(args.repeats):
+                before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+                faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+            out["ops"][f"{label}/{op}"] = {"ms": statistics.median(times),
+                                           "minor_faults_per_call": faults / args.repeats}
+        del fns, contestants
+    return out
+
+
+def _run_child(args, setting: str) -> dict:
+    cmd = [sys.executable, "-m", "experiments.benchmarks.host_memory", "--child",
+           "--models", args.models, "--ops", args.ops, "--repeats", str(args.repeats),
+           "--batch", str(args.batch), "--host_devices", str(args.host_devices)]
+    cmd += ["--torch"] if args.torch else []
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAXADV_REUSE_HOST_MEMORY=SETTINGS[setting],
+               JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"child ({setting}) failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.child:
+        print(json.dumps(_child(args)))
+        return {}
+    per_round = []
+    for r in range(args.rounds):
+        order = list(SETTINGS) if r % 2 == 0 else list(SETTINGS)[::-1]
+        per_round.append({s: _run_child(args, s) for s in order})
+        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+    for rnd in per_round:
+        if not rnd["reuse"]["reuse_applied"]:
+            raise RuntimeError("The reuse child did not set the allocator (not Linux with glibc?): "
+                               "nothing to compare.")
+    keys = list(per_round[0]["reuse"]["ops"])
+    ms = {k: {s: statistics.median(rnd[s]["ops"][k]["ms"] for rnd in per_round) for s in SETTINGS}
+          for k in keys}
+    faults = {k: {s: statistics.median(rnd[s]["ops"][k]["minor_faults_per_call"]
+                                       for rnd in per_round) for s in SETTINGS} for k in keys}
+    result = {
+        "ms": ms,
+        "speedup": {k: v["no_reuse"] / v["reuse"] for k, v in ms.items()},
+        "minor_faults_per_call": faults,
+        "per_round": per_round,
+        "settings": {"models": args.models, "ops": args.ops, "rounds": args.rounds,
+                     "repeats": args.repeats, "batch": args.batch,
+                     "host_devices": args.host_devices,
+                     "command": report.command("experiments.benchmarks.host_memory", argv)},
+        "machine": {"processor": platform.processor() or platform.machine(),
+                    "cpu_count": os.cpu_count()},
+    }
+    print("| op | no reuse ms | reuse ms | speed-up | faults/call no reuse | reuse |")
+    print("|---|---|---|---|---|---|")
+    for k in keys:
+        print(f"| {k} | {ms[k]['no_reuse']:.1f} | {ms[k]['reuse']:.1f} | "
+              f"{result['speedup'][k]:.2f}x | {faults[k]['no_reuse']:.0f} | "
+              f"{faults[k]['reuse']:.0f} |")
+    if args.out:
+        report.write_json(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
