@@ -306,7 +306,8 @@ def test_step_speed_benchmark_smoke(tmp_path):
     pytest.importorskip("torch")
     result = _run_in_fresh_process(
         "experiments.benchmarks.step_speed", "--quick", "--models", "smallgap", "--batch", "128",
-        "--repeats", "1", "--host_devices", "2", "--precision", "highest", "--compare_no_fold",
+        "--repeats", "1", "--calls_per_turn", "2", "--host_devices", "2", "--precision", "highest",
+        "--compare_no_fold",
         "--compare_cumsum_mask", "--compare_conv_backend", out=tmp_path / "ss.json")
     ops = ("forward", "pgd_step", "pgd10", "train_step")
     assert set(result["speedup_vs_torch"]) == {f"smallgap/{op}" for op in ops}
@@ -331,6 +332,8 @@ def test_step_speed_benchmark_smoke(tmp_path):
     assert cfg["host_devices"] == 2 and cfg["torch_device"] == "cpu"
     assert cfg["jax_default_matmul_precision"] == "highest" and cfg["cudnn_allow_tf32"] is False
     assert cfg["reuse_host_memory"] is (host_memory._glibc() is not None)
+    assert cfg["calls_per_turn"] == 2
+    assert all(t["n"] == 2 for t in result["times_ms"]["smallgap/forward"].values())
 
 
 @pytest.mark.slow

@@ -24,16 +24,20 @@ checked to agree before anything is timed. Ops, the same work in both frameworks
 
 Timing: after a warm-up call of each (compilation for jaxadv), ``--repeats`` rounds in which the
 contestants run in turn (the order alternating between rounds), so a change of load on this shared
-machine hits them alike; medians with the interquartile range. ``speedup_vs_torch`` is torch median /
-jaxadv median. Both frameworks run in this one process, so the glibc ``malloc`` settings that
-``import jaxadv`` makes (:mod:`jaxadv.host_memory`: freed memory kept for reuse) hold for PyTorch
-too, which allocates its activations with ``malloc`` as well: the comparison is against PyTorch
-with that allocator tuning (``config.reuse_host_memory``; ``JAXADV_REUSE_HOST_MEMORY=0`` runs
-both with glibc's defaults, and ``python -m experiments.benchmarks.host_memory --torch`` measures
-what the setting gives each framework). ``gflops`` is jaxadv's achieved GFLOP/s, the op's FLOPs
-(XLA's cost analysis of the standard lowering: forward, pgd_step, train_step; pgd10 = 10 pgd_step
-+ forward) over its median time, next to ``matmul_peak_gflops``, a 4096^3 float32 ``jnp.dot``
-timed in the same run.
+machine hits them alike; medians with the interquartile range. ``speedup_vs_torch`` is torch median
+/ jaxadv median. ``--calls_per_turn K`` makes each turn K calls back to back, each timed: with the
+default 1 every call follows the other framework's, and a jaxadv call after a PyTorch call (or
+after 0.2 s idle) was up to 2x slower than one after its own on the smallest ops (SmallGAP's PGD
+step 5.0-5.5 vs 2.8-2.9 ms; PyTorch's hardly changed; development measurements, 2026-12-06), while
+steps in a loop run back to back. Both frameworks run in this one process, so the glibc ``malloc``
+settings that ``import jaxadv`` makes (:mod:`jaxadv.host_memory`: freed memory kept for reuse) hold
+for PyTorch too, which allocates its activations with ``malloc`` as well: the comparison is against
+PyTorch with that allocator tuning (``config.reuse_host_memory``; ``JAXADV_REUSE_HOST_MEMORY=0``
+runs both with glibc's defaults, and ``python -m experiments.benchmarks.host_memory --torch``
+measures what the setting gives each framework). ``gflops`` is jaxadv's achieved GFLOP/s, the op's
+FLOPs (XLA's cost analysis of the standard lowering: forward, pgd_step, train_step; pgd10 = 10
+pgd_step + forward) over its median time, next to ``matmul_peak_gflops``, a 4096^3 float32
+``jnp.dot`` timed in the same run.
 ``gflops_executed`` is the same with the FLOPs of the program jaxadv actually ran (XLA's count of
 the compiled fast-path program): lower than ``gflops`` where the fast path skips work (the GAP
 fold), so it, not ``gflops``, is the one to hold against the matmul peak there.
@@ -102,6 +106,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ops", default=",".join(OPS), help=f"Comma-separated subset of {OPS}.")
     p.add_argument("--batch", type=int, default=None, help="Batch size (default 128; quick 32).")
     p.add_argument("--repeats", type=int, default=None, help="Timed rounds (default 7; quick 2).")
+    p.add_argument("--calls_per_turn", type=int, default=1,
+                   help="Calls of each contestant back to back in each round, each timed "
+                        "(default 1: every call follows the other framework's).")
     p.add_argument("--repeats_resnet", type=int, default=None,
                    help="Timed rounds for preact_resnet18 (default: --repeats, at most 5).")
     p.add_argument("--compare_standard", action="store_true",
@@ -153,6 +160,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for op in args.ops.split(","):
         if op not in OPS:
             p.error(f"unknown op {op!r}; choose from {OPS}")
+    if args.calls_per_turn < 1:
+        p.error(f"--calls_per_turn must be at least 1; got {args.calls_per_turn}")
     return args
 
 
@@ -164,18 +173,20 @@ def summary(times: list[float]) -> dict:
             "max": ms[-1], "n": len(ms)}
 
 
-def time_rounds(fns: dict, repeats: int) -> dict:
+def time_rounds(fns: dict, repeats: int, calls_per_turn: int = 1) -> dict:
     """``fns[name]()`` must block until done. One warm-up call each, then ``repeats`` rounds with
-    every contestant in turn (order reversed every other round). Returns name -> summary."""
+    every contestant in turn (order reversed every other round), each turn ``calls_per_turn``
+    calls back to back, each timed. Returns name -> summary of every timed call."""
     for fn in fns.values():
         fn()
     times = {name: [] for name in fns}
     names = list(fns)
     for r in range(repeats):
         for name in (names if r % 2 == 0 else names[::-1]):
-            t0 = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t0)
+            for _ in range(calls_per_turn):
+                t0 = time.perf_counter()
+                fns[name]()
+                times[name].append(time.perf_counter() - t0)
     return {name: summary(ts) for name, ts in times.items()}
 
 
@@ -523,7 +534,8 @@ def main(argv=None) -> dict:
                 contestants["jaxadv_std"] = std[op]
             for form, fns_without in without.items():
                 contestants[f"jaxadv_{_off_label(form)}"] = fns_without[op]
-            t = time_rounds(contestants, repeats_resnet if name == "preact_resnet18" else repeats)
+            t = time_rounds(contestants, repeats_resnet if name == "preact_resnet18" else repeats,
+                            args.calls_per_turn)
             k = f"{name}/{op}"
             results["times_ms"][k] = t
             results["speedup_vs_torch"][k] = t["torch"]["median"] / t["jaxadv"]["median"]
@@ -550,6 +562,7 @@ def main(argv=None) -> dict:
     results["torch_matmul_gflops"] = torch_matmul_gflops(mm_n, device=device)
     results["config"] = {
         "batch": batch, "repeats": repeats, "repeats_resnet": repeats_resnet,
+        "calls_per_turn": args.calls_per_turn,
         "host_devices": jax.device_count(), "fastpath": fastpath.is_enabled() and not args.no_fastpath,
         "matmul_n": mm_n, "quick": args.quick, "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "jax": jax.__version__, "torch": torch.__version__,
