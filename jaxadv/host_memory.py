@@ -50,11 +50,15 @@ TOP_PAD_BYTES = 256 * 2**20
 _applied = False
 
 
-def env_setting() -> bool:
-    """False where ``JAXADV_REUSE_HOST_MEMORY`` is 0 / false / off / no, True where it is unset
-    or 1 / true / on / yes; anything else raises ValueError naming the choices."""
+def env_setting() -> bool | None:
+    """``JAXADV_REUSE_HOST_MEMORY``: True (1 / true / on / yes), False (0 / false / off / no),
+    None (unset: automatic, :func:`reuse_freed_memory_unless_disabled`), as
+    :func:`jaxadv.devices.fastpath_env_setting` reads ``JAXADV_FASTPATH``; anything else raises
+    ValueError naming the choices."""
     value = os.environ.get(ENV, "").strip().lower()
-    if value in ("", "1", "true", "on", "yes"):
+    if value == "":
+        return None
+    if value in ("1", "true", "on", "yes"):
         return True
     if value in ("0", "false", "off", "no"):
         return False
@@ -123,8 +127,7 @@ def reuse_freed_memory_unless_disabled() -> bool:
     an accelerator plugin is installed (:func:`accelerator_installed`): what ``import jaxadv``
     calls. ``JAXADV_REUSE_HOST_MEMORY=1`` applies it in any case. Returns whether the settings
     are in effect."""
-    if not env_setting():
-        return False
-    if not os.environ.get(ENV, "").strip() and accelerator_installed():
+    setting = env_setting()
+    if setting is False or (setting is None and accelerator_installed()):
         return False
     return reuse_freed_memory()
