@@ -18,17 +18,27 @@ fault almost no pages. Peak memory changes little (the attribution benchmark's I
 at batch 128 on SmallGAP: 50 MB above its baseline process with the setting, 31 MB in an earlier
 run without).
 
-Not covered: blocks of more than 64 MiB that XLA's worker threads allocate (PreAct ResNet-18's
-900 MiB of temporaries and its convolutions' scratch: 229,000 faults per train step). glibc's
-per-thread arenas hold at most 64 MiB, so those are mapped and unmapped every call whatever the
-settings, unless every thread shares the main arena (``M_ARENA_MAX=1``): that took ResNet-18's
-steps 1.07-1.13x faster but made SmallGAP's and PoolGAP's ops other than PoolGAP's train step
-2-15 % slower (SmallGAP PGD-10 0.90x, train step 0.85x; threads contending for one arena), so it
-is not set (development runs of the benchmark below with that setting added, 2026-12-06).
+Blocks of more than 64 MiB need one more step. glibc gives every thread that allocates its own
+arena, and an arena other than the main one holds at most 64 MiB, so larger blocks are mapped and
+unmapped every call whatever the settings. JAX's CPU client runs each computation on a worker
+thread by default (asynchronous dispatch), so PreAct ResNet-18's 900 MiB of temporaries were
+faulted in again every train step (229,000 faults). :func:`run_cpu_computations_inline` runs
+single-device CPU computations in the thread that calls them (``jax_cpu_enable_async_dispatch``
+off), whose main arena grows without bound: ResNet-18's train step faulted 869 pages per call
+instead of 228,964, and its forward pass, PGD step and train step ran 1.17x, 1.21x and 1.25x
+faster; PoolGAP's forward pass and PGD step ran 5-6 % slower, for reasons not known (the
+benchmark below, ``results/host_memory_inline_*_1dev.json``, 2026-12-06). A call then returns
+when its result is ready, as with
+``block_until_ready``; computations over several devices (:func:`jaxadv.devices.use_host_devices`)
+stay asynchronous. Making every thread share the main arena (``M_ARENA_MAX=1``) removed the
+faults too but made SmallGAP's and PoolGAP's ops 2-15 % slower (threads contending for one
+arena), so it is not set.
 
-``import jaxadv`` calls it on Linux with glibc unless ``JAXADV_REUSE_HOST_MEMORY=0`` (or an
-accelerator plugin is installed and the variable is unset: :func:`accelerator_installed`); it
-applies to the whole process (PyTorch or NumPy in it too), from the call on.
+``import jaxadv`` calls both on Linux with glibc unless ``JAXADV_REUSE_HOST_MEMORY=0`` (or an
+accelerator plugin is installed and the variable is unset: :func:`accelerator_installed`); the
+malloc settings apply to the whole process (PyTorch or NumPy in it too), from the call on; inline
+dispatch only where JAX's backends have not started yet, and not where the user has set
+``JAX_CPU_ENABLE_ASYNC_DISPATCH``.
 
 Measured: ``python -m experiments.benchmarks.host_memory`` (each setting in its own process,
 alternating over rounds); README, "Speed against PyTorch", has the figures.
@@ -48,6 +58,8 @@ _M_MMAP_MAX = -4
 TOP_PAD_BYTES = 256 * 2**20
 
 _applied = False
+_inline = False
+ASYNC_DISPATCH_ENV = "JAX_CPU_ENABLE_ASYNC_DISPATCH"
 
 
 def env_setting() -> bool | None:
@@ -106,6 +118,42 @@ def is_applied() -> bool:
     return _applied
 
 
+def _backends_started() -> bool:
+    from jaxadv import devices
+
+    return devices._backends_started()
+
+
+def run_cpu_computations_inline() -> bool:
+    """Turns JAX's asynchronous CPU dispatch off (``jax_cpu_enable_async_dispatch=False``) so that
+    single-device CPU computations run in the calling thread and their blocks of more than 64 MiB
+    come from glibc's main arena, which :func:`reuse_freed_memory` keeps (module docstring).
+    Idempotent.
+
+    JAX reads the option when it starts its CPU backend, so this does nothing once the backends
+    have started, nor where the user has set ``JAX_CPU_ENABLE_ASYNC_DISPATCH`` (their choice
+    stands).
+
+    Returns:
+      True if this process's CPU computations run inline from the backend's start on.
+    """
+    global _inline
+    if _inline:
+        return True
+    if os.environ.get(ASYNC_DISPATCH_ENV, "").strip() or _backends_started():
+        return False
+    import jax
+
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
+    _inline = True
+    return True
+
+
+def runs_inline() -> bool:
+    """Whether :func:`run_cpu_computations_inline` has turned asynchronous CPU dispatch off."""
+    return _inline
+
+
 _ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
                         "jax_rocm7_plugin", "libtpu")
 
@@ -123,11 +171,14 @@ def accelerator_installed() -> bool:
 
 
 def reuse_freed_memory_unless_disabled() -> bool:
-    """:func:`reuse_freed_memory` unless ``JAXADV_REUSE_HOST_MEMORY=0``, or unless it is unset and
-    an accelerator plugin is installed (:func:`accelerator_installed`): what ``import jaxadv``
-    calls. ``JAXADV_REUSE_HOST_MEMORY=1`` applies it in any case. Returns whether the settings
-    are in effect."""
+    """:func:`reuse_freed_memory` and then :func:`run_cpu_computations_inline`, unless
+    ``JAXADV_REUSE_HOST_MEMORY=0``, or unless it is unset and an accelerator plugin is installed
+    (:func:`accelerator_installed`): what ``import jaxadv`` calls. ``JAXADV_REUSE_HOST_MEMORY=1``
+    applies them in any case. Returns whether the malloc settings are in effect."""
     setting = env_setting()
     if setting is False or (setting is None and accelerator_installed()):
         return False
-    return reuse_freed_memory()
+    if not reuse_freed_memory():
+        return False
+    run_cpu_computations_inline()
+    return True

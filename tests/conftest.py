@@ -58,9 +58,10 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 def fresh_process_env(*, keep_fastpath: bool = False) -> dict:
     """Environment for a fresh Python process that must start JAX as a user's would: on CPU,
-    without this process's ``XLA_FLAGS`` (the test session's host-device count and flags) or
-    ``JAXADV_REUSE_HOST_MEMORY`` and, unless ``keep_fastpath``, without ``JAXADV_FASTPATH``."""
-    drop = ("XLA_FLAGS", "JAXADV_REUSE_HOST_MEMORY")
+    without this process's ``XLA_FLAGS`` (the test session's host-device count and flags),
+    ``JAXADV_REUSE_HOST_MEMORY`` or ``JAX_CPU_ENABLE_ASYNC_DISPATCH`` and, unless
+    ``keep_fastpath``, without ``JAXADV_FASTPATH``."""
+    drop = ("XLA_FLAGS", "JAXADV_REUSE_HOST_MEMORY", "JAX_CPU_ENABLE_ASYNC_DISPATCH")
     drop += () if keep_fastpath else ("JAXADV_FASTPATH",)
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env["JAX_PLATFORMS"] = "cpu"

@@ -332,15 +332,16 @@ def test_step_speed_benchmark_smoke(tmp_path):
     assert cfg["host_devices"] == 2 and cfg["torch_device"] == "cpu"
     assert cfg["jax_default_matmul_precision"] == "highest" and cfg["cudnn_allow_tf32"] is False
     assert cfg["reuse_host_memory"] is (host_memory._glibc() is not None)
+    assert cfg["cpu_inline_dispatch"] is cfg["reuse_host_memory"]
     assert cfg["calls_per_turn"] == 2
     assert all(t["n"] == 2 for t in result["times_ms"]["smallgap/forward"].values())
 
 
 @pytest.mark.slow
 def test_host_memory_benchmark_compares_the_settings_in_separate_processes(tmp_path):
-    """One child process per setting and round: the reuse child has the allocator set, the other
-    not, and both time the same jaxadv and PyTorch ops (tiny sizes: this checks the script, not
-    the speed)."""
+    """One child process per setting and round: the reuse child has the allocator set and inline
+    dispatch, the no_reuse child neither, the reuse_async child the allocator only, and all time
+    the same jaxadv and PyTorch ops (tiny sizes: this checks the script, not the speed)."""
     if host_memory._glibc() is None:
         pytest.skip("needs Linux with glibc")
     pytest.importorskip("torch")
@@ -351,10 +352,15 @@ def test_host_memory_benchmark_compares_the_settings_in_separate_processes(tmp_p
     assert set(result["speedup"]) == keys and all(v > 0 for v in result["speedup"].values())
     assert set(result["ms"]) == keys == set(result["minor_faults_per_call"])
     assert len(result["per_round"]) == 2
+    assert set(result["speedup_inline"]) == keys
+    assert all(set(v) == {"reuse", "no_reuse", "reuse_async"} for v in result["ms"].values())
     for rnd in result["per_round"]:
-        assert rnd["reuse"]["reuse_applied"] is True
-        assert rnd["no_reuse"]["reuse_applied"] is False
-        assert set(rnd["reuse"]["ops"]) == keys == set(rnd["no_reuse"]["ops"])
+        assert rnd["reuse"]["reuse_applied"] is True and rnd["reuse"]["inline"] is True
+        assert rnd["no_reuse"]["reuse_applied"] is False and rnd["no_reuse"]["inline"] is False
+        # JAX_CPU_ENABLE_ASYNC_DISPATCH=true: the malloc settings without inline dispatch
+        assert rnd["reuse_async"]["reuse_applied"] is True
+        assert rnd["reuse_async"]["inline"] is False
+        assert all(set(rnd[s]["ops"]) == keys for s in ("reuse", "no_reuse", "reuse_async"))
 
 
 @pytest.mark.slow
@@ -772,3 +778,12 @@ def test_attributions_benchmark_ig_peak_memory_children(tmp_path):
         attributions._points_per_call("some")
     assert attributions._points_per_call(" all ") is None
     assert attributions._points_per_call("3") == 3
+
+
+def test_host_memory_benchmark_settings_must_include_reuse():
+    from experiments.benchmarks import host_memory as bench
+
+    assert bench.parse_args(["--settings", "reuse,reuse_async"]).settings == "reuse,reuse_async"
+    for bad in ("no_reuse,reuse_async", "reuse", "reuse,fast"):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--settings", bad])

@@ -748,7 +748,8 @@ def _run(args) -> dict:
                                "jaxadv_host_devices": jax.device_count(),
                                "convolution_backend": convolution_backend(),
                                "jaxadv_fastpath": not args.no_fastpath,
-                               "reuse_host_memory": host_memory.is_applied()},
+                               "reuse_host_memory": host_memory.is_applied(),
+                               "cpu_inline_dispatch": host_memory.runs_inline()},
                   "machine": machine}
         report.write_json(args.out, result, indent=2)
         return result
@@ -779,7 +780,8 @@ def _run(args) -> dict:
                      "jaxadv_host_devices": jax.device_count(),
                      "convolution_backend": convolution_backend(),
                      "jaxadv_fastpath": not args.no_fastpath,
-                     "reuse_host_memory": host_memory.is_applied()},
+                     "reuse_host_memory": host_memory.is_applied(),
+                     "cpu_inline_dispatch": host_memory.runs_inline()},
         "machine": machine,
     }
     if not args.skip_memory:

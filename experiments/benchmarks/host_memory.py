@@ -3,24 +3,36 @@
     python -m experiments.benchmarks.host_memory --out results/host_memory_1dev.json
         [--models smallgap,poolgap,preact_resnet18] [--ops forward,pgd_step,pgd10,train_step]
         [--rounds 3] [--repeats 11] [--host_devices 1] [--torch]
+        [--settings reuse,no_reuse,reuse_async]
 
-``import jaxadv`` sets glibc's ``malloc`` to keep the memory XLA frees for the next call
-(:mod:`jaxadv.host_memory`); ``JAXADV_REUSE_HOST_MEMORY=0`` leaves glibc's defaults. The setting
-holds for a whole process, so each round runs two child processes, one per setting (the order
-alternating between rounds), each timing the same compiled ops of ``step_speed`` (batch 128,
+``import jaxadv`` sets glibc's ``malloc`` to keep the memory XLA frees for the next call and
+runs single-device CPU computations in the calling thread (:mod:`jaxadv.host_memory`);
+``JAXADV_REUSE_HOST_MEMORY=0`` leaves glibc's defaults and JAX's asynchronous dispatch. The
+settings hold for a whole process, so each round runs one child process per setting (the order
+reversed every other round):
+
+* ``reuse``: jaxadv's default (malloc settings and inline dispatch);
+* ``no_reuse``: ``JAXADV_REUSE_HOST_MEMORY=0`` (neither);
+* ``reuse_async``: the malloc settings with JAX's asynchronous dispatch kept
+  (``JAX_CPU_ENABLE_ASYNC_DISPATCH=true``, which jaxadv leaves as the user set it), to measure
+  what inline dispatch adds.
+
+Each child times the same compiled ops of ``step_speed`` (batch 128,
 float32, the same weights and data: :func:`experiments.benchmarks.step_speed.jax_ops`): after
 a warm-up call, ``--repeats`` calls back to back, each blocking on its result; the child reports
 the median and the minor page faults per call (``getrusage``: pages the kernel had to map and
-zero). The result per op is the median over rounds of each setting's medians, and ``speedup``
-= time without reuse / time with it.
+zero). The result per op is the median over rounds of each setting's medians; ``speedup`` =
+time without reuse / time with it (jaxadv's default), ``speedup_inline`` = time of
+``reuse_async`` / time of ``reuse``.
 
 ``--torch`` times the PyTorch twin's ops too (``step_speed.torch_ops``, keys
 ``torch:<model>/<op>``), in the same children and so under the same setting: glibc's settings hold
 for the whole process, and PyTorch allocates its activations with ``malloc`` as well.
 
-JSON: ``ms`` {"<model>/<op>": {"reuse": ..., "no_reuse": ...}}, ``speedup``
-{"<model>/<op>": ...}, ``minor_faults_per_call`` (same keys as ``ms``), ``per_round`` (every
-child's figures), ``settings``, ``machine``.
+JSON: ``ms`` {"<model>/<op>": {"reuse": ..., "no_reuse": ..., "reuse_async": ...}}, ``speedup``
+and ``speedup_inline`` {"<model>/<op>": ...} (each where its settings ran),
+``minor_faults_per_call`` (same keys as ``ms``), ``per_round`` (every child's figures),
+``settings``, ``machine``.
 """
 
 import argparse
@@ -40,7 +52,9 @@ from experiments import report
 REPO = pathlib.Path(__file__).resolve().parents[2]
 MODELS = ("smallgap", "poolgap", "preact_resnet18")
 OPS = ("forward", "pgd_step", "pgd10", "train_step")
-SETTINGS = {"reuse": "1", "no_reuse": "0"}
+SETTINGS = {"reuse": {"JAXADV_REUSE_HOST_MEMORY": "1"},
+            "no_reuse": {"JAXADV_REUSE_HOST_MEMORY": "0"},
+            "reuse_async": {"JAXADV_REUSE_HOST_MEMORY": "1", "JAX_CPU_ENABLE_ASYNC_DISPATCH": "true"}}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,12 +69,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--torch", action="store_true",
                    help="Also time the PyTorch twin's ops (keys torch:<model>/<op>) in the same "
                         "children: the setting holds for the whole process.")
+    p.add_argument("--settings", default=",".join(SETTINGS),
+                   help=f"Comma-separated subset of {tuple(SETTINGS)}; must include reuse.")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    for name, allowed in (("models", MODELS), ("ops", OPS)):
+    for name, allowed in (("models", MODELS), ("ops", OPS), ("settings", tuple(SETTINGS))):
         bad = [v for v in getattr(args, name).split(",") if v not in allowed]
         if bad:
             p.error(f"--{name}: unknown {bad}; choose from {allowed}.")
+    if "reuse" not in args.settings.split(",") or len(args.settings.split(",")) < 2:
+        p.error("--settings: give reuse and at least one other setting to compare it with.")
     if args.rounds < 1 or args.repeats < 1 or args.batch < 1 or args.host_devices < 1:
         p.error("--rounds, --repeats, --batch and --host_devices must be positive.")
     return args
@@ -76,7 +94,8 @@ def _child(args) -> dict:
     from experiments.benchmarks import step_speed
     from jaxadv import host_memory, sharding
 
-    out = {"reuse_applied": host_memory.is_applied(), "ops": {}}
+    out = {"reuse_applied": host_memory.is_applied(), "inline": host_memory.runs_inline(),
+           "ops": {}}
     mesh = sharding.data_mesh() if args.host_devices > 1 else None
     ops = args.ops.split(",")
     rng = np.random.default_rng(0)
@@ -113,9 +132,9 @@ def _run_child(args, setting: str) -> dict:
            "--models", args.models, "--ops", args.ops, "--repeats", str(args.repeats),
            "--batch", str(args.batch), "--host_devices", str(args.host_devices)]
     cmd += ["--torch"] if args.torch else []
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(JAXADV_REUSE_HOST_MEMORY=SETTINGS[setting],
-               JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
+    drop = ("XLA_FLAGS", "JAXADV_REUSE_HOST_MEMORY", "JAX_CPU_ENABLE_ASYNC_DISPATCH")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(SETTINGS[setting], JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise RuntimeError(f"child ({setting}) failed:\n{res.stderr[-3000:]}")
@@ -127,38 +146,42 @@ def main(argv=None) -> dict:
     if args.child:
         print(json.dumps(_child(args)))
         return {}
+    settings = args.settings.split(",")
     per_round = []
     for r in range(args.rounds):
-        order = list(SETTINGS) if r % 2 == 0 else list(SETTINGS)[::-1]
+        order = settings if r % 2 == 0 else settings[::-1]
         per_round.append({s: _run_child(args, s) for s in order})
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     for rnd in per_round:
-        if not rnd["reuse"]["reuse_applied"]:
-            raise RuntimeError("The reuse child did not set the allocator (not Linux with glibc?): "
-                               "nothing to compare.")
+        if not (rnd["reuse"]["reuse_applied"] and rnd["reuse"]["inline"]):
+            raise RuntimeError("The reuse child did not set the allocator or inline dispatch (not "
+                               "Linux with glibc?): nothing to compare.")
     keys = list(per_round[0]["reuse"]["ops"])
-    ms = {k: {s: statistics.median(rnd[s]["ops"][k]["ms"] for rnd in per_round) for s in SETTINGS}
+    ms = {k: {s: statistics.median(rnd[s]["ops"][k]["ms"] for rnd in per_round) for s in settings}
           for k in keys}
     faults = {k: {s: statistics.median(rnd[s]["ops"][k]["minor_faults_per_call"]
-                                       for rnd in per_round) for s in SETTINGS} for k in keys}
+                                       for rnd in per_round) for s in settings} for k in keys}
     result = {
         "ms": ms,
-        "speedup": {k: v["no_reuse"] / v["reuse"] for k, v in ms.items()},
+        "speedup": ({k: v["no_reuse"] / v["reuse"] for k, v in ms.items()}
+                    if "no_reuse" in settings else {}),
+        "speedup_inline": ({k: v["reuse_async"] / v["reuse"] for k, v in ms.items()}
+                           if "reuse_async" in settings else {}),
         "minor_faults_per_call": faults,
         "per_round": per_round,
         "settings": {"models": args.models, "ops": args.ops, "rounds": args.rounds,
                      "repeats": args.repeats, "batch": args.batch,
-                     "host_devices": args.host_devices,
+                     "host_devices": args.host_devices, "compared": settings,
                      "command": report.command("experiments.benchmarks.host_memory", argv)},
         "machine": {"processor": platform.processor() or platform.machine(),
                     "cpu_count": os.cpu_count()},
     }
-    print("| op | no reuse ms | reuse ms | speed-up | faults/call no reuse | reuse |")
-    print("|---|---|---|---|---|---|")
+    print("| op | " + " | ".join(f"{s} ms" for s in settings) + " | "
+          + " | ".join(f"faults/call {s}" for s in settings) + " |")
+    print("|---" * (1 + 2 * len(settings)) + "|")
     for k in keys:
-        print(f"| {k} | {ms[k]['no_reuse']:.1f} | {ms[k]['reuse']:.1f} | "
-              f"{result['speedup'][k]:.2f}x | {faults[k]['no_reuse']:.0f} | "
-              f"{faults[k]['reuse']:.0f} |")
+        print(f"| {k} | " + " | ".join(f"{ms[k][s]:.1f}" for s in settings) + " | "
+              + " | ".join(f"{faults[k][s]:.0f}" for s in settings) + " |")
     if args.out:
         report.write_json(args.out, result)
     return result

@@ -572,6 +572,7 @@ def main(argv=None) -> dict:
         "torch_device": device, "precision": args.precision, "conv_backend": conv_backend,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "reuse_host_memory": host_memory.is_applied(),
+        "cpu_inline_dispatch": host_memory.runs_inline(),
         "jax_default_matmul_precision": getattr(jax.config, "jax_default_matmul_precision", None),
         **torch_flags,
     }
