@@ -15,7 +15,10 @@ reversed every other round):
 * ``no_reuse``: ``JAXADV_REUSE_HOST_MEMORY=0`` (neither);
 * ``reuse_async``: the malloc settings with JAX's asynchronous dispatch kept
   (``JAX_CPU_ENABLE_ASYNC_DISPATCH=true``, which jaxadv leaves as the user set it), to measure
-  what inline dispatch adds.
+  what inline dispatch adds;
+* ``reuse_one_arena`` (only when asked for with ``--settings``): jaxadv's default with every
+  thread sharing glibc's main arena (``MALLOC_ARENA_MAX=1``, read by glibc at start-up), the
+  alternative for computations over several host devices, which inline dispatch does not reach.
 
 Each child times the same compiled ops of ``step_speed`` (batch 128,
 float32, the same weights and data: :func:`experiments.benchmarks.step_speed.jax_ops`): after
@@ -31,7 +34,8 @@ for the whole process, and PyTorch allocates its activations with ``malloc`` as 
 
 JSON: ``ms`` {"<model>/<op>": {"reuse": ..., "no_reuse": ..., "reuse_async": ...}}, ``speedup``
 and ``speedup_inline`` {"<model>/<op>": ...} (each where its settings ran),
-``minor_faults_per_call`` (same keys as ``ms``), ``per_round`` (every child's figures),
+``minor_faults_per_call`` (same keys as ``ms``), ``per_round`` (every child's figures, with its
+peak resident memory ``max_rss_mb``),
 ``settings``, ``machine``.
 """
 
@@ -54,7 +58,9 @@ MODELS = ("smallgap", "poolgap", "preact_resnet18")
 OPS = ("forward", "pgd_step", "pgd10", "train_step")
 SETTINGS = {"reuse": {"JAXADV_REUSE_HOST_MEMORY": "1"},
             "no_reuse": {"JAXADV_REUSE_HOST_MEMORY": "0"},
-            "reuse_async": {"JAXADV_REUSE_HOST_MEMORY": "1", "JAX_CPU_ENABLE_ASYNC_DISPATCH": "true"}}
+            "reuse_async": {"JAXADV_REUSE_HOST_MEMORY": "1", "JAX_CPU_ENABLE_ASYNC_DISPATCH": "true"},
+            "reuse_one_arena": {"JAXADV_REUSE_HOST_MEMORY": "1", "MALLOC_ARENA_MAX": "1"}}
+DEFAULT_SETTINGS = ("reuse", "no_reuse", "reuse_async")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -69,7 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--torch", action="store_true",
                    help="Also time the PyTorch twin's ops (keys torch:<model>/<op>) in the same "
                         "children: the setting holds for the whole process.")
-    p.add_argument("--settings", default=",".join(SETTINGS),
+    p.add_argument("--settings", default=",".join(DEFAULT_SETTINGS),
                    help=f"Comma-separated subset of {tuple(SETTINGS)}; must include reuse.")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -124,6 +130,7 @@ def _child(args) -> dict:
             out["ops"][f"{label}/{op}"] = {"ms": statistics.median(times),
                                            "minor_faults_per_call": faults / args.repeats}
         del fns, contestants
+    out["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     return out
 
 
@@ -132,7 +139,8 @@ def _run_child(args, setting: str) -> dict:
            "--models", args.models, "--ops", args.ops, "--repeats", str(args.repeats),
            "--batch", str(args.batch), "--host_devices", str(args.host_devices)]
     cmd += ["--torch"] if args.torch else []
-    drop = ("XLA_FLAGS", "JAXADV_REUSE_HOST_MEMORY", "JAX_CPU_ENABLE_ASYNC_DISPATCH")
+    drop = ("XLA_FLAGS", "JAXADV_REUSE_HOST_MEMORY", "JAX_CPU_ENABLE_ASYNC_DISPATCH",
+            "MALLOC_ARENA_MAX")
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(SETTINGS[setting], JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
