@@ -31,7 +31,7 @@ benchmark below, ``results/host_memory_inline_*_1dev.json``, 2026-12-06). A call
 when its result is ready, as with
 ``block_until_ready``; computations over several devices (:func:`jaxadv.devices.use_host_devices`)
 stay asynchronous. Making every thread share the main arena (``M_ARENA_MAX=1``) removed the
-faults too but made SmallGAP's and PoolGAP's ops up to 12 % slower (threads contending for one
+faults too but made SmallGAP's and PoolGAP's ops take up to 14 % longer (threads contending for one
 arena; ``results/host_memory_one_arena_gap_1dev.json``), and on two host devices it grew the
 heap (``results/host_memory_one_arena_resnet_2dev.json``), so it is not set.
 
