@@ -17,8 +17,8 @@ so import jaxadv before JAX's first computation:
 * on Linux with glibc and no accelerator plugin it sets glibc's ``malloc`` to keep the memory XLA
   frees for the next call instead of page-faulting it in again every call, and runs single-device
   CPU computations in the calling thread (JAX's ``jax_cpu_enable_async_dispatch`` off), whose
-  malloc arena can keep blocks of more than 64 MiB too (:mod:`jaxadv.host_memory`;
-  ``JAXADV_REUSE_HOST_MEMORY=0`` leaves malloc and dispatch as they are).
+  malloc arena can keep blocks of more than 64 MiB too (:mod:`jaxadv.host_memory`; this imports
+  ``jax``; ``JAXADV_REUSE_HOST_MEMORY=0`` leaves malloc and dispatch as they are).
 """
 
 from jaxadv import devices as _devices
