@@ -787,6 +787,7 @@ def test_host_memory_benchmark_settings_must_include_reuse():
     assert bench.parse_args([]).settings == "reuse,no_reuse,reuse_async"  # one arena: opt-in
     assert bench.parse_args(["--settings", "reuse,reuse_one_arena"]).settings.endswith("one_arena")
     assert bench.SETTINGS["reuse_one_arena"]["MALLOC_ARENA_MAX"] == "1"
+    assert bench.SETTINGS["reuse_thp"]["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
     for bad in ("no_reuse,reuse_async", "reuse", "reuse,fast"):
         with pytest.raises(SystemExit):
             bench.parse_args(["--settings", bad])

@@ -18,7 +18,11 @@ reversed every other round):
   what inline dispatch adds;
 * ``reuse_one_arena`` (only when asked for with ``--settings``): jaxadv's default with every
   thread sharing glibc's main arena (``MALLOC_ARENA_MAX=1``, read by glibc at start-up), the
-  alternative for computations over several host devices, which inline dispatch does not reach.
+  alternative for computations over several host devices, which inline dispatch does not reach;
+* ``reuse_thp`` (only when asked for): jaxadv's default with glibc's ``malloc`` asking the kernel
+  for transparent huge pages for its heaps and mapped blocks (``GLIBC_TUNABLES=
+  glibc.malloc.hugetlb=1``, read by glibc at start-up; where the kernel's THP mode is
+  ``madvise``, 2 MiB pages then back them, one fault per 2 MiB instead of per 4 KiB).
 
 Each child times the same compiled ops of ``step_speed`` (batch 128,
 float32, the same weights and data: :func:`experiments.benchmarks.step_speed.jax_ops`): after
@@ -59,7 +63,8 @@ OPS = ("forward", "pgd_step", "pgd10", "train_step")
 SETTINGS = {"reuse": {"JAXADV_REUSE_HOST_MEMORY": "1"},
             "no_reuse": {"JAXADV_REUSE_HOST_MEMORY": "0"},
             "reuse_async": {"JAXADV_REUSE_HOST_MEMORY": "1", "JAX_CPU_ENABLE_ASYNC_DISPATCH": "true"},
-            "reuse_one_arena": {"JAXADV_REUSE_HOST_MEMORY": "1", "MALLOC_ARENA_MAX": "1"}}
+            "reuse_one_arena": {"JAXADV_REUSE_HOST_MEMORY": "1", "MALLOC_ARENA_MAX": "1"},
+            "reuse_thp": {"JAXADV_REUSE_HOST_MEMORY": "1", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}}
 DEFAULT_SETTINGS = ("reuse", "no_reuse", "reuse_async")
 
 
@@ -140,7 +145,7 @@ def _run_child(args, setting: str) -> dict:
            "--batch", str(args.batch), "--host_devices", str(args.host_devices)]
     cmd += ["--torch"] if args.torch else []
     drop = ("XLA_FLAGS", "JAXADV_REUSE_HOST_MEMORY", "JAX_CPU_ENABLE_ASYNC_DISPATCH",
-            "MALLOC_ARENA_MAX")
+            "MALLOC_ARENA_MAX", "GLIBC_TUNABLES")
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(SETTINGS[setting], JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
