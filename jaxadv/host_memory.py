@@ -28,12 +28,15 @@ off), whose main arena grows without bound: ResNet-18's train step faulted 869 p
 instead of 228,964, and its forward pass, PGD step and train step ran 1.17x, 1.21x and 1.25x
 faster; PoolGAP's forward pass and PGD step ran 5-6 % slower, for reasons not known (the
 benchmark below, ``results/host_memory_inline_*_1dev.json``, 2026-12-06). A call then returns
-when its result is ready, as with
-``block_until_ready``; computations over several devices (:func:`jaxadv.devices.use_host_devices`)
-stay asynchronous. Making every thread share the main arena (``M_ARENA_MAX=1``) removed the
-faults too but made SmallGAP's and PoolGAP's ops take up to 14 % longer (threads contending for one
-arena; ``results/host_memory_one_arena_gap_1dev.json``), and on two host devices it grew the
-heap (``results/host_memory_one_arena_resnet_2dev.json``), so it is not set.
+when its result is ready, as with ``block_until_ready``; computations over several devices
+(:func:`jaxadv.devices.use_host_devices`) stay asynchronous, and their large blocks are still
+mapped every call (ResNet-18 on two host devices: 500,737 faults per train step). Making every
+thread share the main arena (``M_ARENA_MAX=1``) removed most faults too but made SmallGAP's and
+PoolGAP's ops take up to 14 % longer (threads contending for one arena;
+``results/host_memory_one_arena_gap_1dev.json``), and on two host devices it grew the heap
+(``results/host_memory_one_arena_resnet_2dev.json``), so it is not set; glibc's transparent huge
+pages (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, only at process start) are left to the user
+(README, "Computations run in the calling thread").
 
 ``import jaxadv`` calls both on Linux with glibc unless ``JAXADV_REUSE_HOST_MEMORY=0`` (or an
 accelerator plugin is installed and the variable is unset: :func:`accelerator_installed`); the
@@ -49,6 +52,8 @@ import ctypes
 import ctypes.util
 import os
 import sys
+
+from jaxadv import devices
 
 ENV = "JAXADV_REUSE_HOST_MEMORY"
 
@@ -119,12 +124,6 @@ def is_applied() -> bool:
     return _applied
 
 
-def _backends_started() -> bool:
-    from jaxadv import devices
-
-    return devices._backends_started()
-
-
 def run_cpu_computations_inline() -> bool:
     """Turns JAX's asynchronous CPU dispatch off (``jax_cpu_enable_async_dispatch=False``) so that
     single-device CPU computations run in the calling thread and their blocks of more than 64 MiB
@@ -141,7 +140,7 @@ def run_cpu_computations_inline() -> bool:
     global _inline
     if _inline:
         return True
-    if os.environ.get(ASYNC_DISPATCH_ENV, "").strip() or _backends_started():
+    if os.environ.get(ASYNC_DISPATCH_ENV, "").strip() or devices._backends_started():
         return False
     import jax
 

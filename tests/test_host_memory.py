@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from jaxadv import host_memory
+from jaxadv import devices, host_memory
 from tests.conftest import REPO, fresh_process_env
 
 glibc = pytest.mark.skipif(host_memory._glibc() is None, reason="needs Linux with glibc")
@@ -118,9 +118,9 @@ def test_inline_dispatch_leaves_a_started_backend_and_the_users_choice(monkeypat
     monkeypatch.setenv(host_memory.ASYNC_DISPATCH_ENV, "true")
     assert host_memory.run_cpu_computations_inline() is False
     monkeypatch.delenv(host_memory.ASYNC_DISPATCH_ENV)
-    monkeypatch.setattr(host_memory, "_backends_started", lambda: True)  # too late to change
+    monkeypatch.setattr(devices, "_backends_started", lambda: True)  # too late to change
     assert host_memory.run_cpu_computations_inline() is False and not host_memory.runs_inline()
-    monkeypatch.setattr(host_memory, "_backends_started", lambda: False)
+    monkeypatch.setattr(devices, "_backends_started", lambda: False)
     assert host_memory.run_cpu_computations_inline() is True and host_memory.runs_inline()
     assert updates == [("jax_cpu_enable_async_dispatch", False)]
     assert host_memory.run_cpu_computations_inline() is True and len(updates) == 1  # idempotent
