@@ -135,19 +135,27 @@ def use_host_devices_unless_set(n: int | None = None) -> int | None:
     return use_host_devices(n)
 
 
-def fastpath_env_setting() -> bool | None:
-    """The CPU fast path's setting from ``JAXADV_FASTPATH`` (``jaxadv.models.fastpath``): True
-    (1), False (0: standard lowerings and XLA's default convolution library), None (unset or
-    "auto": on for CPU)."""
-    value = os.environ.get("JAXADV_FASTPATH", "").strip().lower()
-    if value in ("", "auto"):
+def env_switch(name: str, *, usage: str, automatic: tuple[str, ...] = ("",)) -> bool | None:
+    """A jaxadv switch read from the environment variable ``name``: True (1 / true / on / yes),
+    False (0 / false / off / no), None for the ``automatic`` values (unset or empty by default);
+    anything else raises ValueError naming the variable, its value and ``usage``."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in automatic:
         return None
     if value in ("0", "false", "off", "no"):
         return False
     if value in ("1", "true", "on", "yes"):
         return True
-    raise ValueError(f"JAXADV_FASTPATH={value!r} is not understood; use 0 (standard lowerings), "
-                     "1 (fast path everywhere it applies) or leave it unset (fast path on CPU).")
+    raise ValueError(f"{name}={value!r} is not understood; {usage}")
+
+
+def fastpath_env_setting() -> bool | None:
+    """The CPU fast path's setting from ``JAXADV_FASTPATH`` (``jaxadv.models.fastpath``): True
+    (1), False (0: standard lowerings and XLA's default convolution library), None (unset or
+    "auto": on for CPU)."""
+    return env_switch("JAXADV_FASTPATH", automatic=("", "auto"),
+                      usage="use 0 (standard lowerings), 1 (fast path everywhere it applies) or "
+                            "leave it unset (fast path on CPU).")
 
 
 def _host_device_count(xla_flags: str) -> int:

@@ -72,16 +72,9 @@ def env_setting() -> bool | None:
     """``JAXADV_REUSE_HOST_MEMORY``: True (1 / true / on / yes), False (0 / false / off / no),
     None (unset: automatic, :func:`reuse_freed_memory_unless_disabled`), as
     :func:`jaxadv.devices.fastpath_env_setting` reads ``JAXADV_FASTPATH``; anything else raises
-    ValueError naming the choices."""
-    value = os.environ.get(ENV, "").strip().lower()
-    if value == "":
-        return None
-    if value in ("1", "true", "on", "yes"):
-        return True
-    if value in ("0", "false", "off", "no"):
-        return False
-    raise ValueError(f"{ENV}={value!r} is not understood; use 0 (leave malloc as it is) or 1 / "
-                     "unset (keep freed host memory for reuse).")
+    ValueError naming the choices (:func:`jaxadv.devices.env_switch`)."""
+    return devices.env_switch(ENV, usage="use 0 (leave malloc as it is) or 1 / unset (keep freed "
+                                         "host memory for reuse).")
 
 
 def _glibc():
