@@ -73,7 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=pathlib.Path, default=None, help="JSON file for the results.")
     p.add_argument("--models", default=",".join(MODELS), help=f"Comma-separated subset of {MODELS}.")
     p.add_argument("--ops", default=",".join(OPS), help=f"Comma-separated subset of {OPS}.")
-    p.add_argument("--rounds", type=int, default=3, help="Pairs of child processes.")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="Rounds, each one child process per setting.")
     p.add_argument("--repeats", type=int, default=11, help="Timed calls per op in each child.")
     p.add_argument("--batch", type=int, default=128, help="Batch size.")
     p.add_argument("--host_devices", type=int, default=1, help="XLA host devices in each child.")
@@ -144,8 +145,8 @@ def _run_child(args, setting: str) -> dict:
            "--models", args.models, "--ops", args.ops, "--repeats", str(args.repeats),
            "--batch", str(args.batch), "--host_devices", str(args.host_devices)]
     cmd += ["--torch"] if args.torch else []
-    drop = ("XLA_FLAGS", "JAXADV_REUSE_HOST_MEMORY", "JAX_CPU_ENABLE_ASYNC_DISPATCH",
-            "MALLOC_ARENA_MAX", "GLIBC_TUNABLES")
+    # Every variable any setting sets, so that only this setting's reach the child.
+    drop = {"XLA_FLAGS"} | {name for env in SETTINGS.values() for name in env}
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(SETTINGS[setting], JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
