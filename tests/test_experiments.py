@@ -307,13 +307,14 @@ def test_step_speed_benchmark_smoke(tmp_path):
     result = _run_in_fresh_process(
         "experiments.benchmarks.step_speed", "--quick", "--models", "smallgap", "--batch", "128",
         "--repeats", "1", "--calls_per_turn", "2", "--host_devices", "2", "--precision", "highest",
-        "--compare_no_fold",
+        "--compare_no_fold", "--compare_no_winograd",
         "--compare_cumsum_mask", "--compare_conv_backend", out=tmp_path / "ss.json")
     ops = ("forward", "pgd_step", "pgd10", "train_step")
     assert set(result["speedup_vs_torch"]) == {f"smallgap/{op}" for op in ops}
     assert all(v > 0 for v in result["speedup_vs_torch"].values())
     assert set(result["speedup_vs_no_fold"]) == set(result["speedup_vs_torch"])
     assert set(result["speedup_vs_cumsum_mask"]) == set(result["speedup_vs_torch"])
+    assert set(result["speedup_vs_no_winograd"]) == set(result["speedup_vs_torch"])
     # The other convolution library as a contestant: Eigen's where every core has its own device
     # (2 devices on 2 cores), YNNPACK's where a device has >= 2 cores.
     backend = result["config"]["conv_backend"]
@@ -402,6 +403,13 @@ def test_kernel_grad_benchmark_smoke(tmp_path):
         False, True, False, False, True, False, False, False, False]
     assert forms[4]["picked"] == "phases"
     assert {r["conv_backend"] for r in forms} == {"eigen"}
+    assert all(r["winograd_ms"] is None for r in forms)  # no 3x3 stride-1 layer among them
+    # ResNet-18's 4x4x512 layer: Winograd's form for the forward pass and input gradient.
+    wino = kernel_grad.main(["--forms", "--batches", "2", "--layer_names", "resnet 4x4",
+                             "--repeats", "1", "--conv_backend", "eigen"])
+    assert [r["layer"].split(":")[0] for r in wino] == ["resnet 4x4x512"] * 3
+    assert all(r["max_rel_diff"] < 1e-4 and r["winograd_ms"] > 0 for r in wino)
+    assert [r["picked"] for r in wino] == ["winograd", "winograd", "xla"]
     # Whole train steps, the rule's kernel gradients against XLA's (a conv-free model here).
     step = kernel_grad.bench_train_step("linear", repeats=1)
     assert step["devices"] == 8 and step["rule_ms"] > 0 and step["xla_ms"] > 0

@@ -4,7 +4,7 @@
     python -m experiments.benchmarks.kernel_grad --train_steps poolgap preact_resnet18 \
         --host_devices 2 [--out FILE]
     python -m experiments.benchmarks.kernel_grad --forms [--batches 128] [--conv_backend eigen] \
-        [--out FILE]
+        [--layer_names 'resnet 8x8,resnet 4x4'] [--out FILE]
 
 For each layer shape (SAME padding, float32, NHWC) and batch, the gradient of
 ``sum(tanh(conv(x, w)))`` with respect to the kernel ``w`` is jitted with the fast path on and
@@ -23,15 +23,17 @@ rule picks (``rule``) against XLA's everywhere (``xla``), interleaved, medians a
 call: what decides the rule, since single layers on one device overstate the gain.
 
 ``--forms`` times, for each layer and batch, the forward pass, the input gradient and the kernel
-gradient (each a jitted linear map, ms) in four forms: XLA's convolutions (``xla``; the input
+gradient (each a jitted linear map, ms) in the forms that apply: XLA's convolutions (``xla``; the input
 gradient with the fast path's HWIO kernel), im2col (``patches``, :func:`fastpath._patches_conv`
 and its transposes), the sum over kernel taps (``taps``, :func:`fastpath._taps_conv`, one-channel
 layers only: with more channels its tap products are matmuls) and one matmul per output row
 (``rows``, :func:`fastpath._rows_conv`, stride 1 only), for the input gradient of strided
 layers one stride-1 convolution per output phase (``phases``, :func:`fastpath._phase_input_grad`;
-``xla`` is then the convolution of the stride-dilated cotangent), with the form
-:func:`fastpath._rows_pay` / :func:`fastpath._taps_pay` / :func:`fastpath._patches_pay` /
-:func:`fastpath._phases_pay` pick on one device (``picked``).
+``xla`` is then the convolution of the stride-dilated cotangent) and, for 3x3 stride-1 layers,
+Winograd's F(2x2, 3x3) (``winograd``, :func:`fastpath._winograd_conv`; its input gradient
+:func:`fastpath._winograd_input_grad`, its kernel gradient the transpose), with the form
+:func:`fastpath._winograd_pay` / :func:`fastpath._rows_pay` / :func:`fastpath._taps_pay` /
+:func:`fastpath._patches_pay` / :func:`fastpath._phases_pay` pick on one device (``picked``).
 ``--conv_backend eigen`` or ``ynnpack`` compiles every form with that library's convolutions
 (:data:`jaxadv.devices.CONVOLUTION_BACKEND_OPTIONS`; default: the process's setting). The forced
 method comparisons above run with these forms off.
@@ -53,6 +55,7 @@ LAYERS = (
     ("cnn conv2", 26, 32, 64, 3, 1),
     ("resnet stem", 32, 3, 64, 3, 1), ("resnet 32x32x64", 32, 64, 64, 3, 1),
     ("resnet 16x16x128", 16, 128, 128, 3, 1), ("resnet 32x32x64 s2", 32, 64, 128, 3, 2),
+    ("resnet 8x8x256", 8, 256, 256, 3, 1), ("resnet 4x4x512", 4, 512, 512, 3, 1),
 )
 METHODS = ("columns", "taps", "xla")
 
@@ -153,13 +156,15 @@ def bench_forms(batch: int, layer: tuple, repeats: int, conv_backend: str | None
     rows_ratio = fastpath._rows_flop_ratio((hw, hw), (k, k), strides, pads, dil)
     if rows_ratio < float("inf"):
         convs["rows"] = lambda x, w: fastpath._rows_conv(x, w, pads, None)
+    if fastpath._winograd_applies((k, k), strides, pads, dil):
+        convs["winograd"] = lambda x, w: fastpath._winograd_conv(x, w, pads, None)
     g = jax.random.normal(jax.random.key(2), convs["xla"](x, w).shape)
     x_sd, w_sd = jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(w.shape, w.dtype)
     rows_pay = rows_ratio <= fastpath._ROWS_MAX_FLOP_RATIO
     out = []
     for op in ("forward", "input", "kernel"):
         r = {"batch": batch, "layer": f"{name}: {hw}x{hw}x{cin}->{cout}, {k}x{k}, stride {stride}",
-             "op": op, "rows_ms": None, "taps_ms": None, "phases_ms": None,
+             "op": op, "rows_ms": None, "taps_ms": None, "phases_ms": None, "winograd_ms": None,
              "conv_backend": conv_backend}
         results = {}
         forms = dict(convs)
@@ -175,6 +180,9 @@ def bench_forms(batch: int, layer: tuple, repeats: int, conv_backend: str | None
                 else:
                     fn = jax.jit(lambda g, w: fastpath._phase_input_grad(
                         g, w, (hw, hw), strides, pads, None))
+                args = (g, w)
+            elif op == "input" and form == "winograd":
+                fn = jax.jit(lambda g, w: fastpath._winograd_input_grad(g, w, pads, None))
                 args = (g, w)
             elif op == "input":
                 fn = jax.jit(lambda g, w, c=conv: jax.linear_transpose(
@@ -192,7 +200,11 @@ def bench_forms(batch: int, layer: tuple, repeats: int, conv_backend: str | None
                                 for v in results.values())
         taps_pay = fastpath._taps_pay(
             cin, cout, op, ynnpack=None if conv_backend is None else conv_backend == "ynnpack")
-        r["picked"] = ("rows" if rows_pay else "taps" if taps_pay else
+        winograd_pay = fastpath._winograd_pay(
+            (hw, hw), (k, k, cin, cout), strides, pads, dil, op,
+            ynnpack=None if conv_backend is None else conv_backend == "ynnpack")
+        r["picked"] = ("winograd" if winograd_pay else "rows" if rows_pay else
+                       "taps" if taps_pay else
                        "patches" if fastpath._patches_pay(cin, op) else
                        "phases" if op == "input" and fastpath._phases_pay(strides, dil) else "xla")
         out.append(r)
@@ -241,30 +253,37 @@ def main(argv=None) -> list:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--layers", type=int, default=len(LAYERS),
                    help="how many of the layer shapes to run (a smoke test runs 1)")
+    p.add_argument("--layer_names", default=None,
+                   help="comma-separated substrings: run only layers whose name holds one "
+                        "(e.g. 'resnet 8x8,resnet 4x4')")
     p.add_argument("--out", type=pathlib.Path, default=None)
     p.add_argument("--train_steps", nargs="+", default=None, metavar="MODEL",
                    help="time whole train steps of these models instead of single layers")
     p.add_argument("--host_devices", type=int, default=1,
                    help="XLA host devices for --train_steps (set before JAX initialises)")
     p.add_argument("--forms", action="store_true",
-                   help="time forward, input and kernel gradients in XLA's, im2col, taps and "
-                        "row form")
+                   help="time forward, input and kernel gradients in XLA's, im2col, taps, "
+                        "row and Winograd form")
     p.add_argument("--conv_backend", choices=("eigen", "ynnpack"), default=None,
                    help="with --forms: compile every form with this library's convolutions")
     args = p.parse_args(argv)
+    selected = LAYERS[:args.layers]
+    if args.layer_names:
+        names = [n.strip() for n in args.layer_names.split(",")]
+        selected = [layer for layer in selected if any(n in layer[0] for n in names)]
     rows = []
     if args.forms:
         print("| batch | layer | op | XLA ms | im2col ms | taps ms | rows ms | phases ms "
-              "| picked |\n|---|---|---|---|---|---|---|---|---|")
+              "| Winograd ms | picked |\n|---|---|---|---|---|---|---|---|---|---|")
         for batch in args.batches:
-            for layer in LAYERS[:args.layers]:
+            for layer in selected:
                 for r in bench_forms(batch, layer, args.repeats, args.conv_backend):
                     rows.append(r)
                     opt = {f: "" if r[f"{f}_ms"] is None else f"{r[f'{f}_ms']:.2f}"
-                           for f in ("taps", "rows", "phases")}
+                           for f in ("taps", "rows", "phases", "winograd")}
                     print(f"| {r['batch']} | {r['layer']} | {r['op']} | {r['xla_ms']:.2f} | "
                           f"{r['patches_ms']:.2f} | {opt['taps']} | {opt['rows']} | "
-                          f"{opt['phases']} | {r['picked']} |", flush=True)
+                          f"{opt['phases']} | {opt['winograd']} | {r['picked']} |", flush=True)
         if args.out:
             from jaxadv.devices import convolution_backend
 
@@ -289,7 +308,7 @@ def main(argv=None) -> list:
     print("| batch | layer | columns ms | taps ms | XLA ms | XLA / columns | XLA / taps | rule |\n"
           "|---|---|---|---|---|---|---|---|")
     for batch in args.batches:
-        for layer in LAYERS[:args.layers]:
+        for layer in selected:
             r = bench_layer(batch, layer, args.repeats)
             rows.append(r)
             print(f"| {r['batch']} | {r['layer']} | {r['columns_ms']:.2f} | {r['taps_ms']:.2f} | "

@@ -3,7 +3,7 @@
     python -m experiments.benchmarks.step_speed --out results/step_speed.json
         [--quick] [--host_devices N] [--models smallgap,poolgap,preact_resnet18] [--repeats R]
         [--compare_standard] [--compare_no_rows] [--compare_no_patches] [--compare_no_taps]
-        [--compare_no_fold] [--compare_no_phases] [--compare_no_stored]
+        [--compare_no_fold] [--compare_no_phases] [--compare_no_stored] [--compare_no_winograd]
         [--compare_cumsum_mask] [--compare_conv_backend]
         [--no_fastpath]
         [--torch_device cuda] [--precision highest]
@@ -55,7 +55,9 @@ the PyTorch twin computes the whole map), ``--compare_no_phases`` with the input
 strided convolutions as one convolution of the stride-dilated cotangent instead of one per output
 phase (``jaxadv_no_phases``, ``fastpath._phases_pay``), ``--compare_no_stored`` with XLA's kernel
 gradients transposing the recomputed element-wise producers of a convolution's input instead of
-the stored input (``jaxadv_no_stored``, ``fastpath._stored_pay``), ``--compare_cumsum_mask``
+the stored input (``jaxadv_no_stored``, ``fastpath._stored_pay``), ``--compare_no_winograd``
+with XLA's convolutions where the fast path computes 3x3 stride-1 layers by Winograd's
+F(2x2, 3x3) (``jaxadv_no_winograd``, ``fastpath._winograd_pay``), ``--compare_cumsum_mask``
 with the max pool's first-maximum mask taken from a cumulative sum over each window
 (``jaxadv_cumsum_mask``: the form
 used until 2026-12-05, which XLA:CPU runs as a reduce-window; now an element-wise pass),
@@ -134,6 +136,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="Also time jaxadv with XLA's kernel gradients reading a recomputed input "
                         "instead of the stored one (contestant 'jaxadv_no_stored'; "
                         "fastpath._stored_pay).")
+    p.add_argument("--compare_no_winograd", action="store_true",
+                   help="Also time jaxadv with XLA's convolutions where the fast path uses "
+                        "Winograd's F(2x2, 3x3) (contestant 'jaxadv_no_winograd'; "
+                        "fastpath._winograd_pay).")
     p.add_argument("--compare_no_taps_stored", action="store_true",
                    help="Also time jaxadv with the one-channel tap sum's output recomputed by its "
                         "consumers (contestant 'jaxadv_no_taps_stored'; "
@@ -610,6 +616,7 @@ _FORMS_OFF = {
     "phases": ("_phases_pay", _always_false, "no_phases"),
     "stored": ("_stored_pay", _always_false, "no_stored"),
     "taps_stored": ("_taps_stored_pay", _always_false, "no_taps_stored"),
+    "winograd": ("_winograd_pay", _always_false, "no_winograd"),
     "mask": ("_first_max_mask", cumsum_first_max_mask, "cumsum_mask"),
 }
 
@@ -624,7 +631,8 @@ def form_off(form: str):
     caches cleared on entry and exit): ``"rows"`` (``fastpath._rows_pay``), ``"patches"``
     (``fastpath._patches_pay``), ``"taps"`` (``fastpath._taps_pay``), ``"fold"``
     (``fastpath._fold_pay``: SmallGAP's GAP fold), ``"phases"`` (``fastpath._phases_pay``),
-    ``"stored"`` (``fastpath._stored_pay``) or ``"taps_stored"`` (``fastpath._taps_stored_pay``)
+    ``"stored"`` (``fastpath._stored_pay``), ``"taps_stored"`` (``fastpath._taps_stored_pay``) or
+    ``"winograd"`` (``fastpath._winograd_pay``)
     always False, or ``"mask"``: the max pool's first-maximum mask by
     :func:`cumsum_first_max_mask`."""
     import jax

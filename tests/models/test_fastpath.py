@@ -33,7 +33,7 @@ def force_columns(monkeypatch):
         yield
 
 
-@pytest.fixture(params=["columns", "taps", "xla", "rows", "patches", "taps_forward"])
+@pytest.fixture(params=["columns", "taps", "xla", "rows", "patches", "taps_forward", "winograd"])
 def kernel_grad(request, monkeypatch):
     """The fast path with each kernel gradient (per kernel column, per tap, or XLA's); the input
     gradient is the fast path's explicit-HWIO form in all. ``"rows"``: every stride-1 convolution
@@ -42,18 +42,27 @@ def kernel_grad(request, monkeypatch):
     ``"patches"``: every convolution as im2col (:func:`fastpath._patches_conv`), whatever its
     channels. ``"taps_forward"``: every forward pass as the sum over kernel taps
     (:func:`fastpath._taps_conv`), whatever its channels; elsewhere the rule's own choice for
-    one-channel forward passes (:func:`fastpath._taps_pay`)."""
+    one-channel forward passes (:func:`fastpath._taps_pay`). ``"winograd"``: the forward pass and
+    input gradient of every 3x3 stride-1 convolution by Winograd's F(2x2, 3x3)
+    (:func:`fastpath._winograd_conv`), whatever its size and channels; XLA's kernel gradient."""
     monkeypatch.setattr(fastpath, "_rows_pay", lambda *a: False)
     monkeypatch.setattr(fastpath, "_patches_pay", lambda *a: request.param == "patches")
     if request.param == "taps_forward":
         monkeypatch.setattr(fastpath, "_taps_pay", lambda channels, out, op: op == "forward")
     monkeypatch.setattr(fastpath, "_kernel_grad_method", lambda *a: request.param
                         if request.param in ("columns", "taps") else "xla")
+    monkeypatch.setattr(fastpath, "_winograd_pay", _winograd_everywhere
+                        if request.param == "winograd" else lambda *a, **k: False)
     if request.param == "rows":
         monkeypatch.setattr(fastpath, "_rows_pay",
                             lambda *a: fastpath._rows_flop_ratio(*a) < float("inf"))
     with fastpath.enabled(True):
         yield request.param
+
+
+def _winograd_everywhere(in_hw, w_shape, strides, pads, dilation, op, *, ynnpack=None):
+    return op in ("forward", "input") and fastpath._winograd_applies(w_shape, strides, pads,
+                                                                      dilation)
 
 
 def _std(x, w, strides, padding, dilation=(1, 1)):
@@ -90,6 +99,9 @@ CASES = [  # (B, H, W, C, kh, kw, O, strides, padding, dilation)
     (2, 6, 6, 2, 1, 1, 3, (1, 1), ((1, 0), (0, 1)), (1, 1)),
     (2, 10, 9, 2, 3, 3, 3, (2, 2), "VALID", (1, 1)),  # last row and column unused
     (2, 9, 9, 2, 3, 3, 3, (1, 1), ((4, 0), (0, 3)), (1, 1)),  # padding beyond the kernel
+    (2, 5, 6, 3, 3, 3, 4, (1, 1), "VALID", (1, 1)),  # Winograd: odd output rows, no padding
+    (2, 7, 5, 2, 3, 3, 3, (1, 1), ((0, 2), (2, 1)), (1, 1)),  # Winograd: uneven padding
+    (3, 1, 2, 2, 3, 3, 2, (1, 1), "SAME", (1, 1)),  # Winograd: one tile, mostly padding
 ]
 
 
@@ -277,6 +289,67 @@ def test_taps_rule(monkeypatch, channels, out, op, ynnpack, expected):
     assert fastpath._taps_pay(channels, out, op, ynnpack=ynnpack) is expected
     monkeypatch.setattr(fastpath, "_ynnpack_convolutions", lambda: ynnpack)
     assert fastpath._taps_pay(channels, out, op) is expected
+
+
+@pytest.mark.parametrize("in_hw,w_shape,strides,pads,op,ynnpack,expected", [
+    ((8, 8), (3, 3, 256, 256), (1, 1), ((1, 1), (1, 1)), "forward", False, True),  # stage 3
+    ((4, 4), (3, 3, 512, 512), (1, 1), ((1, 1), (1, 1)), "input", False, True),  # stage 4
+    ((4, 4), (3, 3, 512, 512), (1, 1), ((1, 1), (1, 1)), "kernel", False, False),
+    ((4, 4), (3, 3, 512, 512), (1, 1), ((1, 1), (1, 1)), "forward", True, False),  # YNNPACK
+    ((16, 16), (3, 3, 128, 128), (1, 1), ((1, 1), (1, 1)), "forward", False, False),  # 1.0x
+    ((32, 32), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), "forward", False, False),  # 0.9x
+    ((8, 8), (3, 3, 64, 256), (1, 1), ((1, 1), (1, 1)), "forward", False, False),  # channels
+    ((8, 8), (3, 3, 256, 256), (2, 2), ((0, 1), (0, 1)), "forward", False, False),  # strided
+    ((8, 8), (5, 5, 256, 256), (1, 1), ((2, 2), (2, 2)), "forward", False, False),  # 5x5
+    ((8, 8), (3, 3, 256, 256), (1, 1), ((3, 0), (1, 1)), "forward", False, False),  # pad 3
+])
+def test_winograd_rule(monkeypatch, in_hw, w_shape, strides, pads, op, ynnpack, expected):
+    """Winograd's F(2x2, 3x3) for the forward pass and input gradient of 3x3 stride-1 layers with
+    at most 8x8 outputs and at least 128 channels in and out, where Eigen runs the convolutions
+    (results/conv_forms_winograd_1dev.json)."""
+    assert fastpath._winograd_pay(in_hw, w_shape, strides, pads, (1, 1), op,
+                                  ynnpack=ynnpack) is expected
+    monkeypatch.setattr(fastpath, "_ynnpack_convolutions", lambda: ynnpack)
+    assert fastpath._winograd_pay(in_hw, w_shape, strides, pads, (1, 1), op) is expected
+
+
+@pytest.mark.parametrize("hw,pads", [((8, 8), ((1, 1), (1, 1))), ((5, 7), ((0, 0), (0, 0))),
+                                     ((6, 3), ((2, 0), (1, 2))), ((1, 1), ((1, 1), (1, 1)))])
+def test_winograd_is_exact_in_float64(hw, pads):
+    """F(2x2, 3x3) is an exact identity: in float64 the form and its input gradient equal XLA's
+    convolution to rounding (1e-12), for odd sizes and every padding it accepts; in float32 to
+    the few adds' rounding."""
+    with jax.enable_x64(True):
+        x, k = _data(2, *hw, 5, 3, 3, 6)
+        x, k = x.astype(jnp.float64), k.astype(jnp.float64)
+        y = fastpath._winograd_conv(x, k, pads, None)
+        ref = _std(x, k, (1, 1), pads)
+        _close(y, ref, 1e-12)
+        g = jnp.sin(ref)
+        dx = fastpath._winograd_input_grad(g, k, pads, None)
+        _close(dx, jax.vjp(lambda x: _std(x, k, (1, 1), pads), x)[1](g)[0], 1e-12)
+    x, k = _data(2, *hw, 5, 3, 3, 6)
+    _close(fastpath._winograd_conv(x, k, pads, None), _std(x, k, (1, 1), pads), 1e-5)
+
+
+def test_winograd_form_has_no_convolution(monkeypatch):
+    """Where the rule picks Winograd (an 8x8 map, 128 channels, Eigen's convolutions), the
+    forward pass and the input gradient in an attack loop compile to matmuls only, equal to the
+    standard lowering's; the kernel gradient is XLA's convolution."""
+    monkeypatch.setattr(fastpath, "_ynnpack_convolutions", lambda: False)
+    x, k = _data(2, 8, 8, 128, 3, 3, 128)
+    with fastpath.enabled(True):
+        def run(conv):
+            f = lambda x, k: jnp.sum(jnp.tanh(conv(x, k, (1, 1), "SAME")) ** 2)
+            loop = lambda x, k: lax.fori_loop(0, 2, lambda i, z: z + 0.1 * jax.grad(f)(z, k), x)
+            return jax.jit(lambda x, k: (conv(x, k, (1, 1), "SAME"), loop(x, k)))
+
+        text = run(_fast).lower(x, k).compile().as_text()
+        assert "convolution(" not in text and "dot(" in text
+        for a, b in zip(run(_fast)(x, k), run(_std)(x, k), strict=True):
+            _close(a, b, 1e-5)
+        dw = jax.jit(jax.grad(lambda k: jnp.sum(jnp.tanh(_fast(x, k, (1, 1), "SAME")) ** 2)))
+        assert "convolution(" in dw.lower(k).compile().as_text()
 
 
 @pytest.mark.parametrize("strides,dilation,expected", [
