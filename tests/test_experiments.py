@@ -409,7 +409,7 @@ def test_kernel_grad_benchmark_smoke(tmp_path):
                              "--repeats", "1", "--conv_backend", "eigen"])
     assert [r["layer"].split(":")[0] for r in wino] == ["resnet 4x4x512"] * 3
     assert all(r["max_rel_diff"] < 1e-4 and r["winograd_ms"] > 0 for r in wino)
-    assert [r["picked"] for r in wino] == ["winograd", "winograd", "xla"]
+    assert [r["picked"] for r in wino] == ["winograd"] * 3
     # Whole train steps, the rule's kernel gradients against XLA's (a conv-free model here).
     step = kernel_grad.bench_train_step("linear", repeats=1)
     assert step["devices"] == 8 and step["rule_ms"] > 0 and step["xla_ms"] > 0

@@ -31,7 +31,8 @@ layers only: with more channels its tap products are matmuls) and one matmul per
 layers one stride-1 convolution per output phase (``phases``, :func:`fastpath._phase_input_grad`;
 ``xla`` is then the convolution of the stride-dilated cotangent) and, for 3x3 stride-1 layers,
 Winograd's F(2x2, 3x3) (``winograd``, :func:`fastpath._winograd_conv`; its input gradient
-:func:`fastpath._winograd_input_grad`, its kernel gradient the transpose), with the form
+:func:`fastpath._winograd_input_grad`, its kernel gradient :func:`fastpath._winograd_kernel_grad`),
+with the form
 :func:`fastpath._winograd_pay` / :func:`fastpath._rows_pay` / :func:`fastpath._taps_pay` /
 :func:`fastpath._patches_pay` / :func:`fastpath._phases_pay` pick on one device (``picked``).
 ``--conv_backend eigen`` or ``ynnpack`` compiles every form with that library's convolutions
@@ -188,6 +189,9 @@ def bench_forms(batch: int, layer: tuple, repeats: int, conv_backend: str | None
                 fn = jax.jit(lambda g, w, c=conv: jax.linear_transpose(
                     lambda v: c(v, w), x_sd)(g)[0])
                 args = (g, w)
+            elif form == "winograd":
+                fn = jax.jit(lambda x, g: fastpath._winograd_kernel_grad(x, g, pads, None))
+                args = (x, g)
             else:
                 fn = jax.jit(lambda x, g, c=conv: jax.linear_transpose(
                     lambda v: c(x, v), w_sd)(g)[0])

@@ -38,10 +38,11 @@ with the same outputs and gradients (tests: ``tests/models/test_fastpath.py``):
   F(2x2, 3x3) (Lavin & Gray 2016; :func:`_winograd_conv`, rule and measurements in
   :func:`_winograd_pay`): 16 batched matmuls over transformed 4x4 tiles, 4 multiplies per output
   and channel pair instead of 9; the input gradient is the same form with the flipped kernel
-  (:func:`_winograd_input_grad`), the kernel gradient XLA's. Where Eigen runs the convolutions
-  (one host device): those layers 1.3-1.6x faster, ResNet-18's forward pass 1.17x, PGD step
-  1.13x, train step 1.07x. Exact in exact arithmetic (float64 agrees to 1e-15); float32 error
-  about 1e-6 of the output's scale.
+  (:func:`_winograd_input_grad`), the kernel gradient the same products in Winograd's domain
+  (:func:`_winograd_kernel_grad`). Where Eigen runs the convolutions (one host device): those
+  layers 1.3-1.6x faster, ResNet-18's forward pass 1.20x, PGD step 1.14x, train step 1.11x.
+  Exact in exact arithmetic (float64 agrees to 1e-15); float32 error about 1e-6 of the output's
+  scale.
 * the input gradient of strided convolutions (ResNet-18's stage transitions, SmallGAP's second
   layer) as one stride-1 convolution per output phase (:func:`_phase_input_grad`, rule and
   measurements in :func:`_phases_pay`) instead of one convolution of the stride-dilated
@@ -306,33 +307,41 @@ def _winograd_applies(w_shape, strides, pads, dilation) -> bool:
 
 def _winograd_pay(in_hw, w_shape, strides, pads, dilation, op: str, *,
                   ynnpack: bool | None = None) -> bool:
-    """Whether the forward pass (``op="forward"``) or the input gradient (``"input"``) of a
-    convolution runs as :func:`_winograd_conv`: where it applies (:func:`_winograd_applies`), on
-    maps of at most 8x8 outputs with at least 128 input and output channels, where this process
-    runs Eigen's convolutions (one host device; ``ynnpack``: whether YNNPACK runs them, None: this
-    process's setting). Kernel gradients stay XLA's.
+    """Whether the forward pass (``op="forward"``), the input gradient (``"input"``) or the
+    kernel gradient (``"kernel"``) of a convolution runs in Winograd's F(2x2, 3x3)
+    (:func:`_winograd_conv`, :func:`_winograd_input_grad`, :func:`_winograd_kernel_grad`): where
+    it applies (:func:`_winograd_applies`), on maps of at most 8x8 outputs with at least 128
+    input and output channels, where this process runs Eigen's convolutions (one host device;
+    ``ynnpack``: whether YNNPACK runs them, None: this process's setting). The same rule for the
+    three ops.
 
     Single layers, one host device (Eigen), 2-core EPYC VM, 2026-12-06, XLA ms / Winograd ms at
     batch 32 and 128 (``python -m experiments.benchmarks.kernel_grad --forms --batches 32 128
     --repeats 7 --layer_names 'resnet 32x32x64,resnet 16x16,resnet 8x8,resnet 4x4' --out
-    results/conv_forms_winograd_1dev.json``), PreAct ResNet-18's 3x3 stride-1 layers:
-    32x32x64 forward 6.98/6.99, 27.35/31.92 (0.86x), input gradient 8.75/8.10, 26.90/28.89;
-    16x16x128 forward 1.13x / 1.10x, input 1.04x / 1.14x (a first run: 1.00-1.03x at batch 128);
-    8x8x256 forward 1.38x / 1.45x, input 1.47x / 1.46x; 4x4x512 forward 1.06x / 1.31x, input
-    1.40x / 1.59x. On the large maps the input transform (a tensor 4x the input, written by
-    strided slices and adds) runs at about 40 % of copy bandwidth while Eigen's convolution runs
-    at about 80 % of the matmul peak; on small maps the matmuls dominate and 9/4 fewer multiplies
-    win. Kernel gradients as the form's transpose were slower on every layer (batch 128:
-    16x16x128 47.3 against 27.2 ms). Whole ops of ResNet-18, batch 128, against the fast path
-    without Winograd in the same run (``python -m experiments.benchmarks.step_speed --models
-    preact_resnet18 --repeats 5 --host_devices 1 --compare_no_winograd``,
-    results/step_speed_winograd_resnet_1dev.json, ``speedup_vs_no_winograd``): forward 388.9 ->
-    331.5 ms (1.17x), PGD step 1.13x, PGD-10 1.15x, train step 1.07x. Taking the 16x16 layers
-    too (at most 256 outputs; development run, interleaved in one process): forward 1.04x, PGD
-    step 1.01x, train step 0.99x against this rule: not taken. F(4x4, 3x3) (36 products per 16
-    outputs) was slower on three of the four layers and 10x less accurate in float32 (relative
-    error 8e-6 to 2.4e-5 against 6e-7 to 1.1e-6): not used."""
-    if op not in ("forward", "input") or not _winograd_applies(w_shape, strides, pads, dilation):
+    results/conv_forms_winograd_1dev.json``), PreAct ResNet-18's 3x3 stride-1 layers, forward /
+    input gradient / kernel gradient: 8x8x256 1.54 / 1.63 / 1.29x at batch 32, 1.41 / 1.47 /
+    1.39x at 128 (24.4 -> 17.3, 25.4 -> 17.3, 27.4 -> 19.8 ms); 4x4x512 1.01 / 1.44 / 1.36x and
+    1.32 / 1.47 / 1.43x; 16x16x128 at batch 128 1.06 / 1.21 / 1.02x (a first run 1.10 / 1.14x
+    forward / input, an earlier one 1.00-1.03x); 32x32x64 at batch 128 0.93 / 0.86 / 0.60x. On
+    the large maps the input transform (a tensor 4x the input, written by strided slices and adds)
+    runs at about 40 % of copy bandwidth while Eigen's convolution runs at about 80 % of the matmul
+    peak; on small maps the matmuls dominate and 9/4 fewer multiplies win. Whole ops of
+    ResNet-18, batch 128, against the fast path without Winograd in the same run (``python -m
+    experiments.benchmarks.step_speed --models preact_resnet18 --repeats 5 --host_devices 1
+    --compare_no_winograd``, results/step_speed_winograd_resnet_1dev.json,
+    ``speedup_vs_no_winograd``): forward 425.1 -> 354.9 ms (1.20x), PGD step 1.14x, PGD-10 1.15x,
+    train step 1,326.9 -> 1,199.7 ms (1.11x); with forward and input gradient only (kernel
+    gradients XLA's, development runs) the train step gained 1.07x, and the kernel gradient in
+    Winograd's domain on top of that 1.04x (1,253.6 -> 1,200.6 ms, interleaved in one process).
+    Taking the 16x16 layers too (at most 256 outputs; development runs interleaved in one
+    process, against this rule): forward 1.02-1.04x, PGD step 1.00-1.01x, train step
+    0.99-1.01x: not taken. On two host devices (YNNPACK's convolutions, same size rule,
+    development run interleaved in one process): forward 0.84x, PGD step 1.09x, train step
+    1.05x: not used there. F(4x4, 3x3) (36 products per 16 outputs) was slower on three of the
+    four layers and 10x less accurate in float32 (relative error 8e-6 to 2.4e-5 against 6e-7 to
+    1.1e-6): not used."""
+    if op not in ("forward", "input", "kernel") or not _winograd_applies(w_shape, strides, pads,
+                                                                         dilation):
         return False
     out_hw = [n + lo + hi - 2 for n, (lo, hi) in zip(in_hw, pads, strict=True)]
     if ynnpack is None:
@@ -352,6 +361,22 @@ def _winograd_tiles(x: Array, axis: int, tiles: int) -> list[Array]:
     return [_combine(c, rows) for c in _WINOGRAD_BT]
 
 
+def _winograd_input_tiles(x: Array, pads):
+    """B^T d B for every 4x4 tile d (stride 2) of ``x`` (B, H, W, C) padded by ``pads`` (and at
+    the bottom/right up to whole tiles): (16, B*ty*tx, C), the tile counts (ty, tx) and the
+    convolution's output size (Ho, Wo)."""
+    b, h, wd, c = x.shape
+    (lo_h, hi_h), (lo_w, hi_w) = pads
+    ho, wo = h + lo_h + hi_h - 2, wd + lo_w + hi_w - 2
+    ty, tx = -(-ho // 2), -(-wo // 2)
+    xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (lo_h, 2 * ty + 2 - h - lo_h, 0),
+                                             (lo_w, 2 * tx + 2 - wd - lo_w, 0), (0, 0, 0)))
+    # Two passes (rows, then columns), each one stacked fusion: faster than one 16-way stack.
+    rows = jnp.stack(_winograd_tiles(xp, 1, ty))                     # (4, B, ty, W', C)
+    v = jnp.stack(_winograd_tiles(rows, 3, tx), axis=1)              # (4, 4, B, ty, tx, C)
+    return v.reshape(16, b * ty * tx, c), (ty, tx), (ho, wo)
+
+
 def _winograd_conv(x: Array, w: Array, pads, precision, *, flipped: bool = False) -> Array:
     """A 3x3 stride-1 convolution, ``x`` (B, H, W, C) and ``w`` (3, 3, C, O) HWIO ->
     (B, Ho, Wo, O), by Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray 2016): each 4x4 input
@@ -364,20 +389,13 @@ def _winograd_conv(x: Array, w: Array, pads, precision, *, flipped: bool = False
     transform and the transpose the matmuls' contracted dimension, so no transposed copy of the
     kernel is made. Plain JAX: every order of differentiation works (the fast path
     differentiates it through :data:`conv_p`'s rules)."""
-    b, h, wd, c = x.shape
-    (lo_h, hi_h), (lo_w, hi_w) = pads
-    ho, wo = h + lo_h + hi_h - 2, wd + lo_w + hi_w - 2
-    ty, tx = -(-ho // 2), -(-wo // 2)
-    xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (lo_h, 2 * ty + 2 - h - lo_h, 0),
-                                             (lo_w, 2 * tx + 2 - wd - lo_w, 0), (0, 0, 0)))
-    # Two passes (rows, then columns), each one stacked fusion: faster than one 16-way stack.
-    rows = jnp.stack(_winograd_tiles(xp, 1, ty))                     # (4, B, ty, W', C)
-    v = jnp.stack(_winograd_tiles(rows, 3, tx), axis=1)              # (4, 4, B, ty, tx, C)
+    b = x.shape[0]
+    v, (ty, tx), (ho, wo) = _winograd_input_tiles(x, pads)
     taps = (2, 1, 0) if flipped else (0, 1, 2)
     g_rows = [_combine(coefs, [w[i] for i in taps]) for coefs in _WINOGRAD_G]
     u = jnp.stack([_combine(coefs, [r[j] for j in taps])
                    for r in g_rows for coefs in _WINOGRAD_G])         # (16, C, O) or (16, O, C)
-    m = lax.dot_general(v.reshape(16, b * ty * tx, c), u,
+    m = lax.dot_general(v, u,
                         (((2,), (2 if flipped else 1,)), ((0,), (0,))),
                         precision=precision).reshape(4, 4, b, ty, tx, -1)
     out_rows = [_combine(coefs, [m[i] for i in range(4)]) for coefs in _WINOGRAD_AT]
@@ -385,6 +403,29 @@ def _winograd_conv(x: Array, w: Array, pads, precision, *, flipped: bool = False
                    for r in out_rows])                                # (2, 2, B, ty, tx, O)
     y = y.transpose(2, 3, 0, 4, 1, 5).reshape(b, 2 * ty, 2 * tx, -1)
     return y[:, :ho, :wo]
+
+
+def _winograd_kernel_grad(x: Array, g: Array, pads, precision) -> Array:
+    """The kernel gradient d<g, conv(x, w)>/dw of a convolution :func:`_winograd_applies` to,
+    ``x`` (B, H, W, C) and ``g`` (B, Ho, Wo, O) -> (3, 3, C, O), in Winograd's domain: the
+    transposed output transform spreads each 2x2 tile of ``g`` over the 16 tile positions
+    (A g A^T), 16 (C, B*T) @ (B*T, O) matmuls contract it with the input tiles (B^T d B), and
+    G^T (.) G maps the 4x4 result back to the 3x3 kernel: 4 multiplies per output, input and
+    output channel instead of 9."""
+    c, (b, ho, wo, o) = x.shape[-1], g.shape
+    v, (ty, tx), _ = _winograd_input_tiles(x, pads)
+    gt = jnp.pad(g, ((0, 0), (0, 2 * ty - ho), (0, 2 * tx - wo), (0, 0))).reshape(
+        b, ty, 2, tx, 2, o)
+    at_cols = tuple(zip(*_WINOGRAD_AT, strict=True))                   # 4 columns of A^T
+    tile_rows = [_combine(col, [gt[:, :, 0], gt[:, :, 1]]) for col in at_cols]  # (B, ty, tx, 2, O)
+    m = jnp.stack([jnp.stack([_combine(col, [r[:, :, :, 0], r[:, :, :, 1]]) for col in at_cols])
+                   for r in tile_rows])                               # (4, 4, B, ty, tx, O)
+    du = lax.dot_general(v, m.reshape(16, b * ty * tx, o), (((1,), (1,)), ((0,), (0,))),
+                         precision=precision).reshape(4, 4, c, o)
+    g_cols = tuple(zip(*_WINOGRAD_G, strict=True))                    # 3 columns of G
+    du_rows = [_combine(col, [du[a] for a in range(4)]) for col in g_cols]  # (4, C, O) each
+    return jnp.stack([jnp.stack([_combine(col, [r[j] for j in range(4)]) for col in g_cols])
+                      for r in du_rows])
 
 
 def _winograd_input_grad(g: Array, w: Array, pads, precision) -> Array:
@@ -698,12 +739,16 @@ def _stored(v: Array) -> Array:
 
 
 def _kernel_grad(v, ct, w_aval, static, dw_method):
-    """d<ct, conv(v, w)>/dw: the kernel gradient of the convolution of ``v``: the transpose of
+    """d<ct, conv(v, w)>/dw: the kernel gradient of the convolution of ``v``: in Winograd's
+    domain where that pays (:func:`_winograd_pay`, :func:`_winograd_kernel_grad`), else the
+    transpose of
     :func:`_rows_conv` or :func:`_patches_conv` where those forms pay (:func:`_rows_pay`,
     :func:`_patches_pay`), otherwise by ``dw_method``:
     ``"columns"`` (:func:`_column_kernel_grad`), ``"taps"`` (one matmul per tap, :func:`_taps_conv`)
     or ``"xla"`` (XLA's backward-filter convolution, reading ``v`` through :func:`_stored` where
     :func:`_stored_pay`)."""
+    if _winograd_pay(v.shape[1:3], w_aval.shape, *static[:3], "kernel"):
+        return _winograd_kernel_grad(v, ct, static[1], static[3])
     w_struct = jax.ShapeDtypeStruct(w_aval.shape, w_aval.dtype)
     conv = _matmul_form(v.shape[1:3], w_aval.shape, *static, "kernel")
     if conv is not None:

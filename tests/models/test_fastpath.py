@@ -42,9 +42,9 @@ def kernel_grad(request, monkeypatch):
     ``"patches"``: every convolution as im2col (:func:`fastpath._patches_conv`), whatever its
     channels. ``"taps_forward"``: every forward pass as the sum over kernel taps
     (:func:`fastpath._taps_conv`), whatever its channels; elsewhere the rule's own choice for
-    one-channel forward passes (:func:`fastpath._taps_pay`). ``"winograd"``: the forward pass and
-    input gradient of every 3x3 stride-1 convolution by Winograd's F(2x2, 3x3)
-    (:func:`fastpath._winograd_conv`), whatever its size and channels; XLA's kernel gradient."""
+    one-channel forward passes (:func:`fastpath._taps_pay`). ``"winograd"``: the forward pass,
+    input gradient and kernel gradient of every 3x3 stride-1 convolution by Winograd's
+    F(2x2, 3x3) (:func:`fastpath._winograd_conv`), whatever its size and channels."""
     monkeypatch.setattr(fastpath, "_rows_pay", lambda *a: False)
     monkeypatch.setattr(fastpath, "_patches_pay", lambda *a: request.param == "patches")
     if request.param == "taps_forward":
@@ -61,8 +61,7 @@ def kernel_grad(request, monkeypatch):
 
 
 def _winograd_everywhere(in_hw, w_shape, strides, pads, dilation, op, *, ynnpack=None):
-    return op in ("forward", "input") and fastpath._winograd_applies(w_shape, strides, pads,
-                                                                      dilation)
+    return fastpath._winograd_applies(w_shape, strides, pads, dilation)
 
 
 def _std(x, w, strides, padding, dilation=(1, 1)):
@@ -294,7 +293,7 @@ def test_taps_rule(monkeypatch, channels, out, op, ynnpack, expected):
 @pytest.mark.parametrize("in_hw,w_shape,strides,pads,op,ynnpack,expected", [
     ((8, 8), (3, 3, 256, 256), (1, 1), ((1, 1), (1, 1)), "forward", False, True),  # stage 3
     ((4, 4), (3, 3, 512, 512), (1, 1), ((1, 1), (1, 1)), "input", False, True),  # stage 4
-    ((4, 4), (3, 3, 512, 512), (1, 1), ((1, 1), (1, 1)), "kernel", False, False),
+    ((4, 4), (3, 3, 512, 512), (1, 1), ((1, 1), (1, 1)), "kernel", False, True),
     ((4, 4), (3, 3, 512, 512), (1, 1), ((1, 1), (1, 1)), "forward", True, False),  # YNNPACK
     ((16, 16), (3, 3, 128, 128), (1, 1), ((1, 1), (1, 1)), "forward", False, False),  # 1.0x
     ((32, 32), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), "forward", False, False),  # 0.9x
@@ -304,9 +303,9 @@ def test_taps_rule(monkeypatch, channels, out, op, ynnpack, expected):
     ((8, 8), (3, 3, 256, 256), (1, 1), ((3, 0), (1, 1)), "forward", False, False),  # pad 3
 ])
 def test_winograd_rule(monkeypatch, in_hw, w_shape, strides, pads, op, ynnpack, expected):
-    """Winograd's F(2x2, 3x3) for the forward pass and input gradient of 3x3 stride-1 layers with
-    at most 8x8 outputs and at least 128 channels in and out, where Eigen runs the convolutions
-    (results/conv_forms_winograd_1dev.json)."""
+    """Winograd's F(2x2, 3x3) for the forward pass, input gradient and kernel gradient of 3x3
+    stride-1 layers with at most 8x8 outputs and at least 128 channels in and out, where Eigen
+    runs the convolutions (results/conv_forms_winograd_1dev.json)."""
     assert fastpath._winograd_pay(in_hw, w_shape, strides, pads, (1, 1), op,
                                   ynnpack=ynnpack) is expected
     monkeypatch.setattr(fastpath, "_ynnpack_convolutions", lambda: ynnpack)
@@ -316,9 +315,9 @@ def test_winograd_rule(monkeypatch, in_hw, w_shape, strides, pads, op, ynnpack, 
 @pytest.mark.parametrize("hw,pads", [((8, 8), ((1, 1), (1, 1))), ((5, 7), ((0, 0), (0, 0))),
                                      ((6, 3), ((2, 0), (1, 2))), ((1, 1), ((1, 1), (1, 1)))])
 def test_winograd_is_exact_in_float64(hw, pads):
-    """F(2x2, 3x3) is an exact identity: in float64 the form and its input gradient equal XLA's
-    convolution to rounding (1e-12), for odd sizes and every padding it accepts; in float32 to
-    the few adds' rounding."""
+    """F(2x2, 3x3) is an exact identity: in float64 the form and its input and kernel gradients
+    equal XLA's convolution's to rounding (1e-12), for odd sizes and every padding it accepts; in
+    float32 to the few adds' rounding."""
     with jax.enable_x64(True):
         x, k = _data(2, *hw, 5, 3, 3, 6)
         x, k = x.astype(jnp.float64), k.astype(jnp.float64)
@@ -328,28 +327,29 @@ def test_winograd_is_exact_in_float64(hw, pads):
         g = jnp.sin(ref)
         dx = fastpath._winograd_input_grad(g, k, pads, None)
         _close(dx, jax.vjp(lambda x: _std(x, k, (1, 1), pads), x)[1](g)[0], 1e-12)
+        dk = fastpath._winograd_kernel_grad(x, g, pads, None)
+        _close(dk, jax.vjp(lambda k: _std(x, k, (1, 1), pads), k)[1](g)[0], 1e-12)
     x, k = _data(2, *hw, 5, 3, 3, 6)
     _close(fastpath._winograd_conv(x, k, pads, None), _std(x, k, (1, 1), pads), 1e-5)
 
 
 def test_winograd_form_has_no_convolution(monkeypatch):
     """Where the rule picks Winograd (an 8x8 map, 128 channels, Eigen's convolutions), the
-    forward pass and the input gradient in an attack loop compile to matmuls only, equal to the
-    standard lowering's; the kernel gradient is XLA's convolution."""
+    forward pass, the input gradient in an attack loop and the kernel gradient compile to
+    matmuls only, equal to the standard lowering's."""
     monkeypatch.setattr(fastpath, "_ynnpack_convolutions", lambda: False)
     x, k = _data(2, 8, 8, 128, 3, 3, 128)
     with fastpath.enabled(True):
         def run(conv):
             f = lambda x, k: jnp.sum(jnp.tanh(conv(x, k, (1, 1), "SAME")) ** 2)
             loop = lambda x, k: lax.fori_loop(0, 2, lambda i, z: z + 0.1 * jax.grad(f)(z, k), x)
-            return jax.jit(lambda x, k: (conv(x, k, (1, 1), "SAME"), loop(x, k)))
+            return jax.jit(lambda x, k: (conv(x, k, (1, 1), "SAME"), loop(x, k),
+                                         jax.grad(f, 1)(x, k)))
 
         text = run(_fast).lower(x, k).compile().as_text()
         assert "convolution(" not in text and "dot(" in text
         for a, b in zip(run(_fast)(x, k), run(_std)(x, k), strict=True):
             _close(a, b, 1e-5)
-        dw = jax.jit(jax.grad(lambda k: jnp.sum(jnp.tanh(_fast(x, k, (1, 1), "SAME")) ** 2)))
-        assert "convolution(" in dw.lower(k).compile().as_text()
 
 
 @pytest.mark.parametrize("strides,dilation,expected", [
