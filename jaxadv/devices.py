@@ -135,6 +135,29 @@ def use_host_devices_unless_set(n: int | None = None) -> int | None:
     return use_host_devices(n)
 
 
+# Models whose CPU steps were faster on one XLA host device than split over one device per core
+# (see :func:`default_host_device_count`).
+ONE_HOST_DEVICE_MODELS = frozenset({"preact_resnet18"})
+
+
+def default_host_device_count(model_name: str | None) -> int | None:
+    """The host device count for a CPU run of ``model_name`` when the user chose none: 1 for the
+    models in :data:`ONE_HOST_DEVICE_MODELS`, None (one device per core) for the others. What
+    ``jaxadv train`` / ``jaxadv eval --config`` use without ``--host_devices``.
+
+    Splitting the batch pays for jaxadv's small CNNs, whose single-device steps leave cores idle,
+    but not for PreAct ResNet-18: on the 2-core EPYC VM (batch 128) its train step took 2,052-2,272
+    ms on two host devices (``python -m experiments.benchmarks.host_memory --models
+    preact_resnet18 --ops forward,train_step --rounds 2 --repeats 3 --host_devices 2 --settings
+    reuse,no_reuse --out results/host_memory_inline_resnet_2dev.json``) and 1,130-1,200 ms on one
+    (results/step_speed_winograd_1dev.json, step_speed_winograd_resnet_1dev.json), whose
+    computations run inline and use the fast path's Winograd convolutions (jaxadv.host_memory,
+    jaxadv.models.fastpath); its forward pass 383-398 ms against 329-355 ms."""
+    if model_name is not None and model_name.lower() in ONE_HOST_DEVICE_MODELS:
+        return 1
+    return None
+
+
 def env_switch(name: str, *, usage: str, automatic: tuple[str, ...] = ("",)) -> bool | None:
     """A jaxadv switch read from the environment variable ``name``: True (1 / true / on / yes),
     False (0 / false / off / no), None for the ``automatic`` values (unset or empty by default);

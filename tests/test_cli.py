@@ -166,3 +166,24 @@ def test_usage_errors():
     assert out.returncode != 0 and "usage: jaxadv {train,eval,report}" in out.stderr
     out = subprocess.run(_cmd("train"), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "train needs --config and --workdir" in out.stderr
+
+
+def test_host_devices_default_is_model_aware():
+    """Without ``--host_devices``, train and eval runs of PreAct ResNet-18 use one host device
+    (measured faster on CPU: jaxadv.devices.default_host_device_count), other models one per core
+    (0); a given flag always wins, and runs without a config keep the flag's value."""
+    import ml_collections
+
+    from experiments.main import host_device_flag
+
+    def config(name):
+        return ml_collections.ConfigDict({"model": {"name": name}})
+
+    assert host_device_flag("train", config("preact_resnet18"), 0, False) == 1
+    assert host_device_flag("eval", config("PreAct_ResNet18"), 0, False) == 1
+    assert host_device_flag("train", config("smallgap"), 0, False) == 0
+    assert host_device_flag("train", config("preact_resnet18"), 0, True) == 0  # --host_devices=0
+    assert host_device_flag("train", config("preact_resnet18"), 2, True) == 2
+    assert host_device_flag("eval", None, 0, False) == 0  # eval --checkpoint
+    assert host_device_flag("report", config("preact_resnet18"), 0, False) == 0
+    assert host_device_flag("train", ml_collections.ConfigDict({}), 0, False) == 0
