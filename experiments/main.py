@@ -56,8 +56,7 @@ def host_device_flag(command: str, config, value: int, given: bool) -> int:
 
     if given or command not in ("train", "eval") or config is None:
         return value
-    model = config.get("model", {}).get("name") if hasattr(config, "get") else None
-    return default_host_device_count(model) or 0
+    return default_host_device_count(config.get("model", {}).get("name")) or 0
 
 
 def _set_host_devices(n: int) -> None:

@@ -369,8 +369,7 @@ def _winograd_input_tiles(x: Array, pads):
     (lo_h, hi_h), (lo_w, hi_w) = pads
     ho, wo = h + lo_h + hi_h - 2, wd + lo_w + hi_w - 2
     ty, tx = -(-ho // 2), -(-wo // 2)
-    xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (lo_h, 2 * ty + 2 - h - lo_h, 0),
-                                             (lo_w, 2 * tx + 2 - wd - lo_w, 0), (0, 0, 0)))
+    xp = _pad_hw(x, ((lo_h, 2 * ty + 2 - h - lo_h), (lo_w, 2 * tx + 2 - wd - lo_w)))
     # Two passes (rows, then columns), each one stacked fusion: faster than one 16-way stack.
     rows = jnp.stack(_winograd_tiles(xp, 1, ty))                     # (4, B, ty, W', C)
     v = jnp.stack(_winograd_tiles(rows, 3, tx), axis=1)              # (4, 4, B, ty, tx, C)
