@@ -297,6 +297,16 @@ def _combine(coefs, terms) -> Array:
     return out
 
 
+def _sandwich(mat, terms) -> list[list[Array]]:
+    """``mat`` X ``mat``^T over a grid of arrays: ``out[a][b] = sum_ij mat[a][i] mat[b][j]
+    terms[i][j]`` for a p x n matrix ``mat`` (nested tuples) and an n x n grid ``terms`` (nested
+    lists of equally shaped arrays), rows first (separable: each product is a few adds). Every
+    transform of F(2x2, 3x3) but the input tiles' (strided views of one array) is one of these."""
+    n = len(terms)
+    rows = [[_combine(m_a, [terms[i][j] for i in range(n)]) for j in range(n)] for m_a in mat]
+    return [[_combine(m_b, r) for m_b in mat] for r in rows]
+
+
 def _winograd_applies(w_shape, strides, pads, dilation) -> bool:
     """Whether :func:`_winograd_conv` computes this convolution: a 3x3 kernel, stride 1, no
     dilation, and at most 2 rows/columns of padding on each side (the input gradient is then the
@@ -391,15 +401,13 @@ def _winograd_conv(x: Array, w: Array, pads, precision, *, flipped: bool = False
     b = x.shape[0]
     v, (ty, tx), (ho, wo) = _winograd_input_tiles(x, pads)
     taps = (2, 1, 0) if flipped else (0, 1, 2)
-    g_rows = [_combine(coefs, [w[i] for i in taps]) for coefs in _WINOGRAD_G]
-    u = jnp.stack([_combine(coefs, [r[j] for j in taps])
-                   for r in g_rows for coefs in _WINOGRAD_G])         # (16, C, O) or (16, O, C)
+    u = jnp.stack([t for row in _sandwich(_WINOGRAD_G, [[w[i, j] for j in taps] for i in taps])
+                   for t in row])                                     # (16, C, O) or (16, O, C)
     m = lax.dot_general(v, u,
                         (((2,), (2 if flipped else 1,)), ((0,), (0,))),
                         precision=precision).reshape(4, 4, b, ty, tx, -1)
-    out_rows = [_combine(coefs, [m[i] for i in range(4)]) for coefs in _WINOGRAD_AT]
-    y = jnp.stack([jnp.stack([_combine(coefs, [r[j] for j in range(4)]) for coefs in _WINOGRAD_AT])
-                   for r in out_rows])                                # (2, 2, B, ty, tx, O)
+    y = jnp.stack([jnp.stack(row) for row in _sandwich(
+        _WINOGRAD_AT, [[m[i, j] for j in range(4)] for i in range(4)])])  # (2, 2, B, ty, tx, O)
     y = y.transpose(2, 3, 0, 4, 1, 5).reshape(b, 2 * ty, 2 * tx, -1)
     return y[:, :ho, :wo]
 
@@ -415,16 +423,14 @@ def _winograd_kernel_grad(x: Array, g: Array, pads, precision) -> Array:
     v, (ty, tx), _ = _winograd_input_tiles(x, pads)
     gt = jnp.pad(g, ((0, 0), (0, 2 * ty - ho), (0, 2 * tx - wo), (0, 0))).reshape(
         b, ty, 2, tx, 2, o)
-    at_cols = tuple(zip(*_WINOGRAD_AT, strict=True))                   # 4 columns of A^T
-    tile_rows = [_combine(col, [gt[:, :, 0], gt[:, :, 1]]) for col in at_cols]  # (B, ty, tx, 2, O)
-    m = jnp.stack([jnp.stack([_combine(col, [r[:, :, :, 0], r[:, :, :, 1]]) for col in at_cols])
-                   for r in tile_rows])                               # (4, 4, B, ty, tx, O)
+    a = tuple(zip(*_WINOGRAD_AT, strict=True))                        # A, 4 x 2
+    m = jnp.stack([jnp.stack(row) for row in _sandwich(
+        a, [[gt[:, :, i, :, j] for j in range(2)] for i in range(2)])])  # (4, 4, B, ty, tx, O)
     du = lax.dot_general(v, m.reshape(16, b * ty * tx, o), (((1,), (1,)), ((0,), (0,))),
                          precision=precision).reshape(4, 4, c, o)
-    g_cols = tuple(zip(*_WINOGRAD_G, strict=True))                    # 3 columns of G
-    du_rows = [_combine(col, [du[a] for a in range(4)]) for col in g_cols]  # (4, C, O) each
-    return jnp.stack([jnp.stack([_combine(col, [r[j] for j in range(4)]) for col in g_cols])
-                      for r in du_rows])
+    g_t = tuple(zip(*_WINOGRAD_G, strict=True))                       # G^T, 3 x 4
+    return jnp.stack([jnp.stack(row) for row in _sandwich(
+        g_t, [[du[i, j] for j in range(4)] for i in range(4)])])
 
 
 def _winograd_input_grad(g: Array, w: Array, pads, precision) -> Array:
