@@ -33,16 +33,17 @@ with the same outputs and gradients (tests: ``tests/models/test_fastpath.py``):
   attack) is one convolution whose kernel is composed with the head's weights (10 output channels
   instead of 100). ``features`` and Grad-CAM still build the map. Models opt in through
   ``GAPClassifier.pooled_features`` and ``folded_cam``.
-* 3x3 stride-1 convolutions on small maps with many channels (ResNet-18's third and fourth
-  stages: at most 8x8 outputs, at least 128 channels in and out) by Winograd's minimal filtering
-  F(2x2, 3x3) (Lavin & Gray 2016; :func:`_winograd_conv`, rule and measurements in
-  :func:`_winograd_pay`): 16 batched matmuls over transformed 4x4 tiles, 4 multiplies per output
-  and channel pair instead of 9; the input gradient is the same form with the flipped kernel
-  (:func:`_winograd_input_grad`), the kernel gradient the same products in Winograd's domain
+* 3x3 stride-1 convolutions with at least 64 channels (ResNet-18's, stem excepted) by
+  Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray 2016; :func:`_winograd_conv`, rule and
+  measurements in :func:`_winograd_pay`): 16 batched matmuls over transformed 4x4 tiles, 4
+  multiplies per output and channel pair instead of 9, over chunks of images whose transformed
+  tiles stay in the last-level cache (:func:`_winograd_chunks`); the input gradient is the same
+  form with the flipped kernel (:func:`_winograd_input_grad`), the kernel gradient (maps of at
+  most 16x16, at least 128 channels) the same products in Winograd's domain
   (:func:`_winograd_kernel_grad`). Where Eigen runs the convolutions (one host device): those
-  layers 1.3-1.6x faster, ResNet-18's forward pass 1.20x, PGD step 1.14x, train step 1.11x.
-  Exact in exact arithmetic (float64 agrees to 1e-15); float32 error about 1e-6 of the output's
-  scale.
+  layers up to 1.8x faster, ResNet-18's forward pass 1.15-1.49x, train step 1.16-1.20x, by how
+  much of the cache the VM gets. Exact in exact arithmetic (float64 agrees to 1e-15); float32
+  error about 1e-6 of the output's scale.
 * the input gradient of strided convolutions (ResNet-18's stage transitions, SmallGAP's second
   layer) as one stride-1 convolution per output phase (:func:`_phase_input_grad`, rule and
   measurements in :func:`_phases_pay`) instead of one convolution of the stride-dilated
@@ -320,48 +321,66 @@ def _winograd_pay(in_hw, w_shape, strides, pads, dilation, op: str, *,
     """Whether the forward pass (``op="forward"``), the input gradient (``"input"``) or the
     kernel gradient (``"kernel"``) of a convolution runs in Winograd's F(2x2, 3x3)
     (:func:`_winograd_conv`, :func:`_winograd_input_grad`, :func:`_winograd_kernel_grad`): where
-    it applies (:func:`_winograd_applies`), on maps of at most 8x8 outputs with at least 128
-    input and output channels, where this process runs Eigen's convolutions (one host device;
-    ``ynnpack``: whether YNNPACK runs them, None: this process's setting). The same rule for the
-    three ops.
+    it applies (:func:`_winograd_applies`) and this process runs Eigen's convolutions (one host
+    device; ``ynnpack``: whether YNNPACK runs them, None: this process's setting); the forward
+    pass and input gradient with at least 64 input and output channels where one image's
+    transformed tiles fit a chunk (:data:`_WINOGRAD_CHUNK_BYTES`; up to about 90x90 outputs at 64
+    channels), the kernel gradient with at least 128 channels and at most 16x16 outputs.
 
-    Single layers, one host device (Eigen), 2-core EPYC VM, 2026-12-06, XLA ms / Winograd ms at
-    batch 32 and 128 (``python -m experiments.benchmarks.kernel_grad --forms --batches 32 128
-    --repeats 7 --layer_names 'resnet 32x32x64,resnet 16x16,resnet 8x8,resnet 4x4' --out
-    results/conv_forms_winograd_1dev.json``), PreAct ResNet-18's 3x3 stride-1 layers, forward /
-    input gradient / kernel gradient: 8x8x256 1.54 / 1.63 / 1.29x at batch 32, 1.41 / 1.47 /
-    1.39x at 128 (24.4 -> 17.3, 25.4 -> 17.3, 27.4 -> 19.8 ms); 4x4x512 1.01 / 1.44 / 1.36x and
-    1.32 / 1.47 / 1.43x; 16x16x128 at batch 128 1.06 / 1.21 / 1.02x (a first run 1.10 / 1.14x
-    forward / input, an earlier one 1.00-1.03x); 32x32x64 at batch 128 0.93 / 0.86 / 0.60x. On
-    the large maps the input transform (a tensor 4x the input, written by strided slices and adds)
-    runs at about 40 % of copy bandwidth while Eigen's convolution runs at about 80 % of the matmul
-    peak; on small maps the matmuls dominate and 9/4 fewer multiplies win. Whole ops of
-    ResNet-18, batch 128, against the fast path without Winograd in the same run (``python -m
-    experiments.benchmarks.step_speed --models preact_resnet18 --repeats 5 --host_devices 1
-    --compare_no_winograd``, results/step_speed_winograd_resnet_1dev.json,
-    ``speedup_vs_no_winograd``): forward 425.1 -> 354.9 ms (1.20x), PGD step 1.14x, PGD-10 1.15x,
-    train step 1,326.9 -> 1,199.7 ms (1.11x); with forward and input gradient only (kernel
-    gradients XLA's, development runs) the train step gained 1.07x, and the kernel gradient in
-    Winograd's domain on top of that 1.04x (1,253.6 -> 1,200.6 ms, interleaved in one process).
-    Taking the 16x16 layers too (at most 256 outputs; development runs interleaved in one
-    process, against this rule): forward 1.02-1.04x, PGD step 1.00-1.01x, train step
-    0.99-1.01x: not taken. On two host devices (YNNPACK's convolutions, same size rule,
-    development run interleaved in one process): forward 0.84x, PGD step 1.09x, train step
-    1.05x: not used there. F(4x4, 3x3) (36 products per 16 outputs) was slower on three of the
-    four layers and 10x less accurate in float32 (relative error 8e-6 to 2.4e-5 against 6e-7 to
-    1.1e-6): not used."""
+    Measured on the 2-core EPYC VM, one host device, 2026-12-06 (``python -m
+    experiments.benchmarks.kernel_grad --forms --batches 32 128 --repeats 7 --layer_names 'cnn
+    conv2,resnet 32x32x64,resnet 16x16,resnet 8x8,resnet 4x4' --host_devices 1 --out
+    results/conv_forms_winograd_chunked_1dev.json``), XLA ms / Winograd ms at batch 128, forward /
+    input gradient / kernel gradient. The form's three steps (tile transform, 16 matmuls, output
+    transform) each write a tensor 4x the map: taken over the whole batch, on ResNet-18's
+    32x32x64 and 16x16x128 layers these round trips through memory cost what the 9/4 fewer
+    multiplies gain (before the chunks: 0.93 / 0.86 / 0.60x and 1.06 / 1.21 / 1.02x,
+    results/conv_forms_winograd_1dev.json); in chunks of images whose tiles take about 8 MiB
+    (:func:`_winograd_chunks`) they stay in the 32 MiB last-level cache, and the gain depends on
+    how much of that cache the VM gets: in a second run of the same command (``--out
+    results/conv_forms_winograd_chunked_1dev_run2.json``, a fast spell) 32x32x64 27.7 -> 15.7 /
+    25.9 -> 17.0 ms (1.76 / 1.52x; its kernel gradient 34.0 -> 41.1 ms, 0.83x: not taken, the
+    contraction over the long batch-and-tiles dimension runs at 110-190 GFLOP/s), 16x16x128
+    25.1 -> 14.5 / 25.7 -> 15.4 / 26.6 -> 21.9 ms (1.73 / 1.67 / 1.22x), 8x8x256 1.68 / 1.66 /
+    1.30x, 4x4x512 1.50 / 1.67 / 1.41x; in the first, made while the same chunks ran at XLA's
+    speed for about a minute at a time (a development monitor timing both every 5 s in one
+    process saw 32x32x64 flip between 16.6-19.9 and 27.7-29.6 ms while XLA's stayed at
+    27-29 ms), 0.97 / 0.99x, 1.07 / 1.13 / 1.07x, 1.18 / 1.29 / 1.15x and 1.25 / 1.36 / 1.22x.
+    So at batch 128 chunked Winograd is never more than 3 % slower than XLA on these layers, and
+    up to 1.8x faster (at batch 32: 0.83-1.81x over the two runs). Not taken: a layer with 32
+    input channels (26x26x32->64: forward 0.52-0.81x, input gradient 0.73-1.23x at batch 128), a
+    112x112x64 map (one image's tiles 12.5 MiB: 0.88x at batch 16, development run).
+    Whole ResNet-18 ops, batch 128, forward / PGD step / PGD-10 / train step, against the fast
+    path without Winograd in the same process (``python -m experiments.benchmarks.step_speed
+    --models preact_resnet18 --repeats 5 --host_devices 1 --compare_no_winograd --out
+    results/step_speed_winograd_chunked_resnet_1dev.json``, twice): 1.18 / 1.13 / 1.19 / 1.20x
+    and 1.15 / 1.11 / 1.41 / 1.19x; against the rule before the chunks (at most 8x8 outputs, at
+    least 128 channels; ``--repeats 7 --compare_no_large_winograd --compare_no_winograd --out
+    results/step_speed_winograd_chunked_vs_small_1dev.json``, a fast spell) 1.24 / 1.22 / 1.25 /
+    1.07x, against none 1.49 / 1.40 / 1.45 / 1.16x; development runs of that comparison in slow
+    spells 1.04x forward, 1.01x PGD step, 0.96-1.09x train step (before the chunks, against none:
+    1.20 / 1.14 / 1.15 / 1.11x, results/step_speed_winograd_resnet_1dev.json). Earlier
+    measurements of the unchunked form: on two host devices (YNNPACK's convolutions) forward
+    0.84x, PGD step 1.09x, train step 1.05x; F(4x4, 3x3) slower on three of four layers and 10x
+    less accurate in float32 (relative error 8e-6 to 2.4e-5 against 6e-7 to 1.1e-6): neither
+    used."""
     if op not in ("forward", "input", "kernel") or not _winograd_applies(w_shape, strides, pads,
                                                                          dilation):
         return False
-    out_hw = [n + lo + hi - 2 for n, (lo, hi) in zip(in_hw, pads, strict=True)]
+    (ty, tx), (ho, wo) = _winograd_grid(in_hw, pads)
     if ynnpack is None:
         ynnpack = _ynnpack_convolutions()
-    return (out_hw[0] * out_hw[1] <= _WINOGRAD_MAX_OUTPUTS
-            and min(w_shape[2:]) >= _WINOGRAD_MIN_CHANNELS and not ynnpack)
+    if ynnpack or min(w_shape[2:]) < _WINOGRAD_MIN_CHANNELS[op]:
+        return False
+    if op == "kernel":
+        return ho * wo <= _WINOGRAD_KERNEL_MAX_OUTPUTS
+    # At least one image's transformed tiles (float32) within a chunk's budget.
+    return 16 * ty * tx * max(w_shape[2:]) * 4 <= _WINOGRAD_CHUNK_BYTES
 
 
-_WINOGRAD_MAX_OUTPUTS = 64
-_WINOGRAD_MIN_CHANNELS = 128
+_WINOGRAD_MIN_CHANNELS = {"forward": 64, "input": 64, "kernel": 128}
+_WINOGRAD_KERNEL_MAX_OUTPUTS = 256
+_WINOGRAD_CHUNK_BYTES = 8 << 20
 
 
 def _winograd_tiles(x: Array, axis: int, tiles: int) -> list[Array]:
@@ -371,19 +390,45 @@ def _winograd_tiles(x: Array, axis: int, tiles: int) -> list[Array]:
     return [_combine(c, rows) for c in _WINOGRAD_BT]
 
 
+def _winograd_grid(in_hw, pads):
+    """The tile counts (ty, tx) of F(2x2, 3x3) and the output size (Ho, Wo) of a 3x3 stride-1
+    convolution of an ``in_hw`` map padded by ``pads``."""
+    (h, wd), ((lo_h, hi_h), (lo_w, hi_w)) = in_hw, pads
+    ho, wo = h + lo_h + hi_h - 2, wd + lo_w + hi_w - 2
+    return (-(-ho // 2), -(-wo // 2)), (ho, wo)
+
+
 def _winograd_input_tiles(x: Array, pads):
     """B^T d B for every 4x4 tile d (stride 2) of ``x`` (B, H, W, C) padded by ``pads`` (and at
-    the bottom/right up to whole tiles): (16, B*ty*tx, C), the tile counts (ty, tx) and the
-    convolution's output size (Ho, Wo)."""
+    the bottom/right up to whole tiles): (16, B*ty*tx, C) and the tile counts (ty, tx)."""
     b, h, wd, c = x.shape
-    (lo_h, hi_h), (lo_w, hi_w) = pads
-    ho, wo = h + lo_h + hi_h - 2, wd + lo_w + hi_w - 2
-    ty, tx = -(-ho // 2), -(-wo // 2)
+    (ty, tx), _ = _winograd_grid((h, wd), pads)
+    (lo_h, _), (lo_w, _) = pads
     xp = _pad_hw(x, ((lo_h, 2 * ty + 2 - h - lo_h), (lo_w, 2 * tx + 2 - wd - lo_w)))
     # Two passes (rows, then columns), each one stacked fusion: faster than one 16-way stack.
     rows = jnp.stack(_winograd_tiles(xp, 1, ty))                     # (4, B, ty, W', C)
     v = jnp.stack(_winograd_tiles(rows, 3, tx), axis=1)              # (4, 4, B, ty, tx, C)
-    return v.reshape(16, b * ty * tx, c), (ty, tx), (ho, wo)
+    return v.reshape(16, b * ty * tx, c), (ty, tx)
+
+
+def _winograd_chunks(batch: int, tiles: int, channels: int, itemsize: int) -> tuple[int, int]:
+    """(number of chunks, images per chunk) for F(2x2, 3x3) over ``batch`` images of ``tiles``
+    tiles: chunks whose transformed tiles, (16, images * tiles, ``channels``), take about
+    :data:`_WINOGRAD_CHUNK_BYTES`, so that the transform's output and the matmuls' stay in the
+    last-level cache between the three steps instead of making a round trip through memory each
+    (on the large maps of ResNet-18's first stages these round trips cost more than the 9/4
+    fewer multiplies gain), while each chunk's matmuls stay large enough for Eigen to run them
+    on every core. The last chunk is filled up with zero images."""
+    want = max(1, _WINOGRAD_CHUNK_BYTES // (16 * tiles * channels * itemsize))
+    n = -(-batch // want)
+    return n, -(-batch // n)
+
+
+def _split_batch(arrays, n: int, size: int) -> list[Array]:
+    """Each of ``arrays`` (equal leading batch B <= n * size) zero-padded to n * size rows and
+    reshaped to (n, size, ...)."""
+    return [jnp.pad(a, ((0, n * size - a.shape[0]),) + ((0, 0),) * (a.ndim - 1)).reshape(
+        n, size, *a.shape[1:]) for a in arrays]
 
 
 def _winograd_conv(x: Array, w: Array, pads, precision, *, flipped: bool = False) -> Array:
@@ -392,24 +437,36 @@ def _winograd_conv(x: Array, w: Array, pads, precision, *, flipped: bool = False
     tile (stride 2) and the kernel are transformed (adds only), the 16 tile positions are 16
     (B*T, C) @ (C, O) matmuls in one batched ``dot_general`` (4 multiplies per output and channel
     pair instead of 9), and each 2x2 output tile is the inverse transform of its 16 products.
-    Odd output sizes compute one extra row/column of tiles and crop it. ``flipped``: convolve
+    The batch goes through in chunks of images (:func:`_winograd_chunks`, a ``lax.map``) so that
+    the transformed tiles stay in cache. Odd output sizes compute one extra row/column of tiles
+    and crop it. ``flipped``: convolve
     with ``w`` flipped spatially and transposed (``w`` is (3, 3, O, C), the kernel of the
     convolution whose input gradient this is): the flip is a reordering of the kernel rows in the
     transform and the transpose the matmuls' contracted dimension, so no transposed copy of the
     kernel is made. Plain JAX: every order of differentiation works (the fast path
     differentiates it through :data:`conv_p`'s rules)."""
     b = x.shape[0]
-    v, (ty, tx), (ho, wo) = _winograd_input_tiles(x, pads)
+    (ty, tx), (ho, wo) = _winograd_grid(x.shape[1:3], pads)
     taps = (2, 1, 0) if flipped else (0, 1, 2)
     u = jnp.stack([t for row in _sandwich(_WINOGRAD_G, [[w[i, j] for j in taps] for i in taps])
                    for t in row])                                     # (16, C, O) or (16, O, C)
-    m = lax.dot_general(v, u,
-                        (((2,), (2 if flipped else 1,)), ((0,), (0,))),
-                        precision=precision).reshape(4, 4, b, ty, tx, -1)
-    y = jnp.stack([jnp.stack(row) for row in _sandwich(
-        _WINOGRAD_AT, [[m[i, j] for j in range(4)] for i in range(4)])])  # (2, 2, B, ty, tx, O)
-    y = y.transpose(2, 3, 0, 4, 1, 5).reshape(b, 2 * ty, 2 * tx, -1)
-    return y[:, :ho, :wo]
+    out_channels = u.shape[1 if flipped else 2]
+
+    def chunk(xc):
+        v, _ = _winograd_input_tiles(xc, pads)
+        m = lax.dot_general(v, u,
+                            (((2,), (2 if flipped else 1,)), ((0,), (0,))),
+                            precision=precision).reshape(4, 4, xc.shape[0], ty, tx, -1)
+        y = jnp.stack([jnp.stack(row) for row in _sandwich(
+            _WINOGRAD_AT, [[m[i, j] for j in range(4)] for i in range(4)])])  # (2, 2, B, ty, tx, O)
+        y = y.transpose(2, 3, 0, 4, 1, 5).reshape(xc.shape[0], 2 * ty, 2 * tx, -1)
+        return y[:, :ho, :wo]
+
+    n, size = _winograd_chunks(b, ty * tx, max(x.shape[-1], out_channels), x.dtype.itemsize)
+    if n == 1:
+        return chunk(x)
+    y = lax.map(chunk, _split_batch([x], n, size)[0])
+    return y.reshape(n * size, *y.shape[2:])[:b]
 
 
 def _winograd_kernel_grad(x: Array, g: Array, pads, precision) -> Array:
@@ -418,16 +475,28 @@ def _winograd_kernel_grad(x: Array, g: Array, pads, precision) -> Array:
     transposed output transform spreads each 2x2 tile of ``g`` over the 16 tile positions
     (A g A^T), 16 (C, B*T) @ (B*T, O) matmuls contract it with the input tiles (B^T d B), and
     G^T (.) G maps the 4x4 result back to the 3x3 kernel: 4 multiplies per output, input and
-    output channel instead of 9."""
+    output channel instead of 9. The batch goes through in chunks (:func:`_winograd_chunks`, a
+    ``lax.scan`` summing the chunks' 4x4 products)."""
     c, (b, ho, wo, o) = x.shape[-1], g.shape
-    v, (ty, tx), _ = _winograd_input_tiles(x, pads)
-    gt = jnp.pad(g, ((0, 0), (0, 2 * ty - ho), (0, 2 * tx - wo), (0, 0))).reshape(
-        b, ty, 2, tx, 2, o)
+    (ty, tx), _ = _winograd_grid(x.shape[1:3], pads)
     a = tuple(zip(*_WINOGRAD_AT, strict=True))                        # A, 4 x 2
-    m = jnp.stack([jnp.stack(row) for row in _sandwich(
-        a, [[gt[:, :, i, :, j] for j in range(2)] for i in range(2)])])  # (4, 4, B, ty, tx, O)
-    du = lax.dot_general(v, m.reshape(16, b * ty * tx, o), (((1,), (1,)), ((0,), (0,))),
-                         precision=precision).reshape(4, 4, c, o)
+
+    def chunk(xc, gc):
+        v, _ = _winograd_input_tiles(xc, pads)
+        gt = jnp.pad(gc, ((0, 0), (0, 2 * ty - ho), (0, 2 * tx - wo), (0, 0))).reshape(
+            gc.shape[0], ty, 2, tx, 2, o)
+        m = jnp.stack([jnp.stack(row) for row in _sandwich(
+            a, [[gt[:, :, i, :, j] for j in range(2)] for i in range(2)])])  # (4, 4, B, ty, tx, O)
+        return lax.dot_general(v, m.reshape(16, -1, o), (((1,), (1,)), ((0,), (0,))),
+                               precision=precision)                   # (16, C, O)
+
+    n, size = _winograd_chunks(b, ty * tx, max(c, o), x.dtype.itemsize)
+    if n == 1:
+        du = chunk(x, g)
+    else:
+        du, _ = lax.scan(lambda acc, xg: (acc + chunk(*xg), None),
+                         jnp.zeros((16, c, o), jnp.result_type(x, g)), _split_batch([x, g], n, size))
+    du = du.reshape(4, 4, c, o)
     g_t = tuple(zip(*_WINOGRAD_G, strict=True))                       # G^T, 3 x 4
     return jnp.stack([jnp.stack(row) for row in _sandwich(
         g_t, [[du[i, j] for j in range(4)] for i in range(4)])])

@@ -44,7 +44,8 @@ def kernel_grad(request, monkeypatch):
     (:func:`fastpath._taps_conv`), whatever its channels; elsewhere the rule's own choice for
     one-channel forward passes (:func:`fastpath._taps_pay`). ``"winograd"``: the forward pass,
     input gradient and kernel gradient of every 3x3 stride-1 convolution by Winograd's
-    F(2x2, 3x3) (:func:`fastpath._winograd_conv`), whatever its size and channels."""
+    F(2x2, 3x3) (:func:`fastpath._winograd_conv`), whatever its size and channels, in chunks of
+    two images (batches of three or more go through the chunk loop, odd ones padded)."""
     monkeypatch.setattr(fastpath, "_rows_pay", lambda *a: False)
     monkeypatch.setattr(fastpath, "_patches_pay", lambda *a: request.param == "patches")
     if request.param == "taps_forward":
@@ -53,6 +54,7 @@ def kernel_grad(request, monkeypatch):
                         if request.param in ("columns", "taps") else "xla")
     monkeypatch.setattr(fastpath, "_winograd_pay", _winograd_everywhere
                         if request.param == "winograd" else lambda *a, **k: False)
+    monkeypatch.setattr(fastpath, "_winograd_chunks", _two_images_per_chunk)
     if request.param == "rows":
         monkeypatch.setattr(fastpath, "_rows_pay",
                             lambda *a: fastpath._rows_flop_ratio(*a) < float("inf"))
@@ -62,6 +64,10 @@ def kernel_grad(request, monkeypatch):
 
 def _winograd_everywhere(in_hw, w_shape, strides, pads, dilation, op, *, ynnpack=None):
     return fastpath._winograd_applies(w_shape, strides, pads, dilation)
+
+
+def _two_images_per_chunk(batch, tiles, channels, itemsize):
+    return (1, batch) if batch <= 2 else (-(-batch // 2), 2)
 
 
 def _std(x, w, strides, padding, dilation=(1, 1)):
@@ -295,31 +301,56 @@ def test_taps_rule(monkeypatch, channels, out, op, ynnpack, expected):
     ((4, 4), (3, 3, 512, 512), (1, 1), ((1, 1), (1, 1)), "input", False, True),  # stage 4
     ((4, 4), (3, 3, 512, 512), (1, 1), ((1, 1), (1, 1)), "kernel", False, True),
     ((4, 4), (3, 3, 512, 512), (1, 1), ((1, 1), (1, 1)), "forward", True, False),  # YNNPACK
-    ((16, 16), (3, 3, 128, 128), (1, 1), ((1, 1), (1, 1)), "forward", False, False),  # 1.0x
-    ((32, 32), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), "forward", False, False),  # 0.9x
-    ((8, 8), (3, 3, 64, 256), (1, 1), ((1, 1), (1, 1)), "forward", False, False),  # channels
+    ((16, 16), (3, 3, 128, 128), (1, 1), ((1, 1), (1, 1)), "forward", False, True),  # stage 2
+    ((16, 16), (3, 3, 128, 128), (1, 1), ((1, 1), (1, 1)), "kernel", False, True),
+    ((32, 32), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), "input", False, True),  # stage 1
+    ((32, 32), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), "kernel", False, False),  # 0.9x
+    ((56, 56), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), "forward", False, True),  # 1.4x
+    ((112, 112), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), "forward", False, False),  # 0.9x
+    ((8, 8), (3, 3, 64, 256), (1, 1), ((1, 1), (1, 1)), "forward", False, True),
+    ((8, 8), (3, 3, 64, 256), (1, 1), ((1, 1), (1, 1)), "kernel", False, False),  # channels
+    ((26, 26), (3, 3, 32, 64), (1, 1), ((0, 0), (0, 0)), "forward", False, False),  # 0.8x
     ((8, 8), (3, 3, 256, 256), (2, 2), ((0, 1), (0, 1)), "forward", False, False),  # strided
     ((8, 8), (5, 5, 256, 256), (1, 1), ((2, 2), (2, 2)), "forward", False, False),  # 5x5
     ((8, 8), (3, 3, 256, 256), (1, 1), ((3, 0), (1, 1)), "forward", False, False),  # pad 3
 ])
 def test_winograd_rule(monkeypatch, in_hw, w_shape, strides, pads, op, ynnpack, expected):
-    """Winograd's F(2x2, 3x3) for the forward pass, input gradient and kernel gradient of 3x3
-    stride-1 layers with at most 8x8 outputs and at least 128 channels in and out, where Eigen
-    runs the convolutions (results/conv_forms_winograd_1dev.json)."""
+    """Winograd's F(2x2, 3x3) for the forward pass and input gradient of 3x3 stride-1 layers
+    with at least 64 channels in and out whose one image's transformed tiles fit a chunk, for
+    the kernel gradient of those with at most 16x16 outputs and at least 128 channels, where
+    Eigen runs the convolutions (results/conv_forms_winograd_chunked_1dev.json)."""
     assert fastpath._winograd_pay(in_hw, w_shape, strides, pads, (1, 1), op,
                                   ynnpack=ynnpack) is expected
     monkeypatch.setattr(fastpath, "_ynnpack_convolutions", lambda: ynnpack)
     assert fastpath._winograd_pay(in_hw, w_shape, strides, pads, (1, 1), op) is expected
 
 
+@pytest.mark.parametrize("batch,tiles,channels,itemsize,expected", [
+    (128, 256, 64, 4, (16, 8)),  # 32x32x64: 1 MiB of tiles per image, 8 per chunk
+    (128, 64, 128, 4, (8, 16)), (128, 4, 512, 4, (2, 64)),
+    (100, 256, 64, 4, (13, 8)),  # 13 chunks of 8, the last padded with 4 zero images
+    (128, 256, 64, 8, (32, 4)),  # float64: half the images
+    (3, 4096, 64, 4, (3, 1)),  # one image over the budget: one per chunk
+    (5, 1, 8, 4, (1, 5)),
+])
+def test_winograd_chunks(batch, tiles, channels, itemsize, expected):
+    """Chunks of images whose transformed tiles take about 8 MiB, as evenly as the batch
+    allows."""
+    assert fastpath._winograd_chunks(batch, tiles, channels, itemsize) == expected
+
+
+@pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("hw,pads", [((8, 8), ((1, 1), (1, 1))), ((5, 7), ((0, 0), (0, 0))),
                                      ((6, 3), ((2, 0), (1, 2))), ((1, 1), ((1, 1), (1, 1)))])
-def test_winograd_is_exact_in_float64(hw, pads):
+def test_winograd_is_exact_in_float64(monkeypatch, hw, pads, chunked):
     """F(2x2, 3x3) is an exact identity: in float64 the form and its input and kernel gradients
-    equal XLA's convolution's to rounding (1e-12), for odd sizes and every padding it accepts; in
-    float32 to the few adds' rounding."""
+    equal XLA's convolution's to rounding (1e-12), for odd sizes and every padding it accepts,
+    whole or in chunks of two images (three images: the last chunk padded); in float32 to the
+    few adds' rounding."""
+    if chunked:
+        monkeypatch.setattr(fastpath, "_winograd_chunks", _two_images_per_chunk)
     with jax.enable_x64(True):
-        x, k = _data(2, *hw, 5, 3, 3, 6)
+        x, k = _data(3, *hw, 5, 3, 3, 6)
         x, k = x.astype(jnp.float64), k.astype(jnp.float64)
         y = fastpath._winograd_conv(x, k, pads, None)
         ref = _std(x, k, (1, 1), pads)
@@ -329,16 +360,18 @@ def test_winograd_is_exact_in_float64(hw, pads):
         _close(dx, jax.vjp(lambda x: _std(x, k, (1, 1), pads), x)[1](g)[0], 1e-12)
         dk = fastpath._winograd_kernel_grad(x, g, pads, None)
         _close(dk, jax.vjp(lambda k: _std(x, k, (1, 1), pads), k)[1](g)[0], 1e-12)
-    x, k = _data(2, *hw, 5, 3, 3, 6)
+    x, k = _data(3, *hw, 5, 3, 3, 6)
     _close(fastpath._winograd_conv(x, k, pads, None), _std(x, k, (1, 1), pads), 1e-5)
 
 
 def test_winograd_form_has_no_convolution(monkeypatch):
     """Where the rule picks Winograd (an 8x8 map, 128 channels, Eigen's convolutions), the
     forward pass, the input gradient in an attack loop and the kernel gradient compile to
-    matmuls only, equal to the standard lowering's."""
+    matmuls only, equal to the standard lowering's, also through the chunk loop (three images,
+    two per chunk)."""
     monkeypatch.setattr(fastpath, "_ynnpack_convolutions", lambda: False)
-    x, k = _data(2, 8, 8, 128, 3, 3, 128)
+    monkeypatch.setattr(fastpath, "_winograd_chunks", _two_images_per_chunk)
+    x, k = _data(3, 8, 8, 128, 3, 3, 128)
     with fastpath.enabled(True):
         def run(conv):
             f = lambda x, k: jnp.sum(jnp.tanh(conv(x, k, (1, 1), "SAME")) ** 2)
