@@ -297,6 +297,45 @@ def test_attributions_benchmark_imports_jaxadv_before_jax_starts():
     assert out.stdout.split()[-1] == expected
 
 
+@pytest.mark.parametrize("in_hw,w_shape,expected", [
+    ((8, 8), (3, 3, 256, 256), True), ((4, 4), (3, 3, 512, 512), True),
+    ((16, 16), (3, 3, 128, 128), False), ((32, 32), (3, 3, 64, 64), False),
+    ((8, 8), (3, 3, 64, 256), False),
+])
+def test_step_speed_small_winograd_contestant_is_the_earlier_rule(in_hw, w_shape, expected):
+    """``--compare_no_large_winograd`` times Winograd on the maps the rule took before its image
+    chunks only: at most 8x8 outputs, at least 128 channels (and never on YNNPACK)."""
+    from experiments.benchmarks import step_speed
+
+    args = (in_hw, w_shape, (1, 1), ((1, 1), (1, 1)), (1, 1), "forward")
+    assert step_speed.winograd_small_maps_only(*args, ynnpack=False) is expected
+    assert step_speed.winograd_small_maps_only(*args, ynnpack=True) is False
+
+
+def test_executed_flops_count_every_trip_of_the_chunk_loops(monkeypatch):
+    """XLA's cost analysis counts a loop body once; the step benchmark's executed count must
+    count every chunk of Winograd's image loop: a 16x16x128 layer at batch 6 in chunks of two
+    images does 2 * 16 * (6 * 64 tiles) * 128 * 128 multiply-adds in its matmuls."""
+    import jax
+    import jax.numpy as jnp
+
+    from experiments.benchmarks import step_speed
+    from jaxadv.models import fastpath
+
+    monkeypatch.setattr(fastpath, "_ynnpack_convolutions", lambda: False)
+    monkeypatch.setattr(fastpath, "_winograd_chunks", lambda batch, *a: (-(-batch // 2), 2))
+    x, k = jnp.ones((6, 16, 16, 128)), jnp.ones((3, 3, 128, 128))
+    conv = lambda x, k: fastpath.conv_general_dilated(
+        x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    matmuls = 2 * 16 * (6 * 64) * 128 * 128
+    with fastpath.enabled(True):
+        jax.clear_caches()
+        lowered = jax.jit(conv).lower(x, k)
+        assert "while" in lowered.as_text()
+        assert step_speed.xla_flops(lowered) < matmuls / 2  # one of three chunks
+        assert matmuls <= step_speed.executed_flops(conv, (x, k)) < 1.2 * matmuls
+
+
 @pytest.mark.peer
 @pytest.mark.slow
 def test_step_speed_benchmark_smoke(tmp_path):
@@ -307,7 +346,7 @@ def test_step_speed_benchmark_smoke(tmp_path):
     result = _run_in_fresh_process(
         "experiments.benchmarks.step_speed", "--quick", "--models", "smallgap", "--batch", "128",
         "--repeats", "1", "--calls_per_turn", "2", "--host_devices", "2", "--precision", "highest",
-        "--compare_no_fold", "--compare_no_winograd",
+        "--compare_no_fold", "--compare_no_winograd", "--compare_no_large_winograd",
         "--compare_cumsum_mask", "--compare_conv_backend", out=tmp_path / "ss.json")
     ops = ("forward", "pgd_step", "pgd10", "train_step")
     assert set(result["speedup_vs_torch"]) == {f"smallgap/{op}" for op in ops}
@@ -315,6 +354,7 @@ def test_step_speed_benchmark_smoke(tmp_path):
     assert set(result["speedup_vs_no_fold"]) == set(result["speedup_vs_torch"])
     assert set(result["speedup_vs_cumsum_mask"]) == set(result["speedup_vs_torch"])
     assert set(result["speedup_vs_no_winograd"]) == set(result["speedup_vs_torch"])
+    assert set(result["speedup_vs_small_winograd"]) == set(result["speedup_vs_torch"])
     # The other convolution library as a contestant: Eigen's where every core has its own device
     # (2 devices on 2 cores), YNNPACK's where a device has >= 2 cores.
     backend = result["config"]["conv_backend"]

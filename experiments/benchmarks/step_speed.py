@@ -4,6 +4,7 @@
         [--quick] [--host_devices N] [--models smallgap,poolgap,preact_resnet18] [--repeats R]
         [--compare_standard] [--compare_no_rows] [--compare_no_patches] [--compare_no_taps]
         [--compare_no_fold] [--compare_no_phases] [--compare_no_stored] [--compare_no_winograd]
+        [--compare_no_large_winograd]
         [--compare_cumsum_mask] [--compare_conv_backend]
         [--no_fastpath]
         [--torch_device cuda] [--precision highest]
@@ -39,8 +40,9 @@ FLOPs (XLA's cost analysis of the standard lowering: forward, pgd_step, train_st
 pgd_step + forward) over its median time, next to ``matmul_peak_gflops``, a 4096^3 float32
 ``jnp.dot`` timed in the same run.
 ``gflops_executed`` is the same with the FLOPs of the program jaxadv actually ran (XLA's count of
-the compiled fast-path program): lower than ``gflops`` where the fast path skips work (the GAP
-fold), so it, not ``gflops``, is the one to hold against the matmul peak there.
+the fast-path program, its chunk loops counted per trip: :func:`executed_flops`): lower than
+``gflops`` where the fast path skips work (the GAP fold, Winograd's 4 multiplies per output
+instead of 9), so it, not ``gflops``, is the one to hold against the matmul peak there.
 
 ``--host_devices N`` splits the batch over N XLA host devices (default 1; set before JAX
 initialises, with ``jaxadv.devices.use_host_devices``); ``--compare_standard`` adds jaxadv with
@@ -57,7 +59,9 @@ phase (``jaxadv_no_phases``, ``fastpath._phases_pay``), ``--compare_no_stored`` 
 gradients transposing the recomputed element-wise producers of a convolution's input instead of
 the stored input (``jaxadv_no_stored``, ``fastpath._stored_pay``), ``--compare_no_winograd``
 with XLA's convolutions where the fast path computes 3x3 stride-1 layers by Winograd's
-F(2x2, 3x3) (``jaxadv_no_winograd``, ``fastpath._winograd_pay``), ``--compare_cumsum_mask``
+F(2x2, 3x3) (``jaxadv_no_winograd``, ``fastpath._winograd_pay``), ``--compare_no_large_winograd``
+with Winograd only on the maps the rule took before its image chunks (``jaxadv_small_winograd``,
+:func:`winograd_small_maps_only`), ``--compare_cumsum_mask``
 with the max pool's first-maximum mask taken from a cumulative sum over each window
 (``jaxadv_cumsum_mask``: the form
 used until 2026-12-05, which XLA:CPU runs as a reduce-window; now an element-wise pass),
@@ -85,6 +89,7 @@ import platform
 import statistics
 import sys
 import time
+from unittest import mock
 
 from experiments import report
 
@@ -140,6 +145,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="Also time jaxadv with XLA's convolutions where the fast path uses "
                         "Winograd's F(2x2, 3x3) (contestant 'jaxadv_no_winograd'; "
                         "fastpath._winograd_pay).")
+    p.add_argument("--compare_no_large_winograd", action="store_true",
+                   help="Also time jaxadv with Winograd's F(2x2, 3x3) only where the rule before "
+                        "its image chunks took it (maps of at most 8x8 outputs, at least 128 "
+                        "channels; contestant 'jaxadv_small_winograd').")
     p.add_argument("--compare_no_taps_stored", action="store_true",
                    help="Also time jaxadv with the one-channel tap sum's output recomputed by its "
                         "consumers (contestant 'jaxadv_no_taps_stored'; "
@@ -268,10 +277,34 @@ def xla_flops(lowered) -> float | None:
     return None
 
 
+def executed_flops(fn, args) -> float | None:
+    """XLA's FLOP count of ``jax.jit(fn)(*args)`` as the fast path (in the caller's setting) runs
+    it. XLA's cost analysis counts a loop's body once; the fast path's chunk loops (Winograd's
+    images in chunks, ``fastpath._winograd_chunks``) run the same products as one chunk of the
+    whole batch, so the count comes from the program lowered with one chunk (caches cleared
+    before and after: JAX would otherwise reuse a lowering of the same function)."""
+    import jax
+
+    from jaxadv.models import fastpath
+
+    jax.clear_caches()
+    try:
+        with mock.patch.object(fastpath, "_winograd_chunks", lambda batch, *a: (1, batch)):
+            return xla_flops(jax.jit(fn).lower(*args))
+    finally:
+        jax.clear_caches()
+
+
 def _op_flops(lowered: dict) -> dict:
-    """XLA's FLOP count of the lowered forward, pgd_step and train_step, and pgd10 as 10 PGD steps
-    plus the final forward pass (None where a count is unavailable)."""
-    flops = {op: xla_flops(low) for op, low in lowered.items()}
+    """XLA's FLOP count of the lowered forward, pgd_step and train_step, and pgd10
+    (:func:`_with_pgd10`)."""
+    return _with_pgd10({op: xla_flops(low) for op, low in lowered.items()})
+
+
+def _with_pgd10(flops: dict) -> dict:
+    """``flops`` (forward, pgd_step, train_step; None where a count is unavailable) with pgd10 as
+    10 PGD steps plus the final forward pass."""
+    flops = dict(flops)
     flops["pgd10"] = (10 * flops["pgd_step"] + flops["forward"]
                       if flops["pgd_step"] and flops["forward"] else None)
     return flops
@@ -350,7 +383,9 @@ def jax_ops(name: str, x_np, y_np, *, fast: bool, mesh,
         carry["state"], metrics = compiled["train_step"](carry["state"], batch, key)
         jax.block_until_ready(metrics)
 
-    executed = _op_flops({op: low for op, low in lowered.items() if op != "pgd10"})
+    with fastpath.enabled(fast):
+        executed = {op: executed_flops(defs[op], args[op]) for op in OPS if op != "pgd10"}
+    executed = _with_pgd10(executed)
     flops = {op: (flops[op], executed[op]) for op in flops}
 
     fns = {op: (lambda op=op: jax.block_until_ready(compiled[op](*args[op])))
@@ -606,6 +641,20 @@ def _always_false(*args) -> bool:
     return False
 
 
+def winograd_small_maps_only(in_hw, w_shape, strides, pads, dilation, op, *,
+                             ynnpack=None) -> bool:
+    """``fastpath._winograd_pay`` as it was before Winograd's image chunks (2026-12-06,
+    afternoon): 3x3 stride-1 layers with at most 8x8 outputs and at least 128 channels in and
+    out, where Eigen runs the convolutions, for all three ops."""
+    from jaxadv.models import fastpath
+
+    _, (ho, wo) = fastpath._winograd_grid(in_hw, pads)
+    if ynnpack is None:
+        ynnpack = fastpath._ynnpack_convolutions()
+    return (fastpath._winograd_applies(w_shape, strides, pads, dilation) and ho * wo <= 64
+            and min(w_shape[2:]) >= 128 and not ynnpack)
+
+
 # form -> (fastpath attribute replaced while the contestant compiles, its replacement, contestant
 # label: timings under "jaxadv_<label>", ratios under "speedup_vs_<label>").
 _FORMS_OFF = {
@@ -617,6 +666,7 @@ _FORMS_OFF = {
     "stored": ("_stored_pay", _always_false, "no_stored"),
     "taps_stored": ("_taps_stored_pay", _always_false, "no_taps_stored"),
     "winograd": ("_winograd_pay", _always_false, "no_winograd"),
+    "large_winograd": ("_winograd_pay", winograd_small_maps_only, "small_winograd"),
     "mask": ("_first_max_mask", cumsum_first_max_mask, "cumsum_mask"),
 }
 
@@ -633,7 +683,8 @@ def form_off(form: str):
     (``fastpath._fold_pay``: SmallGAP's GAP fold), ``"phases"`` (``fastpath._phases_pay``),
     ``"stored"`` (``fastpath._stored_pay``), ``"taps_stored"`` (``fastpath._taps_stored_pay``) or
     ``"winograd"`` (``fastpath._winograd_pay``)
-    always False, or ``"mask"``: the max pool's first-maximum mask by
+    always False, ``"large_winograd"``: Winograd only where :func:`winograd_small_maps_only`
+    takes it, or ``"mask"``: the max pool's first-maximum mask by
     :func:`cumsum_first_max_mask`."""
     import jax
 
