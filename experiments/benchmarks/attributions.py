@@ -38,8 +38,12 @@ jaxadv against Captum and for Captum's float32 against its float64. ``relu_kinks
 with batch norm: PreAct ResNet-18) gives per image the number of ReLU inputs whose sign differs
 between jaxadv's float32 and float64 forward passes at the image, next to the float32 input
 gradient's error against float64 on that image: a float32 map can only be as close to another
-implementation's as the ReLU masks the two compute agree. Timing: one warm-up call (jaxadv:
-the jit compile), then the median of ``--repeats`` calls; images/s = batch / median seconds.
+implementation's as the ReLU masks the two compute agree. ``repeat_call_rel_diff`` compares
+each library's result after the timed calls with its first one (IG, Grad-CAM, occlusion: the
+parity inputs), so that a parity outlier can be told apart from a result that changed between
+calls (one run on 2026-12-06 gave occlusion parity 8.8e-2 on ResNet-18 and reruns 9.5e-6).
+Timing: one warm-up call (jaxadv: the jit compile), then the median of ``--repeats`` calls;
+images/s = batch / median seconds.
 jaxadv functions are jitted once per method with the batch and the targets as arguments; Captum
 runs eagerly (its normal mode). Both run in this one process, so glibc's ``malloc`` settings that
 ``import jaxadv`` makes (:mod:`jaxadv.host_memory`, freed memory kept for reuse;
@@ -468,9 +472,13 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True,
         for m in METHODS if timing else ():
             flops[m] = step_speed.xla_flops(at_once.get(m, ours[m]).lower(xj, tj))
 
+    def captum_map(m):  # Captum's map of method m in jaxadv's layout
+        out = theirs[m]()
+        return out.detach().numpy()[:, 0] if m == "gradcam" else nchw_to_nhwc(out)
+
     # First calls (jit compile + run), then parity; SmoothGrad parity uses the same samples
     # injected into Captum's NoiseTunnel.
-    first_call_s, parity = {}, {}
+    first_call_s, parity, first = {}, {}, {}
     for m in METHODS:
         t0 = time.perf_counter()
         mine = jax.block_until_ready(ours[m](xj, tj))
@@ -485,10 +493,9 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True,
             finally:
                 C.NoiseTunnel._add_noise_to_input = original
             parity[m] = _rel_err(sg_same_noise(xj, tj, jnp.asarray(noise)), ref)
-        elif m == "gradcam":
-            parity[m] = _rel_err(mine, theirs[m]().detach().numpy()[:, 0])
         else:
-            parity[m] = _rel_err(mine, nchw_to_nhwc(theirs[m]()))
+            first[m] = (mine, captum_map(m))
+            parity[m] = _rel_err(*first[m])
 
     out = {"batch": batch, "parity": parity, "jaxadv_first_call_s": first_call_s,
            "jaxadv_s": {}, "captum_s": {}, **info}
@@ -504,6 +511,11 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True,
         out["jaxadv_s"][m] = time_call(lambda m=m: jax.block_until_ready(ours[m](xj, tj)),
                                        repeats=repeats)
         out["captum_s"][m] = time_call(theirs[m], repeats=repeats)
+    # Each library's result after the timed calls against its first one (the parity inputs):
+    # nonzero would mean a method's result varies between calls of the same program.
+    out["repeat_call_rel_diff"] = {
+        m: {"jaxadv": _rel_err(ours[m](xj, tj), mine), "captum": _rel_err(captum_map(m), ref)}
+        for m, (mine, ref) in first.items()}
     out["jaxadv_all_at_once_s"] = {
         m: time_call(lambda m=m: jax.block_until_ready(at_once[m](xj, tj)), repeats=repeats)
         for m in CHUNKED}
