@@ -275,6 +275,14 @@ def test_attributions_benchmark_splits_the_batch_over_host_devices(tmp_path):
     assert all(sg["flops"][m] > 0 and sg["gflops_needed_for_2x"][m] > 0 for m in sg["flops"])
     assert sg["flops"]["ig"] > sg["flops"]["gradcam"]
     assert result["matmul_peak_gflops"] > 0
+    # The executed-FLOP roofline: the program's time at the matmul peak, and Captum's over it.
+    assert all(sg["flops_executed"][m] > 0 for m in sg["flops"])
+    for m in sg["flops"]:
+        best = sg["flops_executed"][m] / (result["matmul_peak_gflops"] * 1e9)
+        assert sg["best_case_s"][m] == pytest.approx(best)
+        assert sg["best_case_speedup_vs_captum"][m] == pytest.approx(sg["captum_s"][m] / best)
+        assert sg["jaxadv_gflops_executed"][m] == pytest.approx(
+            sg["flops_executed"][m] / sg["jaxadv_s"][m] / 1e9)
     # jaxadv's default chunking ("auto": 1 point per call at batch 32) and all points at once.
     assert sg["jaxadv_auto_points_per_call"] == {"ig": 1, "smoothgrad": 1}
     assert set(sg["jaxadv_all_at_once_s"]) == set(sg["speedup_vs_captum_jaxadv_all_at_once"]) == {

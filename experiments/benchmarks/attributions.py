@@ -72,9 +72,15 @@ form of earlier runs (JSON key ``ig_chunk_sweep``).
 
 Roofline: ``per_model[m]["flops"]`` is XLA's FLOP count of each jaxadv method as the model
 defines it (the standard lowering, fast path off), ``jaxadv_gflops`` that count over jaxadv's
-time, and ``gflops_needed_for_2x`` the rate any implementation of the same computation would
-need to take half of Captum's time; ``matmul_peak_gflops`` (a float32 ``jnp.dot``, the larger of
-a run before and after the models) is what this machine can do at best.
+time, and ``gflops_needed_for_2x`` the rate a direct (im2col or oneDNN-style) implementation
+would need to take half of Captum's time; ``matmul_peak_gflops`` (a float32 ``jnp.dot``, the
+larger of a run before and after the models) is what this machine can do at best.
+``flops_executed`` counts the FLOPs jaxadv's fast-path program executes (fewer: Winograd's
+forms do 4/9 of the multiplies of the 3x3 stride-1 layers they take; every trip of their chunk
+loops counted, ``step_speed.executed_flops``), ``jaxadv_gflops_executed`` that count over
+jaxadv's time, ``best_case_s`` the time it takes at the matmul peak and
+``best_case_speedup_vs_captum`` Captum's time over it (:func:`add_roofline`): a speed-up target
+above that figure is out of reach of every tuning of the same program on this machine.
 
 JSON: ``parity`` {method: max over models of the relative error}, ``speedup_vs_captum``
 {method: min over models of Captum seconds / jaxadv seconds}, ``ig200_peak_mb``
@@ -459,8 +465,8 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True,
     # IG and SmoothGrad with every point in one call (as Captum's default): the FLOP count (XLA
     # counts a loop's body once, so the chunked default's count would be one chunk's) and a
     # second timing that shows what jaxadv's default chunking gains.
-    at_once = {m: jax.jit(f) for m, f in _jaxadv_methods(fns, key, None, None).items()
-               if m in CHUNKED}
+    all_at_once = _jaxadv_methods(fns, key, None, None)
+    at_once = {m: jax.jit(all_at_once[m]) for m in CHUNKED}
     sg_same_noise = jax.jit(lambda v, c, n: A.smooth_grad(fns.logits, v, c, None, noise=n))
     captum32 = _captum_methods(torch, tmodel, tt, x.shape)
     theirs = {m: functools.partial(f, xt) for m, f in captum32.items()}
@@ -471,6 +477,11 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True,
     with fastpath.enabled(False):
         for m in METHODS if timing else ():
             flops[m] = step_speed.xla_flops(at_once.get(m, ours[m]).lower(xj, tj))
+    # The FLOPs jaxadv's program executes (Winograd's forms do 4/9 of the multiplies of the
+    # layers they take; chunking the points changes none): the bound any run of this program
+    # has at the matmul peak (_run). Before the first calls: executed_flops clears JAX's caches.
+    flops_executed = {m: step_speed.executed_flops(all_at_once[m], (xj, tj))
+                      for m in METHODS if timing}
 
     def captum_map(m):  # Captum's map of method m in jaxadv's layout
         out = theirs[m]()
@@ -527,11 +538,27 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True,
     out["speedup_vs_captum_jaxadv_all_at_once"] = {
         m: out["captum_s"][m] / out["jaxadv_all_at_once_s"][m] for m in CHUNKED}
     out["flops"] = flops
+    out["flops_executed"] = flops_executed
     out["jaxadv_gflops"] = {m: flops[m] / out["jaxadv_s"][m] / 1e9 if flops[m] else None
                             for m in METHODS}
     out["gflops_needed_for_2x"] = {m: 2 * flops[m] / out["captum_s"][m] / 1e9 if flops[m]
                                    else None for m in METHODS}
     return out
+
+
+def add_roofline(r: dict, peak_gflops: float) -> None:
+    """Add to one model's timed results ``r`` the roofline against the matmul peak:
+    ``jaxadv_gflops_executed`` (the FLOPs jaxadv's program executes over its time),
+    ``best_case_s`` (those FLOPs at ``peak_gflops``: no run of this program can be faster
+    than at the matmul peak) and ``best_case_speedup_vs_captum`` (Captum's time over
+    ``best_case_s``: where it is below a target, no tuning of this program reaches it, only
+    fewer executed FLOPs can)."""
+    ex = r["flops_executed"]
+    r["jaxadv_gflops_executed"] = {m: ex[m] / r["jaxadv_s"][m] / 1e9 if ex[m] else None
+                                   for m in ex}
+    r["best_case_s"] = {m: ex[m] / (peak_gflops * 1e9) if ex[m] else None for m in ex}
+    r["best_case_speedup_vs_captum"] = {
+        m: r["captum_s"][m] / r["best_case_s"][m] if ex[m] else None for m in ex}
 
 
 def chunk_sweep(name: str, batch: int, chunks, repeats: int, method: str = "ig") -> dict:
@@ -781,8 +808,7 @@ def _run(args) -> dict:
                                for m in METHODS}}
            if all("parity_float64" in r for r in per_model.values()) else {}),
         "per_model": per_model,
-        # float32 jnp.dot peak before and after the model runs: a method whose
-        # gflops_needed_for_2x exceeds it cannot reach 2x Captum on this machine.
+        # float32 jnp.dot peak before and after the model runs (the roofline, best_case_...).
         "matmul_peak_gflops": max(peak_before,
                                   matmul_peak_gflops(1024 if args.quick else 4096)),
         "settings": {"ig_steps": IG_STEPS, "ig_rule": "gausslegendre",
@@ -796,6 +822,8 @@ def _run(args) -> dict:
                      "cpu_inline_dispatch": host_memory.runs_inline()},
         "machine": machine,
     }
+    for r in timed:
+        add_roofline(r, result["matmul_peak_gflops"])
     if not args.skip_memory:
         result["ig200_peak_mb"] = ig200_peak_memory(chunk=args.ig_chunk)
     report.write_json(args.out, result, indent=2)
