@@ -851,3 +851,63 @@ def test_host_memory_benchmark_settings_must_include_reuse():
     for bad in ("no_reuse,reuse_async", "reuse", "reuse,fast"):
         with pytest.raises(SystemExit):
             bench.parse_args(["--settings", bad])
+
+
+def test_profile_ops_matmul_flops_from_compiled_hlo():
+    """profile_ops reads each matmul's FLOPs from the compiled HLO's shapes: a batched matmul
+    (P, M, K) @ (P, K, N) does 2 P M N K, a plain one 2 M N K, whatever layout XLA picks."""
+    import jax
+    import jax.numpy as jnp
+
+    from experiments.benchmarks import profile_ops
+
+    def f(a, b, c, d):
+        return jnp.einsum("pmk,pkn->pmn", a, b), c @ d.T
+
+    args = (jnp.ones((4, 24, 40)), jnp.ones((4, 40, 16)), jnp.ones((30, 12)), jnp.ones((20, 12)))
+    found = profile_ops.matmul_kernels(jax.jit(f).lower(*args).compile().as_text())
+    assert sorted(r["flops"] for r in found.values()) == sorted(
+        [2.0 * 4 * 24 * 16 * 40, 2.0 * 30 * 20 * 12])
+    assert all(r["what"].endswith("dot_general") for r in found.values())
+
+
+def test_profile_ops_charges_each_kernel_until_the_next_starts():
+    """Spans: each kernel of a call runs until the next kernel starts (the last one until the
+    call ends), so an asynchronous kernel whose own event is short (an Eigen convolution) is
+    charged with the work it queued; containers are left out and names grouped without their
+    numeric suffix."""
+    from experiments.benchmarks import profile_ops
+
+    def ev(name, ts, dur):
+        return {"name": name, "ts": ts, "dur": dur}
+
+    call = [ev(profile_ops._EXECUTE, 0.0, 10000.0), ev("while.216", 100.0, 9000.0),
+            ev("ThunkExecutor::Execute", 100.0, 50.0), ev("end: ynn_fusion", 2100.0, 0.0),
+            ev("ynn_fusion", 100.0, 2000.0), ev("conv_general_dilated.2", 2500.0, 40.0),
+            ev("ynn_fusion.12", 8500.0, 1000.0), ev("cond.1.clone", 9600.0, 10.0)]
+    second = [dict(e, ts=e["ts"] + 20000.0) for e in call]
+    k = profile_ops.group_kernels(call + second, calls=2)
+    assert k["span"] == pytest.approx(
+        {"ynn_fusion": 2.4, "conv_general_dilated.2": 6.0, "ynn_fusion.12": 1.5})
+    assert k["busy"] == pytest.approx(
+        {"ynn_fusion": 2.0, "conv_general_dilated.2": 0.04, "ynn_fusion.12": 1.0})
+    assert k["span_groups"] == pytest.approx({"ynn_fusion": 3.9, "conv_general_dilated": 6.0})
+
+
+def test_profile_ops_runs_a_step_and_a_map(tmp_path):
+    """The profiler runs a step and an attribution end to end (tiny batches: this checks the
+    script, not the speed) and attributes part of the time to the model's matmuls."""
+    pytest.importorskip("torch")  # the attribution inputs come from the attributions benchmark
+    from experiments.benchmarks import profile_ops
+
+    step = profile_ops.main(["--model", "poolgap", "--op", "pgd_step", "--batch", "4",
+                             "--calls", "1", "--out", str(tmp_path / "p.json")])
+    assert json.loads((tmp_path / "p.json").read_text())["settings"]["op"] == "pgd_step"
+    assert step["wall_ms"] > 0 and step["kernels_ms"] and step["matmuls"]
+    # Spans cover the calls: no more than the profiled calls' time, and no less than the kernels'
+    # own durations.
+    assert step["kernels_busy_total_ms"] <= step["kernels_total_ms"] <= 1.01 * step["wall_ms"]
+    assert step["matmul_ms"] == pytest.approx(sum(r["ms"] for r in step["matmuls"]))
+    assert all(r["gflops"] > 0 and len(r["shapes"]) == 3 for r in step["matmuls"])
+    ig = profile_ops.main(["--model", "smallgap", "--op", "ig", "--batch", "2", "--calls", "1"])
+    assert ig["settings"]["batch"] == 2 and ig["kernels_total_ms"] > 0

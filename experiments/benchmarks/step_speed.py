@@ -310,23 +310,19 @@ def _with_pgd10(flops: dict) -> dict:
     return flops
 
 
-def jax_ops(name: str, x_np, y_np, *, fast: bool, mesh,
-            compiler_options: dict | None = None) -> tuple[dict, dict, dict]:
-    """Compiled jaxadv ops for model ``name`` with the fast path on or off (and XLA
-    ``compiler_options`` for every op, e.g. ``jaxadv.devices.CONVOLUTION_BACKEND_OPTIONS``).
-
-    Returns (fns, flops, handles): fns[op]() runs op once and blocks; flops[op] is XLA's FLOP count
-    of the op's standard lowering and of the program that runs (None where unavailable); handles
-    has the model, variables and the jitted logits and input-gradient functions for the parity
-    checks.
-    """
+def op_definitions(name: str, x_np, y_np, mesh=None) -> dict:
+    """The benchmark's ops on model ``name`` and batch (``x_np``, ``y_np``), not yet jitted:
+    ``defs`` {op: fn} and ``args`` {op: its arguments} for every op of :data:`OPS`, with the
+    model, its train state, eval variables, the batch and the key they use (the batch and state
+    placed on ``mesh`` when given). Shared by :func:`jax_ops` and
+    :mod:`experiments.benchmarks.profile_ops`."""
     import jax
     import jax.numpy as jnp
     import optax
 
     from jaxadv import sharding
     from jaxadv.attacks import gradient, losses, projections
-    from jaxadv.models import fastpath, get_model
+    from jaxadv.models import get_model
     from jaxadv.training import create_train_state, cross_entropy, make_train_step
 
     model = get_model(name)
@@ -361,9 +357,31 @@ def jax_ops(name: str, x_np, y_np, *, fast: bool, mesh,
                             num_steps=10, norm="linf", random_start=True).x_adv
 
     train_step = make_train_step(objective=cross_entropy)
-    args = {"forward": (variables, x), "pgd_step": (variables, x, x, y, eps, step),
-            "pgd10": (variables, x, y, key, eps, step), "train_step": (state, batch, key)}
-    defs = {"forward": logits, "pgd_step": pgd_step, "pgd10": pgd10, "train_step": train_step}
+    return {"defs": {"forward": logits, "pgd_step": pgd_step, "pgd10": pgd10,
+                     "train_step": train_step},
+            "args": {"forward": (variables, x), "pgd_step": (variables, x, x, y, eps, step),
+                     "pgd10": (variables, x, y, key, eps, step),
+                     "train_step": (state, batch, key)},
+            "model": model, "state": state, "variables": variables, "x": x, "y": y,
+            "batch": batch, "key": key, "logits": logits, "input_grad": input_grad}
+
+
+def jax_ops(name: str, x_np, y_np, *, fast: bool, mesh,
+            compiler_options: dict | None = None) -> tuple[dict, dict, dict]:
+    """Compiled jaxadv ops for model ``name`` with the fast path on or off (and XLA
+    ``compiler_options`` for every op, e.g. ``jaxadv.devices.CONVOLUTION_BACKEND_OPTIONS``).
+
+    Returns (fns, flops, handles): fns[op]() runs op once and blocks; flops[op] is XLA's FLOP count
+    of the op's standard lowering and of the program that runs (None where unavailable); handles
+    has the model, variables and the jitted logits and input-gradient functions for the parity
+    checks.
+    """
+    import jax
+
+    from jaxadv.models import fastpath
+
+    ops = op_definitions(name, x_np, y_np, mesh)
+    defs, args, state, batch, key = (ops[k] for k in ("defs", "args", "state", "batch", "key"))
 
     with fastpath.enabled(False):
         flops = _op_flops({op: jax.jit(defs[op]).lower(*args[op]) for op in OPS
@@ -374,8 +392,9 @@ def jax_ops(name: str, x_np, y_np, *, fast: bool, mesh,
                    .lower(*args[op]) for op in OPS}
         compiled = {op: low.compile(compiler_options=compiler_options)
                     for op, low in lowered.items()}
-        handles = {"model": model, "variables": variables, "logits": jax.jit(logits),
-                   "input_grad": jax.jit(input_grad), "x": x, "y": y}
+        handles = {"model": ops["model"], "variables": ops["variables"],
+                   "logits": jax.jit(ops["logits"]), "input_grad": jax.jit(ops["input_grad"]),
+                   "x": ops["x"], "y": ops["y"]}
 
     carry = {"state": state}
 
