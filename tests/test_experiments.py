@@ -911,3 +911,28 @@ def test_profile_ops_runs_a_step_and_a_map(tmp_path):
     assert all(r["gflops"] > 0 and len(r["shapes"]) == 3 for r in step["matmuls"])
     ig = profile_ops.main(["--model", "smallgap", "--op", "ig", "--batch", "2", "--calls", "1"])
     assert ig["settings"]["batch"] == 2 and ig["kernels_total_ms"] > 0
+
+
+def test_attributions_chunk_sweep_interleaves_every_setting_of_both_libraries(tmp_path,
+                                                                              monkeypatch):
+    """The chunk sweep times every setting of both libraries in one interleaved set of rounds
+    (so that the VM's slow and fast spells fall on all of them alike), at ``--batch`` images."""
+    pytest.importorskip("torch")
+    pytest.importorskip("captum")
+    from experiments.benchmarks import attributions, step_speed
+
+    rounds = []
+    real = step_speed.time_rounds
+
+    def spy(fns, repeats, *args, **kwargs):
+        rounds.append(sorted(fns))
+        return real(fns, repeats, *args, **kwargs)
+
+    monkeypatch.setattr(step_speed, "time_rounds", spy)
+    result = attributions.main(["--quick", "--models", "smallgap", "--repeats", "1", "--batch",
+                                "8", "--ig_chunk_sweep", "1,all", "--out", str(tmp_path / "s.json")])
+    assert rounds == [[("captum", "1"), ("captum", "None"), ("jaxadv", "1"), ("jaxadv", "None")]]
+    sweep = result["ig_chunk_sweep"]["smallgap"]
+    assert sweep["batch"] == 8
+    assert sweep["images_per_call"] == {"1": 8, "None": 8 * attributions.IG_STEPS}
+    assert all(v > 0 for v in [*sweep["jaxadv_s"].values(), *sweep["captum_s"].values()])

@@ -567,11 +567,15 @@ def chunk_sweep(name: str, batch: int, chunks, repeats: int, method: str = "ig")
     ``internal_batch_size`` = c * batch (the same images per call); SmoothGrad: jaxadv
     ``chunk_size`` = c noise samples, Captum NoiseTunnel ``nt_samples_batch_size`` = c. ``None`` =
     all points in one call (both libraries' behaviour before jaxadv's ``"auto"``), ``"auto"`` =
-    jaxadv's default (timed for jaxadv only). Returns {"jaxadv_s": {c: s}, "captum_s": {c: s},
-    "images_per_call": {c: n}, ...} with the keys as strings."""
+    jaxadv's default (timed for jaxadv only). Every setting of both libraries is timed in turn
+    in each of ``repeats`` rounds (order reversed every other round; one warm-up call each, the
+    jit compile for jaxadv), so that the VM's slow and fast spells fall on all of them alike.
+    Returns {"jaxadv_s": {c: median s}, "captum_s": {c: median s}, "images_per_call": {c: n},
+    ...} with the keys as strings."""
     import jax
     import torch
 
+    from experiments.benchmarks.step_speed import time_rounds
     from jaxadv import sharding
     from jaxadv.interop.torch_port import nhwc_to_nchw
 
@@ -580,19 +584,23 @@ def chunk_sweep(name: str, batch: int, chunks, repeats: int, method: str = "ig")
     xt, tt = nhwc_to_nchw(x), torch.as_tensor(t, dtype=torch.int64)
     total = IG_STEPS if method == "ig" else SG_SAMPLES
     auto = _auto_points(fns, x, t, total)
-    out = {"method": method, "jaxadv_s": {}, "captum_s": {}, "images_per_call": {},
-           "jaxadv_auto_points_per_call": auto}
+    out = {"method": method, "batch": batch, "jaxadv_s": {}, "captum_s": {},
+           "images_per_call": {}, "jaxadv_auto_points_per_call": auto}
+    contestants = {}
     for c in chunks:
         per_call = {"ig_points_per_call": c} if method == "ig" else {"sg_samples_per_call": c}
         ours = jax.jit(_jaxadv_methods(fns, jax.random.key(0), **per_call)[method])
-        key = str(c)
-        out["images_per_call"][key] = (auto if c == "auto" else c or total) * batch
-        out["jaxadv_s"][key] = time_call(lambda f=ours: jax.block_until_ready(f(xj, tj)),
-                                         repeats=repeats)
-        line = f"{name} {method}, {key} points per call: jaxadv {out['jaxadv_s'][key]:.3f} s"
+        out["images_per_call"][str(c)] = (auto if c == "auto" else c or total) * batch
+        contestants[("jaxadv", str(c))] = lambda f=ours: jax.block_until_ready(f(xj, tj))
         if c != "auto":
             theirs = _captum_methods(torch, tmodel, tt, x.shape, **per_call)[method]
-            out["captum_s"][key] = time_call(lambda f=theirs: f(xt), repeats=repeats)
+            contestants[("captum", str(c))] = lambda f=theirs: f(xt)
+    timed = time_rounds(contestants, repeats)
+    for (lib, key), summary in timed.items():
+        out[f"{lib}_s"][key] = summary["median"] / 1e3
+    for key, s in out["jaxadv_s"].items():
+        line = f"{name} {method}, {key} points per call: jaxadv {s:.3f} s"
+        if key in out["captum_s"]:
             line += f", Captum {out['captum_s'][key]:.3f} s"
         print(line, flush=True)
     best = {lib: min(out[f"{lib}_s"], key=out[f"{lib}_s"].get) for lib in ("jaxadv", "captum")
@@ -727,6 +735,9 @@ def main(argv=None) -> dict:
                         "both libraries ('all' = every point in one call, 'auto' = jaxadv's "
                         "default, jaxadv only) for --models; JSON key chunk_sweep")
     p.add_argument("--chunk_sweep_methods", default="ig,smoothgrad")
+    p.add_argument("--batch", type=int, default=None,
+                   help="images per model for every run (default: SmallGAP 128, ResNet-18 16; "
+                        "--quick 32 and 4)")
     p.add_argument("--no_fastpath", action="store_true",
                    help="trace jaxadv's models without its CPU fast path (XLA's own convolutions, "
                         "as a model of one's own would have)")
@@ -742,6 +753,8 @@ def main(argv=None) -> dict:
         return {}
     if args.out is None:
         p.error("--out is required")
+    if args.batch is not None and args.batch < 1:
+        p.error(f"--batch must be at least 1, got {args.batch}.")
     if not args.no_fastpath:
         return _run(args)
     from jaxadv.models import fastpath
@@ -763,6 +776,8 @@ def _run(args) -> dict:
     batches = ({"smallgap": 32, "preact_resnet18": 4, "preact_resnet18_softplus": 4}
                if args.quick
                else {"smallgap": 128, "preact_resnet18": 16, "preact_resnet18_softplus": 16})
+    if args.batch is not None:
+        batches = dict.fromkeys(batches, args.batch)
     repeats = args.repeats or (2 if args.quick else 3)
 
     import torch
