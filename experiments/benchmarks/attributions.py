@@ -16,8 +16,8 @@ Models (same weights in both frameworks, the PyTorch twin from
 Methods, each library with the same hyper-parameters on the same batch (float32):
 
 * ``ig``: Integrated Gradients, zero baseline, 50 Gauss-Legendre points (Captum's default rule),
-  each library with its default evaluation: jaxadv ``chunk_size="auto"`` (about 32 images per
-  model call on CPU: 2 points at batch 16, 1 at batch 128), Captum ``internal_batch_size=None``
+  each library with its default evaluation: jaxadv ``chunk_size="auto"`` (about 16 images per
+  model call on CPU: 1 point at batch 16 and 128, 4 at batch 4), Captum ``internal_batch_size=None``
   (all points in one call); ``jaxadv_all_at_once_s`` times jaxadv with ``chunk_size=None`` too;
 * ``smoothgrad``: NoiseTunnel/SmoothGrad of the vanilla gradient, 25 samples, stdev 0.15, jaxadv
   ``chunk_size="auto"``, Captum all samples in one call (and jaxadv all at once, as for IG);

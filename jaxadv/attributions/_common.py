@@ -114,7 +114,7 @@ def per_example(v: Array, x: Array) -> Array:
 
 AUTO = "auto"
 #: Images per model call that ``chunk_size="auto"`` aims at on CPU (see :func:`auto_chunk_size`).
-CPU_IMAGES_PER_CALL = 32
+CPU_IMAGES_PER_CALL = 16
 #: Share of an accelerator's memory that ``chunk_size="auto"`` lets one chunk's estimate take.
 ACCELERATOR_MEMORY_FRACTION = 0.5
 
@@ -170,12 +170,17 @@ def auto_chunk_size(total: int, *, batch: int, one_point: Callable[[], object] |
     """The number of points (path points, noise samples) per model call of ``chunk_size="auto"``.
 
     * CPU: at most ``max(1, CPU_IMAGES_PER_CALL // batch)`` points, so that each call sees about
-      32 images (at least the batch): calls of tens of images keep the cores busy, much larger
+      16 images (at least the batch): calls of tens of images keep the cores busy, much larger
       ones run out of cache, so both IG and SmoothGrad ran faster this way than with every point
       at once (README, "Attributions against Captum"; ``python -m
       experiments.benchmarks.attributions --models smallgap,preact_resnet18 --chunk_sweep
-      1,2,4,8,auto,all --out results/attributions_chunks_1dev.json``). Memory is then that of
-      about 32 images (or one batch), whatever the number of points. Except where a point's
+      1,2,4,8,auto,all --out results/attributions_chunks_1dev.json``). 32 images until
+      2026-12-06; since the fast path runs ResNet-18's 3x3 layers in Winograd's form over chunks
+      of images itself, 16 images per call were the fastest on ResNet-18 at batches 16 and 4
+      (README, "16 images per call"; ``--chunk_sweep 1,2,4,all --out
+      results/attributions_chunks_interleaved_1dev.json`` and ``--batch 4 --chunk_sweep
+      2,4,8,all --out results/attributions_chunks_interleaved_b4_1dev.json``). Memory is then
+      that of about 16 images (or one batch), whatever the number of points. Except where a point's
       program holds XLA's own convolution (a model without jaxadv's CPU fast path, e.g. one's own
       Flax model, or ``JAXADV_FASTPATH=0``; :func:`has_xla_convolution`): inside the loop over
       chunks XLA:CPU runs its convolution gradients several times slower, so there all points go
@@ -188,7 +193,7 @@ def auto_chunk_size(total: int, *, batch: int, one_point: Callable[[], object] |
       parallelism the estimate is for the whole batch, so it errs towards smaller chunks.
 
     Either way the points are then spread evenly over the calls that cap needs (50 points at a
-    cap of 32: two calls of 25), so little of the last chunk is padding.
+    cap of 16: four calls of 13), so little of the last chunk is padding.
 
     Args:
       total: number of points.

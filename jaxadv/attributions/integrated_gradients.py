@@ -26,7 +26,7 @@ Memory: ``chunk_size`` path points are evaluated per model call (one (chunk_size
 batch), and the chunks are folded with ``lax.scan`` into a running sum, so peak memory is one
 chunk's activations whatever ``num_steps`` is (Captum evaluates all n * B points at once by
 default). ``chunk_size=None`` evaluates all points in one call. The default ``"auto"``
-(:func:`jaxadv.attributions.auto_chunk_size`) takes about 32 images per call on CPU for models
+(:func:`jaxadv.attributions.auto_chunk_size`) takes about 16 images per call on CPU for models
 on jaxadv's fast path (all at once for XLA's own convolutions), where a few points per call is
 also the faster (IG, 50 points, one host device of a 2-core VM: PreAct
 ResNet-18 at batch 16, 5.0 s at 1 or 2 points per call and 6.0 s all at once; SmallGAP at batch

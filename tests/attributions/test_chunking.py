@@ -22,17 +22,18 @@ pytestmark = pytest.mark.usefixtures("strict_promotion")
 
 
 @pytest.mark.parametrize("total, batch, expected", [
-    (50, 16, 2),     # PreAct ResNet-18 at batch 16: 32 images per call
+    (50, 16, 1),     # PreAct ResNet-18 at batch 16: 16 images per call
+    (50, 4, 4),      # at batch 4: 16 images, spread over 13 calls of 4 (the last 2 padding)
     (50, 128, 1),    # a large batch: one point per call
-    (50, 1, 25),     # one image: at most 32 points per call, spread evenly over two calls
-    (64, 1, 32),
-    (40, 2, 14),     # at most 16, so three calls: 14 + 14 + 12
+    (50, 1, 13),     # one image: at most 16 points per call, spread evenly over four calls
+    (64, 1, 16),
+    (40, 2, 8),      # at most 8, so five calls of 8
     (5, 1, 5),       # never more points than there are
-    (50, 33, 1),
+    (50, 17, 1),
 ])
-def test_auto_on_cpu_takes_about_32_images_per_call(total, batch, expected):
+def test_auto_on_cpu_takes_about_16_images_per_call(total, batch, expected):
     assert auto_chunk_size(total, batch=batch, platform="cpu") == expected
-    assert _common.CPU_IMAGES_PER_CALL == 32
+    assert _common.CPU_IMAGES_PER_CALL == 16
 
 
 def test_auto_on_accelerators_bounds_the_memory_estimate():
@@ -77,8 +78,8 @@ def test_auto_evaluates_integrated_gradients_in_chunks_with_the_same_result(mode
     if not fastpath.is_enabled():
         pytest.skip("JAXADV_FASTPATH=0: XLA's own convolutions, no loop (next test)")
     ig = lambda v, c: integrated_gradients(f.logits, v, 1, num_steps=64, chunk_size=c)  # noqa: E731
-    # Batch 2 on CPU: 16 points per call, so a 4-trip loop; None: one call, no loop.
-    assert _scan_lengths(lambda v: ig(v, "auto"), x) == [4]
+    # Batch 2 on CPU: 8 points per call, so an 8-trip loop; None: one call, no loop.
+    assert _scan_lengths(lambda v: ig(v, "auto"), x) == [8]
     assert _scan_lengths(lambda v: ig(v, None), x) == []
     np.testing.assert_allclose(ig(x, "auto"), ig(x, None), rtol=2e-5, atol=1e-6)
     np.testing.assert_allclose(integrated_gradients(f.logits, x, 1, num_steps=64), ig(x, None),
@@ -105,9 +106,9 @@ def test_auto_is_the_default_and_matches_all_at_once(model_and_batch, method):
         "blur_ig": lambda: blur_integrated_gradients(f.logits, x, 1, num_steps=39, max_sigma=2.0),
         "path_ig": lambda: path_ig(f.logits, x, x + 0.1, np.array([1, 2]), num_steps=40),
     }
-    # 40 points at batch 2: at most 16 per call on CPU, so 3 chunks of 14 (with jaxadv's fast
-    # path; with XLA's own convolutions all at once, next test).
-    assert _scan_lengths(lambda: calls[method]("auto")) == ([3] if fastpath.is_enabled() else [])
+    # 40 points at batch 2 (Blur IG: 39): at most 8 per call on CPU, so 5 chunks of 8 (with
+    # jaxadv's fast path; with XLA's own convolutions all at once, next test).
+    assert _scan_lengths(lambda: calls[method]("auto")) == ([5] if fastpath.is_enabled() else [])
     ref = calls[method](None)
     np.testing.assert_allclose(calls[method]("auto"), ref, rtol=2e-5, atol=1e-6)
     np.testing.assert_allclose(default[method](), ref, rtol=2e-5, atol=1e-6)
@@ -137,7 +138,7 @@ def test_auto_keeps_all_points_in_one_call_for_xla_convolutions_on_cpu(model_and
         np.testing.assert_allclose(ig("auto"), ig(4), rtol=2e-5, atol=1e-6)
     with fastpath.enabled(True):
         assert not _common.has_xla_convolution(one_point)
-        assert auto_chunk_size(64, batch=2, one_point=one_point, platform="cpu") == 16
+        assert auto_chunk_size(64, batch=2, one_point=one_point, platform="cpu") == 8
     # Accelerators keep the memory rule either way.
     with fastpath.enabled(False):
         assert auto_chunk_size(64, batch=2, one_point=one_point, platform="gpu",
