@@ -862,13 +862,15 @@ def test_profile_ops_matmul_flops_from_compiled_hlo():
 
     from experiments.benchmarks import profile_ops
 
-    def f(a, b, c, d):
-        return jnp.einsum("pmk,pkn->pmn", a, b), c @ d.T
+    def f(a, b, c, d, e):
+        return jnp.einsum("pmk,pkn->pmn", a, b), c @ d.T, e @ jnp.sin(e)
 
-    args = (jnp.ones((4, 24, 40)), jnp.ones((4, 40, 16)), jnp.ones((30, 12)), jnp.ones((20, 12)))
+    args = (jnp.ones((4, 24, 40)), jnp.ones((4, 40, 16)), jnp.ones((30, 12)), jnp.ones((20, 12)),
+            jnp.ones((24, 24)))
     found = profile_ops.matmul_kernels(jax.jit(f).lower(*args).compile().as_text())
+    # A square matmul has no batch dimension, however equal its sizes.
     assert sorted(r["flops"] for r in found.values()) == sorted(
-        [2.0 * 4 * 24 * 16 * 40, 2.0 * 30 * 20 * 12])
+        [2.0 * 4 * 24 * 16 * 40, 2.0 * 30 * 20 * 12, 2.0 * 24 * 24 * 24])
     assert all(r["what"].endswith("dot_general") for r in found.values())
 
 

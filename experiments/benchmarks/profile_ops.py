@@ -139,8 +139,8 @@ def matmul_kernels(hlo: str) -> dict:
         if len(operands) < 2 or any(o not in shapes for o in operands[:2]):
             continue
         a, b, c = _dims(shapes[operands[0]]), _dims(shapes[operands[1]]), _dims(m.group(2))
-        p = 1
-        for da, db, dc in zip(a, b, c, strict=False):
+        p = 1  # leading batch dimensions: equal in all three, and each keeps two more
+        for da, db, dc in zip(a, b, c[:max(0, min(len(a), len(b), len(c)) - 2)], strict=False):
             if not da == db == dc:
                 break
             p *= dc
