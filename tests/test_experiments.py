@@ -895,6 +895,8 @@ def test_profile_ops_charges_each_kernel_until_the_next_starts():
     assert k["busy"] == pytest.approx(
         {"ynn_fusion": 2.0, "conv_general_dilated.2": 0.04, "ynn_fusion.12": 1.0})
     assert k["span_groups"] == pytest.approx({"ynn_fusion": 3.9, "conv_general_dilated": 6.0})
+    assert k["count"] == pytest.approx(
+        {"ynn_fusion": 1.0, "conv_general_dilated.2": 1.0, "ynn_fusion.12": 1.0})
 
 
 def test_profile_ops_runs_a_step_and_a_map(tmp_path):

@@ -117,6 +117,9 @@ CHUNKED = ("ig", "smoothgrad")  # evaluated in chunks of points by jaxadv's defa
 PARITY_ONLY = ("preact_resnet18_softplus",)  # models whose methods are not timed
 IG_STEPS, SG_SAMPLES, SG_STDEV = 50, 25, 0.15
 OCC_WINDOW, OCC_STRIDE = 8, 4
+# Images per model in this benchmark's runs (and profile_ops' default for the maps).
+BATCHES = {"smallgap": 128, "preact_resnet18": 16, "preact_resnet18_softplus": 16}
+QUICK_BATCHES = {"smallgap": 32, "preact_resnet18": 4, "preact_resnet18_softplus": 4}
 
 
 def time_call(fn, *, repeats: int) -> float:
@@ -773,9 +776,7 @@ def _run(args) -> dict:
     from jaxadv import host_memory
     from jaxadv.devices import convolution_backend
 
-    batches = ({"smallgap": 32, "preact_resnet18": 4, "preact_resnet18_softplus": 4}
-               if args.quick
-               else {"smallgap": 128, "preact_resnet18": 16, "preact_resnet18_softplus": 16})
+    batches = dict(QUICK_BATCHES if args.quick else BATCHES)
     if args.batch is not None:
         batches = dict.fromkeys(batches, args.batch)
     repeats = args.repeats or (2 if args.quick else 3)

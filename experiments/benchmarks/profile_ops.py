@@ -180,31 +180,33 @@ def _group(name: str) -> str:
 def group_kernels(events: list[dict], calls: int) -> dict:
     """Per call of the op, in ms: ``span`` {kernel name: time from each of its starts to the
     next kernel's start, or to the end of the call for the last one}, ``busy`` {kernel name:
-    the events' own durations}, and both summed per name without numeric suffix
-    (``span_groups``, ``busy_groups``). Kernels of one call are those that start inside one
-    execution of the executable (``ExecuteHelperOnSingleDevice``; all events when the trace
-    has none). Spans charge each kernel with what follows it until the next one starts: the
-    time an asynchronous kernel (XLA:CPU's Eigen convolutions and dots return once their work
-    is queued, so their own events are short) takes on the thread pool, the dispatch gap after
-    a synchronous one; they add up to the call's time."""
+    the events' own durations}, ``count`` {kernel name: runs per call}, and span and busy
+    summed per name without numeric suffix (``span_groups``, ``busy_groups``). Kernels of one
+    call are those that start inside one execution of the executable
+    (``ExecuteHelperOnSingleDevice``; all events when the trace has none). Spans charge each
+    kernel with what follows it until the next one starts: the time an asynchronous kernel
+    (XLA:CPU's Eigen convolutions and dots return once their work is queued, so their own
+    events are short) takes on the thread pool, the dispatch gap after a synchronous one; they
+    add up to the call's time."""
     windows = [(e["ts"], e["ts"] + e["dur"]) for e in events if e["name"] == _EXECUTE]
     kernels = sorted((e for e in events if _is_kernel(e["name"])), key=lambda e: e["ts"])
     if not windows:
         windows = [(min((e["ts"] for e in kernels), default=0.0),
                     max((e["ts"] + e["dur"] for e in kernels), default=0.0))]
-    span, busy = collections.Counter(), collections.Counter()
+    span, busy, count = collections.Counter(), collections.Counter(), collections.Counter()
     for lo, hi in windows:
         inside = [e for e in kernels if lo <= e["ts"] <= hi]
         for e, nxt in zip(inside, inside[1:] + [None], strict=True):
             end = nxt["ts"] if nxt is not None else max(hi, e["ts"] + e["dur"])
             span[e["name"]] += (end - e["ts"]) / 1e3 / calls
             busy[e["name"]] += e["dur"] / 1e3 / calls
+            count[e["name"]] += 1 / calls
     span_groups, busy_groups = collections.Counter(), collections.Counter()
     for name in span:
         span_groups[_group(name)] += span[name]
         busy_groups[_group(name)] += busy[name]
-    return {"span": dict(span), "busy": dict(busy), "span_groups": dict(span_groups),
-            "busy_groups": dict(busy_groups)}
+    return {"span": dict(span), "busy": dict(busy), "count": dict(count),
+            "span_groups": dict(span_groups), "busy_groups": dict(busy_groups)}
 
 
 def _by_time(d: dict) -> dict:
@@ -233,7 +235,7 @@ def profile(fn, args, calls: int) -> dict:
     matmuls = []
     for name, info in matmul_kernels(hlo).items():
         if k["span"].get(name):
-            count = sum(1 for e in events if e["name"] == name) / calls
+            count = k["count"][name]
             matmuls.append({"name": name, "shapes": info["shapes"], "what": info["what"],
                             "ms": k["span"][name], "busy_ms": k["busy"][name],
                             "calls_per_op": count,
@@ -255,7 +257,9 @@ def main(argv=None) -> dict:
         batch = args.batch or 128
         build = _step_op
     else:
-        batch = args.batch or {"smallgap": 128, "preact_resnet18": 16}.get(args.model, 16)
+        from experiments.benchmarks.attributions import BATCHES
+
+        batch = args.batch or BATCHES.get(args.model, 16)
         build = _attribution_op
     with fastpath.enabled(not args.no_fastpath):
         fn, fn_args = build(args.model, args.op, batch)
