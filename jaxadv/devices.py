@@ -24,12 +24,12 @@ Eigen's threads would compete). ``import jaxadv`` and :func:`use_host_devices` c
 import jaxadv before JAX's first computation (XLA reads ``XLA_FLAGS`` once, when its backend
 starts). Measured on a 2-core EPYC VM, batch 128, the same programs compiled with either library
 in one run (``python -m experiments.benchmarks.step_speed --models smallgap,poolgap --repeats 7
---host_devices N --compare_conv_backend``, results/step_speed_conv_Ndev_fixed.json; README,
-"Speed against PyTorch"): on one device PoolGAP's PGD step 1.67x faster with Eigen (67.6 -> 40.3
-ms), PGD-10 1.62x, train step 1.59x (106.1 -> 66.9 ms), forward pass 0.99x; SmallGAP's small
-convolutions 0.77x on the forward pass, 1.01-1.18x on the others; on two devices YNNPACK is the
-faster (PoolGAP 1.08-1.19x, SmallGAP 0.97-1.43x). :func:`convolution_backend` says which one
-compiled code uses. A user's own
+--host_devices N --compare_conv_backend``, results/step_speed_conv_Ndev_fixed.json;
+docs/performance.md, "Convolutions on every core"): on one device PoolGAP's PGD step 1.67x
+faster with Eigen (67.6 -> 40.3 ms), PGD-10 1.62x, train step 1.59x (106.1 -> 66.9 ms),
+forward pass 0.99x; SmallGAP's small convolutions 0.77x on the forward pass, 1.01-1.18x on the
+others; on two devices YNNPACK is the faster (PoolGAP 1.08-1.19x, SmallGAP 0.97-1.43x).
+:func:`convolution_backend` says which one compiled code uses. A user's own
 ``--xla_cpu_experimental_ynn_fusion_type`` in ``XLA_FLAGS`` is left as it is, and
 ``JAXADV_FASTPATH=0`` leaves XLA's default. Other XLA:CPU flags (``xla_cpu_use_xnnpack``,
 ``xla_cpu_use_onednn``, ``xla_cpu_experimental_xnn_graph_fusion_mode``,
@@ -211,7 +211,7 @@ def set_cpu_convolution_flags() -> bool:
     ``JAXADV_FASTPATH=0`` leaves XLA's default. Called after JAX's backend has started, when
     the flag would be added, it warns: it can no longer take effect (the attributions benchmark
     did this until 2026-12-06: it measured the matmul peak first, and its one-device runs timed
-    YNNPACK's convolutions; README, "Attributions against Captum").
+    YNNPACK's convolutions; docs/performance.md, "Correction (2026-12-06)").
 
     Returns:
       Whether ``XLA_FLAGS`` now holds jaxadv's flag.

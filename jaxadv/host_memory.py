@@ -36,7 +36,7 @@ PoolGAP's ops take up to 14 % longer (threads contending for one arena;
 ``results/host_memory_one_arena_gap_1dev.json``), and on two host devices it grew the heap
 (``results/host_memory_one_arena_resnet_2dev.json``), so it is not set; glibc's transparent huge
 pages (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, only at process start) are left to the user
-(README, "Computations run in the calling thread").
+(docs/performance.md, "Computations run in the calling thread").
 
 ``import jaxadv`` calls both on Linux with glibc unless ``JAXADV_REUSE_HOST_MEMORY=0`` (or an
 accelerator plugin is installed and the variable is unset: :func:`accelerator_installed`); the
@@ -45,7 +45,8 @@ dispatch only where JAX's backends have not started yet, and not where the user 
 ``JAX_CPU_ENABLE_ASYNC_DISPATCH``.
 
 Measured: ``python -m experiments.benchmarks.host_memory`` (each setting in its own process,
-alternating over rounds); README, "Speed against PyTorch", has the figures.
+alternating over rounds); docs/performance.md ("Freed host memory kept for reuse",
+"Computations run in the calling thread") has the figures.
 """
 
 import ctypes

@@ -107,7 +107,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="Split the batch over this many XLA host devices (0: one per core, 1: off). "
                    "Default 1, what a notebook that imports jaxadv runs (Eigen's threaded "
                    "convolutions); 8 was the default until 2026-12-06, chosen when one device ran "
-                   "YNNPACK's single-threaded ones. The README gives 1, 2 and 8.")
+                   "YNNPACK's single-threaded ones. docs/performance.md gives 1, 2 and 8.")
     p.add_argument("--models", default=",".join(MODELS), help="Comma-separated subset of "
                    f"{', '.join(MODELS)}.")
     p.add_argument("--ops", default=",".join(OPS), help=f"Comma-separated subset of {OPS}.")

@@ -172,12 +172,12 @@ def auto_chunk_size(total: int, *, batch: int, one_point: Callable[[], object] |
     * CPU: at most ``max(1, CPU_IMAGES_PER_CALL // batch)`` points, so that each call sees about
       16 images (at least the batch): calls of tens of images keep the cores busy, much larger
       ones run out of cache, so both IG and SmoothGrad ran faster this way than with every point
-      at once (README, "Attributions against Captum"; ``python -m
+      at once (docs/performance.md, "Chunked by default"; ``python -m
       experiments.benchmarks.attributions --models smallgap,preact_resnet18 --chunk_sweep
       1,2,4,8,auto,all --out results/attributions_chunks_1dev.json``). 32 images until
       2026-12-06; since the fast path runs ResNet-18's 3x3 layers in Winograd's form over chunks
       of images itself, 16 images per call were the fastest on ResNet-18 at batches 16 and 4
-      (README, "16 images per call"; ``--chunk_sweep 1,2,4,all --out
+      (docs/performance.md, "16 images per call"; ``--chunk_sweep 1,2,4,all --out
       results/attributions_chunks_interleaved_1dev.json`` and ``--batch 4 --chunk_sweep
       2,4,8,all --out results/attributions_chunks_interleaved_b4_1dev.json``). Memory is then
       that of about 16 images (or one batch), whatever the number of points. Except where a point's
@@ -185,7 +185,7 @@ def auto_chunk_size(total: int, *, batch: int, one_point: Callable[[], object] |
       Flax model, or ``JAXADV_FASTPATH=0``; :func:`has_xla_convolution`): inside the loop over
       chunks XLA:CPU runs its convolution gradients several times slower, so there all points go
       in one call (``--chunk_sweep 1,auto,all --no_fastpath``,
-      results/attributions_chunks_nofastpath_1dev.json in the README).
+      results/attributions_chunks_nofastpath_1dev.json in docs/performance.md).
     * Accelerators: all points in one call (the fastest there) unless ``one_point``'s traced
       intermediates (:func:`traced_bytes`, an over-estimate) times the number of points would pass
       ``ACCELERATOR_MEMORY_FRACTION`` of the device's memory (``bytes_limit``, default from

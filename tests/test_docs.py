@@ -1,0 +1,109 @@
+"""The README and docs/performance.md stay reproducible: every ``python -m experiments...`` command
+they give parses with its script's own argument parser, and every file under ``results/`` they
+name is committed.
+
+A command is a backticked ``python -m experiments.<module> ...`` span (it may run over several
+lines). The placeholders the text uses for a count (``N``, ``K``) are read as 2; ``...`` is
+dropped. The script's ``main(argv)`` is called with ``argparse.ArgumentParser.parse_args``
+replaced by one that stops right after parsing, so nothing runs.
+"""
+
+import argparse
+import glob
+import importlib
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ["README.md", "docs/performance.md"]
+COMMAND = re.compile(r"`python\s+-m\s+(experiments(?:\.\w+)+)([^`]*)`")
+RESULT = re.compile(r"results/[A-Za-z0-9_.*/{},-]+")
+# Named in the text but not meant to exist: a run's output that was renamed once complete
+# (README, "Official Boopathy et al. checkpoints").
+NOT_FILES = {"results/boopathy_mnist_n1000.json"}
+
+
+class _Parsed(Exception):
+    pass
+
+
+def _commands(text: str) -> list[tuple[str, list[str]]]:
+    out = []
+    for m in COMMAND.finditer(text):
+        args = shlex.split(" ".join(m.group(2).split()).replace("...", ""))
+        out.append((m.group(1), ["2" if a in ("N", "K") else a for a in args]))
+    return out
+
+
+def _result_paths(text: str) -> list[str]:
+    """Every results/ path in ``text``, with ``{a,b}`` alternatives expanded; a path broken
+    over two lines (``results/name.`` then ``{json,md}``) is read up to its break."""
+    out = []
+    for raw in RESULT.findall(text):
+        raw = raw.rstrip(".,")
+        alt = re.search(r"\{([^}]*)\}", raw)
+        out += ([raw[:alt.start()] + a + raw[alt.end():] for a in alt.group(1).split(",")]
+                if alt else [raw])
+    return out
+
+
+def _exists(path: str) -> bool:
+    """A file or folder, where ``*`` and the placeholders for a device count (``Ndev``) and a
+    model (``_M_``) match anything, and a path cut at a line break (no extension) matches the
+    files it starts."""
+    pattern = str(ROOT / path.replace("Ndev", "*dev").replace("_M_", "_*_"))
+    if glob.glob(pattern):
+        return True
+    return "." not in Path(path).name and bool(glob.glob(pattern + ".*"))
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_command_parses(doc, monkeypatch):
+    text = (ROOT / doc).read_text()
+    commands = _commands(text)
+    assert commands, f"no commands found in {doc}"
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise _Parsed(original(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    failures = []
+    for module, args in commands:
+        try:
+            importlib.import_module(module).main(args)
+        except _Parsed:
+            continue
+        except SystemExit:
+            failures.append(f"python -m {module} {shlex.join(args)}")
+        else:
+            failures.append(f"python -m {module} (main returned without parsing its arguments)")
+    assert not failures, f"{doc}: commands its scripts reject:\n" + "\n".join(failures)
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_named_result_is_committed(doc):
+    paths = _result_paths((ROOT / doc).read_text())
+    assert paths, f"no results/ paths found in {doc}"
+    missing = sorted({p for p in paths if p not in NOT_FILES and not _exists(p)})
+    assert not missing, f"{doc} names results that are not in the repository: {missing}"
+
+
+def test_a_stale_flag_and_a_missing_result_are_caught(monkeypatch, tmp_path):
+    """The checks can fail: a flag the script does not have, and a file that is not there."""
+    text = ("`python -m experiments.benchmarks.step_speed --models smallgap --no_such_flag 1` "
+            "and `results/no_such_file.json`")
+    (module, args), = _commands(text)
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise _Parsed(original(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    with pytest.raises(SystemExit):
+        importlib.import_module(module).main(args)
+    assert not _exists(_result_paths(text)[0])
+    assert _exists("results/step_speed_fold_Ndev.json") and _exists("results/fashion_mnist_robust")
