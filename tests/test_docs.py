@@ -30,6 +30,29 @@ class _Parsed(Exception):
     pass
 
 
+@pytest.fixture
+def parses(monkeypatch):
+    """``parses(module, args)``: whether ``python -m module *args`` gets past its argument parser
+    (``ArgumentParser.parse_args`` stops right after parsing, so nothing else runs)."""
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise _Parsed(original(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+
+    def check(module: str, args: list[str]) -> bool:
+        try:
+            importlib.import_module(module).main(args)
+        except _Parsed:
+            return True
+        except SystemExit:
+            return False
+        raise AssertionError(f"python -m {module}: main returned without parsing its arguments")
+
+    return check
+
+
 def _commands(text: str) -> list[tuple[str, list[str]]]:
     out = []
     for m in COMMAND.finditer(text):
@@ -61,26 +84,11 @@ def _exists(path: str) -> bool:
 
 
 @pytest.mark.parametrize("doc", DOCS)
-def test_every_command_parses(doc, monkeypatch):
-    text = (ROOT / doc).read_text()
-    commands = _commands(text)
+def test_every_command_parses(doc, parses):
+    commands = _commands((ROOT / doc).read_text())
     assert commands, f"no commands found in {doc}"
-    original = argparse.ArgumentParser.parse_args
-
-    def parse_then_stop(self, args=None, namespace=None):
-        raise _Parsed(original(self, args, namespace))
-
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
-    failures = []
-    for module, args in commands:
-        try:
-            importlib.import_module(module).main(args)
-        except _Parsed:
-            continue
-        except SystemExit:
-            failures.append(f"python -m {module} {shlex.join(args)}")
-        else:
-            failures.append(f"python -m {module} (main returned without parsing its arguments)")
+    failures = [f"python -m {module} {shlex.join(args)}" for module, args in commands
+                if not parses(module, args)]
     assert not failures, f"{doc}: commands its scripts reject:\n" + "\n".join(failures)
 
 
@@ -92,18 +100,12 @@ def test_every_named_result_is_committed(doc):
     assert not missing, f"{doc} names results that are not in the repository: {missing}"
 
 
-def test_a_stale_flag_and_a_missing_result_are_caught(monkeypatch, tmp_path):
+def test_a_stale_flag_and_a_missing_result_are_caught(parses):
     """The checks can fail: a flag the script does not have, and a file that is not there."""
     text = ("`python -m experiments.benchmarks.step_speed --models smallgap --no_such_flag 1` "
             "and `results/no_such_file.json`")
     (module, args), = _commands(text)
-    original = argparse.ArgumentParser.parse_args
-
-    def parse_then_stop(self, args=None, namespace=None):
-        raise _Parsed(original(self, args, namespace))
-
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
-    with pytest.raises(SystemExit):
-        importlib.import_module(module).main(args)
+    assert not parses(module, args)
+    assert parses(module, args[:2])
     assert not _exists(_result_paths(text)[0])
     assert _exists("results/step_speed_fold_Ndev.json") and _exists("results/fashion_mnist_robust")
