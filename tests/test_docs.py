@@ -11,6 +11,7 @@ replaced by one that stops right after parsing, so nothing runs.
 import argparse
 import glob
 import importlib
+import math
 import re
 import shlex
 from pathlib import Path
@@ -109,3 +110,38 @@ def test_a_stale_flag_and_a_missing_result_are_caught(parses):
     assert parses(module, args[:2])
     assert not _exists(_result_paths(text)[0])
     assert _exists("results/step_speed_fold_Ndev.json") and _exists("results/fashion_mnist_robust")
+
+
+def _python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def test_the_readme_example_runs_as_written(shared_data, tmp_path):
+    """The README's first example ("Using it"), run as a user would, in a fresh process from a
+    folder holding the official checkpoint and the MNIST test set under the names it uses; its
+    comment's claim (mean CAM equals the logits) and its printed figures are checked."""
+    import subprocess
+    import sys
+
+    from tests.conftest import fresh_process_env
+
+    example = _python_blocks((ROOT / "README.md").read_text())[0]
+    (tmp_path / "mnist_smallgap_normal_100.pkl").symlink_to(
+        shared_data / "boopathy-mnist" / "mnist_smallgap_normal_100.pkl")
+    (tmp_path / "mnist-test").symlink_to(shared_data / "mnist-test")
+    check = ("\nimport numpy as np\n"
+             "assert cam.shape == (128, 7, 7, 10)\n"
+             "np.testing.assert_allclose(cam.mean((1, 2)), f.logits(x), rtol=1e-5, atol=1e-5)\n"
+             "acc = np.asarray(1 - robust.mean(1))\n"
+             "print('CHECK', acc.tolist(), float(isa_curve(sneak).normalized_slope))\n")
+    script = tmp_path / "example.py"
+    script.write_text(example + check)
+    res = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=fresh_process_env(),
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("CHECK"))
+    acc, slope = line.split(" ", 1)[1].rsplit(" ", 1)
+    acc = [float(a) for a in acc.strip("[]").split(",")]
+    assert len(acc) == 6 and all(0.0 <= a <= 1.0 for a in acc)
+    assert all(b <= a for a, b in zip(acc, acc[1:], strict=False))  # larger eps, lower accuracy
+    assert math.isfinite(float(slope))
