@@ -359,7 +359,8 @@ def test_step_speed_benchmark_smoke(tmp_path):
         "experiments.benchmarks.step_speed", "--quick", "--models", "smallgap", "--batch", "128",
         "--repeats", "1", "--calls_per_turn", "2", "--host_devices", "2", "--precision", "highest",
         "--compare_no_fold", "--compare_no_winograd", "--compare_no_large_winograd",
-        "--compare_cumsum_mask", "--compare_conv_backend", out=tmp_path / "ss.json")
+        "--compare_no_depth_first", "--compare_cumsum_mask", "--compare_conv_backend",
+        out=tmp_path / "ss.json")
     ops = ("forward", "pgd_step", "pgd10", "train_step")
     assert set(result["speedup_vs_torch"]) == {f"smallgap/{op}" for op in ops}
     assert all(v > 0 for v in result["speedup_vs_torch"].values())
@@ -367,6 +368,7 @@ def test_step_speed_benchmark_smoke(tmp_path):
     assert set(result["speedup_vs_cumsum_mask"]) == set(result["speedup_vs_torch"])
     assert set(result["speedup_vs_no_winograd"]) == set(result["speedup_vs_torch"])
     assert set(result["speedup_vs_small_winograd"]) == set(result["speedup_vs_torch"])
+    assert set(result["speedup_vs_no_depth_first"]) == set(result["speedup_vs_torch"])
     # The other convolution library as a contestant: Eigen's where every core has its own device
     # (2 devices on 2 cores), YNNPACK's where a device has >= 2 cores.
     backend = result["config"]["conv_backend"]
@@ -941,3 +943,36 @@ def test_attributions_chunk_sweep_interleaves_every_setting_of_both_libraries(tm
     assert sweep["batch"] == 8
     assert sweep["images_per_call"] == {"1": 8, "None": 8 * attributions.IG_STEPS}
     assert all(v > 0 for v in [*sweep["jaxadv_s"].values(), *sweep["captum_s"].values()])
+
+
+def test_attributions_benchmark_compares_jaxadv_without_a_fast_path_form(monkeypatch):
+    """``compare_forms_off`` (``--compare_no_depth_first``) times jaxadv's IG and SmoothGrad
+    compiled with and without a form in the same rounds, and compiles the contestant while the
+    form is off: a spy on the depth-first rule sees it replaced during that compile only."""
+    import jax
+    import jax.numpy as jnp
+
+    from experiments.benchmarks import attributions
+    from jaxadv.models import fastpath
+
+    fns, _, x, t, _, _ = attributions.build("smallgap", 4)
+    key = jax.random.key(0)
+    xj, tj = jnp.asarray(x), jnp.asarray(t, jnp.int32)
+    ours = {m: jax.jit(f) for m, f in attributions._jaxadv_methods(fns, key).items()}
+    seen = []
+    real_compile = jax.stages.Lowered.compile
+
+    def spy_compile(self, *args, **kwargs):
+        seen.append(fastpath.depth_first_images(128, (32, 32), 64, ynnpack=False))
+        return real_compile(self, *args, **kwargs)
+
+    monkeypatch.setattr(jax.stages.Lowered, "compile", spy_compile)
+    out = attributions.compare_forms_off(fns, key, xj, tj, ours, ("depth_first",), repeats=1)
+    assert seen == [None, None]  # IG and SmoothGrad compiled with the rule off
+    assert fastpath.depth_first_images(128, (32, 32), 64, ynnpack=False) == 8  # restored
+    assert set(out["forms_off_s"]) == set(attributions.CHUNKED)
+    assert all(set(v) == {"jaxadv", "jaxadv_no_depth_first"} and min(v.values()) > 0
+               for v in out["forms_off_s"].values())
+    assert out["speedup_vs_no_depth_first"] == {
+        m: pytest.approx(v["jaxadv_no_depth_first"] / v["jaxadv"])
+        for m, v in out["forms_off_s"].items()}

@@ -63,6 +63,11 @@ jaxadv evaluates the path with ``chunk_size=--ig-chunk`` (default ``auto``: one 
 per model call on CPU, ``lax.scan`` over 200 chunks); Captum uses its default (all 25600 images in
 one call).
 
+``--compare_no_depth_first`` also times jaxadv's IG and SmoothGrad compiled with a ResNet's stem
+and first stage run layer by layer over each call's images instead of depth first over chunks of
+images (``fastpath.depth_first_images``), all contestants in turn within each round (per model:
+``forms_off_s``, ``speedup_vs_no_depth_first``).
+
 ``--chunk_sweep 1,2,auto,all`` instead times only IG and SmoothGrad (``--chunk_sweep_methods``)
 at those numbers of points per model call in both libraries (IG: jaxadv ``chunk_size``, Captum
 ``internal_batch_size`` = points x batch; SmoothGrad: jaxadv ``chunk_size``, Captum
@@ -443,7 +448,7 @@ def _relu_kinks(bound, x, t, ig_error) -> dict:
 
 
 def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True,
-                timing: bool = True) -> dict:
+                timing: bool = True, forms_off: tuple = ()) -> dict:
     import jax
     import jax.numpy as jnp
     import torch
@@ -546,6 +551,38 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True,
                             for m in METHODS}
     out["gflops_needed_for_2x"] = {m: 2 * flops[m] / out["captum_s"][m] / 1e9 if flops[m]
                                    else None for m in METHODS}
+    if forms_off:
+        out.update(compare_forms_off(fns, key, xj, tj, ours, forms_off, repeats))
+    return out
+
+
+def compare_forms_off(fns, key, xj, tj, ours: dict, forms_off, repeats: int) -> dict:
+    """jaxadv's IG and SmoothGrad (default settings) against the same compiled without one of the
+    fast path's forms each (``step_speed.form_off``: e.g. ``"depth_first"``), every contestant
+    in turn within each round: ``forms_off_s`` {method: {contestant: s}} and, per form,
+    ``speedup_vs_<label>`` {method: time without / time with}."""
+    import jax
+
+    from experiments.benchmarks import step_speed
+
+    contestants = {(m, "jaxadv"): (lambda m=m: jax.block_until_ready(ours[m](xj, tj)))
+                   for m in CHUNKED}
+    for form in forms_off:
+        label = step_speed._off_label(form)
+        with step_speed.form_off(form):  # traced and compiled without the form
+            methods = _jaxadv_methods(fns, key)
+            compiled = {m: jax.jit(methods[m]).lower(xj, tj).compile() for m in CHUNKED}
+        for m, c in compiled.items():
+            contestants[(m, f"jaxadv_{label}")] = (
+                lambda c=c: jax.block_until_ready(c(xj, tj)))
+    rounds = step_speed.time_rounds(contestants, repeats)
+    seconds = {m: {who: rounds[(mm, who)]["median"] / 1e3 for mm, who in rounds if mm == m}
+               for m in CHUNKED}
+    out = {"forms_off_s": seconds}
+    for form in forms_off:
+        label = step_speed._off_label(form)
+        out[f"speedup_vs_{label}"] = {m: seconds[m][f"jaxadv_{label}"] / seconds[m]["jaxadv"]
+                                      for m in CHUNKED}
     return out
 
 
@@ -744,6 +781,11 @@ def main(argv=None) -> dict:
     p.add_argument("--no_fastpath", action="store_true",
                    help="trace jaxadv's models without its CPU fast path (XLA's own convolutions, "
                         "as a model of one's own would have)")
+    p.add_argument("--compare_no_depth_first", action="store_true",
+                   help="also time jaxadv's IG and SmoothGrad with a ResNet's stem and first "
+                        "stage run layer by layer over each call's images instead of depth first "
+                        "over chunks (fastpath.depth_first_images; JSON per model: forms_off_s, "
+                        "speedup_vs_no_depth_first)")
     p.add_argument("--ig_chunk_sweep", default=None, metavar="C1,C2,...",
                    help="--chunk_sweep C1,C2,... --chunk_sweep_methods ig (JSON key ig_chunk_sweep)")
     p.add_argument("--memory-child", choices=("jax", "base-jax", "torch", "base-torch"),
@@ -811,9 +853,10 @@ def _run(args) -> dict:
     peak_before = matmul_peak_gflops(1024 if args.quick else 4096)
     per_model = {}
     for name in args.models.split(","):
-        per_model[name] = bench_model(name, batches[name], repeats,
-                                      f64_reference=not args.skip_float64,
-                                      timing=name not in PARITY_ONLY)
+        per_model[name] = bench_model(
+            name, batches[name], repeats, f64_reference=not args.skip_float64,
+            timing=name not in PARITY_ONLY,
+            forms_off=("depth_first",) if args.compare_no_depth_first else ())
         print(f"{name}: done", flush=True)
     timed = [r for r in per_model.values() if "speedup_vs_captum" in r]
     result = {

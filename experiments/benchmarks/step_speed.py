@@ -4,7 +4,7 @@
         [--quick] [--host_devices N] [--models smallgap,poolgap,preact_resnet18] [--repeats R]
         [--compare_standard] [--compare_no_rows] [--compare_no_patches] [--compare_no_taps]
         [--compare_no_fold] [--compare_no_phases] [--compare_no_stored] [--compare_no_winograd]
-        [--compare_no_large_winograd]
+        [--compare_no_large_winograd] [--compare_no_depth_first]
         [--compare_cumsum_mask] [--compare_conv_backend]
         [--no_fastpath]
         [--torch_device cuda] [--precision highest]
@@ -61,7 +61,9 @@ the stored input (``jaxadv_no_stored``, ``fastpath._stored_pay``), ``--compare_n
 with XLA's convolutions where the fast path computes 3x3 stride-1 layers by Winograd's
 F(2x2, 3x3) (``jaxadv_no_winograd``, ``fastpath._winograd_pay``), ``--compare_no_large_winograd``
 with Winograd only on the maps the rule took before its image chunks (``jaxadv_small_winograd``,
-:func:`winograd_small_maps_only`), ``--compare_cumsum_mask``
+:func:`winograd_small_maps_only`), ``--compare_no_depth_first`` with a ResNet's stem and first
+stage run layer by layer over the whole batch instead of depth first over chunks of images
+(``jaxadv_no_depth_first``, ``fastpath.depth_first_images``), ``--compare_cumsum_mask``
 with the max pool's first-maximum mask taken from a cumulative sum over each window
 (``jaxadv_cumsum_mask``: the form
 used until 2026-12-05, which XLA:CPU runs as a reduce-window; now an element-wise pass),
@@ -149,6 +151,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="Also time jaxadv with Winograd's F(2x2, 3x3) only where the rule before "
                         "its image chunks took it (maps of at most 8x8 outputs, at least 128 "
                         "channels; contestant 'jaxadv_small_winograd').")
+    p.add_argument("--compare_no_depth_first", action="store_true",
+                   help="Also time jaxadv with a ResNet's stem and first stage run layer by layer "
+                        "over the whole batch (contestant 'jaxadv_no_depth_first'; "
+                        "fastpath.depth_first_images).")
     p.add_argument("--compare_no_taps_stored", action="store_true",
                    help="Also time jaxadv with the one-channel tap sum's output recomputed by its "
                         "consumers (contestant 'jaxadv_no_taps_stored'; "
@@ -656,6 +662,11 @@ def cumsum_first_max_mask(blocks, out):
     return first.reshape(b, ho, wo, c, k, k).transpose(0, 1, 4, 2, 5, 3)
 
 
+def _never_chunked(*args, **kwargs) -> None:
+    """Stands in for ``fastpath.depth_first_images``: no image chunks."""
+    return None
+
+
 def _always_false(*args) -> bool:
     return False
 
@@ -686,6 +697,7 @@ _FORMS_OFF = {
     "taps_stored": ("_taps_stored_pay", _always_false, "no_taps_stored"),
     "winograd": ("_winograd_pay", _always_false, "no_winograd"),
     "large_winograd": ("_winograd_pay", winograd_small_maps_only, "small_winograd"),
+    "depth_first": ("depth_first_images", _never_chunked, "no_depth_first"),
     "mask": ("_first_max_mask", cumsum_first_max_mask, "cumsum_mask"),
 }
 
@@ -702,8 +714,9 @@ def form_off(form: str):
     (``fastpath._fold_pay``: SmallGAP's GAP fold), ``"phases"`` (``fastpath._phases_pay``),
     ``"stored"`` (``fastpath._stored_pay``), ``"taps_stored"`` (``fastpath._taps_stored_pay``) or
     ``"winograd"`` (``fastpath._winograd_pay``)
-    always False, ``"large_winograd"``: Winograd only where :func:`winograd_small_maps_only`
-    takes it, or ``"mask"``: the max pool's first-maximum mask by
+    always False, ``"depth_first"``: a ResNet's first stage layer by layer over the whole batch
+    (``fastpath.depth_first_images`` always None), ``"large_winograd"``: Winograd only where
+    :func:`winograd_small_maps_only` takes it, or ``"mask"``: the max pool's first-maximum mask by
     :func:`cumsum_first_max_mask`."""
     import jax
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 
-from jaxadv.models import layers
+from jaxadv.models import fastpath, layers
 from jaxadv.models.base import GAPClassifier
 from jaxadv.types import Array
 
@@ -55,12 +55,30 @@ class _ResNetBody(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
-        h = layers.conv(self.stem_width, 3, use_bias=False, name="stem")(x)
-        for s, (width, n) in enumerate(zip(self.stage_widths, self.blocks_per_stage, strict=True)):
-            for b in range(n):
-                stride = (self.first_stride if s == 0 else 2) if b == 0 else 1
-                h = _PreActBlock(width, stride, self.use_batch_norm, self.activation,
-                                 name=f"stage{s}_block{b}")(h, train)
+        stem = layers.conv(self.stem_width, 3, use_bias=False, name="stem")
+        stages = [[_PreActBlock(width, (self.first_stride if s == 0 else 2) if b == 0 else 1,
+                                self.use_batch_norm, self.activation, name=f"stage{s}_block{b}")
+                   for b in range(n)]
+                  for s, (width, n) in enumerate(zip(self.stage_widths, self.blocks_per_stage,
+                                                     strict=True))]
+
+        def run(h, blocks):
+            for block in blocks:
+                h = block(h, train)
+            return h
+
+        def first_stage(images):
+            return run(stem(images), stages[0])
+
+        # On CPU the stem and first stage (the largest maps) run depth first over chunks of
+        # images where the fast path would chunk their convolutions (fastpath.depth_first_images;
+        # not in training mode, where batch norm couples the images).
+        hw = tuple(-(-n // self.first_stride) for n in x.shape[1:3])
+        size = None if train else fastpath.depth_first_images(
+            x.shape[0], hw, self.stage_widths[0], x.dtype)
+        h = first_stage(x) if size is None else fastpath.map_images(first_stage, x, size)
+        for blocks in stages[1:]:
+            h = run(h, blocks)
         h = _norm(self.use_batch_norm, train, "final_norm")(h)
         return layers.get_activation(self.activation)(h)
 

@@ -679,3 +679,58 @@ def test_models_sharded_odd_batch(name, size, kwargs, force_columns):
     _close(logits_fast, logits_std, 1e-4)
     _close(gx_fast, gx_std, 1e-4)
     jax.tree.map(lambda a, b: _close(a, b, 1e-4), gv_fast, gv_std)
+
+
+@pytest.mark.parametrize("batch,in_hw,channels,dtype,ynnpack,expected", [
+    (128, (32, 32), 64, jnp.float32, False, 8),  # ResNet-18's first stage: 8 images per chunk
+    (16, (32, 32), 64, jnp.float32, False, 8),  # the attributions' 16 images per call
+    (19, (32, 32), 64, jnp.float32, False, 7),  # 3 chunks, as even as the batch allows
+    (128, (32, 32), 64, jnp.float64, False, 4),
+    (8, (32, 32), 64, jnp.float32, False, None),  # one chunk: nothing to gain
+    (128, (16, 16), 128, jnp.float32, False, 16),
+    (128, (32, 32), 32, jnp.float32, False, None),  # no Winograd under 64 channels
+    (128, (32, 32), 64, jnp.float32, True, None),  # YNNPACK's convolutions: no Winograd
+])
+def test_depth_first_images_rule(batch, in_hw, channels, dtype, ynnpack, expected):
+    """Chunks of images for a network's first layers exactly where the fast path would split
+    their Winograd convolutions into chunks, of the same size; none with the fast path off."""
+    with fastpath.enabled(True):
+        assert fastpath.depth_first_images(batch, in_hw, channels, dtype,
+                                           ynnpack=ynnpack) == expected
+    with fastpath.enabled(False):
+        assert fastpath.depth_first_images(batch, in_hw, channels, dtype, ynnpack=False) is None
+
+
+def test_map_images_equals_the_function_on_the_whole_batch():
+    """Over chunks (the last one padded with zero images and cut off again) = on the batch."""
+    x = jax.random.normal(jax.random.key(0), (7, 5, 4, 3))
+    fn = lambda v: jnp.tanh(v) * v.sum(axis=(1, 2, 3), keepdims=True)  # noqa: E731
+    for size in (1, 3, 7, 10):
+        np.testing.assert_allclose(fastpath.map_images(fn, x, size), fn(x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch", [7, 12])
+def test_resnet_first_stage_depth_first_is_exact(monkeypatch, batch):
+    """A PreAct ResNet's stem and first stage over chunks of 3 images (forced; the rule takes
+    ResNet-18's real sizes) give the per-layer path's logits and input gradients, batches that
+    the chunk does not divide included; inference only (training couples images through batch
+    norm), and the chunk loop is really there."""
+    model = get_model("preact_resnet18", width_multiplier=0.25)
+    variables = init_variables(model, jax.random.key(0), (1, 16, 16, 3))
+    x = jax.random.uniform(jax.random.key(1), (batch, 16, 16, 3))
+    logits = lambda v: model.apply(variables, v)  # noqa: E731
+    grad = jax.grad(lambda v: logits(v)[:, 0].sum())
+
+    def run(size):
+        monkeypatch.setattr(fastpath, "depth_first_images", lambda *a, **k: size)
+        jax.clear_caches()
+        return (jax.jit(logits)(x), jax.jit(grad)(x),
+                "while" in jax.jit(logits).lower(x).as_text(),
+                "while" in jax.jit(lambda v: model.apply(variables, v, train=True,
+                                                         mutable=["batch_stats"])).lower(x).as_text())
+
+    chunked, whole = run(3), run(None)
+    np.testing.assert_allclose(chunked[0], whole[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(chunked[1], whole[1], rtol=1e-5, atol=1e-7)
+    assert chunked[2] and not whole[2]
+    assert not chunked[3] and not whole[3]
