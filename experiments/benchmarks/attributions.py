@@ -565,10 +565,10 @@ def compare_forms_off(fns, key, xj, tj, ours: dict, forms_off, repeats: int) -> 
 
     from experiments.benchmarks import step_speed
 
+    labels = [step_speed._off_label(form) for form in forms_off]
     contestants = {(m, "jaxadv"): (lambda m=m: jax.block_until_ready(ours[m](xj, tj)))
                    for m in CHUNKED}
-    for form in forms_off:
-        label = step_speed._off_label(form)
+    for form, label in zip(forms_off, labels, strict=True):
         with step_speed.form_off(form):  # traced and compiled without the form
             methods = _jaxadv_methods(fns, key)
             compiled = {m: jax.jit(methods[m]).lower(xj, tj).compile() for m in CHUNKED}
@@ -579,8 +579,7 @@ def compare_forms_off(fns, key, xj, tj, ours: dict, forms_off, repeats: int) -> 
     seconds = {m: {who: rounds[(mm, who)]["median"] / 1e3 for mm, who in rounds if mm == m}
                for m in CHUNKED}
     out = {"forms_off_s": seconds}
-    for form in forms_off:
-        label = step_speed._off_label(form)
+    for label in labels:
         out[f"speedup_vs_{label}"] = {m: seconds[m][f"jaxadv_{label}"] / seconds[m]["jaxadv"]
                                       for m in CHUNKED}
     return out

@@ -508,10 +508,7 @@ def _winograd_conv(x: Array, w: Array, pads, precision, *, flipped: bool = False
         return y[:, :ho, :wo]
 
     n, size = _winograd_chunks(b, ty * tx, max(x.shape[-1], out_channels), x.dtype.itemsize)
-    if n == 1:
-        return chunk(x)
-    y = lax.map(chunk, _split_batch([x], n, size)[0])
-    return y.reshape(n * size, *y.shape[2:])[:b]
+    return chunk(x) if n == 1 else map_images(chunk, x, size)
 
 
 def _winograd_kernel_grad(x: Array, g: Array, pads, precision) -> Array:
