@@ -309,6 +309,27 @@ def test_attributions_benchmark_imports_jaxadv_before_jax_starts():
     assert out.stdout.split()[-1] == expected
 
 
+def test_step_speed_jax_ops_compiles_only_the_ops_asked_for():
+    """``ops`` picks which ops are compiled and returned (host_memory's children time two of the
+    four), ``count_flops=False`` skips the FLOP counts (the contestants', which nobody reads), and
+    an op the benchmark does not have is refused before any work, naming it."""
+    import numpy as np
+
+    from experiments.benchmarks import step_speed
+
+    x = np.random.default_rng(0).uniform(0, 1, (4, 28, 28, 1)).astype(np.float32)
+    y = np.arange(4, dtype=np.int32)
+    fns, flops, handles = step_speed.jax_ops("smallgap", x, y, fast=True, mesh=None,
+                                             ops=("forward",), count_flops=False)
+    assert set(fns) == {"forward"} and flops is None
+    fns["forward"]()
+    np.testing.assert_allclose(np.asarray(handles["logits"](handles["variables"], handles["x"])),
+                               np.asarray(handles["model"].apply(handles["variables"], x)),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="pgd20"):
+        step_speed.jax_ops("smallgap", x, y, fast=True, mesh=None, ops=("forward", "pgd20"))
+
+
 @pytest.mark.parametrize("in_hw,w_shape,expected", [
     ((8, 8), (3, 3, 256, 256), True), ((4, 4), (3, 3, 512, 512), True),
     ((16, 16), (3, 3, 128, 128), False), ((32, 32), (3, 3, 64, 64), False),

@@ -372,35 +372,48 @@ def op_definitions(name: str, x_np, y_np, mesh=None) -> dict:
             "batch": batch, "key": key, "logits": logits, "input_grad": input_grad}
 
 
-def jax_ops(name: str, x_np, y_np, *, fast: bool, mesh,
-            compiler_options: dict | None = None) -> tuple[dict, dict, dict]:
+def jax_ops(name: str, x_np, y_np, *, fast: bool, mesh, compiler_options: dict | None = None,
+            ops=OPS, count_flops: bool = True) -> tuple[dict, dict | None, dict]:
     """Compiled jaxadv ops for model ``name`` with the fast path on or off (and XLA
     ``compiler_options`` for every op, e.g. ``jaxadv.devices.CONVOLUTION_BACKEND_OPTIONS``).
 
-    Returns (fns, flops, handles): fns[op]() runs op once and blocks; flops[op] is XLA's FLOP count
-    of the op's standard lowering and of the program that runs (None where unavailable); handles
-    has the model, variables and the jitted logits and input-gradient functions for the parity
-    checks.
+    Returns (fns, flops, handles): fns[op]() runs op once and blocks, for each of ``ops`` (a
+    subset of :data:`OPS`); flops[op] is XLA's FLOP count of the op's standard lowering and of the
+    program that runs (None where unavailable), for every op of :data:`OPS`, and flops is None
+    with ``count_flops=False`` (the counts lower each op twice more, and on GPU compile it too:
+    contestants whose counts nobody reads skip them); handles has the model, variables and the jitted logits and
+    input-gradient functions for the parity checks.
     """
     import jax
 
     from jaxadv.models import fastpath
 
-    ops = op_definitions(name, x_np, y_np, mesh)
-    defs, args, state, batch, key = (ops[k] for k in ("defs", "args", "state", "batch", "key"))
+    unknown = set(ops) - set(OPS)
+    if unknown:
+        raise ValueError(f"jax_ops: unknown ops {sorted(unknown)}; choose from {OPS}.")
+    definitions = op_definitions(name, x_np, y_np, mesh)
+    defs, args, state, batch, key = (definitions[k]
+                                     for k in ("defs", "args", "state", "batch", "key"))
 
-    with fastpath.enabled(False):
-        flops = _op_flops({op: jax.jit(defs[op]).lower(*args[op]) for op in OPS
-                           if op != "pgd10"})
+    flops = None
+    if count_flops:
+        with fastpath.enabled(False):
+            standard = _op_flops({op: jax.jit(defs[op]).lower(*args[op]) for op in OPS
+                                  if op != "pgd10"})
+        with fastpath.enabled(fast):
+            executed = {op: executed_flops(defs[op], args[op]) for op in OPS if op != "pgd10"}
+        executed = _with_pgd10(executed)
+        flops = {op: (standard[op], executed[op]) for op in standard}
 
     with fastpath.enabled(fast):
         lowered = {op: jax.jit(defs[op], donate_argnums=(0,) if op == "train_step" else ())
-                   .lower(*args[op]) for op in OPS}
+                   .lower(*args[op]) for op in ops}
         compiled = {op: low.compile(compiler_options=compiler_options)
                     for op, low in lowered.items()}
-        handles = {"model": ops["model"], "variables": ops["variables"],
-                   "logits": jax.jit(ops["logits"]), "input_grad": jax.jit(ops["input_grad"]),
-                   "x": ops["x"], "y": ops["y"]}
+        handles = {"model": definitions["model"], "variables": definitions["variables"],
+                   "logits": jax.jit(definitions["logits"]),
+                   "input_grad": jax.jit(definitions["input_grad"]),
+                   "x": definitions["x"], "y": definitions["y"]}
 
     carry = {"state": state}
 
@@ -408,14 +421,10 @@ def jax_ops(name: str, x_np, y_np, *, fast: bool, mesh,
         carry["state"], metrics = compiled["train_step"](carry["state"], batch, key)
         jax.block_until_ready(metrics)
 
-    with fastpath.enabled(fast):
-        executed = {op: executed_flops(defs[op], args[op]) for op in OPS if op != "pgd10"}
-    executed = _with_pgd10(executed)
-    flops = {op: (flops[op], executed[op]) for op in flops}
-
     fns = {op: (lambda op=op: jax.block_until_ready(compiled[op](*args[op])))
-           for op in ("forward", "pgd_step", "pgd10")}
-    fns["train_step"] = run_train
+           for op in ops if op != "train_step"}
+    if "train_step" in ops:
+        fns["train_step"] = run_train
     return fns, flops, handles
 
 
@@ -582,18 +591,23 @@ def main(argv=None) -> dict:
         shape = (batch,) + MODELS[name]
         x_np = rng.uniform(0.0, 1.0, shape).astype(np.float32)
         y_np = rng.integers(0, 10, (batch,)).astype(np.int32)
-        fns, flops, handles = jax_ops(name, x_np, y_np, fast=not args.no_fastpath, mesh=mesh)
+        fns, flops, handles = jax_ops(name, x_np, y_np, fast=not args.no_fastpath, mesh=mesh,
+                                      ops=ops)
         tmodel = to_torch(name, jax.device_get(handles["variables"]))
         results["parity"][name] = check_parity(name, handles, tmodel, x_np, y_np)
         tfns = torch_ops(tmodel, x_np, y_np, device)
-        std = jax_ops(name, x_np, y_np, fast=False, mesh=mesh)[0] if args.compare_standard else None
+        # The contestants' FLOP counts are not reported: they skip them (count_flops=False).
+        std = (jax_ops(name, x_np, y_np, fast=False, mesh=mesh, ops=ops, count_flops=False)[0]
+               if args.compare_standard else None)
         without = {}
         for form in forms_off:
             with form_off(form):
-                without[form] = jax_ops(name, x_np, y_np, fast=not args.no_fastpath, mesh=mesh)[0]
+                without[form] = jax_ops(name, x_np, y_np, fast=not args.no_fastpath, mesh=mesh,
+                                        ops=ops, count_flops=False)[0]
         if other_conv:
             without[other_conv] = jax_ops(name, x_np, y_np, fast=not args.no_fastpath, mesh=mesh,
-                                          compiler_options=CONVOLUTION_BACKEND_OPTIONS[other_conv])[0]
+                                          compiler_options=CONVOLUTION_BACKEND_OPTIONS[other_conv],
+                                          ops=ops, count_flops=False)[0]
         for op in ops:
             contestants = {"jaxadv": fns[op], "torch": tfns[op]}
             if std is not None:
