@@ -373,7 +373,8 @@ def op_definitions(name: str, x_np, y_np, mesh=None) -> dict:
 
 
 def jax_ops(name: str, x_np, y_np, *, fast: bool, mesh, compiler_options: dict | None = None,
-            ops=OPS, count_flops: bool = True) -> tuple[dict, dict | None, dict]:
+            ops=OPS, count_flops: bool = True,
+            definitions: dict | None = None) -> tuple[dict, dict | None, dict]:
     """Compiled jaxadv ops for model ``name`` with the fast path on or off (and XLA
     ``compiler_options`` for every op, e.g. ``jaxadv.devices.CONVOLUTION_BACKEND_OPTIONS``).
 
@@ -381,17 +382,27 @@ def jax_ops(name: str, x_np, y_np, *, fast: bool, mesh, compiler_options: dict |
     subset of :data:`OPS`); flops[op] is XLA's FLOP count of the op's standard lowering and of the
     program that runs (None where unavailable), for every op of :data:`OPS`, and flops is None
     with ``count_flops=False`` (the counts lower each op twice more, and on GPU compile it too:
-    contestants whose counts nobody reads skip them); handles has the model, variables and the jitted logits and
-    input-gradient functions for the parity checks.
+    contestants whose counts nobody reads skip them); handles has the model, variables and the
+    jitted logits and input-gradient functions for the parity checks. ``definitions``: the
+    :func:`op_definitions` of the same model and batch, shared by the contestants of one model
+    (building them again costs seconds of small eager compiles after each cache clear); the train
+    step then starts from its own copy of their state (it donates its state).
     """
     import jax
+    import jax.numpy as jnp
 
     from jaxadv.models import fastpath
 
     unknown = set(ops) - set(OPS)
     if unknown:
         raise ValueError(f"jax_ops: unknown ops {sorted(unknown)}; choose from {OPS}.")
-    definitions = op_definitions(name, x_np, y_np, mesh)
+    if definitions is None:
+        definitions = op_definitions(name, x_np, y_np, mesh)
+    else:  # this contestant's train step donates its own copy of the shared state
+        state = jax.tree.map(jnp.copy, definitions["state"])
+        definitions = {**definitions, "state": state,
+                       "args": {**definitions["args"],
+                                "train_step": (state, *definitions["args"]["train_step"][1:])}}
     defs, args, state, batch, key = (definitions[k]
                                      for k in ("defs", "args", "state", "batch", "key"))
 
@@ -591,23 +602,24 @@ def main(argv=None) -> dict:
         shape = (batch,) + MODELS[name]
         x_np = rng.uniform(0.0, 1.0, shape).astype(np.float32)
         y_np = rng.integers(0, 10, (batch,)).astype(np.int32)
+        definitions = op_definitions(name, x_np, y_np, mesh)  # shared by the contestants
         fns, flops, handles = jax_ops(name, x_np, y_np, fast=not args.no_fastpath, mesh=mesh,
-                                      ops=ops)
+                                      ops=ops, definitions=definitions)
         tmodel = to_torch(name, jax.device_get(handles["variables"]))
         results["parity"][name] = check_parity(name, handles, tmodel, x_np, y_np)
         tfns = torch_ops(tmodel, x_np, y_np, device)
         # The contestants' FLOP counts are not reported: they skip them (count_flops=False).
-        std = (jax_ops(name, x_np, y_np, fast=False, mesh=mesh, ops=ops, count_flops=False)[0]
+        shared = {"mesh": mesh, "ops": ops, "count_flops": False, "definitions": definitions}
+        std = (jax_ops(name, x_np, y_np, fast=False, **shared)[0]
                if args.compare_standard else None)
         without = {}
         for form in forms_off:
             with form_off(form):
-                without[form] = jax_ops(name, x_np, y_np, fast=not args.no_fastpath, mesh=mesh,
-                                        ops=ops, count_flops=False)[0]
+                without[form] = jax_ops(name, x_np, y_np, fast=not args.no_fastpath, **shared)[0]
         if other_conv:
-            without[other_conv] = jax_ops(name, x_np, y_np, fast=not args.no_fastpath, mesh=mesh,
+            without[other_conv] = jax_ops(name, x_np, y_np, fast=not args.no_fastpath,
                                           compiler_options=CONVOLUTION_BACKEND_OPTIONS[other_conv],
-                                          ops=ops, count_flops=False)[0]
+                                          **shared)[0]
         for op in ops:
             contestants = {"jaxadv": fns[op], "torch": tfns[op]}
             if std is not None:
