@@ -966,6 +966,36 @@ def test_attributions_chunk_sweep_interleaves_every_setting_of_both_libraries(tm
     assert all(v > 0 for v in [*sweep["jaxadv_s"].values(), *sweep["captum_s"].values()])
 
 
+def test_attributions_benchmark_times_both_libraries_in_the_same_rounds(monkeypatch):
+    """The jaxadv-vs-Captum comparison times each method's contestants (jaxadv, Captum, and for
+    IG and SmoothGrad jaxadv with all points in one call) in one interleaved set of rounds, so
+    that a slow spell of the machine cannot fall on one library's block of calls; the reported
+    seconds and speed-ups are those rounds' medians."""
+    pytest.importorskip("torch")
+    pytest.importorskip("captum")
+    from experiments.benchmarks import attributions, step_speed
+
+    rounds = []
+    real = step_speed.time_rounds
+
+    def spy(fns, repeats, *args, **kwargs):
+        timed = real(fns, repeats, *args, **kwargs)
+        rounds.append((sorted(fns), {k: v["median"] / 1e3 for k, v in timed.items()}))
+        return timed
+
+    monkeypatch.setattr(step_speed, "time_rounds", spy)
+    out = attributions.bench_model("smallgap", 8, repeats=1, f64_reference=False)  # 8 devices
+    chunked = ["captum", "jaxadv", "jaxadv_all_at_once"]
+    assert [names for names, _ in rounds] == [
+        chunked if m in attributions.CHUNKED else ["captum", "jaxadv"]
+        for m in attributions.METHODS]
+    for m, (_, medians) in zip(attributions.METHODS, rounds, strict=True):
+        assert out["jaxadv_s"][m] == medians["jaxadv"] and out["captum_s"][m] == medians["captum"]
+        assert out["speedup_vs_captum"][m] == pytest.approx(medians["captum"] / medians["jaxadv"])
+        if m in attributions.CHUNKED:
+            assert out["jaxadv_all_at_once_s"][m] == medians["jaxadv_all_at_once"]
+
+
 def test_attributions_benchmark_compares_jaxadv_without_a_fast_path_form(monkeypatch):
     """``compare_forms_off`` (``--compare_no_depth_first``) times jaxadv's IG and SmoothGrad
     compiled with and without a form in the same rounds, and compiles the contestant while the

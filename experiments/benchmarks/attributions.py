@@ -42,8 +42,13 @@ implementation's as the ReLU masks the two compute agree. ``repeat_call_rel_diff
 each library's result after the timed calls with its first one (IG, Grad-CAM, occlusion: the
 parity inputs), so that a parity outlier can be told apart from a result that changed between
 calls (one run on 2026-12-06 gave occlusion parity 8.8e-2 on ResNet-18 and reruns 9.5e-6).
-Timing: one warm-up call (jaxadv: the jit compile), then the median of ``--repeats`` calls;
-images/s = batch / median seconds.
+Timing: one warm-up call each (jaxadv: the jit compile), then ``--repeats`` rounds in which
+jaxadv, Captum and (IG, SmoothGrad) jaxadv with all points in one call each run once, in turn
+(``step_speed.time_rounds``, the order reversed every other round), so that the machine's slow
+spells fall on every contestant alike; the median of each one's calls; images/s = batch /
+median seconds. (Until 2026-12-06 evening each library's calls ran in a block of their own,
+jaxadv's first: results/attributions_*.json before
+results/attributions_interleaved_1dev.json.)
 jaxadv functions are jitted once per method with the batch and the targets as arguments; Captum
 runs eagerly (its normal mode). Both run in this one process, so glibc's ``malloc`` settings that
 ``import jaxadv`` makes (:mod:`jaxadv.host_memory`, freed memory kept for reuse;
@@ -104,7 +109,6 @@ import os
 import pathlib
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -125,17 +129,6 @@ OCC_WINDOW, OCC_STRIDE = 8, 4
 # Images per model in this benchmark's runs (and profile_ops' default for the maps).
 BATCHES = {"smallgap": 128, "preact_resnet18": 16, "preact_resnet18_softplus": 16}
 QUICK_BATCHES = {"smallgap": 32, "preact_resnet18": 4, "preact_resnet18_softplus": 4}
-
-
-def time_call(fn, *, repeats: int) -> float:
-    """Median wall seconds over ``repeats`` calls after one warm-up call; fn must block."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def build(name: str, batch: int, seed: int = 0):
@@ -526,18 +519,25 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True,
                 bound, x, t, out["ig_error_vs_float64_per_image"]["jaxadv"])
     if not timing:
         return out
+    out["jaxadv_all_at_once_s"] = {}
     for m in METHODS:
-        out["jaxadv_s"][m] = time_call(lambda m=m: jax.block_until_ready(ours[m](xj, tj)),
-                                       repeats=repeats)
-        out["captum_s"][m] = time_call(theirs[m], repeats=repeats)
+        # Both libraries (and jaxadv with all points in one call) in turn within each round, so
+        # that a slow spell of the machine falls on every contestant alike.
+        contestants = {"jaxadv": lambda m=m: jax.block_until_ready(ours[m](xj, tj)),
+                       "captum": theirs[m]}
+        if m in CHUNKED:
+            contestants["jaxadv_all_at_once"] = (
+                lambda m=m: jax.block_until_ready(at_once[m](xj, tj)))
+        rounds = step_speed.time_rounds(contestants, repeats)
+        out["jaxadv_s"][m] = rounds["jaxadv"]["median"] / 1e3
+        out["captum_s"][m] = rounds["captum"]["median"] / 1e3
+        if m in CHUNKED:
+            out["jaxadv_all_at_once_s"][m] = rounds["jaxadv_all_at_once"]["median"] / 1e3
     # Each library's result after the timed calls against its first one (the parity inputs):
     # nonzero would mean a method's result varies between calls of the same program.
     out["repeat_call_rel_diff"] = {
         m: {"jaxadv": _rel_err(ours[m](xj, tj), mine), "captum": _rel_err(captum_map(m), ref)}
         for m, (mine, ref) in first.items()}
-    out["jaxadv_all_at_once_s"] = {
-        m: time_call(lambda m=m: jax.block_until_ready(at_once[m](xj, tj)), repeats=repeats)
-        for m in CHUNKED}
     out["jaxadv_auto_points_per_call"] = {
         "ig": _auto_points(fns, x, t, IG_STEPS), "smoothgrad": _auto_points(fns, x, t, SG_SAMPLES)}
     out["jaxadv_images_per_s"] = {m: batch / s for m, s in out["jaxadv_s"].items()}
