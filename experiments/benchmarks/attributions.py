@@ -43,12 +43,14 @@ each library's result after the timed calls with its first one (IG, Grad-CAM, oc
 parity inputs), so that a parity outlier can be told apart from a result that changed between
 calls (one run on 2026-12-06 gave occlusion parity 8.8e-2 on ResNet-18 and reruns 9.5e-6).
 Timing: one warm-up call each (jaxadv: the jit compile), then ``--repeats`` rounds in which
-jaxadv, Captum and (IG, SmoothGrad) jaxadv with all points in one call each run once, in turn
-(``step_speed.time_rounds``, the order reversed every other round), so that the machine's slow
-spells fall on every contestant alike; the median of each one's calls; images/s = batch /
-median seconds. (Until 2026-12-06 evening each library's calls ran in a block of their own,
-jaxadv's first: results/attributions_*.json before
-results/attributions_interleaved_1dev.json.)
+jaxadv and Captum each run once, in turn (``step_speed.time_rounds``, the order reversed every
+other round), so that the machine's slow spells fall on both alike; the median of each one's
+calls; images/s = batch / median seconds. jaxadv with all points in one call
+(``jaxadv_all_at_once_s``) is timed afterwards on its own: its large buffers leave the chunked
+programs slower for a while after it runs. (Until 2026-12-06 evening each library's calls ran in
+a block of their own, jaxadv's first: results/attributions_*.json before
+results/attributions_interleaved_1dev.json; in that one and
+results/attributions_interleaved_resnet_1dev.json the all-at-once form took turns too.)
 jaxadv functions are jitted once per method with the batch and the targets as arguments; Captum
 runs eagerly (its normal mode). Both run in this one process, so glibc's ``malloc`` settings that
 ``import jaxadv`` makes (:mod:`jaxadv.host_memory`, freed memory kept for reuse;
@@ -519,25 +521,26 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True,
                 bound, x, t, out["ig_error_vs_float64_per_image"]["jaxadv"])
     if not timing:
         return out
-    out["jaxadv_all_at_once_s"] = {}
     for m in METHODS:
-        # Both libraries (and jaxadv with all points in one call) in turn within each round, so
-        # that a slow spell of the machine falls on every contestant alike.
-        contestants = {"jaxadv": lambda m=m: jax.block_until_ready(ours[m](xj, tj)),
-                       "captum": theirs[m]}
-        if m in CHUNKED:
-            contestants["jaxadv_all_at_once"] = (
-                lambda m=m: jax.block_until_ready(at_once[m](xj, tj)))
-        rounds = step_speed.time_rounds(contestants, repeats)
+        # Both libraries in turn within each round, so that a slow spell of the machine falls on
+        # both alike.
+        rounds = step_speed.time_rounds(
+            {"jaxadv": lambda m=m: jax.block_until_ready(ours[m](xj, tj)), "captum": theirs[m]},
+            repeats)
         out["jaxadv_s"][m] = rounds["jaxadv"]["median"] / 1e3
         out["captum_s"][m] = rounds["captum"]["median"] / 1e3
-        if m in CHUNKED:
-            out["jaxadv_all_at_once_s"][m] = rounds["jaxadv_all_at_once"]["median"] / 1e3
     # Each library's result after the timed calls against its first one (the parity inputs):
     # nonzero would mean a method's result varies between calls of the same program.
     out["repeat_call_rel_diff"] = {
         m: {"jaxadv": _rel_err(ours[m](xj, tj), mine), "captum": _rel_err(captum_map(m), ref)}
         for m, (mine, ref) in first.items()}
+    # jaxadv with all points in one call, after the comparison and on its own: its large
+    # buffers leave the chunked programs slower for a while after it runs (ResNet-18's
+    # SmoothGrad 1.44-1.47 s before its first call, 1.52-2.10 s after; docs/performance.md).
+    out["jaxadv_all_at_once_s"] = {
+        m: step_speed.time_rounds(
+            {m: lambda m=m: jax.block_until_ready(at_once[m](xj, tj))}, repeats)[m]["median"] / 1e3
+        for m in CHUNKED}
     out["jaxadv_auto_points_per_call"] = {
         "ig": _auto_points(fns, x, t, IG_STEPS), "smoothgrad": _auto_points(fns, x, t, SG_SAMPLES)}
     out["jaxadv_images_per_s"] = {m: batch / s for m, s in out["jaxadv_s"].items()}
