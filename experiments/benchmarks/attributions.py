@@ -536,7 +536,7 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True,
         for m, (mine, ref) in first.items()}
     # jaxadv with all points in one call, after the comparison and on its own: its large
     # buffers leave the chunked programs slower for a while after it runs (ResNet-18's
-    # SmoothGrad 1.44-1.47 s before its first call, 1.52-2.10 s after; docs/performance.md).
+    # SmoothGrad 1.44-1.51 s before its first call, 1.52-2.10 s after; docs/performance.md).
     out["jaxadv_all_at_once_s"] = {
         m: step_speed.time_rounds(
             {m: lambda m=m: jax.block_until_ready(at_once[m](xj, tj))}, repeats)[m]["median"] / 1e3
