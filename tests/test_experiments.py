@@ -970,8 +970,8 @@ def test_attributions_benchmark_times_both_libraries_in_the_same_rounds(monkeypa
     """The jaxadv-vs-Captum comparison times each method's two contestants in one interleaved
     set of rounds, so that a slow spell of the machine cannot fall on one library's block of
     calls; the reported seconds and speed-ups are those rounds' medians. jaxadv with all points
-    in one call (IG, SmoothGrad) is timed after all of them, on its own (it slows the chunked
-    programs down for a while after it runs)."""
+    in one call (IG, SmoothGrad) is timed after all of them (and after ``--compare_no_*``'s
+    rounds), on its own (it slows the chunked programs down for a while after it runs)."""
     pytest.importorskip("torch")
     pytest.importorskip("captum")
     from experiments.benchmarks import attributions, step_speed
@@ -985,14 +985,16 @@ def test_attributions_benchmark_times_both_libraries_in_the_same_rounds(monkeypa
         return timed
 
     monkeypatch.setattr(step_speed, "time_rounds", spy)
-    out = attributions.bench_model("smallgap", 8, repeats=1, f64_reference=False)  # 8 devices
+    out = attributions.bench_model("smallgap", 8, repeats=1, f64_reference=False,  # 8 devices
+                                   forms_off=("depth_first",))
     methods, chunked = attributions.METHODS, attributions.CHUNKED
+    forms_off = sorted((m, who) for m in chunked for who in ("jaxadv", "jaxadv_no_depth_first"))
     assert [names for names, _ in rounds] == (
-        [["captum", "jaxadv"]] * len(methods) + [[m] for m in chunked])
+        [["captum", "jaxadv"]] * len(methods) + [forms_off] + [[m] for m in chunked])
     for m, (_, medians) in zip(methods, rounds, strict=False):
         assert out["jaxadv_s"][m] == medians["jaxadv"] and out["captum_s"][m] == medians["captum"]
         assert out["speedup_vs_captum"][m] == pytest.approx(medians["captum"] / medians["jaxadv"])
-    for m, (_, medians) in zip(chunked, rounds[len(methods):], strict=True):
+    for m, (_, medians) in zip(chunked, rounds[len(methods) + 1:], strict=True):
         assert out["jaxadv_all_at_once_s"][m] == medians[m]
 
 

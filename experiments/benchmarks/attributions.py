@@ -534,20 +534,11 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True,
     out["repeat_call_rel_diff"] = {
         m: {"jaxadv": _rel_err(ours[m](xj, tj), mine), "captum": _rel_err(captum_map(m), ref)}
         for m, (mine, ref) in first.items()}
-    # jaxadv with all points in one call, after the comparison and on its own: its large
-    # buffers leave the chunked programs slower for a while after it runs (ResNet-18's
-    # SmoothGrad 1.44-1.51 s before its first call, 1.52-2.10 s after; docs/performance.md).
-    out["jaxadv_all_at_once_s"] = {
-        m: step_speed.time_rounds(
-            {m: lambda m=m: jax.block_until_ready(at_once[m](xj, tj))}, repeats)[m]["median"] / 1e3
-        for m in CHUNKED}
     out["jaxadv_auto_points_per_call"] = {
         "ig": _auto_points(fns, x, t, IG_STEPS), "smoothgrad": _auto_points(fns, x, t, SG_SAMPLES)}
     out["jaxadv_images_per_s"] = {m: batch / s for m, s in out["jaxadv_s"].items()}
     out["captum_images_per_s"] = {m: batch / s for m, s in out["captum_s"].items()}
     out["speedup_vs_captum"] = {m: out["captum_s"][m] / out["jaxadv_s"][m] for m in METHODS}
-    out["speedup_vs_captum_jaxadv_all_at_once"] = {
-        m: out["captum_s"][m] / out["jaxadv_all_at_once_s"][m] for m in CHUNKED}
     out["flops"] = flops
     out["flops_executed"] = flops_executed
     out["jaxadv_gflops"] = {m: flops[m] / out["jaxadv_s"][m] / 1e9 if flops[m] else None
@@ -556,6 +547,15 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True,
                                    else None for m in METHODS}
     if forms_off:
         out.update(compare_forms_off(fns, key, xj, tj, ours, forms_off, repeats))
+    # jaxadv with all points in one call, after every timing of the chunked programs and on its
+    # own: its large buffers leave them slower for a while after it runs (ResNet-18's
+    # SmoothGrad 1.44-1.51 s before its first call, 1.52-2.10 s after; docs/performance.md).
+    out["jaxadv_all_at_once_s"] = {
+        m: step_speed.time_rounds(
+            {m: lambda m=m: jax.block_until_ready(at_once[m](xj, tj))}, repeats)[m]["median"] / 1e3
+        for m in CHUNKED}
+    out["speedup_vs_captum_jaxadv_all_at_once"] = {
+        m: out["captum_s"][m] / out["jaxadv_all_at_once_s"][m] for m in CHUNKED}
     return out
 
 
