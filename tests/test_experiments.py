@@ -352,7 +352,7 @@ def test_executed_flops_count_every_trip_of_the_chunk_loops(monkeypatch):
     import jax
     import jax.numpy as jnp
 
-    from experiments.benchmarks import step_speed
+    from experiments.benchmarks import timing
     from jaxadv.models import fastpath
 
     monkeypatch.setattr(fastpath, "_ynnpack_convolutions", lambda: False)
@@ -365,8 +365,8 @@ def test_executed_flops_count_every_trip_of_the_chunk_loops(monkeypatch):
         jax.clear_caches()
         lowered = jax.jit(conv).lower(x, k)
         assert "while" in lowered.as_text()
-        assert step_speed.xla_flops(lowered) < matmuls / 2  # one of three chunks
-        assert matmuls <= step_speed.executed_flops(conv, (x, k)) < 1.2 * matmuls
+        assert timing.xla_flops(lowered) < matmuls / 2  # one of three chunks
+        assert matmuls <= timing.executed_flops(conv, (x, k)) < 1.2 * matmuls
 
 
 @pytest.mark.peer
@@ -680,6 +680,7 @@ def test_peer_ensemble_over_seeds_passes_each_seed_to_both_evaluators(monkeypatc
 
     pytest.importorskip("torch")
     from experiments.benchmarks import peer_autoattack as pa
+    from experiments.benchmarks.attacks import build_setup
 
     jax_keys, aa_seeds = [], []
 
@@ -701,7 +702,7 @@ def test_peer_ensemble_over_seeds_passes_each_seed_to_both_evaluators(monkeypatc
     monkeypatch.setattr(pa.E, "black_box_flag", lambda *a, **k: False)
     monkeypatch.setitem(sys.modules, "pyautoattack", types.SimpleNamespace(
         AutoAttack=FakeAutoAttack))
-    setup = pa.build_setup(8)
+    setup = build_setup(n=8)
     r = pa.bench_ensemble(setup, quick=False, n=8, seeds=3)
     assert jax_keys == [0, 0, 1, 2]  # seed 0 twice (compiling call, then the timed one)
     assert aa_seeds == [0, 1, 2]
@@ -947,16 +948,16 @@ def test_attributions_chunk_sweep_interleaves_every_setting_of_both_libraries(tm
     (so that the VM's slow and fast spells fall on all of them alike), at ``--batch`` images."""
     pytest.importorskip("torch")
     pytest.importorskip("captum")
-    from experiments.benchmarks import attributions, step_speed
+    from experiments.benchmarks import attributions, timing
 
     rounds = []
-    real = step_speed.time_rounds
+    real = timing.time_rounds
 
     def spy(fns, repeats, *args, **kwargs):
         rounds.append(sorted(fns))
         return real(fns, repeats, *args, **kwargs)
 
-    monkeypatch.setattr(step_speed, "time_rounds", spy)
+    monkeypatch.setattr(timing, "time_rounds", spy)
     result = attributions.main(["--quick", "--models", "smallgap", "--repeats", "1", "--batch",
                                 "8", "--ig_chunk_sweep", "1,all", "--out", str(tmp_path / "s.json")])
     assert rounds == [[("captum", "1"), ("captum", "None"), ("jaxadv", "1"), ("jaxadv", "None")]]
@@ -974,17 +975,17 @@ def test_attributions_benchmark_times_both_libraries_in_the_same_rounds(monkeypa
     rounds), on its own (it slows the chunked programs down for a while after it runs)."""
     pytest.importorskip("torch")
     pytest.importorskip("captum")
-    from experiments.benchmarks import attributions, step_speed
+    from experiments.benchmarks import attributions, timing
 
     rounds = []
-    real = step_speed.time_rounds
+    real = timing.time_rounds
 
     def spy(fns, repeats, *args, **kwargs):
         timed = real(fns, repeats, *args, **kwargs)
         rounds.append((sorted(fns), {k: v["median"] / 1e3 for k, v in timed.items()}))
         return timed
 
-    monkeypatch.setattr(step_speed, "time_rounds", spy)
+    monkeypatch.setattr(timing, "time_rounds", spy)
     out = attributions.bench_model("smallgap", 8, repeats=1, f64_reference=False,  # 8 devices
                                    forms_off=("depth_first",))
     methods, chunked = attributions.METHODS, attributions.CHUNKED

@@ -47,14 +47,13 @@ import importlib.util
 import os
 import pathlib
 import platform
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from experiments import report
+from experiments.benchmarks.timing import median_seconds_in_rounds
 from jaxadv import sharding
 from jaxadv.attacks import gradient, sweep
 from jaxadv.attacks.projections import norm_of, random_start
@@ -67,33 +66,6 @@ LINF = {"eps": 0.3, "step_size": 0.01, "num_steps": 40}
 L2 = {"eps": 2.0, "step_size": 0.1, "num_steps": 40}
 MULTI_EPS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4]
 PEER_MODULES = ("experiments.benchmarks.peer_autoattack", "experiments.benchmarks.peer_minnorm")
-
-
-def time_call(fn, *, repeats: int = 3) -> float:
-    """Median wall seconds of ``fn()`` over ``repeats`` calls after one warm-up call. ``fn`` must
-    block until its result is ready (e.g. end with ``jax.block_until_ready``)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def time_interleaved(fns: dict, *, repeats: int = 3) -> dict:
-    """Median seconds of each ``fns[name]()``, after one warm-up call of each, timing the functions
-    in turn in every round, so that a change of machine load hits all of them alike (the ratio
-    of their times is what the multi-eps comparison reports)."""
-    for fn in fns.values():
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def build_setup(checkpoint=DEFAULT_CHECKPOINT, n: int = 1000, quick: bool = False,
@@ -110,8 +82,6 @@ def build_setup(checkpoint=DEFAULT_CHECKPOINT, n: int = 1000, quick: bool = Fals
       robust_acc(x_adv_nhwc) -> percent, with the JAX model (clean-correct and still correct).
       robust_acc_mask(x_nhwc) -> (n,) bool, the JAX model classifies each correctly.
       check_in_ball(x_adv_nhwc, eps, norm) -> max norm distance (raises if outside eps).
-      time_call(fn, repeats=...) -> median seconds after a warm-up call.
-      time_interleaved({name: fn}, repeats=...) -> {name: median seconds}, run in turn per round.
     """
     import torch
 
@@ -152,8 +122,7 @@ def build_setup(checkpoint=DEFAULT_CHECKPOINT, n: int = 1000, quick: bool = Fals
         "checkpoint": str(checkpoint), "logits_max_abs_diff": diff,
         "clean_acc": float(100.0 * clean_ok.mean()), "robust_acc": robust_acc,
         "robust_acc_mask": robust_acc_mask,
-        "check_in_ball": check_in_ball, "time_call": time_call,
-        "time_interleaved": time_interleaved,
+        "check_in_ball": check_in_ball,
     }
 
 
@@ -161,11 +130,6 @@ def _entry(setup, x_adv, seconds: float, eps: float, norm: str) -> dict:
     dist = setup["check_in_ball"](x_adv, eps, norm)
     return {"robust_acc": setup["robust_acc"](x_adv), "images_per_s": setup["n"] / seconds,
             "n": setup["n"], "seconds": seconds, "max_dist": dist}
-
-
-def _nchw_to_nhwc(t) -> np.ndarray:
-    return np.transpose(t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t),
-                        (0, 2, 3, 1))
 
 
 class Runner:
@@ -205,6 +169,8 @@ def runner_torchattacks(setup, cfg: dict, norm: str) -> Runner:
     import torch
     import torchattacks
 
+    from jaxadv.interop.torch_port import nchw_to_nhwc
+
     cls = torchattacks.PGD if norm == "linf" else torchattacks.PGDL2
     atk = cls(setup["torch_model"], eps=cfg["eps"], alpha=cfg["step_size"],
               steps=cfg["num_steps"], random_start=True)
@@ -214,7 +180,7 @@ def runner_torchattacks(setup, cfg: dict, norm: str) -> Runner:
     def run():
         out["x"] = atk(setup["x_nchw"], setup["y_torch"])
 
-    return Runner(run, lambda: _nchw_to_nhwc(out["x"]), torch.manual_seed)
+    return Runner(run, lambda: nchw_to_nhwc(out["x"]), torch.manual_seed)
 
 
 def runner_foolbox(setup, cfg: dict, norm: str) -> Runner:
@@ -243,6 +209,8 @@ def runner_art(setup, cfg: dict, norm: str) -> Runner:
     from art.estimators.classification import PyTorchClassifier
     from torch import nn
 
+    from jaxadv.interop.torch_port import nchw_to_nhwc
+
     clf = PyTorchClassifier(model=setup["torch_model"], loss=nn.CrossEntropyLoss(),
                             input_shape=(1, 28, 28), nb_classes=10, clip_values=(0.0, 1.0),
                             device_type="cpu")
@@ -255,7 +223,7 @@ def runner_art(setup, cfg: dict, norm: str) -> Runner:
     def run():
         out["x"] = atk.generate(x=x_nchw, y=setup["y"].astype(np.int64))
 
-    return Runner(run, lambda: _nchw_to_nhwc(out["x"]), np.random.seed)  # ART draws from numpy
+    return Runner(run, lambda: nchw_to_nhwc(out["x"]), np.random.seed)  # ART draws from numpy
 
 
 PEERS = {"jaxadv": runner_jaxadv,
@@ -265,7 +233,8 @@ PEERS = {"jaxadv": runner_jaxadv,
 
 
 def bench_pgd(setup, cfg: dict, norm: str, repeats: int, seeds: int = 1) -> dict:
-    """Every library's PGD with the same budget, timed in turn in each round (time_interleaved).
+    """Every library's PGD with the same budget, timed in turn in each round
+    (``timing.median_seconds_in_rounds``).
 
     With ``seeds`` > 1 each library then attacks again with seeds 1..seeds-1 of its random start
     (seed 0 is the timed run); ``robust_acc`` is the mean over the seeds, ``robust_acc_seeds``
@@ -285,7 +254,7 @@ def bench_pgd(setup, cfg: dict, norm: str, repeats: int, seeds: int = 1) -> dict
             r.run()
         return run
 
-    seconds = time_interleaved({lib: seed0_run(r) for lib, r in runners.items()},
+    seconds = median_seconds_in_rounds({lib: seed0_run(r) for lib, r in runners.items()},
                                repeats=repeats)
     for lib, r in runners.items():
         results[lib] = _entry(setup, r.x_adv(), seconds[lib], cfg["eps"], norm)
@@ -323,6 +292,8 @@ def bench_pgd_paired(setup, cfg: dict, norm: str, seeds: int) -> dict:
     from art.estimators.classification import PyTorchClassifier
     from torch import nn
 
+    from jaxadv.interop.torch_port import nchw_to_nhwc
+
     x_nhwc, n = setup["x"], setup["n"]
     x_nchw = setup["x_nchw"].numpy()
     clf = PyTorchClassifier(model=setup["torch_model"], loss=nn.CrossEntropyLoss(),
@@ -358,13 +329,13 @@ def bench_pgd_paired(setup, cfg: dict, norm: str, seeds: int) -> dict:
 
         mod.random_sphere = fixed_start
         try:
-            x_art = _nchw_to_nhwc(art_pgd.generate(x=x_nchw, y=setup["y"].astype(np.int64)))
+            x_art = nchw_to_nhwc(art_pgd.generate(x=x_nchw, y=setup["y"].astype(np.int64)))
         finally:
             mod.random_sphere = original
         if not calls:
             raise AssertionError("ART's PGD no longer draws its start through random_sphere: "
                                  "the paired comparison cannot give it jaxadv's start.")
-        start_nhwc = _nchw_to_nhwc(start.reshape(x_nchw.shape))
+        start_nhwc = nchw_to_nhwc(start.reshape(x_nchw.shape))
         x_jax = np.asarray(jaxadv_pgd(x, y, jnp.asarray(x_nhwc + start_nhwc)))
         robust = {}
         for lib, xa in (("jaxadv", x_jax), ("art", x_art)):
@@ -417,7 +388,7 @@ def bench_multi_eps(setup, repeats: int, seeds: int = 1) -> dict:
     # A third, `nested=True`: the radii in increasing order, attacking only the examples that no
     # smaller radius has broken (the others keep their example, adversarial in every larger ball).
     all_vmap, all_map, all_nested = all_eps_fn(None), all_eps_fn(1), all_eps_fn(1, nested=True)
-    jt = time_interleaved({
+    jt = median_seconds_in_rounds({
         "one": lambda: jax.block_until_ready(one(x, y, key, jnp.float32(0.3))),
         "vmap": lambda: jax.block_until_ready(all_vmap(x, y, key, eps_all)),
         "eps_batch_size_1": lambda: jax.block_until_ready(all_map(x, y, key, eps_all)),
@@ -440,7 +411,7 @@ def bench_multi_eps(setup, repeats: int, seeds: int = 1) -> dict:
             fb_out[np.ndim(eps)] = jax.block_until_ready(atk(fmodel, x, y, epsilons=eps)[1])
         return run
 
-    ft = time_interleaved({"one": fb_run(0.3), "all": fb_run(list(MULTI_EPS))},
+    ft = median_seconds_in_rounds({"one": fb_run(0.3), "all": fb_run(list(MULTI_EPS))},
                           repeats=repeats)
     f_one, f_all = ft["one"], ft["all"]
     fb_acc = [setup["robust_acc"](c) for c in fb_out[1]]  # the 8-radius call

@@ -43,7 +43,7 @@ each library's result after the timed calls with its first one (IG, Grad-CAM, oc
 parity inputs), so that a parity outlier can be told apart from a result that changed between
 calls (one run on 2026-12-06 gave occlusion parity 8.8e-2 on ResNet-18 and reruns 9.5e-6).
 Timing: one warm-up call each (jaxadv: the jit compile), then ``--repeats`` rounds in which
-jaxadv and Captum each run once, in turn (``step_speed.time_rounds``, the order reversed every
+jaxadv and Captum each run once, in turn (``timing.time_rounds``, the order reversed every
 other round), so that the machine's slow spells fall on both alike; the median of each one's
 calls; images/s = batch / median seconds. jaxadv with all points in one call
 (``jaxadv_all_at_once_s``) is timed afterwards on its own: its large buffers leave the chunked
@@ -89,7 +89,7 @@ would need to take half of Captum's time; ``matmul_peak_gflops`` (a float32 ``jn
 larger of a run before and after the models) is what this machine can do at best.
 ``flops_executed`` counts the FLOPs jaxadv's fast-path program executes (fewer: Winograd's
 forms do 4/9 of the multiplies of the 3x3 stride-1 layers they take; every trip of their chunk
-loops counted, ``step_speed.executed_flops``), ``jaxadv_gflops_executed`` that count over
+loops counted, ``timing.executed_flops``), ``jaxadv_gflops_executed`` that count over
 jaxadv's time, ``best_case_s`` the time it takes at the matmul peak and
 ``best_case_speedup_vs_captum`` Captum's time over it (:func:`add_roofline`): a speed-up target
 above that figure is out of reach of every tuning of the same program on this machine.
@@ -176,27 +176,6 @@ def build(name: str, batch: int, seed: int = 0):
     return fns, tmodel, x, targets, info, (model, variables)
 
 
-def _feature_wrapper(torch, tmodel):
-    class Features(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, x):
-            return self.m.features(x)
-
-    class Wrapped(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.feat = Features(m)
-            self.m = m
-
-        def forward(self, x):
-            return self.m.head(self.feat(x))
-
-    return Wrapped(tmodel)
-
-
 def _float64(tree):
     """``tree`` with every leaf a float64 jax array (call under ``jax.enable_x64``)."""
     import jax
@@ -252,11 +231,12 @@ def _captum_methods(torch, tmodel, tt, x_shape, ig_points_per_call: int | None =
     from captum import attr as C
 
     import jaxadv.attributions as A
+    from jaxadv.interop.torch_port import WithFeatureLayer
 
     channels = x_shape[-1]
     num_patches = A.occlusion_masks(x_shape[1], x_shape[2], window=OCC_WINDOW,
                                     strides=OCC_STRIDE).shape[0]
-    wrapped = _feature_wrapper(torch, tmodel)
+    wrapped = WithFeatureLayer(tmodel)
     return {
         "ig": lambda xt: C.IntegratedGradients(tmodel).attribute(
             xt, target=tt, n_steps=IG_STEPS, method="gausslegendre",
@@ -450,7 +430,7 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True,
     from captum import attr as C
 
     import jaxadv.attributions as A
-    from experiments.benchmarks import step_speed
+    from experiments.benchmarks.timing import executed_flops, time_rounds, xla_flops
     from jaxadv import sharding
     from jaxadv.interop.torch_port import nchw_to_nhwc, nhwc_to_nchw
     from jaxadv.models import fastpath
@@ -479,11 +459,11 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True,
     flops = {}
     with fastpath.enabled(False):
         for m in METHODS if timing else ():
-            flops[m] = step_speed.xla_flops(at_once.get(m, ours[m]).lower(xj, tj))
+            flops[m] = xla_flops(at_once.get(m, ours[m]).lower(xj, tj))
     # The FLOPs jaxadv's program executes (Winograd's forms do 4/9 of the multiplies of the
     # layers they take; chunking the points changes none): the bound any run of this program
     # has at the matmul peak (_run). Before the first calls: executed_flops clears JAX's caches.
-    flops_executed = {m: step_speed.executed_flops(all_at_once[m], (xj, tj))
+    flops_executed = {m: executed_flops(all_at_once[m], (xj, tj))
                       for m in METHODS if timing}
 
     def captum_map(m):  # Captum's map of method m in jaxadv's layout
@@ -524,7 +504,7 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True,
     for m in METHODS:
         # Both libraries in turn within each round, so that a slow spell of the machine falls on
         # both alike.
-        rounds = step_speed.time_rounds(
+        rounds = time_rounds(
             {"jaxadv": lambda m=m: jax.block_until_ready(ours[m](xj, tj)), "captum": theirs[m]},
             repeats)
         out["jaxadv_s"][m] = rounds["jaxadv"]["median"] / 1e3
@@ -551,7 +531,7 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True,
     # own: its large buffers leave them slower for a while after it runs (ResNet-18's
     # SmoothGrad 1.44-1.51 s before its first call, 1.52-2.10 s after; docs/performance.md).
     out["jaxadv_all_at_once_s"] = {
-        m: step_speed.time_rounds(
+        m: time_rounds(
             {m: lambda m=m: jax.block_until_ready(at_once[m](xj, tj))}, repeats)[m]["median"] / 1e3
         for m in CHUNKED}
     out["speedup_vs_captum_jaxadv_all_at_once"] = {
@@ -567,8 +547,9 @@ def compare_forms_off(fns, key, xj, tj, ours: dict, forms_off, repeats: int) -> 
     import jax
 
     from experiments.benchmarks import step_speed
+    from experiments.benchmarks.timing import time_rounds
 
-    labels = [step_speed._off_label(form) for form in forms_off]
+    labels = [step_speed.off_label(form) for form in forms_off]
     contestants = {(m, "jaxadv"): (lambda m=m: jax.block_until_ready(ours[m](xj, tj)))
                    for m in CHUNKED}
     for form, label in zip(forms_off, labels, strict=True):
@@ -578,7 +559,7 @@ def compare_forms_off(fns, key, xj, tj, ours: dict, forms_off, repeats: int) -> 
         for m, c in compiled.items():
             contestants[(m, f"jaxadv_{label}")] = (
                 lambda c=c: jax.block_until_ready(c(xj, tj)))
-    rounds = step_speed.time_rounds(contestants, repeats)
+    rounds = time_rounds(contestants, repeats)
     seconds = {m: {who: rounds[(mm, who)]["median"] / 1e3 for mm, who in rounds if mm == m}
                for m in CHUNKED}
     out = {"forms_off_s": seconds}
@@ -617,7 +598,7 @@ def chunk_sweep(name: str, batch: int, chunks, repeats: int, method: str = "ig")
     import jax
     import torch
 
-    from experiments.benchmarks.step_speed import time_rounds
+    from experiments.benchmarks.timing import time_rounds
     from jaxadv import sharding
     from jaxadv.interop.torch_port import nhwc_to_nchw
 
@@ -827,7 +808,7 @@ def _run(args) -> dict:
 
     import torch
 
-    from experiments.benchmarks.step_speed import matmul_peak_gflops
+    from experiments.benchmarks.timing import matmul_peak_gflops
 
     machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                "torch_threads": torch.get_num_threads(),

@@ -47,6 +47,7 @@ import statistics
 import time
 
 from experiments import report
+from experiments.benchmarks.timing import median_seconds
 
 # (name, height = width, input channels, output channels, kernel, stride)
 LAYERS = (
@@ -62,16 +63,10 @@ METHODS = ("columns", "taps", "xla")
 
 
 def time_call(fn, *args, repeats: int) -> float:
-    """Median wall milliseconds over ``repeats`` calls after a warm-up call."""
+    """Median wall milliseconds of ``fn(*args)`` over ``repeats`` calls after a warm-up call."""
     import jax
 
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median_seconds(lambda: jax.block_until_ready(fn(*args)), repeats=repeats)
 
 
 @contextlib.contextmanager

@@ -38,12 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import report
-from experiments.benchmarks.peer_autoattack import (
-    DEFAULT_CHECKPOINT,
-    _nchw_to_nhwc,
-    _Scorer,
-    build_setup,
-)
+from experiments.benchmarks.attacks import DEFAULT_CHECKPOINT, build_setup
+from experiments.benchmarks.peer_autoattack import _Scorer
 from jaxadv.attacks.apgd import apgd_ce
 
 NUM_STEPS = 100
@@ -82,6 +78,8 @@ def run(setup: dict, *, seeds: int, starts, points) -> dict:
     import torch
     from pyautoattack.autopgd_base import APGDAttack
 
+    from jaxadv.interop.torch_port import nchw_to_nhwc
+
     f, eps = setup["logits_fn"], float(setup["eps"])
     x, y = np.asarray(setup["x"], np.float32), np.asarray(setup["y"])
     score = _Scorer(setup)
@@ -108,7 +106,7 @@ def run(setup: dict, *, seeds: int, starts, points) -> dict:
         return robust & ~np.asarray(res.success)
 
     def aa_robust(x_adv_nchw, acc=None) -> np.ndarray:
-        robust, _ = score.robust_mask(_nchw_to_nhwc(x_adv_nchw))
+        robust, _ = score.robust_mask(nchw_to_nhwc(x_adv_nchw))
         return robust if acc is None else robust & acc.numpy().astype(bool)
 
     conds = ["jaxadv_own", "autoattack_own"] + [f"{lib}_from_{k}_starts" for k in starts
@@ -196,7 +194,7 @@ def main(argv=None) -> dict:
     if any(not 0 <= q < args.n for q in args.points):
         raise SystemExit(f"--points must be indices in [0, {args.n}); got {args.points}.")
     tic = time.perf_counter()
-    setup = build_setup(args.n)
+    setup = build_setup(n=args.n)
     res = (run(setup, seeds=args.seeds, starts=args.starts, points=args.points) if args.seeds
            else {})
     if args.point_seeds:

@@ -31,49 +31,24 @@ points between random starts on 100 MNIST points (seeds), for every library.
 import argparse
 import json
 import logging
-import pathlib
 import re
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from experiments import report
+from experiments.benchmarks.attacks import build_setup
+from experiments.benchmarks.timing import median_seconds, time_once
 from jaxadv import sharding
 from jaxadv.attacks import ensemble as E
 from jaxadv.attacks.apgd import apgd_ce
 from jaxadv.attacks.ensemble import evaluate_ensemble
 from jaxadv.attacks.projections import norm_of
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-DEFAULT_CHECKPOINT = REPO.parent / "shared" / "data" / "boopathy-mnist" / "mnist_smallgap_adv_100.pkl"
-DEFAULT_MNIST = REPO.parent / "shared" / "data" / "mnist-test"
 NUM_STEPS = 100
 QUICK_ENSEMBLE_N = 50  # the ensemble takes minutes per 50 points on a CPU
-
-
-def _time_call(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def _time_once(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def _nchw_to_nhwc(t) -> np.ndarray:
-    a = t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
-    return np.transpose(a, (0, 2, 3, 1)).astype(np.float32)
 
 
 class _Scorer:
@@ -117,6 +92,8 @@ def bench_apgd_ce(setup: dict, quick: bool, seeds: int = 1) -> dict:
     one run's random start moves the result by a point or two on 100 points."""
     import torch
 
+    from jaxadv.interop.torch_port import nchw_to_nhwc
+
     score = _Scorer(setup)
     eps = float(setup["eps"])
     f = setup["logits_fn"]
@@ -131,7 +108,7 @@ def bench_apgd_ce(setup: dict, quick: bool, seeds: int = 1) -> dict:
     def run():
         out["jax"] = jax.block_until_ready(attack(x, y, key, jnp.float32(eps)).x_adv)
 
-    seconds = _time_call(run, 1 if quick else 3)
+    seconds = median_seconds(run, repeats=1 if quick else 3)
     res = {"jaxadv": score.entry(np.asarray(out["jax"]), seconds)}
     accs = [res["jaxadv"]["robust_acc"]] + [
         score.entry(np.asarray(attack(x, y, jax.random.key(s), jnp.float32(eps)).x_adv),
@@ -142,10 +119,10 @@ def bench_apgd_ce(setup: dict, quick: bool, seeds: int = 1) -> dict:
         """Seed 0 timed, then seeds 1..seeds-1 for the robust accuracy only."""
         def run_seed(s):
             torch.manual_seed(s)
-            return _nchw_to_nhwc(attack_of_seed(s)(setup["x_nchw"].clone(),
-                                                   setup["y_torch"].clone()))
+            return nchw_to_nhwc(attack_of_seed(s)(setup["x_nchw"].clone(),
+                                                  setup["y_torch"].clone()))
 
-        seconds = _time_once(lambda: out.__setitem__(name, run_seed(0)))
+        seconds = time_once(lambda: out.__setitem__(name, run_seed(0)))
         res[name] = score.entry(out[name], seconds)
         _add_seeds(res[name], [res[name]["robust_acc"]] + [
             score.entry(run_seed(s), 1.0)["robust_acc"] for s in range(1, seeds)])
@@ -209,8 +186,8 @@ def bench_ensemble(setup: dict, quick: bool, n: int | None = None, seeds: int = 
 
     # The first call compiles (each stage for the bucket of points it sees); the second, with the
     # same key and data, sees the same buckets and is timed. Both are reported.
-    seconds_compile = _time_once(run_jax)
-    seconds = _time_once(run_jax)
+    seconds_compile = time_once(run_jax)
+    seconds = time_once(run_jax)
     r = out["jax"]
     res = {"jaxadv": score.entry(np.asarray(r.x_adv), seconds)}
     res["jaxadv"]["seconds_first_call"] = seconds_compile
@@ -231,6 +208,8 @@ def bench_ensemble(setup: dict, quick: bool, n: int | None = None, seeds: int = 
         import torch
         from pyautoattack import AutoAttack
 
+        from jaxadv.interop.torch_port import nchw_to_nhwc
+
         log = logging.getLogger("auto-attack")
         log.setLevel(logging.DEBUG)
         handler = _StageLog()
@@ -243,13 +222,13 @@ def bench_ensemble(setup: dict, quick: bool, n: int | None = None, seeds: int = 
                 out["aa"] = aa.run_standard_evaluation(sub["x_nchw"].clone(),
                                                        sub["y_torch"].clone(), batch_size=n)[0]
 
-        seconds = _time_once(run_aa)
-        res["autoattack"] = score.entry(_nchw_to_nhwc(out["aa"]), seconds)
+        seconds = time_once(run_aa)
+        res["autoattack"] = score.entry(nchw_to_nhwc(out["aa"]), seconds)
         res["autoattack"]["per_attack_robust_acc"] = dict(handler.acc)
         accs = [res["autoattack"]["robust_acc"]]
         for seed in range(1, seeds):
             run_aa(seed)
-            accs.append(score.entry(_nchw_to_nhwc(out["aa"]), 1.0)["robust_acc"])
+            accs.append(score.entry(nchw_to_nhwc(out["aa"]), 1.0)["robust_acc"])
         log.removeHandler(handler)
         _add_seeds(res["autoattack"], accs)
     except ImportError as e:
@@ -268,28 +247,6 @@ def run(setup: dict, quick: bool, *, seeds: int = 1, ensemble_n: int | None = No
         out["ensemble"] = bench_ensemble(setup, quick, ensemble_n, ensemble_seeds)
         print(f"  ensemble: {out['ensemble']}", flush=True)
     return out
-
-
-def build_setup(n: int, checkpoint=DEFAULT_CHECKPOINT, data_dir=DEFAULT_MNIST) -> dict:
-    """The setup of ``attacks.build_setup``, minimal: model, PyTorch twin, first n test images."""
-    import torch
-
-    from jaxadv.data import load_dataset
-    from jaxadv.interop.torch_port import check_logits_agree, nhwc_to_nchw, to_torch
-    from jaxadv.models import get_model, load_official_checkpoint
-
-    name, params = load_official_checkpoint(checkpoint)
-    model = get_model(name)
-    variables = {"params": params}
-    logits_fn = jax.jit(lambda v: model.apply(variables, v))
-    images, labels = load_dataset("mnist_idx", "test", data_dir=str(data_dir)).arrays()
-    x = np.asarray(images[:n], np.float32)
-    y = np.asarray(labels[:n], np.int32)
-    torch_model = to_torch(name, variables)
-    diff = check_logits_agree(logits_fn, torch_model, x)
-    return {"logits_fn": logits_fn, "torch_model": torch_model, "x": x, "y": y,
-            "x_nchw": nhwc_to_nchw(x), "y_torch": torch.from_numpy(y.astype(np.int64)),
-            "eps": 0.3, "logits_max_abs_diff": diff}
 
 
 def main(argv=None) -> dict:
@@ -313,7 +270,7 @@ def main(argv=None) -> dict:
         from jaxadv.devices import use_host_devices
 
         use_host_devices(args.host_devices)  # before the first JAX operation
-    setup = build_setup(args.n)
+    setup = build_setup(n=args.n)
     print(f"n={args.n}, JAX/PyTorch logits agree to {setup['logits_max_abs_diff']:.2g}",
           flush=True)
     results = run(setup, args.quick, seeds=args.seeds, ensemble_n=args.ensemble_n,

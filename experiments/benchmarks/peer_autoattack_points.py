@@ -29,12 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import report
-from experiments.benchmarks.peer_autoattack import (
-    DEFAULT_CHECKPOINT,
-    _nchw_to_nhwc,
-    _Scorer,
-    build_setup,
-)
+from experiments.benchmarks.attacks import DEFAULT_CHECKPOINT, build_setup
+from experiments.benchmarks.peer_autoattack import _Scorer
 from jaxadv.attacks.ensemble import evaluate_ensemble
 
 STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")
@@ -47,6 +43,8 @@ def count_breaks(setup: dict, points, *, seeds: int, context: str, stages,
     seed_start + seeds - 1]}}, the same keys -> [robust accuracy (%) of the whole batch per seed])."""
     import torch
     from pyautoattack import AutoAttack
+
+    from jaxadv.interop.torch_port import nchw_to_nhwc
 
     idx = list(range(100)) if context == "first100" else list(points)
     pos = [idx.index(p) for p in points]
@@ -76,7 +74,7 @@ def count_breaks(setup: dict, points, *, seeds: int, context: str, stages,
             with torch.no_grad():
                 x_adv = aa.run_standard_evaluation(x_t.clone(), y_t.clone(),
                                                    batch_size=len(idx))[0]
-            robust, _ = score.robust_mask(_nchw_to_nhwc(x_adv))
+            robust, _ = score.robust_mask(nchw_to_nhwc(x_adv))
             counts["autoattack"][st] += ~robust[pos]
             acc["autoattack"][st].append(float(100.0 * robust.mean()))
         as_lists = {lib: {st: c.tolist() for st, c in d.items()} for lib, d in counts.items()}
@@ -101,7 +99,7 @@ def main(argv=None) -> dict:
     if args.seeds < 1:
         raise SystemExit(f"--seeds must be >= 1; got {args.seeds}.")
     tic = time.perf_counter()
-    setup = build_setup(100)
+    setup = build_setup(n=100)
     counts, acc = count_breaks(setup, args.points, seeds=args.seeds, context=args.context,
                           stages=args.stages, seed_start=args.seed_start)
     out = {"breaks": counts, "robust_acc_seeds": acc, "settings": {

@@ -38,13 +38,13 @@ after one warm-up call (which compiles); the others once. ``images_per_s = n / s
 import argparse
 import json
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from experiments import report
+from experiments.benchmarks.timing import time_once
 from jaxadv.attacks.cw import cw_l2
 
 EPS_L2 = 2.0
@@ -52,17 +52,6 @@ BINARY_STEPS, STEPS, C_INIT, LR = 5, 100, 1.0, 0.1
 QUICK = {"binary_steps": 3, "steps": 50}
 ART_N, ART_N_QUICK = 50, 10
 TA_C = 1.0
-
-
-def _time_once(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def _nchw_to_nhwc(t) -> np.ndarray:
-    a = t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
-    return np.transpose(a, (0, 2, 3, 1)).astype(np.float32)
 
 
 class _Scorer:
@@ -93,6 +82,8 @@ class _Scorer:
 def bench_cw_l2(setup: dict, quick: bool) -> dict:
     import torch
 
+    from jaxadv.interop.torch_port import nchw_to_nhwc
+
     binary_steps = QUICK["binary_steps"] if quick else BINARY_STEPS
     steps = QUICK["steps"] if quick else STEPS
     score = _Scorer(setup)
@@ -109,7 +100,7 @@ def bench_cw_l2(setup: dict, quick: bool) -> dict:
         out["jax"] = jax.block_until_ready(attack(x, y, key))
 
     run()  # compile
-    res = {"jaxadv": score.entry(np.asarray(out["jax"]), _time_once(run))}
+    res = {"jaxadv": score.entry(np.asarray(out["jax"]), time_once(run))}
 
     try:
         import foolbox as fb
@@ -124,9 +115,9 @@ def bench_cw_l2(setup: dict, quick: bool) -> dict:
                                          epsilons=None)
             out["fb"] = (clipped, success)
 
-        seconds = _time_once(fb_run)
+        seconds = time_once(fb_run)
         clipped, _ = out["fb"]
-        fb_x = _nchw_to_nhwc(clipped)
+        fb_x = nchw_to_nhwc(clipped)
         # Foolbox's success flag is recomputed on what it returns, and the all-zero placeholder
         # is usually misclassified; the tanh box never reaches exactly 0, so that marks "none".
         found = np.any(fb_x != 0, axis=(1, 2, 3), keepdims=True)
@@ -147,9 +138,9 @@ def bench_cw_l2(setup: dict, quick: bool) -> dict:
                                   initial_const=C_INIT, batch_size=n_art, verbose=False)
         x_np = setup["x_nchw"].numpy()[:n_art]
         y_np = np.asarray(setup["y"]).astype(np.int64)[:n_art]
-        seconds = _time_once(lambda: out.__setitem__("art", art_atk.generate(x=x_np, y=y_np)))
+        seconds = time_once(lambda: out.__setitem__("art", art_atk.generate(x=x_np, y=y_np)))
         sub = _Scorer(setup, n_art)
-        res["art"] = {**sub.entry(_nchw_to_nhwc(out["art"]), seconds),
+        res["art"] = {**sub.entry(nchw_to_nhwc(out["art"]), seconds),
                       "jaxadv_robust_acc_same_points": sub.entry(
                           np.asarray(out["jax"])[:n_art], 1.0)["robust_acc"]}
     except ImportError as e:
@@ -160,9 +151,9 @@ def bench_cw_l2(setup: dict, quick: bool) -> dict:
 
         ta = torchattacks.CW(setup["torch_model"], c=TA_C, kappa=0.0,
                              steps=binary_steps * steps, lr=LR)
-        seconds = _time_once(lambda: out.__setitem__(
+        seconds = time_once(lambda: out.__setitem__(
             "ta", ta(setup["x_nchw"].clone(), setup["y_torch"].clone())))
-        res["torchattacks"] = {**score.entry(_nchw_to_nhwc(out["ta"]), seconds),
+        res["torchattacks"] = {**score.entry(nchw_to_nhwc(out["ta"]), seconds),
                                "note": f"no search over c: c = {TA_C}, "
                                        f"{binary_steps * steps} steps"}
     except ImportError as e:

@@ -88,12 +88,16 @@ import contextlib
 import os
 import pathlib
 import platform
-import statistics
 import sys
-import time
-from unittest import mock
 
 from experiments import report
+from experiments.benchmarks.timing import (
+    executed_flops,
+    matmul_peak_gflops,
+    time_once,
+    time_rounds,
+    xla_flops,
+)
 
 OPS = ("forward", "pgd_step", "pgd10", "train_step")
 MODELS = {"smallgap": (28, 28, 1), "poolgap": (28, 28, 1), "preact_resnet18": (32, 32, 3)}
@@ -186,47 +190,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def summary(times: list[float]) -> dict:
-    """Seconds -> milliseconds: median, quartiles, min, max, n."""
-    ms = sorted(t * 1e3 for t in times)
-    q = statistics.quantiles(ms, n=4, method="inclusive") if len(ms) > 1 else [ms[0]] * 3
-    return {"median": statistics.median(ms), "q25": q[0], "q75": q[2], "min": ms[0],
-            "max": ms[-1], "n": len(ms)}
-
-
-def time_rounds(fns: dict, repeats: int, calls_per_turn: int = 1) -> dict:
-    """``fns[name]()`` must block until done. One warm-up call each, then ``repeats`` rounds with
-    every contestant in turn (order reversed every other round), each turn ``calls_per_turn``
-    calls back to back, each timed. Returns name -> summary of every timed call."""
-    for fn in fns.values():
-        fn()
-    times = {name: [] for name in fns}
-    names = list(fns)
-    for r in range(repeats):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            for _ in range(calls_per_turn):
-                t0 = time.perf_counter()
-                fns[name]()
-                times[name].append(time.perf_counter() - t0)
-    return {name: summary(ts) for name, ts in times.items()}
-
-
-def matmul_peak_gflops(n: int, repeats: int = 5) -> float:
-    """Achieved GFLOP/s of an (n, n) @ (n, n) float32 ``jnp.dot`` (best of ``repeats``)."""
-    import jax
-    import jax.numpy as jnp
-
-    a = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    dot = jax.jit(jnp.dot)
-    jax.block_until_ready(dot(a, a))
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(dot(a, a))
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
-
-
 def torch_sync(device: str):
     """A function that waits for the device's queued PyTorch work (a no-op on CPU)."""
     import torch
@@ -243,12 +206,7 @@ def torch_matmul_gflops(n: int, repeats: int = 5, device: str = "cpu") -> float:
     a = torch.randn(n, n, device=device)
     a @ a
     sync()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ a
-        sync()
-        best = min(best, time.perf_counter() - t0)
+    best = min(time_once(lambda: (a @ a, sync())) for _ in range(repeats))
     return 2 * n**3 / best / 1e9
 
 
@@ -265,40 +223,6 @@ def torch_precision(highest: bool) -> dict:
 
 # ----------------------------------------------------------------------------------------------
 # jaxadv side
-
-
-def xla_flops(lowered) -> float | None:
-    """XLA's FLOP count of a lowered computation: from the HLO where the backend gives it (CPU),
-    else from the compiled executable (JAX 0.11 on GPU gave none for the HLO); None if neither
-    does (cost analysis is best effort)."""
-    for analyse in (lambda: lowered.cost_analysis(), lambda: lowered.compile().cost_analysis()):
-        try:
-            cost = analyse()
-        except Exception:
-            continue
-        if isinstance(cost, (list, tuple)):
-            cost = cost[0] if cost else None
-        if cost and cost.get("flops"):
-            return float(cost["flops"])
-    return None
-
-
-def executed_flops(fn, args) -> float | None:
-    """XLA's FLOP count of ``jax.jit(fn)(*args)`` as the fast path (in the caller's setting) runs
-    it. XLA's cost analysis counts a loop's body once; the fast path's chunk loops (Winograd's
-    images in chunks, ``fastpath._winograd_chunks``) run the same products as one chunk of the
-    whole batch, so the count comes from the program lowered with one chunk (caches cleared
-    before and after: JAX would otherwise reuse a lowering of the same function)."""
-    import jax
-
-    from jaxadv.models import fastpath
-
-    jax.clear_caches()
-    try:
-        with mock.patch.object(fastpath, "_winograd_chunks", lambda batch, *a: (1, batch)):
-            return xla_flops(jax.jit(fn).lower(*args))
-    finally:
-        jax.clear_caches()
 
 
 def _op_flops(lowered: dict) -> dict:
@@ -591,7 +515,7 @@ def main(argv=None) -> dict:
     forms_off = [f for f in _FORMS_OFF if f != "mask" and getattr(args, f"compare_no_{f}")]
     forms_off += ["mask"] if args.compare_cumsum_mask else []
     for form in forms_off:
-        results[f"speedup_vs_{_off_label(form)}"] = {}
+        results[f"speedup_vs_{off_label(form)}"] = {}
     conv_backend = convolution_backend()
     other_conv = None
     if args.compare_conv_backend:
@@ -625,7 +549,7 @@ def main(argv=None) -> dict:
             if std is not None:
                 contestants["jaxadv_std"] = std[op]
             for form, fns_without in without.items():
-                contestants[f"jaxadv_{_off_label(form)}"] = fns_without[op]
+                contestants[f"jaxadv_{off_label(form)}"] = fns_without[op]
             t = time_rounds(contestants, repeats_resnet if name == "preact_resnet18" else repeats,
                             args.calls_per_turn)
             k = f"{name}/{op}"
@@ -634,7 +558,7 @@ def main(argv=None) -> dict:
             if std is not None:
                 results["speedup_vs_standard"][k] = t["jaxadv_std"]["median"] / t["jaxadv"]["median"]
             for form in without:
-                label = _off_label(form)
+                label = off_label(form)
                 results[f"speedup_vs_{label}"][k] = (t[f"jaxadv_{label}"]["median"]
                                                      / t["jaxadv"]["median"])
             seconds = t["jaxadv"]["median"] / 1e3
@@ -643,7 +567,7 @@ def main(argv=None) -> dict:
                 f / seconds / 1e9 if f else None for f in flops[op])
             extra = (f"  std {t['jaxadv_std']['median']:8.1f} ms" if std is not None else "")
             for form in without:
-                label = _off_label(form)
+                label = off_label(form)
                 extra += f"  {label} {t[f'jaxadv_{label}']['median']:8.1f} ms"
             print(f"{k:28s} jaxadv {t['jaxadv']['median']:8.1f} ms  torch {t['torch']['median']:8.1f}"
                   f" ms  x{results['speedup_vs_torch'][k]:5.2f}{extra}  "
@@ -728,7 +652,9 @@ _FORMS_OFF = {
 }
 
 
-def _off_label(form: str) -> str:
+def off_label(form: str) -> str:
+    """The contestant label of a fast-path form turned off (``form_off``) or of a convolution
+    backend (``"eigen"``, ``"ynnpack"``): timings under ``"jaxadv_<label>"``."""
     return f"{form}_conv" if form in ("eigen", "ynnpack") else _FORMS_OFF[form][2]
 
 

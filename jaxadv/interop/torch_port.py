@@ -222,13 +222,42 @@ def to_torch(name: str, variables, **model_kwargs) -> nn.Module:
     return m.eval()
 
 
+class _FeatureMap(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.features(x)
+
+
+class WithFeatureLayer(nn.Module):
+    """A twin of :func:`to_torch` as ``model.head(feat(x))``, with ``feat`` a module whose output
+    is the last feature map (B, k, h, w): the layer that Captum's layer methods hook, e.g.
+    ``m = WithFeatureLayer(twin); captum.attr.LayerGradCam(m, m.feat)`` for the twin of
+    ``jaxadv.attributions.grad_cam(fns.features, fns.head, ...)``. Same logits as ``model``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.feat = _FeatureMap(model)
+        self.model = model
+
+    def forward(self, x):
+        return self.model.head(self.feat(x))
+
+
 def nhwc_to_nchw(x) -> torch.Tensor:
     return torch.from_numpy(np.array(np.transpose(np.asarray(x, np.float32),
                                                               (0, 3, 1, 2))))
 
 
-def nchw_to_nhwc(x: torch.Tensor) -> np.ndarray:
-    return np.transpose(x.detach().cpu().numpy(), (0, 2, 3, 1))
+def nchw_to_nhwc(x) -> np.ndarray:
+    """(B, C, H, W) torch tensor (any device, grad or not) or array -> (B, H, W, C) numpy array
+    of the same dtype."""
+    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if a.ndim != 4:
+        raise ValueError(f"nchw_to_nhwc takes a (B, C, H, W) batch; got shape {a.shape}.")
+    return np.transpose(a, (0, 2, 3, 1))
 
 
 def check_logits_agree(logits_fn, torch_model: nn.Module, x_nhwc, *, rtol: float = 1e-4,

@@ -142,31 +142,12 @@ def test_noise_tunnel_integrated_gradients(setup, monkeypatch):
     assert rel_err(ours, theirs) < s["tol"]
 
 
-def _feature_wrapper(torch, tmodel):
-    class Features(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, x):
-            return self.m.features(x)
-
-    class Wrapped(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.feat = Features(m)
-            self.m = m
-
-        def forward(self, x):
-            return self.m.head(self.feat(x))
-
-    return Wrapped(tmodel)
-
-
 @pytest.mark.parametrize("relu", [True, False])
 def test_layer_grad_cam(setup, relu):
+    from jaxadv.interop.torch_port import WithFeatureLayer
+
     s = setup
-    w = _feature_wrapper(s["torch"], s["tmodel"])
+    w = WithFeatureLayer(s["tmodel"])
     gc = s["captum"].LayerGradCam(w, w.feat)
     theirs = gc.attribute(s["to_t"](s["x"]), target=s["tt"], relu_attributions=relu)
     theirs = theirs.detach().numpy()[:, 0]
