@@ -345,6 +345,30 @@ def test_step_speed_small_winograd_contestant_is_the_earlier_rule(in_hw, w_shape
     assert step_speed.winograd_small_maps_only(*args, ynnpack=True) is False
 
 
+def test_step_speed_window_adds_off_sums_the_fold_by_reduces():
+    """``--compare_no_window_adds`` (form ``window_adds``): while the contestant compiles, the GAP
+    fold's window sums are one reduce per tap; the library's add chains come back after."""
+    import jax
+    import jax.numpy as jnp
+
+    from experiments.benchmarks import step_speed
+    from jaxadv.models import fastpath
+
+    x, k = jnp.ones((2, 7, 7, 3)), jnp.ones((7, 7, 3, 4))
+
+    def primitives():
+        jaxpr = jax.make_jaxpr(lambda x: fastpath.conv_mean(x, k, None))(x)
+        return {e.primitive.name for e in jaxpr.jaxpr.eqns} | {
+            e.primitive.name for eqn in jaxpr.jaxpr.eqns
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params) for e in sub.eqns}
+
+    assert "reduce_sum" not in primitives()
+    with step_speed.form_off("window_adds"):
+        assert "reduce_sum" in primitives()
+    assert "reduce_sum" not in primitives()
+    assert step_speed.off_label("window_adds") == "no_window_adds"
+
+
 def test_executed_flops_count_every_trip_of_the_chunk_loops(monkeypatch):
     """XLA's cost analysis counts a loop body once; the step benchmark's executed count must
     count every chunk of Winograd's image loop: a 16x16x128 layer at batch 6 in chunks of two

@@ -4,7 +4,7 @@
         [--quick] [--host_devices N] [--models smallgap,poolgap,preact_resnet18] [--repeats R]
         [--compare_standard] [--compare_no_rows] [--compare_no_patches] [--compare_no_taps]
         [--compare_no_fold] [--compare_no_phases] [--compare_no_stored] [--compare_no_winograd]
-        [--compare_no_large_winograd] [--compare_no_depth_first]
+        [--compare_no_large_winograd] [--compare_no_depth_first] [--compare_no_window_adds]
         [--compare_cumsum_mask] [--compare_conv_backend]
         [--no_fastpath]
         [--torch_device cuda] [--precision highest]
@@ -63,7 +63,9 @@ F(2x2, 3x3) (``jaxadv_no_winograd``, ``fastpath._winograd_pay``), ``--compare_no
 with Winograd only on the maps the rule took before its image chunks (``jaxadv_small_winograd``,
 :func:`winograd_small_maps_only`), ``--compare_no_depth_first`` with a ResNet's stem and first
 stage run layer by layer over the whole batch instead of depth first over chunks of images
-(``jaxadv_no_depth_first``, ``fastpath.depth_first_images``), ``--compare_cumsum_mask``
+(``jaxadv_no_depth_first``, ``fastpath.depth_first_images``), ``--compare_no_window_adds``
+with the GAP fold's window sums as one reduce per tap instead of chains of adds
+(``jaxadv_no_window_adds``, ``fastpath._window_sums``), ``--compare_cumsum_mask``
 with the max pool's first-maximum mask taken from a cumulative sum over each window
 (``jaxadv_cumsum_mask``: the form
 used until 2026-12-05, which XLA:CPU runs as a reduce-window; now an element-wise pass),
@@ -159,6 +161,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="Also time jaxadv with a ResNet's stem and first stage run layer by layer "
                         "over the whole batch (contestant 'jaxadv_no_depth_first'; "
                         "fastpath.depth_first_images).")
+    p.add_argument("--compare_no_window_adds", action="store_true",
+                   help="Also time jaxadv with the GAP fold's window sums as one reduce per tap "
+                        "(contestant 'jaxadv_no_window_adds'; fastpath._window_sums).")
     p.add_argument("--compare_no_taps_stored", action="store_true",
                    help="Also time jaxadv with the one-channel tap sum's output recomputed by its "
                         "consumers (contestant 'jaxadv_no_taps_stored'; "
@@ -621,6 +626,14 @@ def _always_false(*args) -> bool:
     return False
 
 
+def window_sums_by_reduce(*args):
+    """``fastpath._window_sums`` as it was until 2026-12-06: one strided slice and one reduce per
+    tap, in the value too (``fastpath._window_sums_by_reduce``)."""
+    from jaxadv.models import fastpath
+
+    return fastpath._window_sums_by_reduce(*args)
+
+
 def winograd_small_maps_only(in_hw, w_shape, strides, pads, dilation, op, *,
                              ynnpack=None) -> bool:
     """``fastpath._winograd_pay`` as it was before Winograd's image chunks (2026-12-06,
@@ -648,6 +661,7 @@ _FORMS_OFF = {
     "winograd": ("_winograd_pay", _always_false, "no_winograd"),
     "large_winograd": ("_winograd_pay", winograd_small_maps_only, "small_winograd"),
     "depth_first": ("depth_first_images", _never_chunked, "no_depth_first"),
+    "window_adds": ("_window_sums", window_sums_by_reduce, "no_window_adds"),
     "mask": ("_first_max_mask", cumsum_first_max_mask, "cumsum_mask"),
 }
 
@@ -668,7 +682,8 @@ def form_off(form: str):
     ``"winograd"`` (``fastpath._winograd_pay``)
     always False, ``"depth_first"``: a ResNet's first stage layer by layer over the whole batch
     (``fastpath.depth_first_images`` always None), ``"large_winograd"``: Winograd only where
-    :func:`winograd_small_maps_only` takes it, or ``"mask"``: the max pool's first-maximum mask by
+    :func:`winograd_small_maps_only` takes it, ``"window_adds"``: the GAP fold's window sums by
+    :func:`window_sums_by_reduce`, or ``"mask"``: the max pool's first-maximum mask by
     :func:`cumsum_first_max_mask`."""
     import jax
 

@@ -28,9 +28,10 @@ with the same outputs and gradients (tests: ``tests/models/test_fastpath.py``):
 * the GAP fold: where a model's feature map is a convolution followed only by the GAP head
   (SmallGAP's last layer), its logits need only the mean of that convolution over positions,
   which is the kernel applied to window sums of its input (:func:`conv_mean`, 1/49 of the 7x7
-  layer's multiply-adds), for batches of at least 64 examples per device (:func:`_fold_pay`).
-  Their CAM (``GAPClassifier.logits_and_cam``, used by the Int/Int2 objectives and the AAI
-  attack) is one convolution whose kernel is composed with the head's weights (10 output channels
+  layer's multiply-adds), for batches of at least 64 examples per device (:func:`_fold_pay`);
+  the window sums are chains of adds that XLA fuses (:func:`_window_sums`). Their CAM
+  (``GAPClassifier.logits_and_cam``, used by the Int/Int2 objectives and the AAI attack) is one
+  convolution whose kernel is composed with the head's weights (10 output channels
   instead of 100). ``features`` and Grad-CAM still build the map. Models opt in through
   ``GAPClassifier.pooled_features`` and ``folded_cam``.
 * 3x3 stride-1 convolutions with at least 64 channels (ResNet-18's, stem excepted) by
@@ -1091,25 +1092,72 @@ def max_pool(x: Array, *, window: int, stride: int, padding: str = "VALID") -> A
         x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), padding)
 
 
-def _window_sums(x: Array, axis: int, kernel: int, stride: int, dilation: int, pad_lo: int,
-                 out: int) -> Array:
-    """Along ``axis`` of x, for each kernel tap r (a new axis in its place, length ``kernel``),
-    the sum of the input positions p = i * stride + r * dilation - pad_lo, 0 <= i < out, that
-    fall inside the input (padding positions are zeros). Each is a strided slice and a reduce:
-    adds only, in an order that does not depend on the batch size (a 0/1 matmul did: XLA:CPU
-    picks its dot kernel by size, and the rounding with it)."""
-    size = x.shape[axis]
-    taps = []
+def _window_rows(size: int, kernel: int, stride: int, dilation: int, pad_lo: int,
+                 out: int) -> list[list[int]]:
+    """For each kernel tap r, the input positions p = i * stride + r * dilation - pad_lo,
+    0 <= i < out, that fall inside an axis of ``size`` (padding positions are zeros)."""
+    rows = []
     for r in range(kernel):
         first = r * dilation - pad_lo
         i_lo = max(0, -(first // stride))                  # first i with p >= 0
         i_hi = min(out - 1, (size - 1 - first) // stride)  # last i with p < size
-        if i_hi < i_lo:
+        rows.append([first + i * stride for i in range(i_lo, i_hi + 1)])
+    return rows
+
+
+def _window_sums_by_reduce(x: Array, axis: int, kernel: int, stride: int, dilation: int,
+                           pad_lo: int, out: int) -> Array:
+    """:func:`_window_sums` as one strided slice and one reduce per tap: the form whose
+    transpose (the input gradient) XLA compiles best (broadcasts and pads, no reductions)."""
+    taps = []
+    for rows in _window_rows(x.shape[axis], kernel, stride, dilation, pad_lo, out):
+        if not rows:
             taps.append(jnp.zeros(x.shape[:axis] + x.shape[axis + 1:], x.dtype))
             continue
-        start, stop = first + i_lo * stride, first + i_hi * stride + 1
-        taps.append(jnp.sum(lax.slice_in_dim(x, start, stop, stride, axis), axis=axis))
+        taps.append(jnp.sum(lax.slice_in_dim(x, rows[0], rows[-1] + 1, stride, axis), axis=axis))
     return jnp.stack(taps, axis=axis)
+
+
+# Taps whose windows cover at most this many positions are summed with explicit adds.
+_WINDOW_ADDS_MAX_ROWS = 32
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4, 5, 6))
+def _window_sums(x: Array, axis: int, kernel: int, stride: int, dilation: int, pad_lo: int,
+                 out: int) -> Array:
+    """Along ``axis`` of x, for each kernel tap r (a new axis in its place, length ``kernel``),
+    the sum of the input positions p = i * stride + r * dilation - pad_lo, 0 <= i < out, that
+    fall inside the input (padding positions are zeros). Adds only, in an order that does not
+    depend on the batch size (a 0/1 matmul did: XLA:CPU picks its dot kernel by size, and the
+    rounding with it).
+
+    The value is a chain of adds of single positions (windows of at most
+    ``_WINDOW_ADDS_MAX_ROWS`` positions), which XLA fuses with the producer into one loop: as
+    reduces, XLA:CPU (jaxlib 0.10) hands each tap to YNNPACK as a fusion of its own, and
+    SmallGAP's 14 of them made its forward pass 1.3-1.6x slower (``step_speed
+    --compare_no_window_adds``, results/step_speed_window_adds_1dev*.json). The tangent is
+    :func:`_window_sums_by_reduce` of the tangent (the same linear map), so the input gradient
+    is that form's transpose, a pad per tap (the add chain's has one per position: 74 against
+    14 for SmallGAP's layer, ``tests/models/test_conv_mean.py``)."""
+    rows = _window_rows(x.shape[axis], kernel, stride, dilation, pad_lo, out)
+    if max(len(r) for r in rows) > _WINDOW_ADDS_MAX_ROWS:
+        return _window_sums_by_reduce(x, axis, kernel, stride, dilation, pad_lo, out)
+    taps = []
+    for tap in rows:
+        total = jnp.zeros(x.shape[:axis] + x.shape[axis + 1:], x.dtype)
+        if tap:
+            total = lax.index_in_dim(x, tap[0], axis, keepdims=False)
+            for p in tap[1:]:
+                total = total + lax.index_in_dim(x, p, axis, keepdims=False)
+        taps.append(total)
+    return jnp.stack(taps, axis=axis)
+
+
+@_window_sums.defjvp
+def _window_sums_jvp(axis, kernel, stride, dilation, pad_lo, out, primals, tangents):
+    (x,), (t,) = primals, tangents
+    return (_window_sums(x, axis, kernel, stride, dilation, pad_lo, out),
+            _window_sums_by_reduce(t, axis, kernel, stride, dilation, pad_lo, out))
 
 
 _FOLD_MIN_ROWS_PER_DEVICE = 64

@@ -99,6 +99,64 @@ def test_conv_mean_second_order():
            jax.grad(lambda k: norm_of_input_grad(ref, k))(k), 1e-4)
 
 
+def _count_primitives(fn, *args) -> dict:
+    counts = {}
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            counts[eqn.primitive.name] = counts.get(eqn.primitive.name, 0) + 1
+            for sub in jaxprs_in_params(eqn.params):
+                walk(sub)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return counts
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[4]}x{c[5]}-s{c[7]}-{c[8]}-d{c[9]}" for c in CASES])
+def test_window_sums_forms_agree_and_forward_mode_works(case):
+    """The add chain (the value) equals the slice-and-reduce form (the tangent) at every tap,
+    for every stride, padding and dilation of the cases, and with the windows past the chain's
+    limit (the reduce form then gives the value); forward-mode derivatives of the fold (jvp, its
+    tangent rule) equal the standard convolution's."""
+    b, h, w, c, kh, kw, o, strides, padding, dilation = case
+    x, k = _data(b, h, w, c, kh, kw, o)
+    dilated = [(n - 1) * d + 1 for n, d in zip((kh, kw), dilation, strict=True)]
+    pads = fastpath._pairs(padding, x.shape[1:3], dilated, strides)
+    out_hw = [(n + lo + hi - kk) // st + 1 for n, (lo, hi), kk, st
+              in zip(x.shape[1:3], pads, dilated, strides, strict=True)]
+    for axis in (1, 2):
+        args = (axis, (kh, kw)[axis - 1], strides[axis - 1], dilation[axis - 1],
+                pads[axis - 1][0], out_hw[axis - 1])
+        _close(fastpath._window_sums(x, *args), fastpath._window_sums_by_reduce(x, *args), 1e-6)
+    tangent = jax.random.normal(jax.random.key(5), x.shape)
+    fold = lambda x: fastpath.conv_mean(x, k, None, strides=strides, padding=padding,
+                                        dilation=dilation)
+    ref = lambda x: _mean_of_conv(x, k, None, strides, padding, dilation)
+    for f_out, r_out in zip(jax.jvp(fold, (x,), (tangent,)), jax.jvp(ref, (x,), (tangent,)),
+                            strict=True):
+        _close(f_out, r_out)
+
+
+def test_window_sums_past_the_chain_limit_reduce(monkeypatch):
+    x, k = _data(2, 7, 7, 3, 7, 7, 2)
+    chained = fastpath.conv_mean(x, k, None)
+    monkeypatch.setattr(fastpath, "_WINDOW_ADDS_MAX_ROWS", 2)
+    assert "reduce_sum" in _count_primitives(lambda x: fastpath.conv_mean(x, k, None), x)
+    _close(fastpath.conv_mean(x, k, None), chained, 1e-6)
+
+
+def test_fold_sums_with_adds_and_differentiates_through_reduces():
+    """SmallGAP's fold (7x7 kernel on its 7x7 map): the value's window sums are add chains, no
+    reduce (XLA:CPU hands each reduce to YNNPACK as a fusion of its own: 1.5x slower forward
+    pass); the input gradient is the reduce form's transpose, one pad per tap (14), not the add
+    chain's one per position (about 80)."""
+    x, k = _data(4, 7, 7, 3, 7, 7, 2)
+    fold = lambda x: fastpath.conv_mean(x, k, None, padding="SAME")
+    assert "reduce_sum" not in _count_primitives(fold, x)
+    pads = _count_primitives(jax.grad(lambda x: jnp.sum(fold(x) ** 2)), x).get("pad", 0)
+    assert 0 < pads <= 2 * 7
+
+
 def test_conv_mean_bad_input():
     x, k = _data(2, 5, 5, 3, 3, 3, 4)
     with pytest.raises(ValueError, match="kernel"):
