@@ -1144,11 +1144,12 @@ def _window_sums(x: Array, axis: int, kernel: int, stride: int, dilation: int, p
         return _window_sums_by_reduce(x, axis, kernel, stride, dilation, pad_lo, out)
     taps = []
     for tap in rows:
-        total = jnp.zeros(x.shape[:axis] + x.shape[axis + 1:], x.dtype)
-        if tap:
-            total = lax.index_in_dim(x, tap[0], axis, keepdims=False)
-            for p in tap[1:]:
-                total = total + lax.index_in_dim(x, p, axis, keepdims=False)
+        if not tap:
+            taps.append(jnp.zeros(x.shape[:axis] + x.shape[axis + 1:], x.dtype))
+            continue
+        total = lax.index_in_dim(x, tap[0], axis, keepdims=False)
+        for p in tap[1:]:
+            total = total + lax.index_in_dim(x, p, axis, keepdims=False)
         taps.append(total)
     return jnp.stack(taps, axis=axis)
 
