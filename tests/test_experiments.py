@@ -1018,6 +1018,10 @@ def test_attributions_benchmark_times_both_libraries_in_the_same_rounds(monkeypa
         [["captum", "jaxadv"]] * len(methods) + [forms_off] + [[m] for m in chunked])
     for m, (_, medians) in zip(methods, rounds, strict=False):
         assert out["jaxadv_s"][m] == medians["jaxadv"] and out["captum_s"][m] == medians["captum"]
+        for lib in ("jaxadv", "captum"):  # the spread of each library's timed calls
+            spread = out["rounds_ms"][m][lib]
+            assert spread["n"] == 1 and spread["median"] == pytest.approx(1e3 * medians[lib])
+            assert spread["min"] <= spread["q25"] <= spread["median"] <= spread["q75"] <= spread["max"]
         assert out["speedup_vs_captum"][m] == pytest.approx(medians["captum"] / medians["jaxadv"])
     for m, (_, medians) in zip(chunked, rounds[len(methods) + 1:], strict=True):
         assert out["jaxadv_all_at_once_s"][m] == medians[m]

@@ -45,7 +45,8 @@ calls (one run on 2026-12-06 gave occlusion parity 8.8e-2 on ResNet-18 and rerun
 Timing: one warm-up call each (jaxadv: the jit compile), then ``--repeats`` rounds in which
 jaxadv and Captum each run once, in turn (``timing.time_rounds``, the order reversed every
 other round), so that the machine's slow spells fall on both alike; the median of each one's
-calls; images/s = batch / median seconds. jaxadv with all points in one call
+calls; images/s = batch / median seconds; ``rounds_ms`` {method: {library: median, quartiles,
+min, max and number of the timed calls, ms}} shows the spread. jaxadv with all points in one call
 (``jaxadv_all_at_once_s``) is timed afterwards on its own: its large buffers leave the chunked
 programs slower for a while after it runs. (Until 2026-12-06 evening each library's calls ran in
 a block of their own, jaxadv's first: results/attributions_*.json before
@@ -492,7 +493,7 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True,
             parity[m] = _rel_err(*first[m])
 
     out = {"batch": batch, "parity": parity, "jaxadv_first_call_s": first_call_s,
-           "jaxadv_s": {}, "captum_s": {}, **info}
+           "jaxadv_s": {}, "captum_s": {}, "rounds_ms": {}, **info}
     if f64_reference:
         out.update(_float64_checks(bound, tmodel, xt, tt, x, t, ours, noise, sg_same_noise,
                                    xj, tj, batch))
@@ -509,6 +510,7 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True,
             repeats)
         out["jaxadv_s"][m] = rounds["jaxadv"]["median"] / 1e3
         out["captum_s"][m] = rounds["captum"]["median"] / 1e3
+        out["rounds_ms"][m] = rounds
     # Each library's result after the timed calls against its first one (the parity inputs):
     # nonzero would mean a method's result varies between calls of the same program.
     out["repeat_call_rel_diff"] = {
