@@ -28,6 +28,22 @@ def check_batch(x: Array, name: str = "x") -> None:
         raise ValueError(f"{name} must be a batch (B, ...); got shape {getattr(x, 'shape', None)}.")
 
 
+def check_finite(x: Array, name: str = "x") -> None:
+    """Raises ValueError if a concrete ``x`` holds NaN or infinite entries (their maps would be NaN
+    without a word); traced values (inside jit/vmap/grad) are not inspected."""
+    if not is_concrete(x):
+        return
+    # numpy, not jnp: under an outer jit, jnp ops on concrete closed-over values are staged.
+    bad = ~np.isfinite(np.asarray(x))
+    if bad.any():
+        rows = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1)) if bad.ndim > 1 else []
+        where = f" (examples {rows[:5].tolist()}{', ...' if len(rows) > 5 else ''})" if len(
+            rows) else ""
+        raise ValueError(f"{name} contains {int(bad.sum())} NaN or infinite values{where}; "
+                         f"every map of such an input is NaN. Drop or repair those examples "
+                         f"(e.g. jnp.nan_to_num) before explaining them.")
+
+
 def num_classes(logits_fn: Callable[[Array], Array], x: Array) -> int:
     """K, from the abstract output shape of ``logits_fn`` (no computation)."""
     out = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(x.shape, x.dtype))
@@ -59,8 +75,9 @@ def as_target(target, batch: int, k: int, name: str = "target") -> Array:
 
 
 def prepare(logits_fn, x: Array, target) -> Array:
-    """Checks x and target; returns target as int32 (B,)."""
+    """Checks x (a finite batch) and target; returns target as int32 (B,)."""
     check_batch(x)
+    check_finite(x)
     return as_target(target, x.shape[0], num_classes(logits_fn, x))
 
 

@@ -136,6 +136,8 @@ def _path_sum(stack_grad_fn, start, end, *, num_steps, rule, chunk_size, unroll=
     if start.shape != end.shape:
         raise ValueError(f"start and end must have the same shape; got {start.shape} and "
                          f"{end.shape}.")
+    _common.check_finite(start, "the path's start (baseline)")
+    _common.check_finite(end, "the path's end")
     alphas, weights = quadrature(rule, num_steps)
     diff = end - start
     ones = (1,) * end.ndim

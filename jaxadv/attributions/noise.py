@@ -17,6 +17,7 @@ reproduce another library's draw. Samples are evaluated ``chunk_size`` at a time
 chunk's noisy copies inside a ``lax.scan`` that keeps running sums), so memory is one chunk's worth.
 """
 
+import inspect
 from collections.abc import Callable
 
 import jax
@@ -32,6 +33,7 @@ KINDS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 def _tunnel(stack_fn, out_shape, x, key, *, num_samples, stdev, kind, noise, chunk_size):
     """Shared engine: ``stack_fn`` maps noisy copies (c, *x.shape) to maps (c, *out_shape)."""
     _common.check_batch(x)
+    _common.check_finite(x)
     if kind not in KINDS:
         raise ValueError(f"Unknown kind {kind!r}; choose one of {KINDS}.")
     if noise is not None:
@@ -123,9 +125,28 @@ def smooth_grad(logits_fn: LogitsFn, x: Array, target, key: PRNGKey | None, *,
       Shaped like ``method``'s output.
     """
     t = _common.prepare(logits_fn, x, target)
+    _check_method_kwargs(method, logits_fn, x, t, method_kwargs)
     return noise_tunnel(lambda z: method(logits_fn, z, t, **method_kwargs), x, key,
                         num_samples=num_samples, stdev=stdev, kind=kind, noise=noise,
                         chunk_size=chunk_size)
+
+
+def _check_method_kwargs(method, logits_fn, x, t, method_kwargs) -> None:
+    """A keyword that neither :func:`smooth_grad` nor ``method`` takes raises a TypeError that says
+    which keywords are smooth_grad's own (a misspelt ``stdev`` would otherwise surface as an
+    error of ``method``)."""
+    try:
+        signature = inspect.signature(method)
+    except (TypeError, ValueError):  # builtins and some callables have none: let the call say
+        return
+    try:
+        signature.bind(logits_fn, x, t, **method_kwargs)
+    except TypeError as e:
+        name = getattr(method, "__name__", repr(method))
+        raise TypeError(f"smooth_grad passes keywords it does not know to method={name}, which "
+                        f"refused them ({e}). smooth_grad's own keywords are method, "
+                        f"num_samples, stdev (the noise's standard deviation), kind, noise and "
+                        f"chunk_size.") from None
 
 
 def smooth_grad_squared(logits_fn: LogitsFn, x: Array, target, key: PRNGKey | None,

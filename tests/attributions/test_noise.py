@@ -97,3 +97,15 @@ def test_per_example_method_arguments():
     manual = sum(integrated_gradients(f.logits, x + n, t, baseline=base, num_steps=3)
                  for n in noise[:2]) / 2
     np.testing.assert_allclose(out, manual, rtol=1e-4, atol=1e-7)
+
+
+def test_unknown_keyword_names_smooth_grads_own():
+    """A misspelt noise keyword (``sigma`` for ``stdev``) is reported as smooth_grad's, not as an
+    error of the wrapped method."""
+    logits_fn, _, _ = linear_model()
+    x = uniform_images(2, (4, 4, 2))
+    with pytest.raises(TypeError, match=r"method=saliency.*stdev \(the noise's standard"):
+        smooth_grad(logits_fn, x, 0, jax.random.key(0), sigma=0.1)
+    # keywords of the method still go through
+    out = smooth_grad(logits_fn, x, 0, jax.random.key(0), num_samples=2, absolute=True)
+    assert np.all(np.asarray(out) >= 0)
