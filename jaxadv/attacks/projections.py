@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxadv import validation
 from jaxadv.types import Array
 
 NORMS = ("linf", "l2", "l1")
@@ -94,8 +95,7 @@ def check_x_init(x_init, x, num_restarts: int) -> None:
     if jnp.shape(x_init) != jnp.shape(x):
         raise ValueError(f"x_init must have the shape of x {jnp.shape(x)}; got "
                          f"{jnp.shape(x_init)}.")
-    if not isinstance(x_init, jax.core.Tracer) and not np.all(np.isfinite(x_init)):
-        raise ValueError("x_init contains NaN or infinite values; pass a finite start.")
+    validation.check_finite(x_init, "x_init", fix="pass a finite start.")
 
 
 def check_random_start(random_start) -> str | None:
@@ -176,6 +176,5 @@ def check_attack_inputs(x: Array, y: Array, *, eps=None, num_classes: int | None
                              f"[{labels.min()}, {labels.max()}].")
     if bounds is not None and bounds[0] >= bounds[1]:
         raise ValueError(f"bounds must be (low, high) with low < high; got {bounds}.")
-    # numpy, not jnp: under an outer jit, jnp ops on concrete closed-over values are staged.
-    if not isinstance(x, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(x))):
-        raise ValueError("x contains NaN or infinite values.")
+    validation.check_finite(x, fix="an attack on such an input is meaningless. Drop or repair those "
+                            "examples (e.g. jnp.nan_to_num) before attacking them.")

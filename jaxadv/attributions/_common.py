@@ -13,14 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import jaxprs_in_params
 
+from jaxadv import validation
 from jaxadv.types import Array
+from jaxadv.validation import is_concrete
 
 ScoreFn = Callable[[Array], Array]
-
-
-def is_concrete(v) -> bool:
-    """True where ``v`` holds a value we may inspect (not a tracer inside jit/vmap/grad)."""
-    return not isinstance(v, jax.core.Tracer)
 
 
 def check_batch(x: Array, name: str = "x") -> None:
@@ -30,18 +27,9 @@ def check_batch(x: Array, name: str = "x") -> None:
 
 def check_finite(x: Array, name: str = "x") -> None:
     """Raises ValueError if a concrete ``x`` holds NaN or infinite entries (their maps would be NaN
-    without a word); traced values (inside jit/vmap/grad) are not inspected."""
-    if not is_concrete(x):
-        return
-    # numpy, not jnp: under an outer jit, jnp ops on concrete closed-over values are staged.
-    bad = ~np.isfinite(np.asarray(x))
-    if bad.any():
-        rows = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1)) if bad.ndim > 1 else []
-        where = f" (examples {rows[:5].tolist()}{', ...' if len(rows) > 5 else ''})" if len(
-            rows) else ""
-        raise ValueError(f"{name} contains {int(bad.sum())} NaN or infinite values{where}; "
-                         f"every map of such an input is NaN. Drop or repair those examples "
-                         f"(e.g. jnp.nan_to_num) before explaining them.")
+    without a word); traced values are not inspected (:func:`jaxadv.validation.check_finite`)."""
+    validation.check_finite(x, name, fix="every map of such an input is NaN. Drop or repair those "
+                            "examples (e.g. jnp.nan_to_num) before explaining them.")
 
 
 def num_classes(logits_fn: Callable[[Array], Array], x: Array) -> int:

@@ -52,7 +52,8 @@ def _linear_calls():
 @pytest.mark.parametrize("name", sorted(_linear_calls()))
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_nonfinite_batch_raises_naming_the_examples(name, value):
-    with pytest.raises(ValueError, match=r"NaN or infinite values \(examples \[2\]\).*nan_to_num"):
+    with pytest.raises(ValueError,
+                       match=r"NaN or infinite values \(1 of them, in examples \[2\]\).*nan_to_num"):
         _linear_calls()[name](_bad_batch(value))
 
 
@@ -82,7 +83,8 @@ def test_nonfinite_baseline_raises():
     logits_fn, _, _ = linear_model()
     x = uniform_images(2, (4, 4, 2))
     baseline = jnp.full((4, 4, 2), jnp.nan)
-    with pytest.raises(ValueError, match="start \\(baseline\\) contains 64 NaN"):
+    with pytest.raises(ValueError,
+                       match=r"start \(baseline\) contains NaN or infinite values \(64 of them"):
         A.integrated_gradients(logits_fn, x, jnp.array([0, 1]), baseline=baseline, num_steps=4)
 
 

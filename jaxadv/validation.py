@@ -1,0 +1,33 @@
+"""Checks of user inputs shared by the attacks and the attributions.
+
+They inspect concrete values only: inside ``jit``/``vmap``/``grad`` the values are unknown and the
+checks pass them through, so every checked function stays traceable. Each error names the bad
+argument and the fix (the brief: bad input gets a clear error).
+"""
+
+import jax
+import numpy as np
+
+from jaxadv.types import Array
+
+
+def is_concrete(v) -> bool:
+    """True where ``v`` holds a value we may inspect (not a tracer inside jit/vmap/grad)."""
+    return not isinstance(v, jax.core.Tracer)
+
+
+def check_finite(x: Array, name: str = "x", *, fix: str) -> None:
+    """Raises ValueError if a concrete ``x`` holds NaN or infinite entries, naming how many, the
+    first examples (rows of the leading axis) that hold them, and ``fix``."""
+    if not is_concrete(x):
+        return
+    # numpy, not jnp: under an outer jit, jnp ops on concrete closed-over values are staged.
+    bad = ~np.isfinite(np.asarray(x))
+    if not bad.any():
+        return
+    count = f"{int(bad.sum())} of them"
+    if bad.ndim > 1:
+        rows = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1))
+        shown = ", ".join(str(r) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+        count += f", in examples [{shown}]"
+    raise ValueError(f"{name} contains NaN or infinite values ({count}); {fix}")
