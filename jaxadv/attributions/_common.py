@@ -62,10 +62,15 @@ def as_target(target, batch: int, k: int, name: str = "target") -> Array:
     return jnp.broadcast_to(t.astype(jnp.int32), (batch,))
 
 
-def prepare(logits_fn, x: Array, target) -> Array:
-    """Checks x (a finite batch) and target; returns target as int32 (B,)."""
+def check_images(x: Array) -> None:
+    """The checks of every method's input ``x``: a batch (B, ...), finite where concrete."""
     check_batch(x)
     check_finite(x)
+
+
+def prepare(logits_fn, x: Array, target) -> Array:
+    """Checks x (:func:`check_images`) and target; returns target as int32 (B,)."""
+    check_images(x)
     return as_target(target, x.shape[0], num_classes(logits_fn, x))
 
 

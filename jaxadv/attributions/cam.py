@@ -29,8 +29,7 @@ from jaxadv.types import Array, FeaturesFn, HeadFn
 
 
 def _features_and_grads(features_fn, head_fn, x, target):
-    _common.check_batch(x)
-    _common.check_finite(x)
+    _common.check_images(x)
     a = features_fn(x)
     if a.ndim != 4:
         raise ValueError(f"features_fn must return a (B, h, w, k) feature map; got shape "
@@ -54,8 +53,7 @@ def cam(features_fn: FeaturesFn, head_fn: HeadFn, x: Array, target, *, cam_fn=No
       (B, h, w).
     """
     if cam_fn is not None:
-        _common.check_batch(x)
-        _common.check_finite(x)
+        _common.check_images(x)
         a = features_fn(x)
         maps = cam_fn(a)
         t = _common.as_target(target, x.shape[0], maps.shape[-1])

@@ -32,8 +32,7 @@ KINDS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
 def _tunnel(stack_fn, out_shape, x, key, *, num_samples, stdev, kind, noise, chunk_size):
     """Shared engine: ``stack_fn`` maps noisy copies (c, *x.shape) to maps (c, *out_shape)."""
-    _common.check_batch(x)
-    _common.check_finite(x)
+    _common.check_images(x)
     if kind not in KINDS:
         raise ValueError(f"Unknown kind {kind!r}; choose one of {KINDS}.")
     if noise is not None:

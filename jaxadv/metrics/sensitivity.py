@@ -69,8 +69,7 @@ def _value(measure, a0, a, delta, normalize=False):
 
 def _sampled(explain_fn, x, target, key, *, measure, sample_fn, num_samples, perturbations,
              chunk_size, normalize):
-    _common.check_batch(x)
-    _common.check_finite(x)
+    _common.check_images(x)
     a0 = explain_fn(x, target)
     if perturbations is not None:
         items = jnp.asarray(perturbations, x.dtype)
@@ -162,8 +161,7 @@ def worst_case_sensitivity(explain_fn: ExplainFn, x: Array, target, key: PRNGKey
     Returns:
       (B,) the best value found (>= the value at the random start), or (value, delta).
     """
-    _common.check_batch(x)
-    _common.check_finite(x)
+    _common.check_images(x)
     _check_positive(radius, "radius")
     if measure not in MEASURES:
         raise ValueError(f"Unknown measure {measure!r}; choose one of {MEASURES}.")
