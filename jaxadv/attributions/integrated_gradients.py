@@ -136,8 +136,6 @@ def _path_sum(stack_grad_fn, start, end, *, num_steps, rule, chunk_size, unroll=
     if start.shape != end.shape:
         raise ValueError(f"start and end must have the same shape; got {start.shape} and "
                          f"{end.shape}.")
-    _common.check_finite(start, "the path's start (baseline)")
-    _common.check_finite(end, "the path's end")
     alphas, weights = quadrature(rule, num_steps)
     diff = end - start
     ones = (1,) * end.ndim
@@ -169,6 +167,8 @@ def path_integrated_gradients(value_fn: Callable[[Array], Array], start: Array, 
       Attributions shaped like ``end``. Their sum over non-batch axes approximates
       value_fn(end) - value_fn(start) (completeness).
     """
+    _common.check_finite(start, "start")
+    _common.check_finite(end, "end")
     grad_fn = jax.grad(lambda z: jnp.sum(value_fn(z)))
     return _path_sum(jax.vmap(grad_fn), start, end, num_steps=num_steps, rule=rule,
                      chunk_size=chunk_size)
@@ -201,6 +201,7 @@ def integrated_gradients(logits_fn: LogitsFn, x: Array, target, *, baseline="zer
     """
     t = _common.prepare(logits_fn, x, target)
     b = make_baseline(x, baseline, key=key, blur_sigma=blur_sigma)
+    _common.check_finite(b, "the path's start (baseline)")  # x: checked by prepare
     return _path_sum(lambda z: _common.stacked_grad(logits_fn, t, z), b, x, num_steps=num_steps,
                      rule=rule, chunk_size=chunk_size, unroll=unroll)
 
@@ -232,6 +233,7 @@ def path_ig(logits_fn: LogitsFn, x: Array, x_end: Array, labels, *,
     y = _common.prepare(logits_fn, x, labels)
     if x_end.shape != x.shape:
         raise ValueError(f"x_end must be shaped like x {x.shape}; got {x_end.shape}.")
+    _common.check_finite(x_end, "x_end")  # x: checked by prepare
     loss = _cross_entropy if loss_fn is None else loss_fn
 
     grad_fn = jax.grad(lambda v: jnp.sum(loss(logits_fn(v), y)))

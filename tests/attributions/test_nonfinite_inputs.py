@@ -95,3 +95,12 @@ def test_traced_inputs_are_not_inspected():
     out = jax.jit(lambda x: A.integrated_gradients(logits_fn, x, t, num_steps=4))(_bad_batch())
     assert np.isnan(np.asarray(out)[2]).any()
     assert np.all(np.isfinite(np.asarray(out)[[0, 1, 3]]))
+
+
+def test_nonfinite_path_end_of_path_ig_raises():
+    """path_ig checks its clean inputs through prepare and its end point on its own."""
+    logits_fn, _, _ = linear_model()
+    x = uniform_images(4, (4, 4, 2))
+    with pytest.raises(ValueError, match=r"^x_end contains NaN or infinite values \(1 of them, in "
+                                         r"examples \[2\]\)"):
+        A.path_ig(logits_fn, x, _bad_batch(), jnp.array([0, 1, 2, 0]))
