@@ -96,7 +96,8 @@ def test_reproduce_boopathy_quick(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / "boopathy-mnist").exists(),
                     reason="needs ../shared/data (official checkpoints, MNIST test set)")
-def test_reproduce_boopathy_adds_fashion_mnist_rows_to_the_mnist_tables(tmp_path, monkeypatch):
+def test_reproduce_boopathy_adds_fashion_mnist_rows_to_the_mnist_tables(tmp_path, monkeypatch,
+                                                                      fast_compile):
     """A later --fmnist run adds its rows beside the official checkpoints' rows (each Fashion-MNIST
     model compared with the Fashion-MNIST Normal model), keeps the MNIST figures, and stops before
     writing when a section's settings differ from those of the rows already there."""
@@ -218,7 +219,7 @@ def test_boopathy_mnist_claim_sentences(tmp_path):
             "smallgap int2 at 0.3: 74.0 vs 80.0; smallgap int2 at 0.4: 0.0 vs 0.0.") in text
 
 
-def test_loop_speed_benchmark_smoke(tmp_path):
+def test_loop_speed_benchmark_smoke(tmp_path, fast_compile):
     """The loop benchmark runs both orders and writes the variants it reports (tiny sizes: this
     checks the script, not the speed)."""
     from experiments.benchmarks import loop_speed
@@ -236,12 +237,15 @@ def test_loop_speed_benchmark_smoke(tmp_path):
 
 def _run_in_fresh_process(module: str, *args: str, out) -> dict:
     """Runs ``python -m module args --out out`` in a fresh process (the XLA host-device count is
-    fixed when JAX initialises) on CPU without the parent's XLA flags; returns the JSON written."""
+    fixed when JAX initialises) on CPU without the parent's XLA flags; returns the JSON written.
+    These runs check a script, not its speed, so XLA compiles with most optimisations off
+    (``JAX_DISABLE_MOST_OPTIMIZATIONS``): compile time dominates their tiny sizes."""
     import pathlib
     import subprocess
     import sys
 
     env = fresh_process_env(keep_fastpath=True)
+    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
     res = subprocess.run([sys.executable, "-m", module, *args, "--out", str(out)],
                          cwd=pathlib.Path(__file__).resolve().parents[1], env=env,
                          capture_output=True, text=True, timeout=600, check=False)
@@ -473,7 +477,7 @@ def test_training_benchmark_times_the_steps_on_the_mesh(synthetic_fmnist, tmp_pa
     assert all(v > 0 for v in result["examples_per_s"].values())
 
 
-def test_kernel_grad_benchmark_smoke(tmp_path):
+def test_kernel_grad_benchmark_smoke(tmp_path, fast_compile):
     """The kernel-gradient benchmark times every form, checks they agree and reports the rule's
     choice (one tiny layer: this checks the script, not the speed)."""
     from experiments.benchmarks import kernel_grad
@@ -753,7 +757,7 @@ def test_ensemble_stages_smoke(tmp_path):
 
 
 @pytest.mark.slow
-def test_relu_sign_flips_tell_where_float32_gradients_leave_float64():
+def test_relu_sign_flips_tell_where_float32_gradients_leave_float64(fast_compile):
     """The attributions benchmark's ``relu_kinks`` diagnostic: on a PreAct ResNet (ReLU inputs are
     BatchNorm outputs), an image whose ReLU inputs all keep their float64 sign in float32 has a
     float32 input gradient within 1e-5 of the float64 one, and every image further off than 1e-4
@@ -834,7 +838,8 @@ def test_attributions_benchmark_ig_chunk_sweep(tmp_path):
 
 
 @pytest.mark.peer
-def test_attributions_benchmark_chunk_sweep_times_smoothgrad_and_jaxadvs_default(tmp_path):
+def test_attributions_benchmark_chunk_sweep_times_smoothgrad_and_jaxadvs_default(tmp_path,
+                                                                               fast_compile):
     """``--chunk_sweep`` times IG and SmoothGrad at each number of points per call in both
     libraries (Captum's NoiseTunnel ``nt_samples_batch_size`` for SmoothGrad) and jaxadv's
     ``"auto"`` default, and compares the two libraries' defaults."""
@@ -988,7 +993,7 @@ def test_attributions_chunk_sweep_interleaves_every_setting_of_both_libraries(tm
     assert all(v > 0 for v in [*sweep["jaxadv_s"].values(), *sweep["captum_s"].values()])
 
 
-def test_attributions_benchmark_times_both_libraries_in_the_same_rounds(monkeypatch):
+def test_attributions_benchmark_times_both_libraries_in_the_same_rounds(monkeypatch, fast_compile):
     """The jaxadv-vs-Captum comparison times each method's two contestants in one interleaved
     set of rounds, so that a slow spell of the machine cannot fall on one library's block of
     calls; the reported seconds and speed-ups are those rounds' medians. jaxadv with all points

@@ -87,7 +87,7 @@ def test_auto_evaluates_integrated_gradients_in_chunks_with_the_same_result(mode
 
 
 @pytest.mark.parametrize("method", ["smooth_grad", "expected_gradients", "blur_ig", "path_ig"])
-def test_auto_is_the_default_and_matches_all_at_once(model_and_batch, method):
+def test_auto_is_the_default_and_matches_all_at_once(model_and_batch, method, fast_compile):
     f, x = model_and_batch
     key = jax.random.key(0)
     calls = {
