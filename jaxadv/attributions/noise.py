@@ -30,9 +30,11 @@ from jaxadv.types import Array, LogitsFn, PRNGKey
 KINDS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
 
-def _tunnel(stack_fn, out_shape, x, key, *, num_samples, stdev, kind, noise, chunk_size):
-    """Shared engine: ``stack_fn`` maps noisy copies (c, *x.shape) to maps (c, *out_shape)."""
-    _common.check_images(x)
+def _tunnel(attribution_fn, x, key, *, num_samples, stdev, kind, noise, chunk_size):
+    """:func:`noise_tunnel` of an ``x`` already checked (:func:`_common.check_images`): the noisy
+    copies of a chunk, (c, *x.shape), go through ``vmap(attribution_fn)``."""
+    out_shape = jax.eval_shape(attribution_fn, jax.ShapeDtypeStruct(x.shape, x.dtype))
+    stack_fn = jax.vmap(attribution_fn)
     if kind not in KINDS:
         raise ValueError(f"Unknown kind {kind!r}; choose one of {KINDS}.")
     if noise is not None:
@@ -98,10 +100,9 @@ def noise_tunnel(attribution_fn: Callable[[Array], Array], x: Array, key: PRNGKe
     Returns:
       The smoothed map, shaped like attribution_fn's output.
     """
-    _common.check_batch(x)
-    out_shape = jax.eval_shape(attribution_fn, jax.ShapeDtypeStruct(x.shape, x.dtype))
-    return _tunnel(jax.vmap(attribution_fn), out_shape, x, key, num_samples=num_samples,
-                   stdev=stdev, kind=kind, noise=noise, chunk_size=chunk_size)
+    _common.check_images(x)
+    return _tunnel(attribution_fn, x, key, num_samples=num_samples, stdev=stdev, kind=kind,
+                   noise=noise, chunk_size=chunk_size)
 
 
 def smooth_grad(logits_fn: LogitsFn, x: Array, target, key: PRNGKey | None, *,
@@ -123,11 +124,11 @@ def smooth_grad(logits_fn: LogitsFn, x: Array, target, key: PRNGKey | None, *,
     Returns:
       Shaped like ``method``'s output.
     """
-    t = _common.prepare(logits_fn, x, target)
+    t = _common.prepare(logits_fn, x, target)  # checks x once: the noise tunnel does not again
     _check_method_kwargs(method, logits_fn, x, t, method_kwargs)
-    return noise_tunnel(lambda z: method(logits_fn, z, t, **method_kwargs), x, key,
-                        num_samples=num_samples, stdev=stdev, kind=kind, noise=noise,
-                        chunk_size=chunk_size)
+    return _tunnel(lambda z: method(logits_fn, z, t, **method_kwargs), x, key,
+                   num_samples=num_samples, stdev=stdev, kind=kind, noise=noise,
+                   chunk_size=chunk_size)
 
 
 def _check_method_kwargs(method, logits_fn, x, t, method_kwargs) -> None:

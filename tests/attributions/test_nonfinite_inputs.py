@@ -104,3 +104,25 @@ def test_nonfinite_path_end_of_path_ig_raises():
     with pytest.raises(ValueError, match=r"^x_end contains NaN or infinite values \(1 of them, in "
                                          r"examples \[2\]\)"):
         A.path_ig(logits_fn, x, _bad_batch(), jnp.array([0, 1, 2, 0]))
+
+
+@pytest.mark.parametrize("name", ["saliency", "integrated_gradients", "smooth_grad",
+                                  "noise_tunnel", "path_integrated_gradients"])
+def test_each_input_is_checked_once(name, monkeypatch):
+    """The finite check reads a concrete batch back to the host: each array is checked where it
+    enters, once (smooth_grad's noise tunnel does not check x again after smooth_grad did)."""
+    from jaxadv import validation
+
+    seen = []
+    real = validation.check_finite
+
+    def counting(x, name="x", **kw):
+        if validation.is_concrete(x):  # traced values (the maps of the noisy copies) pass through
+            seen.append(name)
+        return real(x, name, **kw)
+
+    monkeypatch.setattr(validation, "check_finite", counting)
+    _linear_calls()[name](uniform_images(4, (4, 4, 2)))
+    expected = {"integrated_gradients": ["x", "the path's start (baseline)"],
+                "path_integrated_gradients": ["start", "end"]}
+    assert seen == expected.get(name, ["x"])
