@@ -26,6 +26,9 @@ QUICK = [f"--config={CONFIG}:quick", "--config.train.batch_size=32",
 def _env(data_dir):
     env = dict(os.environ, JAXADV_FASHION_MNIST_DIR=str(data_dir), JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)  # let the entry point choose the host devices
+    # Compile time dominates these quick runs: XLA compiles with most optimisations off (the same
+    # program; this module's tests 55 -> 39 s, one at a time).
+    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
     return env
 
 
