@@ -26,6 +26,9 @@ def _run(nproc, data, workdir, out, *, timeout=300):
     worker to fail, or the timeout, stops all of them with every worker's log in the message."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    # Compile time dominates these few steps: most XLA optimisations off in every worker (both
+    # runs alike; 17.5 -> 12.5 s, alone).
+    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
     log_paths = [f"{workdir}.log{i}" for i in range(nproc)]
     procs = []
     for i, log_path in enumerate(log_paths):
