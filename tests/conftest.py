@@ -45,6 +45,12 @@ def most_optimizations_off():
         jax.config.update("jax_disable_most_optimizations", old)
 
 
+# The environment form of :func:`most_optimizations_off`, for child processes (benchmark scripts,
+# the entry point, notebooks' kernels, multi-process workers) whose tiny test runs check a
+# program, not its speed, and spend most of their time compiling.
+FAST_COMPILE_ENV = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+
+
 @pytest.fixture
 def fast_compile():
     """One test under :func:`most_optimizations_off` (deep models, one step)."""

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from jaxadv import host_memory
-from tests.conftest import fresh_process_env
+from tests.conftest import FAST_COMPILE_ENV, fresh_process_env
 from tests.training.helpers import make_synthetic_idx
 
 
@@ -238,14 +238,13 @@ def test_loop_speed_benchmark_smoke(tmp_path, fast_compile):
 def _run_in_fresh_process(module: str, *args: str, out) -> dict:
     """Runs ``python -m module args --out out`` in a fresh process (the XLA host-device count is
     fixed when JAX initialises) on CPU without the parent's XLA flags; returns the JSON written.
-    These runs check a script, not its speed, so XLA compiles with most optimisations off
-    (``JAX_DISABLE_MOST_OPTIMIZATIONS``): compile time dominates their tiny sizes."""
+    These runs check a script, not its speed: XLA compiles with most optimisations off
+    (``FAST_COMPILE_ENV``)."""
     import pathlib
     import subprocess
     import sys
 
-    env = fresh_process_env(keep_fastpath=True)
-    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
+    env = {**fresh_process_env(keep_fastpath=True), **FAST_COMPILE_ENV}
     res = subprocess.run([sys.executable, "-m", module, *args, "--out", str(out)],
                          cwd=pathlib.Path(__file__).resolve().parents[1], env=env,
                          capture_output=True, text=True, timeout=600, check=False)

@@ -6,6 +6,8 @@ import re
 
 import pytest
 
+from tests.conftest import FAST_COMPILE_ENV
+
 NOTEBOOKS = sorted((pathlib.Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 # Smaller runs for the suite, injected after each notebook's `parameters` cell as papermill does
@@ -47,7 +49,8 @@ def test_notebook_runs(path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     # ... except that XLA compiles with most optimisations off (the same program; compile time
     # dominates these quick runs: all six 114 -> 93 s, one at a time).
-    monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+    for var, value in FAST_COMPILE_ENV.items():
+        monkeypatch.setenv(var, value)
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         if cell.cell_type == "code":
