@@ -10,8 +10,24 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_force_host_platform_device_count=8").strip()
 
+# One persistent compilation cache per test run, in a fresh temporary directory: the pytest-xdist
+# workers and the child processes tests start (benchmark scripts, the entry point, notebook
+# kernels) inherit it, so a program that one of them compiled (same HLO, same options) is loaded,
+# not compiled again, by the others or by a later test of the same process that traces it anew.
+# Every program is kept (JAX keeps only those that took a second to compile by default; most of
+# the suite's take less). A fresh directory per run keeps each run what CI runs. A cache set by
+# the caller (JAX_COMPILATION_CACHE_DIR, empty to switch it off) is left as it is.
+_OWN_JIT_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    _OWN_JIT_CACHE = tempfile.mkdtemp(prefix="jaxadv-tests-jit-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_JIT_CACHE
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+
 import contextlib  # noqa: E402
 import pathlib  # noqa: E402
+import shutil  # noqa: E402
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -92,3 +108,10 @@ def shared_data() -> pathlib.Path:
 def torch_or_skip():
     """Imports torch or skips (peer cross-checks run where the `bench` extra is installed)."""
     return pytest.importorskip("torch", reason="PyTorch is not installed (pip install -e .[bench])")
+
+
+def pytest_unconfigure(config):
+    """Removes the run's compilation cache (in the process that made it: the xdist controller,
+    or pytest itself without xdist)."""
+    if _OWN_JIT_CACHE is not None:
+        shutil.rmtree(_OWN_JIT_CACHE, ignore_errors=True)
