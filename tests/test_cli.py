@@ -47,15 +47,6 @@ def _final_params(workdir, steps):
     return jax.device_get(state.params)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def shared_jit_cache(tmp_path_factory):
-    """The subprocesses of this module share a persistent compilation cache: a rerun of the same
-    config (resume, report) loads its compiled steps instead of compiling them again."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jit-cache")))
-        yield
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return make_synthetic_idx(tmp_path_factory.mktemp("fmnist"), num_train=1024)
