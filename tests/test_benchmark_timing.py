@@ -8,9 +8,11 @@ from experiments.benchmarks import timing
 
 @pytest.fixture
 def clock(monkeypatch):
-    """A fake ``time.perf_counter`` that advances only when a contestant says so."""
+    """A fake ``time.perf_counter`` that advances only when a contestant says so, and a fake
+    ``time.process_time`` that advances twice as fast (a contestant busy on two cores)."""
     now = [0.0]
     monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(timing.time, "process_time", lambda: 2 * now[0])
 
     def advance(seconds):
         now[0] += seconds
@@ -38,6 +40,7 @@ def test_time_rounds_times_every_call_of_a_turn(clock):
     assert out["a"]["n"] == 4
     assert (out["a"]["min"], out["a"]["max"]) == (pytest.approx(1e3), pytest.approx(4e3))
     assert out["a"]["median"] == pytest.approx(2.5e3)
+    assert out["a"]["cpu_median"] == pytest.approx(5e3)  # the process's CPU time per call
 
 
 def test_median_seconds_skips_the_warm_up_call(clock):

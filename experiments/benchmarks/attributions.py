@@ -46,7 +46,9 @@ Timing: one warm-up call each (jaxadv: the jit compile), then ``--repeats`` roun
 jaxadv and Captum each run once, in turn (``timing.time_rounds``, the order reversed every
 other round), so that the machine's slow spells fall on both alike; the median of each one's
 calls; images/s = batch / median seconds; ``rounds_ms`` {method: {library: median, quartiles,
-min, max and number of the timed calls, ms}} shows the spread. jaxadv with all points in one call
+min, max and number of the timed calls, and the median CPU time of the process per call
+(``cpu_median``: all threads; over the median it says how many cores a call kept busy), ms}}
+shows the spread. jaxadv with all points in one call
 (``jaxadv_all_at_once_s``) is timed afterwards on its own: its large buffers leave the chunked
 programs slower for a while after it runs. (Until 2026-12-06 evening each library's calls ran in
 a block of their own, jaxadv's first: results/attributions_*.json before

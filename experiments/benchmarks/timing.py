@@ -39,19 +39,26 @@ def time_rounds(fns: dict, repeats: int, calls_per_turn: int = 1) -> dict:
     """``fns[name]()`` must block until done. One warm-up call each, then ``repeats`` rounds with
     every contestant in turn (order reversed every other round), each turn ``calls_per_turn``
     calls back to back, each timed. Returns name -> :func:`summary` of every timed call
-    (milliseconds)."""
+    (milliseconds), with ``cpu_median``: the median CPU time of the process per call (all its
+    threads, ``time.process_time``; milliseconds). CPU time over wall time tells how many cores a
+    call kept busy, and a call that takes longer with more CPU time waited or spun more, where
+    one with the same CPU time waited for the machine."""
     if repeats < 1 or calls_per_turn < 1:
         raise ValueError(f"repeats and calls_per_turn must be at least 1; got {repeats} and "
                          f"{calls_per_turn}.")
     for fn in fns.values():
         fn()
     times = {name: [] for name in fns}
+    cpu = {name: [] for name in fns}
     names = list(fns)
     for r in range(repeats):
         for name in (names if r % 2 == 0 else names[::-1]):
             for _ in range(calls_per_turn):
+                c0 = time.process_time()
                 times[name].append(time_once(fns[name]))
-    return {name: summary(ts) for name, ts in times.items()}
+                cpu[name].append(time.process_time() - c0)
+    return {name: {**summary(ts), "cpu_median": statistics.median(cpu[name]) * 1e3}
+            for name, ts in times.items()}
 
 
 def median_seconds_in_rounds(fns: dict, *, repeats: int) -> dict:
