@@ -4,6 +4,7 @@ XLA_FLAGS must be set before JAX initialises its backends, hence at import time 
 """
 
 import os
+import pathlib
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
@@ -17,16 +18,51 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 # Every program is kept (JAX keeps only those that took a second to compile by default; most of
 # the suite's take less). A fresh directory per run keeps each run what CI runs. A cache set by
 # the caller (JAX_COMPILATION_CACHE_DIR, empty to switch it off) is left as it is.
+# A run killed before its end (SIGKILL, a CI timeout) cannot remove its cache (about 330 MB for
+# the whole suite); the next run removes it (:func:`remove_stale_jit_caches`).
+JIT_CACHE_PREFIX = "jaxadv-tests-jit-cache-"
+
+
+def remove_stale_jit_caches(directory: str, *, min_age_s: float = 3600.0) -> list[str]:
+    """Removes the compilation caches that earlier test runs left in ``directory`` (named
+    ``JIT_CACHE_PREFIX<pid>-...`` by the run's process): those whose process is gone and that
+    have not changed for ``min_age_s`` seconds (so that a run of another PID namespace sharing
+    the directory keeps its cache). Returns the paths removed."""
+    import shutil
+    import time
+
+    removed = []
+    for path in pathlib.Path(directory).glob(JIT_CACHE_PREFIX + "*"):
+        pid = path.name[len(JIT_CACHE_PREFIX):].split("-", 1)[0]
+        if not path.is_dir() or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # the run is alive
+        except ProcessLookupError:
+            pass
+        except OSError:  # alive, another user's
+            continue
+        try:
+            if time.time() - path.stat().st_mtime < min_age_s:
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(str(path))
+    return removed
+
+
 _OWN_JIT_CACHE = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     import tempfile
 
-    _OWN_JIT_CACHE = tempfile.mkdtemp(prefix="jaxadv-tests-jit-cache-")
+    remove_stale_jit_caches(tempfile.gettempdir())
+    _OWN_JIT_CACHE = tempfile.mkdtemp(prefix=f"{JIT_CACHE_PREFIX}{os.getpid()}-")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_JIT_CACHE
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 import contextlib  # noqa: E402
-import pathlib  # noqa: E402
 import shutil  # noqa: E402
 
 import jax  # noqa: E402
