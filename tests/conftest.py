@@ -23,6 +23,15 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 JIT_CACHE_PREFIX = "jaxadv-tests-jit-cache-"
 
 
+def jit_cache_owner(name: str) -> int | None:
+    """The process id in a run's cache directory name (``JIT_CACHE_PREFIX<pid>-...``), or None
+    where ``name`` is not one."""
+    if not name.startswith(JIT_CACHE_PREFIX):
+        return None
+    pid = name[len(JIT_CACHE_PREFIX):].split("-", 1)[0]
+    return int(pid) if pid.isdigit() else None
+
+
 def remove_stale_jit_caches(directory: str, *, min_age_s: float = 3600.0) -> list[str]:
     """Removes the compilation caches that earlier test runs left in ``directory`` (named
     ``JIT_CACHE_PREFIX<pid>-...`` by the run's process): those whose process is gone and that
@@ -33,11 +42,11 @@ def remove_stale_jit_caches(directory: str, *, min_age_s: float = 3600.0) -> lis
 
     removed = []
     for path in pathlib.Path(directory).glob(JIT_CACHE_PREFIX + "*"):
-        pid = path.name[len(JIT_CACHE_PREFIX):].split("-", 1)[0]
-        if not path.is_dir() or not pid.isdigit():
+        pid = jit_cache_owner(path.name)
+        if pid is None or not path.is_dir():
             continue
         try:
-            os.kill(int(pid), 0)
+            os.kill(pid, 0)
             continue  # the run is alive
         except ProcessLookupError:
             pass

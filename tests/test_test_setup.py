@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import JIT_CACHE_PREFIX, remove_stale_jit_caches
+from tests.conftest import JIT_CACHE_PREFIX, jit_cache_owner, remove_stale_jit_caches
 
 
 def _dead_pid() -> int:
@@ -43,9 +43,9 @@ def test_stale_caches_of_killed_runs_are_removed_and_others_kept(tmp_path):
 
 def test_this_run_uses_its_own_cache_named_after_its_process():
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
-    if cache is None or not os.path.basename(cache).startswith(JIT_CACHE_PREFIX):
+    pid = jit_cache_owner(os.path.basename(cache or ""))
+    if pid is None:
         return  # the caller set a cache of their own (or switched it off): left as it is
-    pid = int(os.path.basename(cache)[len(JIT_CACHE_PREFIX):].split("-", 1)[0])
     # The directory is made by the pytest process (the xdist controller under -n), which is this
     # process or its parent, and is alive.
     assert pid in (os.getpid(), os.getppid())
