@@ -5,19 +5,15 @@ XLA_FLAGS must be set before JAX initialises its backends, hence at import time 
 
 import os
 import pathlib
+import shutil
+import tempfile
+import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_force_host_platform_device_count=8").strip()
 
-# One persistent compilation cache per test run, in a fresh temporary directory: the pytest-xdist
-# workers and the child processes tests start (benchmark scripts, the entry point, notebook
-# kernels) inherit it, so a program that one of them compiled (same HLO, same options) is loaded,
-# not compiled again, by the others or by a later test of the same process that traces it anew.
-# Every program is kept (JAX keeps only those that took a second to compile by default; most of
-# the suite's take less). A fresh directory per run keeps each run what CI runs. A cache set by
-# the caller (JAX_COMPILATION_CACHE_DIR, empty to switch it off) is left as it is.
 # A run killed before its end (SIGKILL, a CI timeout) cannot remove its cache (about 330 MB for
 # the whole suite); the next run removes it (:func:`remove_stale_jit_caches`).
 JIT_CACHE_PREFIX = "jaxadv-tests-jit-cache-"
@@ -37,9 +33,6 @@ def remove_stale_jit_caches(directory: str, *, min_age_s: float = 3600.0) -> lis
     ``JIT_CACHE_PREFIX<pid>-...`` by the run's process): those whose process is gone and that
     have not changed for ``min_age_s`` seconds (so that a run of another PID namespace sharing
     the directory keeps its cache). Returns the paths removed."""
-    import shutil
-    import time
-
     removed = []
     for path in pathlib.Path(directory).glob(JIT_CACHE_PREFIX + "*"):
         pid = jit_cache_owner(path.name)
@@ -62,17 +55,21 @@ def remove_stale_jit_caches(directory: str, *, min_age_s: float = 3600.0) -> lis
     return removed
 
 
+# One persistent compilation cache per test run, in a fresh temporary directory: the pytest-xdist
+# workers and the child processes tests start (benchmark scripts, the entry point, notebook
+# kernels) inherit it, so a program that one of them compiled (same HLO, same options) is loaded,
+# not compiled again, by the others or by a later test of the same process that traces it anew.
+# Every program is kept (JAX keeps only those that took a second to compile by default; most of
+# the suite's take less). A fresh directory per run keeps each run what CI runs. A cache set by
+# the caller (JAX_COMPILATION_CACHE_DIR, empty to switch it off) is left as it is.
 _OWN_JIT_CACHE = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    import tempfile
-
     remove_stale_jit_caches(tempfile.gettempdir())
     _OWN_JIT_CACHE = tempfile.mkdtemp(prefix=f"{JIT_CACHE_PREFIX}{os.getpid()}-")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_JIT_CACHE
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 import contextlib  # noqa: E402
-import shutil  # noqa: E402
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
