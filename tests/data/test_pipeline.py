@@ -1,6 +1,8 @@
 """Deterministic shuffling, resume-exact order, padded/masked eval batches, per-host slicing,
 in-memory dataset validation, and tensorflow-datasets through mock data."""
 
+import tempfile
+
 import jax
 import numpy as np
 import pytest
@@ -98,7 +100,20 @@ def test_array_dataset_validation(images, labels, match):
         ArrayDataset(images, labels, 10)
 
 
-def test_tfds_mock_data_through_data_source():
+@pytest.fixture
+def tfds_temp_in_tmp_path(tmp_path, monkeypatch):
+    """Temporary files of the test in its own ``tmp_path``. Building a tensorflow-datasets builder
+    for a dataset that is not prepared (and under ``mock_data``) leaves an empty
+    ``tmp*tfds`` directory in the temporary directory (tfds 4.9's
+    ``DatasetInfo.initialize_from_bucket`` creates it before it checks GCS, and never removes it);
+    pytest cleans ``tmp_path`` up, so the tests leave nothing in /tmp."""
+    own = tmp_path / "tempfile"
+    own.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(own))
+    return own
+
+
+def test_tfds_mock_data_through_data_source(tfds_temp_in_tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=12):
         src = load_dataset("mnist", "train")
@@ -109,7 +124,7 @@ def test_tfds_mock_data_through_data_source():
     assert labels.shape == (5,) and labels.dtype == np.int32
 
 
-def test_tfds_unprepared_dataset_fails_fast_without_download(tmp_path):
+def test_tfds_unprepared_dataset_fails_fast_without_download(tmp_path, tfds_temp_in_tmp_path):
     pytest.importorskip("tensorflow_datasets")
     with pytest.raises(FileNotFoundError, match="never downloads"):
         load_dataset("cifar10", "train", data_dir=str(tmp_path))
