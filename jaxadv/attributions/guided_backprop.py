@@ -9,7 +9,8 @@ passes a gradient back only where both its input and the incoming gradient are p
 
 Models need not be rebuilt: :func:`with_guided_relus` traces ``logits_fn`` to a jaxpr and
 re-evaluates it with every ``jax.nn.relu`` call (what ``flax.linen.relu`` and jaxadv's ``"relu"``
-activation are) swapped for :func:`guided_relu`, recursing into ``jit``-ed sub-functions. ReLUs
+activation are) swapped for :func:`guided_relu`, recursing into ``jit``-ed and checkpointed
+(``jax.checkpoint`` / ``flax.linen.remat``, rematerialisation kept) sub-functions. ReLUs
 inside control-flow primitives (``scan``, ``while``, ``cond``) and ReLUs written as
 ``jnp.maximum(x, 0)`` are left unchanged; a model with no ReLU raises ``ValueError``. Models written
 by hand can call :func:`guided_relu` directly and use :func:`saliency` on them.
@@ -43,7 +44,9 @@ def _guided_relu_bwd(x, g):
 
 guided_relu.defvjp(_guided_relu_fwd, _guided_relu_bwd)
 
-_CALL_PRIMITIVES = ("jit", "pjit", "closed_call", "core_call", "checkpoint", "remat")
+_CALL_PRIMITIVES = ("jit", "pjit", "closed_call", "core_call")
+# jax.checkpoint / flax.linen.remat: "remat2" in current JAX ("checkpoint" / "remat" before).
+_REMAT_PRIMITIVES = ("checkpoint", "remat", "remat2")
 
 
 def _is_relu(eqn) -> bool:
@@ -78,11 +81,18 @@ def _eval(jaxpr, consts, args, counter):
         if _is_relu(eqn):
             counter[0] += 1
             outs = [guided_relu(invals[0])]
-        elif name in _CALL_PRIMITIVES and "jaxpr" in eqn.params:
+        elif name in _CALL_PRIMITIVES + _REMAT_PRIMITIVES and "jaxpr" in eqn.params:
             inner = eqn.params["jaxpr"]
             inner_consts = getattr(inner, "consts", [])
             inner = getattr(inner, "jaxpr", inner)
-            outs = _eval(inner, inner_consts, invals, counter)
+
+            def call(*a, inner=inner, inner_consts=inner_consts):
+                return _eval(inner, inner_consts, list(a), counter)
+
+            if name in _REMAT_PRIMITIVES:  # keep the rematerialisation (and its policy)
+                call = jax.checkpoint(call, prevent_cse=eqn.params.get("prevent_cse", True),
+                                      policy=eqn.params.get("policy"))
+            outs = call(*invals)
         else:
             params = eqn.primitive.get_bind_params(eqn.params)
             subfuns = []

@@ -52,6 +52,38 @@ def test_jit_and_vmap():
     np.testing.assert_allclose(vm, ref, rtol=1e-6, atol=1e-8)
 
 
+def test_relus_inside_checkpointed_blocks_are_guided():
+    """jax.checkpoint / flax.linen.remat ("remat2" in the jaxpr): the ReLUs inside are guided too,
+    so the map equals the same weights' map without rematerialisation."""
+    import flax.linen as nn
+
+    class Block(nn.Module):
+        @nn.compact
+        def __call__(self, h):
+            return nn.relu(nn.Dense(12)(h))
+
+    class Net(nn.Module):
+        remat: bool
+
+        @nn.compact
+        def __call__(self, x):
+            h = x.reshape(x.shape[0], -1)
+            block = nn.remat(Block) if self.remat else Block
+            h = block(name="block")(h)
+            return nn.Dense(5)(nn.relu(nn.Dense(10)(h)))
+
+    x = uniform_images(3, (4, 4, 2))
+    v = Net(remat=False).init(jax.random.key(0), x)
+    plain = guided_backprop(lambda z: Net(remat=False).apply(v, z), x, 2)
+    rematted = guided_backprop(lambda z: Net(remat=True).apply(v, z), x, 2)
+    np.testing.assert_allclose(rematted, plain, rtol=1e-6, atol=1e-8)
+    assert not np.allclose(plain, saliency(lambda z: Net(remat=False).apply(v, z), x, 2))
+    # All ReLUs inside a checkpoint: found and guided (earlier: "found no jax.nn.relu").
+    f = lambda z: Net(remat=False).apply(v, z)  # noqa: E731
+    np.testing.assert_allclose(guided_backprop(jax.checkpoint(f), x, 2), plain, rtol=1e-6,
+                               atol=1e-8)
+
+
 def test_model_without_relu_raises():
     logits_fn, _, _ = linear_model()
     with pytest.raises(ValueError, match="no jax.nn.relu"):
