@@ -31,3 +31,24 @@ def check_finite(x: Array, name: str = "x", *, fix: str) -> None:
         shown = ", ".join(str(r) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
         count += f", in examples [{shown}]"
     raise ValueError(f"{name} contains NaN or infinite values ({count}); {fix}")
+
+
+def check_int(name: str, value, minimum: int, maximum: int | None = None) -> int:
+    """``value`` as a Python int if it is an integer (Python or NumPy, not bool) in
+    [``minimum``, ``maximum``]; else ValueError naming ``name`` and the allowed range."""
+    if (isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer)
+            or value < minimum or (maximum is not None and value > maximum)):
+        allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be an int {allowed}; got {value!r}.")
+    return int(value)
+
+
+def check_nonnegative(name: str, value, what: str = "") -> None:
+    """ValueError unless a concrete ``value`` (a number or array) is finite and >= 0; traced values
+    pass. ``what`` describes the value in the message."""
+    if not is_concrete(value):
+        return
+    v = np.asarray(value)
+    if not (np.issubdtype(v.dtype, np.number) and np.all(np.isfinite(v)) and np.all(v >= 0)):
+        desc = f" ({what})" if what else ""
+        raise ValueError(f"{name} must be finite and >= 0{desc}; got {value!r}.")

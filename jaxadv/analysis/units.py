@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxadv import validation
 from jaxadv.attributions.postprocess import upsample
 from jaxadv.metrics.rank import pearson, spearman
 from jaxadv.types import Array, FeaturesFn, HeadFn, LogitsFn
@@ -94,12 +95,6 @@ def unit_sensitivity(features_fn: FeaturesFn, x: Array, x_adv: Array, *,
     return UnitSensitivity(promoted + suppressed, promoted, suppressed, mean(d))
 
 
-def _check_count(name, v, lowest=0) -> int:
-    if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < lowest:
-        raise ValueError(f"{name} must be an int >= {lowest}; got {v!r}.")
-    return int(v)
-
-
 def top_unit_masks(sensitivity: Array, num_masked) -> Array:
     """Keep-masks zeroing the m most sensitive units, for each m in ``num_masked``.
 
@@ -115,7 +110,7 @@ def top_unit_masks(sensitivity: Array, num_masked) -> Array:
     k = s.shape[-1]
     ms = np.atleast_1d(np.asarray(num_masked))
     for m in ms.tolist():
-        _check_count("num_masked", m)
+        validation.check_int("num_masked", m, 0)
         if m > k:
             raise ValueError(f"num_masked must be <= the number of units {k}; got {m}.")
     rank = jnp.argsort(jnp.argsort(-jnp.nan_to_num(s, nan=-jnp.inf), stable=True), stable=True)
@@ -240,7 +235,7 @@ def dissect(activations: Array, concept_masks: Array, *, top_fraction: float = 0
     thresholds = jnp.asarray(thresholds, activations.dtype)
     n = activations.shape[0]
     size = concept_masks.shape[1:3]
-    chunk = n if chunk_size is None else _check_count("chunk_size", chunk_size, 1)
+    chunk = n if chunk_size is None else validation.check_int("chunk_size", chunk_size, 1)
     chunk = min(chunk, n)
     pad = -n % chunk
     acts = jnp.pad(activations, ((0, pad), (0, 0), (0, 0), (0, 0)))
@@ -290,9 +285,13 @@ def dissection_iou(features_fn: FeaturesFn, images: Array, concept_masks: Array,
 
 
 def sensitivity_iou_correlation(sensitivity: Array, max_iou: Array) -> dict[str, Array]:
-    """Pearson and Spearman correlation between s_u and max IoU_u over the units (scalars)."""
+    """Pearson and Spearman correlation between s_u and max IoU_u over the units (scalars); NaN
+    where a sensitivity is undefined (no example selected, :func:`unit_sensitivity`)."""
     s, m = jnp.asarray(sensitivity)[None], jnp.asarray(max_iou)[None]
-    return {"pearson": pearson(s, m)[0], "spearman": spearman(s, m)[0]}
+    undefined = ~(jnp.all(jnp.isfinite(s)) & jnp.all(jnp.isfinite(m)))
+    s0, m0 = jnp.nan_to_num(s), jnp.nan_to_num(m)  # the rank functions refuse NaN; masked below
+    return {"pearson": jnp.where(undefined, jnp.nan, pearson(s0, m0)[0]),
+            "spearman": jnp.where(undefined, jnp.nan, spearman(s0, m0)[0])}
 
 
 class ConceptAlignment(NamedTuple):

@@ -23,6 +23,9 @@ ScoreFn = Callable[[Array], Array]
 def check_batch(x: Array, name: str = "x") -> None:
     if getattr(x, "ndim", 0) < 2:
         raise ValueError(f"{name} must be a batch (B, ...); got shape {getattr(x, 'shape', None)}.")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {x.shape}); there is nothing to "
+                         f"explain or measure: skip the call when no example is left.")
 
 
 def check_finite(x: Array, name: str = "x") -> None:
@@ -62,10 +65,34 @@ def as_target(target, batch: int, k: int, name: str = "target") -> Array:
     return jnp.broadcast_to(t.astype(jnp.int32), (batch,))
 
 
-def check_images(x: Array) -> None:
-    """The checks of every method's input ``x``: a batch (B, ...), finite where concrete."""
-    check_batch(x)
-    check_finite(x)
+def check_images(x: Array, name: str = "x") -> None:
+    """The checks of every method's input ``x``: a non-empty batch (B, ...) of floating-point
+    values (the maps are gradients w.r.t. x), finite where concrete."""
+    check_batch(x, name)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"{name} has dtype {x.dtype}; the attributions differentiate w.r.t. it, "
+                         f"which needs floating-point images: convert first, e.g. "
+                         f"{name}.astype(jnp.float32) / 255 for 8-bit pixels.")
+    check_finite(x, name)
+
+
+def constant_or_array(value, x: Array, name: str) -> Array:
+    """``value`` as an array shaped like x: a number (Python, NumPy or 0-d array, traced too) fills
+    x's shape; an array shaped like x or like one example x[0] is cast and broadcast (finiteness
+    is the caller's check)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number or an array; got {value!r}.")
+    v = jnp.asarray(value)
+    if v.ndim == 0:
+        out = jnp.full_like(x, v.astype(x.dtype))
+    elif v.shape == x.shape:
+        out = v.astype(x.dtype)
+    elif v.shape == x.shape[1:]:
+        out = jnp.broadcast_to(v.astype(x.dtype), x.shape)
+    else:
+        raise ValueError(f"{name} must be a number or shaped like x {x.shape} or like one example "
+                         f"{x.shape[1:]}; got shape {v.shape}.")
+    return out
 
 
 def prepare(logits_fn, x: Array, target) -> Array:

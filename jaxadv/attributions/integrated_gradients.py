@@ -111,6 +111,10 @@ def make_baseline(x: Array, baseline="zero", *, key: PRNGKey | None = None,
         if baseline == "zero":
             return jnp.zeros_like(x)
         if baseline == "blur":
+            if not (_common.is_concrete(blur_sigma) and np.isfinite(blur_sigma)
+                    and blur_sigma >= 0):
+                raise ValueError(f"baseline='blur' needs a static, finite blur_sigma >= 0 (the "
+                                 f"blur's std in pixels); got {blur_sigma!r}.")
             return gaussian_blur(x, blur_sigma, radius=int(4.0 * blur_sigma + 0.5))
         if baseline == "uniform":
             if key is None:
@@ -118,15 +122,7 @@ def make_baseline(x: Array, baseline="zero", *, key: PRNGKey | None = None,
             return jax.random.uniform(key, x.shape, x.dtype, bounds[0], bounds[1])
         raise ValueError(f"Unknown baseline {baseline!r}; choose one of {BASELINES}, a float or "
                          "an array shaped like x.")
-    if isinstance(baseline, int | float) and not isinstance(baseline, bool):
-        return jnp.full_like(x, baseline)
-    b = jnp.asarray(baseline)
-    if b.shape == x.shape:
-        return b.astype(x.dtype)
-    if b.shape == x.shape[1:]:
-        return jnp.broadcast_to(b.astype(x.dtype), x.shape)
-    raise ValueError(f"baseline must be shaped like x {x.shape} or like one example "
-                     f"{x.shape[1:]}; got shape {b.shape}.")
+    return _common.constant_or_array(baseline, x, "baseline")
 
 
 def _path_sum(stack_grad_fn, start, end, *, num_steps, rule, chunk_size, unroll=False):
@@ -167,11 +163,22 @@ def path_integrated_gradients(value_fn: Callable[[Array], Array], start: Array, 
       Attributions shaped like ``end``. Their sum over non-batch axes approximates
       value_fn(end) - value_fn(start) (completeness).
     """
-    _common.check_finite(start, "start")
-    _common.check_finite(end, "end")
+    _common.check_images(start, "start")
+    _common.check_images(end, "end")
+    _check_per_example(value_fn, end, "value_fn")
     grad_fn = jax.grad(lambda z: jnp.sum(value_fn(z)))
     return _path_sum(jax.vmap(grad_fn), start, end, num_steps=num_steps, rule=rule,
                      chunk_size=chunk_size)
+
+
+def _check_per_example(fn: Callable[[Array], Array], z: Array, name: str) -> None:
+    """``fn`` must map the batch z (B, ...) to one value per example (B,): the gradient of their
+    sum is then each example's own. A mean over the batch would scale every map by 1/B."""
+    out = jax.eval_shape(fn, jax.ShapeDtypeStruct(z.shape, z.dtype))
+    if out.shape != z.shape[:1]:
+        raise ValueError(f"{name} must return one value per example, shape ({z.shape[0]},); got "
+                         f"shape {out.shape}. Return the per-example values, not their mean or "
+                         f"sum (a mean would divide every map by the batch size).")
 
 
 def integrated_gradients(logits_fn: LogitsFn, x: Array, target, *, baseline="zero",
@@ -235,6 +242,7 @@ def path_ig(logits_fn: LogitsFn, x: Array, x_end: Array, labels, *,
         raise ValueError(f"x_end must be shaped like x {x.shape}; got {x_end.shape}.")
     _common.check_finite(x_end, "x_end")  # x: checked by prepare
     loss = _cross_entropy if loss_fn is None else loss_fn
+    _check_per_example(lambda v: loss(logits_fn(v), y), x, "loss_fn")
 
     grad_fn = jax.grad(lambda v: jnp.sum(loss(logits_fn(v), y)))
     return _path_sum(jax.vmap(grad_fn), x, x_end, num_steps=num_steps, rule=rule,

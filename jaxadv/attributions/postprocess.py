@@ -7,7 +7,9 @@ Maps are (B, H, W, C) (input-shaped) or (B, h, w) (one value per location, e.g. 
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from jaxadv import numerics
 from jaxadv.attributions import _common
 from jaxadv.types import Array
 
@@ -29,7 +31,7 @@ def reduce_channels(a: Array, *, method: str = "sum") -> Array:
     if method == "max_abs":
         return jnp.max(jnp.abs(a), axis=-1)
     if method == "l2":
-        return jnp.sqrt(jnp.sum(a * a, axis=-1))
+        return numerics.l2_norm(a, axis=-1)  # finite gradient at all-zero pixels
     raise ValueError(f"Unknown channel reduction {method!r}; choose one of {REDUCTIONS}.")
 
 
@@ -71,7 +73,7 @@ def normalize(a: Array, *, method: str = "max_abs", eps: float = 1e-12) -> Array
     elif method == "sum_abs":
         out = flat / jnp.maximum(jnp.sum(jnp.abs(flat), axis=-1, keepdims=True), eps)
     elif method == "l2":
-        out = flat / jnp.maximum(jnp.sqrt(jnp.sum(flat * flat, axis=-1, keepdims=True)), eps)
+        out = flat / jnp.maximum(numerics.l2_norm(flat, axis=-1, keepdims=True), eps)
     else:
         raise ValueError(f"Unknown normalisation {method!r}; choose one of {NORMALIZATIONS}.")
     return out.reshape(a.shape)
@@ -84,7 +86,9 @@ def upsample(a: Array, size: tuple[int, int], *, method: str = "bilinear") -> Ar
         raise ValueError(f"Unknown upsampling method {method!r}; choose one of {UPSAMPLING}.")
     if a.ndim not in (3, 4):
         raise ValueError(f"upsample expects (B, h, w) or (B, h, w, C); got shape {a.shape}.")
-    if len(size) != 2:
-        raise ValueError(f"size must be (H, W); got {size!r}.")
+    if (not isinstance(size, tuple | list) or len(size) != 2
+            or not all(isinstance(s, int | np.integer) and not isinstance(s, bool) and s >= 1
+                       for s in size)):
+        raise ValueError(f"size must be (H, W), two positive ints; got {size!r}.")
     shape = (a.shape[0], int(size[0]), int(size[1])) + a.shape[3:]
     return jax.image.resize(a, shape, method=method)

@@ -22,8 +22,9 @@ of Int / Int2 and :func:`representation_discrepancy` the ``rep`` measure. All re
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from jaxadv import numerics
+from jaxadv.attributions import _common
 from jaxadv.types import Array
 
 NORMS = ("l1", "l2sq", "l2")
@@ -44,7 +45,7 @@ def _norm(d: Array, axes, norm: str) -> Array:
     if norm == "l2sq":
         return jnp.sum(d * d, axis=axes)
     if norm == "l2":
-        return jnp.sqrt(jnp.sum(d * d, axis=axes))
+        return numerics.l2_norm(d, axis=axes)  # gradient 0, not NaN, where the maps agree
     raise ValueError(f"Unknown norm {norm!r}; choose one of {NORMS}.")
 
 
@@ -78,12 +79,9 @@ def class_discrepancies(maps_clean: Array, maps_adv: Array, *, norm: str = "l1",
 
 
 def _pick(d: Array, labels, name: str) -> Array:
-    k = d.shape[-1]
-    if not isinstance(labels, jax.core.Tracer):
-        lab = np.asarray(labels)
-        if lab.size and (lab.min() < 0 or lab.max() >= k):
-            raise ValueError(f"{name} must lie in [0, {k}); got range [{lab.min()}, {lab.max()}].")
-    lab = jnp.broadcast_to(jnp.asarray(labels).astype(jnp.int32), d.shape[:1])
+    """d[b, labels[b]] (B,) for d (B, K); ``labels`` an int or (B,) integer class indices, checked
+    against [0, K) where concrete (:func:`jaxadv.attributions._common.as_target`)."""
+    lab = _common.as_target(labels, d.shape[0], d.shape[-1], name)
     return jnp.take_along_axis(d, lab[:, None], axis=-1)[:, 0]
 
 
@@ -136,11 +134,16 @@ def label_free_discrepancy(maps_clean: Array, maps_adv: Array, logits_adv: Array
     k = d.shape[-1]
     if logits_adv.shape != d.shape:
         raise ValueError(f"logits_adv must have shape {d.shape}; got {logits_adv.shape}.")
-    _pick(d, labels, "labels")  # range check
-    onehot = jax.nn.one_hot(jnp.asarray(labels), k, dtype=d.dtype)
-    probs = jax.nn.softmax(logits_adv, axis=-1) * (1.0 - onehot)
-    p_hat = probs / jnp.maximum(jnp.sum(probs, axis=-1, keepdims=True), 1e-30)
-    return jnp.sum(d * onehot, axis=-1) + jnp.sum(d * p_hat, axis=-1)
+    lab = _common.as_target(labels, d.shape[0], k, "labels")
+    onehot = jax.nn.one_hot(lab, k, dtype=d.dtype)
+    true_term = jnp.sum(d * onehot, axis=-1)
+    if k == 1:  # no other class
+        return true_term
+    # p^ as a softmax over the other classes only (the true logit masked out): the same value as
+    # softmax / (1 - softmax_y), but without the underflow of the other classes' probabilities
+    # that makes that quotient 0 / 0 (NaN gradients, then a wrong value) once f(x') is confident.
+    p_hat = jax.nn.softmax(jnp.where(onehot > 0, -jnp.inf, logits_adv), axis=-1)
+    return true_term + jnp.sum(d * p_hat, axis=-1)
 
 
 def representation_discrepancy(rep_clean: Array, rep_adv: Array, *, normalize: bool = False,

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxadv import validation
 from jaxadv.attributions import _common
 from jaxadv.attributions.integrated_gradients import make_baseline
 from jaxadv.types import Array, LogitsFn
@@ -48,8 +49,9 @@ def _curve(logits_fn, x, target, attribution, *, insertion, num_steps, baseline,
     t = _common.prepare(logits_fn, x, target)
     if output not in OUTPUTS:
         raise ValueError(f"Unknown output {output!r}; choose one of {OUTPUTS}.")
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be an int >= 1; got {num_steps!r}.")
+    num_steps = validation.check_int("num_steps", num_steps, 1)
+    validation.check_finite(attribution, "attribution", fix="its ranking of the pixels would be "
+                            "arbitrary (NaN sorts last); explain finite inputs only.")
     scores = _pixel_scores(attribution, x)
     b = make_baseline(x, baseline, blur_sigma=blur_sigma)
     batch = x.shape[0]

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 
+from jaxadv import numerics, validation
 from jaxadv.attributions import _common
 from jaxadv.attributions.asm import adversarial_saliency_map, promotion_suppression_maps
 from jaxadv.types import Array, LogitsFn
@@ -26,6 +27,8 @@ def saliency_mask(saliency_map: Array, *, percentile: float = 90.0,
                   threshold: float | None = None) -> Array:
     """B_nu = 1[S > nu] per example, nu the ``percentile`` of each example's S (or ``threshold``)."""
     _common.check_batch(saliency_map, "saliency_map")
+    validation.check_finite(saliency_map, "saliency_map", fix="its percentile, and so the mask, "
+                            "would be NaN; explain finite inputs only.")
     if threshold is not None:
         return saliency_map > threshold
     if not 0.0 <= percentile <= 100.0:
@@ -39,6 +42,7 @@ def energy_share(delta: Array, mask: Array) -> Array:
     """||mask * delta||_2 / ||delta||_2 per example (B,). ``mask`` (bool or float) is shaped like
     delta or like its pixels (B, H, W) for (B, H, W, C) perturbations."""
     _common.check_batch(delta, "delta")
+    validation.check_finite(delta, "delta", fix="pass the finite perturbation x' - x.")
     m = jnp.asarray(mask)
     if m.shape != delta.shape:
         if delta.ndim == 4 and m.shape == delta.shape[:3]:
@@ -48,8 +52,9 @@ def energy_share(delta: Array, mask: Array) -> Array:
                              f"{delta.shape[:3]}; got {m.shape}.")
     m = jnp.broadcast_to(m.astype(delta.dtype), delta.shape)
     flat = delta.reshape(delta.shape[0], -1)
-    num = jnp.sqrt(jnp.sum((m.reshape(flat.shape) * flat) ** 2, axis=-1))
-    den = jnp.sqrt(jnp.sum(flat * flat, axis=-1))
+    # Finite gradients where the masked or the whole perturbation is zero (numerics.l2_norm).
+    num = numerics.l2_norm(m.reshape(flat.shape) * flat, axis=-1)
+    den = numerics.l2_norm(flat, axis=-1)
     return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
 
 

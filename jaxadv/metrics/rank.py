@@ -13,11 +13,16 @@ Each takes maps a, b of the same shape (B, ...) and returns (B,); maps are flatt
   :func:`top_k_intersection_b` is their committed variant (strict '>' against the k-th largest
   value, so k - 1 pixels without ties, divided by the map size |I|), with its row-indexing bug
   fixed (each image uses its own k-th largest value), for comparison with published numbers.
+
+Maps holding NaN: a concrete one is an error (naming the examples); inside ``jit`` / ``vmap`` the
+score of an example whose maps hold NaN is NaN (scipy's default ``nan_policy="propagate"``),
+never a finite number from NaN sorted somewhere.
 """
 
 import jax
 import jax.numpy as jnp
 
+from jaxadv import validation
 from jaxadv.types import Array
 
 
@@ -26,7 +31,19 @@ def _flat_pair(a: Array, b: Array) -> tuple[Array, Array]:
         raise ValueError(f"maps must have the same shape; got {a.shape} and {b.shape}.")
     if a.ndim < 2:
         raise ValueError(f"maps must be batched (B, ...); got shape {a.shape}.")
+    for name, m in (("a", a), ("b", b)):
+        validation.check_finite(m, name, fix="a rank score of such a map means nothing; explain "
+                                "finite inputs only, or drop those examples.")
     return a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+
+
+def _nan_where_nan(score: Array, fa: Array, fb: Array) -> Array:
+    """NaN for the examples whose flattened maps (B, n) hold NaN (traced maps; concrete ones were
+    rejected by :func:`_flat_pair`)."""
+    if not (jnp.issubdtype(fa.dtype, jnp.floating) or jnp.issubdtype(fb.dtype, jnp.floating)):
+        return score
+    bad = jnp.any(jnp.isnan(fa), axis=-1) | jnp.any(jnp.isnan(fb), axis=-1)
+    return jnp.where(bad, jnp.nan, score)
 
 
 def _kendall_one(u: Array, v: Array, chunk: int) -> Array:
@@ -63,8 +80,9 @@ def kendall_tau(a: Array, b: Array, *, chunk_size: int = 256) -> Array:
     fa, fb = _flat_pair(a, b)
     if not jnp.issubdtype(fa.dtype, jnp.floating):
         fa, fb = fa.astype(jnp.float32), fb.astype(jnp.float32)
-    chunk = max(1, min(int(chunk_size), fa.shape[1]))
-    return jax.lax.map(lambda uv: _kendall_one(uv[0], uv[1], chunk), (fa, fb))
+    chunk = min(validation.check_int("chunk_size", chunk_size, 1), fa.shape[1])
+    tau = jax.lax.map(lambda uv: _kendall_one(uv[0], uv[1], chunk), (fa, fb))
+    return _nan_where_nan(tau, fa, fb)
 
 
 def average_ranks(a: Array) -> Array:
@@ -83,13 +101,13 @@ def pearson(a: Array, b: Array, *, eps: float = 0.0) -> Array:
     cb = fb - jnp.mean(fb, axis=-1, keepdims=True)
     num = jnp.sum(ca * cb, axis=-1)
     den = jnp.sqrt(jnp.sum(ca * ca, axis=-1) * jnp.sum(cb * cb, axis=-1))
-    return num / (den + eps)
+    return _nan_where_nan(num / (den + eps), fa, fb)
 
 
 def spearman(a: Array, b: Array) -> Array:
     """Spearman rho per example (B,) (``scipy.stats.spearmanr``)."""
     fa, fb = _flat_pair(a, b)
-    return pearson(average_ranks(fa), average_ranks(fb))
+    return _nan_where_nan(pearson(average_ranks(fa), average_ranks(fb)), fa, fb)
 
 
 def _top_k_mask(f: Array, k: int) -> Array:
@@ -97,25 +115,29 @@ def _top_k_mask(f: Array, k: int) -> Array:
     return jnp.zeros(f.shape, jnp.bool_).at[jnp.arange(f.shape[0])[:, None], idx].set(True)
 
 
-def _check_k(k, n):
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-        raise ValueError(f"k must be an int in [1, {n}] (the map size); got {k!r}.")
+def _check_k(k, n) -> int:
+    return validation.check_int("k", k, 1, n)  # at most the map size
 
 
 def top_k_intersection(a: Array, b: Array, *, k: int = 8) -> Array:
     """|top_k(a) & top_k(b)| / k per example (B,), in [0, 1] (ties broken by position)."""
     fa, fb = _flat_pair(a, b)
-    _check_k(k, fa.shape[1])
+    k = _check_k(k, fa.shape[1])
     both = _top_k_mask(fa, k) & _top_k_mask(fb, k)
-    return jnp.sum(both, axis=-1).astype(jnp.float32) / k
+    return _nan_where_nan(jnp.sum(both, axis=-1).astype(_score_dtype(fa)) / k, fa, fb)
 
 
 def top_k_intersection_b(a: Array, b: Array, *, k: int = 8) -> Array:
     """Boopathy et al.'s committed top-k measure (module docstring): pixels strictly above each
     map's k-th largest value, overlap divided by the map size |I|. (B,)."""
     fa, fb = _flat_pair(a, b)
-    _check_k(k, fa.shape[1])
+    k = _check_k(k, fa.shape[1])
     ka = jax.lax.top_k(fa, k)[0][:, -1:]
     kb = jax.lax.top_k(fb, k)[0][:, -1:]
     both = (fa > ka) & (fb > kb)
-    return jnp.sum(both, axis=-1).astype(jnp.float32) / fa.shape[1]
+    return _nan_where_nan(jnp.sum(both, axis=-1).astype(_score_dtype(fa)) / fa.shape[1], fa, fb)
+
+
+def _score_dtype(f: Array):
+    """The maps' float dtype (float64 under x64), float32 for integer maps."""
+    return f.dtype if jnp.issubdtype(f.dtype, jnp.floating) else jnp.float32

@@ -41,6 +41,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from jaxadv import numerics, validation
 from jaxadv.attributions import _common
 from jaxadv.types import Array, PRNGKey
 
@@ -49,7 +50,8 @@ MEASURES = ("sensitivity", "lipschitz")
 
 
 def _flat_norm(v: Array) -> Array:
-    return jnp.sqrt(jnp.sum(v.reshape(v.shape[0], -1) ** 2, axis=-1))
+    # Finite gradient where the map does not move (the worst case ascends through this).
+    return numerics.l2_norm(v.reshape(v.shape[0], -1), axis=-1)
 
 
 def _max_abs_normalize(a: Array) -> Array:
@@ -80,8 +82,7 @@ def _sampled(explain_fn, x, target, key, *, measure, sample_fn, num_samples, per
     else:
         if key is None:
             raise ValueError("a key (jax.random.key(...)) or explicit perturbations is needed.")
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be an int >= 1; got {num_samples!r}.")
+        validation.check_int("num_samples", num_samples, 1)
         items = jax.random.split(key, num_samples)
         make = sample_fn
 
@@ -142,7 +143,7 @@ def local_lipschitz_estimate(explain_fn: ExplainFn, x: Array, target, key: PRNGK
 def worst_case_sensitivity(explain_fn: ExplainFn, x: Array, target, key: PRNGKey, *,
                            radius: float = 0.2, num_steps: int = 10,
                            step_size: float | None = None, measure: str = "sensitivity",
-                           normalize: bool = False, return_delta: bool = False):
+                           normalize: bool | None = None, return_delta: bool = False):
     """Worst-case max-sensitivity (``measure="sensitivity"``) or local Lipschitz constant
     (``measure="lipschitz"``) over ||d||_inf <= radius, by signed-gradient ascent.
 
@@ -155,7 +156,9 @@ def worst_case_sensitivity(explain_fn: ExplainFn, x: Array, target, key: PRNGKey
       num_steps: ascent steps.
       step_size: default 2.5 radius / num_steps.
       measure: "sensitivity" or "lipschitz".
-      normalize: max-abs normalise the maps before comparing.
+      normalize: max-abs normalise the maps before comparing; default (None) as the sampled
+        estimate of the same measure: False for "sensitivity" (:func:`max_sensitivity`), True
+        for "lipschitz" (:func:`local_lipschitz_estimate`), so the worst case bounds it.
       return_delta: also return the maximising perturbation.
 
     Returns:
@@ -165,8 +168,14 @@ def worst_case_sensitivity(explain_fn: ExplainFn, x: Array, target, key: PRNGKey
     _check_positive(radius, "radius")
     if measure not in MEASURES:
         raise ValueError(f"Unknown measure {measure!r}; choose one of {MEASURES}.")
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
-        raise ValueError(f"num_steps must be an int >= 0; got {num_steps!r}.")
+    num_steps = validation.check_int("num_steps", num_steps, 0)
+    if step_size is not None:
+        _check_positive(step_size, "step_size")
+    if key is None:
+        raise ValueError("worst_case_sensitivity needs a key (jax.random.key(...)) for its "
+                         "random start.")
+    if normalize is None:
+        normalize = measure == "lipschitz"
     alpha = 2.5 * radius / max(num_steps, 1) if step_size is None else step_size
     a0 = explain_fn(x, target)
 

@@ -1,5 +1,6 @@
 """Post-processing: channel reduction, percentile clipping (numpy), normalisation, upsampling."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -18,6 +19,19 @@ def test_reduce_channels():
                         ("l2", np.sqrt((n**2).sum(-1)))]:
         np.testing.assert_allclose(reduce_channels(a, method=method), ref, rtol=1e-6)
     np.testing.assert_array_equal(absolute(a), np.abs(n))
+
+
+def test_l2_reductions_have_finite_gradients_at_zero():
+    """Maps inside a loss: the l2 channel reduction at an all-zero pixel (a ReLU-dead region) and
+    the l2 normalisation of an all-zero map have gradient 0 there, not NaN."""
+    a = (uniform_images(2, (4, 4, 3)) - 0.5).at[0, 1, 2].set(0.0)
+    g = jax.grad(lambda v: jnp.sum(reduce_channels(v, method="l2")))(a)
+    np.testing.assert_array_equal(g[0, 1, 2], 0.0)
+    n = np.asarray(a, np.float64)
+    want = n / np.maximum(np.sqrt((n ** 2).sum(-1, keepdims=True)), 1e-300)
+    np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-7)
+    g = jax.grad(lambda v: jnp.sum(normalize(v, method="l2")))(jnp.zeros((1, 3, 3)))
+    assert np.all(np.isfinite(g))
 
 
 def test_clip_percentile_matches_numpy():

@@ -77,6 +77,36 @@ def test_label_free_discrepancy_formula_and_gradient_through_p_hat():
     np.testing.assert_allclose(two, per[:, :2].sum(1), rtol=1e-5)
 
 
+@pytest.mark.parametrize("margin", [10.0, 50.0, 100.0, 1000.0])
+def test_label_free_discrepancy_stays_exact_and_differentiable_when_confident(margin):
+    """At these margins the other classes' float32 probabilities underflow; p^ is a softmax over
+    the other classes, so D~ and its gradient stay the closed form (earlier: NaN gradients from a
+    margin of about 44, and D~ = d_y alone from about 88)."""
+    a, b = _maps(shape=(1, 4, 5, 3))
+    per = np.abs(b - a).astype(np.float64).sum((1, 2))[0]
+    q = np.exp([0.0, -1.0]) / np.exp([0.0, -1.0]).sum()   # softmax of the other logits (0, -1)
+    logits = np.array([[margin, 0.0, -1.0]], np.float32)
+    y = np.array([0])
+    got = label_free_discrepancy(a, b, logits, y)
+    np.testing.assert_allclose(got, [per[0] + q[0] * per[1] + q[1] * per[2]], rtol=1e-5)
+    g = jax.grad(lambda z: jnp.sum(label_free_discrepancy(a, b, z, y)))(jnp.asarray(logits))
+    slope = q[0] * q[1] * (per[1] - per[2])   # d/dz_1 of q_1 per_1 + q_2 per_2; nothing on z_y
+    np.testing.assert_allclose(g[0], [0.0, slope, -slope], rtol=1e-4, atol=1e-7)
+    g_maps = jax.grad(lambda m: jnp.sum(label_free_discrepancy(a, m, logits, y)))(jnp.asarray(b))
+    assert np.all(np.isfinite(g_maps))
+
+
+def test_l2_discrepancy_has_a_finite_gradient_where_the_maps_agree():
+    """||dI||_2 at dI = 0 (an attack's first step without a random start): gradient 0, not NaN;
+    elsewhere the usual dI / ||dI||_2."""
+    a, b = _maps()
+    loss = lambda m: jnp.sum(discrepancy(a, m, classes="all", norm="l2"))  # noqa: E731
+    np.testing.assert_array_equal(jax.grad(loss)(jnp.asarray(a)), 0.0)
+    d = (b - a).astype(np.float64)
+    want = d / np.sqrt((d * d).sum((1, 2), keepdims=True)) / a.shape[-1]
+    np.testing.assert_allclose(jax.grad(loss)(jnp.asarray(b)), want, rtol=1e-4, atol=1e-7)
+
+
 def test_representation_discrepancy():
     a, b = _maps(shape=(2, 3, 3, 4))
     np.testing.assert_allclose(representation_discrepancy(a, b), np.abs(b - a).sum((1, 2, 3)),
@@ -100,6 +130,12 @@ def test_errors():
         discrepancy(a, b, np.array([0, 6, 1]), classes="one")
     with pytest.raises(ValueError, match="same shape"):
         discrepancy(a, b[:2], classes="all")
+    with pytest.raises(ValueError, match=r"labels must be an int or have shape \(3,\)"):
+        discrepancy(a, b, np.zeros((3, 1), np.int32), classes="one")
+    with pytest.raises(ValueError, match="labels must hold integer class indices"):
+        discrepancy(a, b, np.array([0.5, 1.0, 2.0]), classes="one")
+    with pytest.raises(ValueError, match="labels must hold integer"):
+        label_free_discrepancy(a, b, np.zeros((3, 6), np.float32), np.array([0.0, 1.0, 2.0]))
 
 
 def _targeted_attack(logits_fn, x, target, *, eps, steps, step_size):

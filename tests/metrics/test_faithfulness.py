@@ -95,3 +95,10 @@ def test_errors():
         insertion_auc(logits_fn, x, 0, x, num_steps=0)
     with pytest.raises(ValueError, match="attribution"):
         completeness_error(logits_fn, x, 0, x[..., 0])
+    with pytest.raises(ValueError, match=r"attribution contains NaN.*examples \[0\]"):
+        deletion_auc(logits_fn, x, 0, x.at[0, 1, 1, 0].set(jnp.nan))
+    with pytest.raises(ValueError, match="blur_sigma >= 0"):
+        insertion_auc(logits_fn, x, 0, x, blur_sigma=-1.0)
+    # NumPy integers are integers.
+    np.testing.assert_array_equal(deletion_auc(logits_fn, x, 0, x, num_steps=np.int64(4)),
+                                  deletion_auc(logits_fn, x, 0, x, num_steps=4))

@@ -68,3 +68,25 @@ def test_errors():
         energy_share(jnp.ones((1, 4, 4, 2)), jnp.ones((1, 3, 3)))
     with pytest.raises(ValueError, match="saliency_map"):
         interpretability_score(jnp.ones((1, 4)), jnp.ones((1, 5)))
+
+
+def test_gradients_are_finite_for_zero_perturbations_and_empty_masks():
+    """sqrt at 0 in both norms: the gradient is 0 there, not NaN (e.g. a sparse attack that puts
+    nothing on the salient pixels, or its start at delta = 0)."""
+    d = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
+    s_map = jax.random.normal(jax.random.key(1), (2, 4, 4, 3))
+    for delta, mask in ((jnp.zeros_like(d), jnp.ones(d.shape, bool)),
+                        (d, jnp.zeros(d.shape, bool))):
+        g = jax.grad(lambda v: jnp.sum(energy_share(v, mask)))(delta)  # noqa: B023
+        np.testing.assert_array_equal(g, 0.0)
+    g = jax.grad(lambda v: jnp.sum(interpretability_score(v, s_map)))(jnp.zeros_like(d))
+    np.testing.assert_array_equal(g, 0.0)
+
+
+def test_nan_inputs_are_errors():
+    s_map = np.ones((2, 4, 4, 3), np.float32)
+    s_map[1, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"saliency_map contains NaN.*examples \[1\]"):
+        interpretability_score(jnp.ones((2, 4, 4, 3)), s_map)
+    with pytest.raises(ValueError, match="delta contains NaN"):
+        energy_share(jnp.asarray(s_map), jnp.ones((2, 4, 4), bool))

@@ -80,3 +80,38 @@ def test_errors():
         top_k_intersection(a, b, k=0)
     with pytest.raises(ValueError, match="k must be"):
         top_k_intersection_b(a, b, k=50)
+
+
+def test_nan_maps_are_an_error_when_concrete_and_nan_when_traced():
+    a, b = _pair(0)
+    a[1, 2, 3] = np.nan
+    for fn in (kendall_tau, spearman, pearson, top_k_intersection, top_k_intersection_b):
+        with pytest.raises(ValueError, match=r"a contains NaN.*examples \[1\]"):
+            fn(a, b)
+        with pytest.raises(ValueError, match="b contains NaN"):
+            fn(b, a)
+        got = np.asarray(jax.jit(fn)(a, b))   # traced: scipy's nan_policy="propagate"
+        assert np.isnan(got[1]) and np.all(np.isfinite(got[[0, 2, 3]])), (fn.__name__, got)
+    got = np.asarray(jax.jit(kendall_tau)(a, b))
+    np.testing.assert_allclose(got[0], stats.kendalltau(a[0].ravel(), b[0].ravel())[0], rtol=1e-5)
+    assert np.isnan(stats.kendalltau(a[1].ravel(), b[1].ravel())[0])
+
+
+def test_integer_arguments_accept_numpy_ints_and_reject_the_rest():
+    a, b = _pair(0)
+    np.testing.assert_array_equal(top_k_intersection(a, b, k=np.int64(5)),
+                                  top_k_intersection(a, b, k=5))
+    np.testing.assert_array_equal(kendall_tau(a, b, chunk_size=np.int32(7)),
+                                  kendall_tau(a, b, chunk_size=7))
+    for bad in (0, -3, None, 2.0, True):
+        with pytest.raises(ValueError, match="chunk_size must be an int >= 1"):
+            kendall_tau(a, b, chunk_size=bad)
+
+
+def test_top_k_scores_follow_the_maps_float_dtype():
+    a, b = _pair(0)
+    with jax.enable_x64(True):
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        assert top_k_intersection(a64, b64, k=5).dtype == jnp.float64
+        assert top_k_intersection_b(a64, b64, k=5).dtype == jnp.float64
+    assert top_k_intersection(a, b, k=5).dtype == jnp.float32

@@ -88,17 +88,20 @@ def test_linear_model_saliency_is_insensitive():
                                atol=1e-6)
 
 
+@pytest.mark.parametrize("normalize", [None, False, True])
 @pytest.mark.parametrize("measure", ["sensitivity", "lipschitz"])
-def test_worst_case_beats_random_sampling(measure):
+def test_worst_case_beats_random_sampling(measure, normalize):
+    """With the same ``normalize`` as the sampled estimate; by default (None) each function's
+    own default, which for the worst case follows the sampled estimate of its measure."""
     _, f, x, y, explain = _setup("softplus")
     key = jax.random.key(4)
+    norm = {} if normalize is None else {"normalize": normalize}
     if measure == "sensitivity":
-        sampled = max_sensitivity(explain, x, y, key, num_samples=16, radius=0.1)
+        sampled = max_sensitivity(explain, x, y, key, num_samples=16, radius=0.1, **norm)
     else:
-        sampled = local_lipschitz_estimate(explain, x, y, key, num_samples=16, stdev=0.05,
-                                           normalize=False)
+        sampled = local_lipschitz_estimate(explain, x, y, key, num_samples=16, stdev=0.05, **norm)
     worst, delta = worst_case_sensitivity(explain, x, y, key, radius=0.1, num_steps=10,
-                                          measure=measure, return_delta=True)
+                                          measure=measure, return_delta=True, **norm)
     assert float(jnp.max(jnp.abs(delta))) <= 0.1 + 1e-7
     assert np.all(np.asarray(worst) > np.asarray(sampled)), (worst, sampled)
 
@@ -113,6 +116,29 @@ def test_errors():
         avg_sensitivity(explain, x, y, jax.random.key(0), radius=0.0)
     with pytest.raises(ValueError, match="measure"):
         worst_case_sensitivity(explain, x, y, jax.random.key(0), measure="entropy")
+    with pytest.raises(ValueError, match="step_size must be > 0"):
+        worst_case_sensitivity(explain, x, y, jax.random.key(0), step_size=-0.01)
+    with pytest.raises(ValueError, match=r"needs a key \(jax.random.key"):
+        worst_case_sensitivity(explain, x, y, None)
+    with pytest.raises(ValueError, match="num_samples must be an int >= 1"):
+        max_sensitivity(explain, x, y, jax.random.key(0), num_samples=0)
+    # NumPy integers are integers.
+    np.testing.assert_array_equal(
+        max_sensitivity(explain, x, y, jax.random.key(0), num_samples=np.int64(3)),
+        max_sensitivity(explain, x, y, jax.random.key(0), num_samples=3))
+
+
+def test_worst_case_ascent_stays_finite_where_the_map_does_not_move():
+    """A ReLU network's saliency map is piecewise constant: at the random start it may not move at
+    all, where ||a - a0||_2 has no slope. The ascent must keep a finite perturbation (gradient 0
+    there), not turn it into NaN, and keep the value of its start."""
+    logits_fn, _, _ = linear_model(shape=(4, 4, 1), num_classes=3)
+    x = uniform_images(2, (4, 4, 1))
+    explain = lambda z, t: saliency(logits_fn, z, t)  # noqa: E731
+    value, delta = worst_case_sensitivity(explain, x, 0, jax.random.key(0), radius=0.1,
+                                          num_steps=3, return_delta=True)
+    np.testing.assert_array_equal(value, 0.0)
+    assert np.all(np.isfinite(delta)) and float(jnp.max(jnp.abs(delta))) <= 0.1 + 1e-7
 
 
 @pytest.mark.peer
