@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxadv import attributions
+from jaxadv import attributions, validation
 from jaxadv.attacks.base import AttackResult
 from jaxadv.types import Array, LogitsFn, PRNGKey
 
@@ -291,8 +291,7 @@ def proxy_attack_map(attack_fn: AttackFn, logits_fn: LogitsFn, x_in: Array, key:
       (B, H, W).
     """
     _check_images(x_in, "x_in")
-    if isinstance(num_restarts, bool) or not isinstance(num_restarts, int) or num_restarts < 1:
-        raise ValueError(f"num_restarts must be an int >= 1; got {num_restarts!r}.")
+    num_restarts = validation.check_int("num_restarts", num_restarts, 1)
     y_hat = jnp.argmax(logits_fn(x_in), axis=-1)
     if num_restarts == 1:
         delta = attack_fn(logits_fn, x_in, y_hat, key).x_adv - x_in

@@ -49,6 +49,7 @@ from jaxadv.attacks import losses as losses_lib
 from jaxadv.attacks import projections
 from jaxadv.attacks.base import AttackResult, update_best
 from jaxadv.types import Array
+from jaxadv.validation import check_int
 
 APGD_NORMS = ("linf", "l2")
 APGD_LOSSES = ("ce", "dlr")
@@ -69,12 +70,6 @@ class RunStats(NamedTuple):
 
 def is_tracer(v) -> bool:
     return isinstance(v, jax.core.Tracer)
-
-
-def check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}.")
-    return int(value)
 
 
 def check_norm(norm: str, allowed=APGD_NORMS) -> str:

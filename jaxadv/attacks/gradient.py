@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxadv import validation
 from jaxadv.attacks import losses as losses_lib
 from jaxadv.attacks import projections
 from jaxadv.attacks.base import AttackResult, is_success, update_best
@@ -59,12 +60,6 @@ def _check_range(name: str, labels: np.ndarray, num_classes: int) -> None:
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"{name} must lie in [0, {num_classes}); got range "
                          f"[{labels.min()}, {labels.max()}].")
-
-
-def _check_count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be a Python int >= {minimum}; got {value!r}.")
-    return value
 
 
 def _per_example(v, x: Array) -> Array:
@@ -125,8 +120,8 @@ def pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, eps, step
     projections.check_norm(norm)
     _check_nonneg("eps", eps)
     _check_nonneg("step_size", step_size)
-    _check_count("num_steps", num_steps, 0)
-    _check_count("num_restarts", num_restarts, 1)
+    validation.check_int("num_steps", num_steps, 0)
+    validation.check_int("num_restarts", num_restarts, 1)
     start = projections.check_random_start(random_start)
     if num_restarts > 1 and start is None:
         raise ValueError(f"num_restarts={num_restarts} without random_start: every restart would "
@@ -379,7 +374,7 @@ def bim(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, eps, num_ste
         bounds: tuple[float, float] = (0.0, 1.0), l1_sparsity: float = 0.99) -> AttackResult:
     """BIM / I-FGSM (Kurakin et al. 2017): PGD from x (no random start), ``step_size`` default
     ``eps / num_steps`` (methods.md 2.2). Returns AttackResult (x_adv (B, ...), success, loss)."""
-    _check_count("num_steps", num_steps, 1)
+    validation.check_int("num_steps", num_steps, 1)
     if step_size is None:
         step_size = jnp.asarray(eps) / num_steps
     return pgd(logits_fn, x, y, key, eps=eps, step_size=step_size, num_steps=num_steps, norm=norm,
@@ -394,7 +389,7 @@ def mi_fgsm(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, eps,
     (normalised m for l2), from x, ``alpha = eps / num_steps`` by default.
 
     Returns AttackResult (x_adv (B, ...), success (B,), loss (B,))."""
-    _check_count("num_steps", num_steps, 1)
+    validation.check_int("num_steps", num_steps, 1)
     if step_size is None:
         step_size = jnp.asarray(eps) / num_steps
     return pgd(logits_fn, x, y, key, eps=eps, step_size=step_size, num_steps=num_steps, norm=norm,

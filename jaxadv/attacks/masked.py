@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxadv import validation
 from jaxadv.attacks import projections
 from jaxadv.attacks.base import AttackResult, is_success, update_best
 from jaxadv.attacks.gradient import KL_LOSSES, classification_objective, summed_objective
@@ -89,9 +90,8 @@ def masked_pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, ma
     for name, v in (("step_size", step_size),):
         if not _is_tracer(v) and (np.any(np.asarray(v) < 0) or np.any(~np.isfinite(v))):
             raise ValueError(f"{name} must be finite and >= 0; got {v}.")
-    for name, v, lowest in (("num_steps", num_steps, 0), ("num_restarts", num_restarts, 1)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < lowest:
-            raise ValueError(f"{name} must be a Python int >= {lowest}; got {v!r}.")
+    num_steps = validation.check_int("num_steps", num_steps, 0)
+    num_restarts = validation.check_int("num_restarts", num_restarts, 1)
     start = projections.check_random_start(random_start)
     if num_restarts > 1 and start is None:
         raise ValueError(f"num_restarts={num_restarts} without random_start: every restart would "

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxadv import validation
 from jaxadv.attacks import projections
 from jaxadv.attacks.base import AttackResult, is_success, update_best
 from jaxadv.attacks.targets import all_other_targets
@@ -227,16 +228,15 @@ def attack_over_eps(attack_fn, logits_fn, x: Array, y: Array, key: jax.Array, *,
         eps_batch_size = 1 if jax.default_backend() == "cpu" else None
     if eps_batch_size is None:
         return jax.vmap(one)(eps)
-    if isinstance(eps_batch_size, bool) or not isinstance(eps_batch_size, int) or (
-            eps_batch_size < 1):
+    if (isinstance(eps_batch_size, bool | np.bool_)
+            or not isinstance(eps_batch_size, int | np.integer) or eps_batch_size < 1):
         raise ValueError(f"eps_batch_size must be 'auto', None or a positive int; got "
                          f"{eps_batch_size!r}.")
-    return lax.map(one, eps, batch_size=eps_batch_size)
+    return lax.map(one, eps, batch_size=int(eps_batch_size))
 
 
 def _restart_keys(key: jax.Array, num_restarts: int) -> jax.Array:
-    if isinstance(num_restarts, bool) or not isinstance(num_restarts, int) or num_restarts < 1:
-        raise ValueError(f"num_restarts must be a Python int >= 1; got {num_restarts!r}.")
+    num_restarts = validation.check_int("num_restarts", num_restarts, 1)
     # The same keys as pgd(num_restarts=R): the key itself for R = 1, split(key, R) otherwise.
     return key[None] if num_restarts == 1 else jax.random.split(key, num_restarts)
 

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxadv import validation
 from jaxadv.attributions import _common
 from jaxadv.types import Array, LogitsFn
 
@@ -83,8 +84,7 @@ def blur_integrated_gradients(logits_fn: LogitsFn, x: Array, target, *, max_sigm
       (B, H, W, C); sum ~ f_c(x) - f_c(blur(x, max_sigma)).
     """
     t = _common.prepare(logits_fn, x, target)
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be an int >= 1; got {num_steps!r}.")
+    num_steps = validation.check_int("num_steps", num_steps, 1)
     if not max_sigma > 0:
         raise ValueError(f"max_sigma must be > 0; got {max_sigma}.")
     r = int(4.0 * max_sigma + 0.5) if radius is None else radius

@@ -15,6 +15,7 @@ E[sum EG] = f_c(x) - E_r f_c(r) (for stdev = 0).
 import jax
 import jax.numpy as jnp
 
+from jaxadv import validation
 from jaxadv.attributions import _common
 from jaxadv.types import Array, LogitsFn, PRNGKey
 
@@ -44,15 +45,19 @@ def expected_gradients(logits_fn: LogitsFn, x: Array, target, key: PRNGKey, *, r
     if refs.ndim != x.ndim or refs.shape[1:] != x.shape[1:] or refs.shape[0] < 1:
         raise ValueError(f"references must have shape (N, *x.shape[1:]) = (N, {x.shape[1:]}); "
                          f"got {refs.shape}.")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be an int >= 1; got {num_samples!r}.")
+    validation.check_finite(refs, "references", fix="every draw from such a reference gives a "
+                            "NaN map; drop or repair those references.")
+    num_samples = validation.check_int("num_samples", num_samples, 1)
+    validation.check_nonnegative("stdev", stdev, "the noise's standard deviation")
     batch = x.shape[0]
 
     def draw(k):  # (point, path difference) of one Monte-Carlo draw
         k_idx, k_alpha, k_noise = jax.random.split(k, 3)
         idx = jax.random.randint(k_idx, (batch,), 0, refs.shape[0])
         alpha = jax.random.uniform(k_alpha, (batch,), x.dtype)
-        xn = x + stdev * jax.random.normal(k_noise, x.shape, x.dtype) if stdev else x
+        # A traced stdev (jit / vmap over it) always draws; a concrete 0 skips the draw.
+        noisy = not validation.is_concrete(stdev) or stdev != 0
+        xn = x + stdev * jax.random.normal(k_noise, x.shape, x.dtype) if noisy else x
         r = refs[idx]
         diff = xn - r
         return r + _common.per_example(alpha, x) * diff, diff

@@ -20,6 +20,7 @@ evaluations, jit-able and differentiable.
 import jax
 import jax.numpy as jnp
 
+from jaxadv import validation
 from jaxadv.attributions import _common
 from jaxadv.attributions.integrated_gradients import make_baseline
 from jaxadv.types import Array, LogitsFn, PRNGKey
@@ -47,8 +48,8 @@ def guided_integrated_gradients(logits_fn: LogitsFn, x: Array, target, *, baseli
       (B, H, W, C).
     """
     t = _common.prepare(logits_fn, x, target)
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be an int >= 1; got {num_steps!r}.")
+    num_steps = validation.check_int("num_steps", num_steps, 1)
+    num_inner = validation.check_int("num_inner", num_inner, 1)
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1]; got {fraction}.")
     if not 0.0 <= max_dist <= 1.0:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from jaxadv import validation
 from jaxadv.attributions import _common
 from jaxadv.attributions.gradients import saliency
 from jaxadv.types import Array, LogitsFn, PRNGKey
@@ -42,12 +43,14 @@ def _tunnel(attribution_fn, x, key, *, num_samples, stdev, kind, noise, chunk_si
         if noise.shape[1:] != x.shape or noise.shape[0] < 1:
             raise ValueError(f"noise must have shape (num_samples, *x.shape) = (S, {x.shape}); "
                              f"got {noise.shape}.")
+        validation.check_finite(noise, "noise", fix="the noisy copies would not be finite images; "
+                                "pass finite samples.")
         num_samples = noise.shape[0]
     else:
         if key is None:
             raise ValueError("noise_tunnel needs a key (jax.random.key(...)) or explicit noise.")
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be an int >= 1; got {num_samples!r}.")
+        num_samples = validation.check_int("num_samples", num_samples, 1)
+        validation.check_nonnegative("stdev", stdev, "the noise's standard deviation")
     chunk = _common.resolve_chunk_size(chunk_size, num_samples, batch=x.shape[0],
                                        one_point=lambda: stack_fn(x[None]))
     num_chunks = -(-num_samples // chunk)
@@ -61,23 +64,43 @@ def _tunnel(attribution_fn, x, key, *, num_samples, stdev, kind, noise, chunk_si
         keys = jnp.concatenate([keys, keys[: total - num_samples]])
         items = keys.reshape(num_chunks, chunk)
 
-    def body(carry, inp):
-        s, s2 = carry
-        its, ok = inp
+    def maps(its, ok):
         if noise is None:
             its = jax.vmap(lambda k: stdev * jax.random.normal(k, x.shape, x.dtype))(its)
         a = stack_fn(x[None] + its)
-        m = jnp.reshape(ok, (-1,) + (1,) * (a.ndim - 1)).astype(a.dtype)
-        return (s + jnp.sum(a * m, axis=0), s2 + jnp.sum(a * a * m, axis=0)), None
+        return a, jnp.reshape(ok, (-1,) + (1,) * (a.ndim - 1)).astype(a.dtype)
 
     zeros = jnp.zeros(out_shape.shape, out_shape.dtype)
-    s, s2 = _common.scan_chunks(body, (zeros, zeros), (items, valid))
-    mean, mean_sq = s / num_samples, s2 / num_samples
-    if kind == "smoothgrad":
-        return mean
-    if kind == "smoothgrad_sq":
-        return mean_sq
-    return mean_sq - mean * mean
+    if kind == "vargrad":
+        return _variance(maps, zeros, items, valid)
+
+    def body(s, inp):
+        a, m = maps(*inp)
+        return s + jnp.sum((a * a if kind == "smoothgrad_sq" else a) * m, axis=0), None
+
+    return _common.scan_chunks(body, zeros, (items, valid)) / num_samples
+
+
+def _variance(maps, zeros, items, valid):
+    """Population variance of the maps over the samples, merged chunk by chunk (Chan, Golub &
+    LeVeque 1979): each chunk's sum of squared deviations from its own mean, plus the shift
+    between the running and the chunk mean. E[a^2] - E[a]^2 (Captum's form) cancels
+    catastrophically in float32 where the maps are large and vary little: negative variances, and
+    relative errors above 1 on a nearly linear model."""
+    def body(carry, inp):
+        n, mean, m2 = carry
+        a, m = maps(*inp)
+        n_c = jnp.sum(m)  # valid samples in this chunk (m: (c, 1, ..., 1) of 0 / 1)
+        mean_c = jnp.sum(a * m, axis=0) / jnp.maximum(n_c, 1)
+        m2_c = jnp.sum(jnp.square(a - mean_c) * m, axis=0)
+        total = n + n_c
+        shift = mean_c - mean
+        mean = mean + shift * (n_c / total)
+        return (total, mean, m2 + m2_c + jnp.square(shift) * (n * n_c / total)), None
+
+    n0 = jnp.zeros((), zeros.dtype)
+    total, _, m2 = _common.scan_chunks(body, (n0, zeros, zeros), (items, valid))
+    return jnp.maximum(m2 / total, 0.0)
 
 
 def noise_tunnel(attribution_fn: Callable[[Array], Array], x: Array, key: PRNGKey | None, *,

@@ -15,15 +15,20 @@ Patches are evaluated ``chunk_size`` at a time (one model call on chunk_size * B
 import jax.numpy as jnp
 import numpy as np
 
+from jaxadv import validation
 from jaxadv.attributions import _common
 from jaxadv.types import Array, LogitsFn
 
 
+def _is_int(u) -> bool:
+    return isinstance(u, int | np.integer) and not isinstance(u, bool | np.bool_)
+
+
 def _pair(v, name):
-    if isinstance(v, int) and not isinstance(v, bool):
+    if _is_int(v):
         v = (v, v)
     if (not isinstance(v, tuple | list) or len(v) != 2
-            or not all(isinstance(u, int) and not isinstance(u, bool) and u >= 1 for u in v)):
+            or not all(_is_int(u) and u >= 1 for u in v)):
         raise ValueError(f"{name} must be a positive int or a pair of them; got {v!r}.")
     return tuple(int(u) for u in v)
 
@@ -45,7 +50,7 @@ def occlusion_masks(height: int, width: int, *, window=(8, 8), strides=1) -> np.
 
 
 def occlusion(logits_fn: LogitsFn, x: Array, target, *, window=(8, 8), strides=1,
-              fill=0.0, chunk_size: int | None = None) -> Array:
+              fill=0.0, chunk_size: int | str | None = None) -> Array:
     """Occlusion map of the target logit.
 
     Args:
@@ -56,7 +61,8 @@ def occlusion(logits_fn: LogitsFn, x: Array, target, *, window=(8, 8), strides=1
       strides: patch stride s or (sh, sw) (<= window, so every pixel is covered; default 1, as
         Captum).
       fill: float, or an array shaped like x or like x[0] (e.g. a blurred copy).
-      chunk_size: patches per model call; None = all at once.
+      chunk_size: patches per model call; None = all at once; ``"auto"`` as in
+        :func:`jaxadv.attributions.integrated_gradients`.
 
     Returns:
       (B, H, W, C) (the same value in every channel of a pixel).
@@ -65,15 +71,8 @@ def occlusion(logits_fn: LogitsFn, x: Array, target, *, window=(8, 8), strides=1
     if x.ndim != 4:
         raise ValueError(f"occlusion expects (B, H, W, C) images; got shape {x.shape}.")
     masks_np = occlusion_masks(x.shape[1], x.shape[2], window=window, strides=strides)
-    if isinstance(fill, int | float) and not isinstance(fill, bool):
-        fill_arr = jnp.full_like(x, fill)
-    else:
-        fill_arr = jnp.asarray(fill, x.dtype)
-        if fill_arr.shape == x.shape[1:]:
-            fill_arr = jnp.broadcast_to(fill_arr, x.shape)
-        if fill_arr.shape != x.shape:
-            raise ValueError(f"fill must be a float or shaped like x {x.shape} or x[0]; got "
-                             f"shape {fill_arr.shape}.")
+    fill_arr = _common.constant_or_array(fill, x, "fill")
+    validation.check_finite(fill, "fill", fix="the occluded pixels' value must be finite.")
     counts = masks_np.sum(0)
     masks = jnp.asarray(masks_np, x.dtype)
     base = _common.select(logits_fn(x), t)
@@ -84,7 +83,8 @@ def occlusion(logits_fn: LogitsFn, x: Array, target, *, window=(8, 8), strides=1
         return base[None] - _common.stacked_scores(logits_fn, t, occluded)
 
     num = masks.shape[0]
-    chunk = _common.check_chunk_size(chunk_size, num)
+    chunk = _common.resolve_chunk_size(chunk_size, num, batch=x.shape[0],
+                                       one_point=lambda: drops(masks[:1]))
     num_chunks = -(-num // chunk)
     pad = num_chunks * chunk - num
     padded = jnp.concatenate([masks, jnp.zeros((pad,) + masks.shape[1:], x.dtype)])

@@ -21,6 +21,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxadv import sharding as sharding_lib
+from jaxadv import validation
 from jaxadv.attacks.gradient import pgd_boopathy_eval, resolve_unroll
 from jaxadv.attacks.sweep import attack_over_eps
 from jaxadv.data.pipeline import eval_batches
@@ -142,8 +143,7 @@ def robust_accuracy_curve(logits_fn: Callable, data, attack_fn: Callable, *, eps
     Returns:
       RobustAccuracy: epsilons (K,), robust_accuracy (K,), clean_accuracy, num_examples.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+    batch_size = validation.check_int("batch_size", batch_size, 1)
     if mesh is not None:
         sharding_lib.check_divisible(batch_size, mesh)
     eps_host = np.asarray(epsilons, np.float32)

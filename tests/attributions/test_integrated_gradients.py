@@ -151,3 +151,18 @@ def test_path_ig_matches_boopathy_formula_and_completeness():
     fine = path_integrated_gradients(ce, x, x_adv, num_steps=64, rule="gausslegendre")
     np.testing.assert_allclose(np.asarray(fine).sum((1, 2, 3)), ce(x_adv) - ce(x), rtol=1e-3,
                                atol=1e-5)
+
+
+def test_path_functions_must_return_per_example_values():
+    """A batch-mean loss would silently divide every map by B: refused, naming the fix."""
+    _, _, f = tiny_smallgap("softplus")
+    x = uniform_images(2, (12, 12, 1))
+    y = jnp.array([1, 6])
+
+    def mean_ce(logits, labels):
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+
+    with pytest.raises(ValueError, match=r"loss_fn must return one value per example, shape \(2,\)"):
+        path_ig(f.logits, x, x + 0.1, y, loss_fn=mean_ce)
+    with pytest.raises(ValueError, match=r"value_fn must return one value per example.*got shape \(\)"):
+        path_integrated_gradients(lambda z: jnp.sum(f.logits(z)[:, 1]), x, x + 0.1)

@@ -64,6 +64,31 @@ def test_linear_model_gradient_is_noise_free():
                                0.0, atol=1e-6)
 
 
+@pytest.mark.parametrize("chunk", [None, 2, 3])
+def test_var_grad_keeps_float32_precision_where_maps_are_large_and_vary_little(chunk):
+    """Maps of about 37 that vary by about 1e-2 across the samples (a large linear part plus a
+    small sine): E[a^2] - E[a]^2 cancels to float32 noise of about 1e-4 there, as large as the
+    variance itself, with negative values. The chunk-merged variance matches float64."""
+    w = 37.3 * jax.random.normal(jax.random.key(0), (12, 3))
+    x = uniform_images(4, (2, 2, 3))
+    noise = 0.15 * jax.random.normal(jax.random.key(1), (7,) + x.shape)
+
+    def logits(v):
+        z = v.reshape(v.shape[0], -1)
+        return z @ w.astype(z.dtype) + 0.01 * jnp.sum(jnp.sin(3.0 * z), -1, keepdims=True)
+
+    vg = np.asarray(var_grad(logits, x, 1, None, noise=noise, chunk_size=chunk))
+    with jax.enable_x64(True):
+        ref = np.asarray(var_grad(logits, np.asarray(x, np.float64), 1, None,
+                                  noise=np.asarray(noise, np.float64), chunk_size=chunk))
+    assert vg.min() >= 0.0 and ref.min() > 1e-6
+    np.testing.assert_allclose(vg, ref, rtol=1e-2)
+    # On a linear model every sample's map is the same: the variance is 0 up to rounding.
+    lin = var_grad(lambda v: v.reshape(v.shape[0], -1) @ w, x, 1, None, noise=noise,
+                   chunk_size=chunk)
+    assert float(jnp.min(lin)) >= 0.0 and float(jnp.max(lin)) <= 1e-9
+
+
 def test_around_any_method_with_its_keywords():
     f, x, t, noise, _ = _setup()
     out = smooth_grad(f.logits, x, t, None, noise=noise[:2], method=integrated_gradients,
