@@ -13,7 +13,7 @@ each of ``num_rounds`` rounds runs ``num_steps`` steps from x (no random start)
 
 and then moves eps inside the bracket [eps_min, eps_max] (initially ``eps_bounds``):
 
-    success (margin < 0): eps_max = eps, eps = (eps_min + eps_max) / 2
+    success (unclipped margin < 0): eps_max = eps, eps = (eps_min + eps_max) / 2
     failure:              eps_min = eps, eps = min(2 eps, (eps_min + eps_max) / 2)
 
 starting from ``eps_init``; the result is eps_adv = eps_max. Defaults are the paper's: eps0 = 0.05,
@@ -117,8 +117,10 @@ def min_eps_bisection(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *
     b, dt = x.shape[0], x.dtype
 
     def margins(z):
-        m = margin_loss(logits_fn(z), y, t, kappa)
-        return jnp.sum(m), m
+        # The step descends the kappa-clipped margin; success is decided on the unclipped one
+        # (the clipped one never goes below 0 at kappa = 0).
+        logits = logits_fn(z)
+        return jnp.sum(margin_loss(logits, y, t, kappa)), margin_loss(logits, y, t, jnp.inf)
 
     grad_fn = jax.grad(margins, has_aux=True)
 
@@ -137,7 +139,7 @@ def min_eps_bisection(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *
 
         z, found, z_found = lax.fori_loop(0, num_steps, body,
                                           (x, jnp.zeros((b,), jnp.bool_), x))
-        hit = (margin_loss(logits_fn(z), y, t, kappa) < 0) & ~found
+        hit = (margin_loss(logits_fn(z), y, t, jnp.inf) < 0) & ~found
         return found | hit, jnp.where(per_example(hit, x), z, z_found)
 
     def round_(_, carry):

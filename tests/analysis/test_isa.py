@@ -168,6 +168,19 @@ def test_isa_invariants(net, data, isa_run):
     assert np.all(np.asarray(md.discrepancy)[ok] >= np.asarray(md.bound)[ok] - 1e-5)
 
 
+def test_kappa_zero_finds_sneaking_examples(net, data, isa_run):
+    """At kappa = 0 the clipped margin is never below 0: success is decided on the unclipped
+    margin, so ISA finds examples as it does at kappa = 0.1 (earlier: none at all)."""
+    features, _, cam, logits_fn = net
+    x, y = data
+    res = jax.jit(lambda xx, yy: isa(logits_fn, cam_class_maps(features, cam), xx, yy,
+                                     jax.random.key(8), kappa=0.0, multipliers=(1.5,),
+                                     eps_rounds=6, gamma_rounds=2))(x, y)
+    found = np.isfinite(np.asarray(res.eps_adv))
+    assert found.sum() >= np.isfinite(np.asarray(isa_run[0].eps_adv)).sum() - 1 >= 2
+    assert np.asarray(res.success)[0, found].mean() > 0.8
+
+
 def test_gamma_trades_discrepancy_for_radius(net, data, isa_run):
     """The gamma search only ever lowers the discrepancy relative to gamma = 0 at the same radius:
     with a large weight the kept examples change the maps less than plain attacks do."""

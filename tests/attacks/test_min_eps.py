@@ -61,6 +61,18 @@ def test_two_classes_matches_oracle_bracketing(seed, key):
     assert adv.min() >= 0 and adv.max() <= 1
 
 
+@pytest.mark.parametrize("kappa", [0.0, 1e-6])
+def test_kappa_zero_succeeds_like_a_tiny_kappa(kappa, key):
+    """kappa = 0 clips the margin at 0, where it never goes below: success is decided on the
+    unclipped margin (earlier: no example ever succeeded at kappa = 0, eps_adv = inf)."""
+    f, w, b, x, y = linear_problem(0, num_classes=2)
+    res = _run_linear(w, b, x, y, key, kappa=kappa)
+    exact = boundary_distances(w, b, x, y, "linf").min(-1)
+    expect = np.array([_bracket_with_oracle(e) for e in exact])
+    assert np.all(np.asarray(res.success))
+    np.testing.assert_allclose(-np.asarray(res.loss), expect, rtol=1e-5)
+
+
 def _lp_targeted_linf(w, b, x, t):
     """min_delta ||delta||_inf s.t. z_t(x + delta) >= z_j(x + delta) for all j, x + delta in [0,1]."""
     so = pytest.importorskip("scipy.optimize")
