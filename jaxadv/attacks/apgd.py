@@ -48,6 +48,7 @@ from jax import lax
 from jaxadv.attacks import losses as losses_lib
 from jaxadv.attacks import projections
 from jaxadv.attacks.base import AttackResult, update_best
+from jaxadv.attacks.targets import check_targets_differ
 from jaxadv.types import Array
 from jaxadv.validation import check_int
 
@@ -428,6 +429,7 @@ def apgd(logits_fn: Callable, x: Array, y: Array, key: jax.Array, *, eps, norm: 
     _check_apgd_args(norm, num_steps, loss, num_restarts, rho, eot_iter)
     x, y, k = check_common(logits_fn, x, y, eps=eps, bounds=bounds, randomized=randomized)
     t = None if targets is None else check_labels("targets", targets, k, x.shape[0])
+    check_targets_differ(targets, y)
     if x_init is not None:
         projections.check_x_init(x_init, x, num_restarts)
     if loss == "dlr" and k < (4 if t is not None else 3):

@@ -34,7 +34,7 @@ from jax import lax
 
 from jaxadv.attacks.apgd import check_common, check_int, check_labels, is_tracer, per_example
 from jaxadv.attacks.base import AttackResult, is_success
-from jaxadv.attacks.targets import resolve_targets
+from jaxadv.attacks.targets import check_targets_differ, resolve_targets
 from jaxadv.types import Array, LogitsFn
 
 # Carlini's "no upper bound on c found yet" sentinel.
@@ -53,6 +53,7 @@ def prepare(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, targets, bo
                         logits_clean_fn=lambda: logits_fn(x))
     if t is not None:
         t = check_labels("targets", t, k, x.shape[0])
+        check_targets_differ(targets, y)
     return x, y, t, k
 
 

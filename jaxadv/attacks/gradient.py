@@ -38,7 +38,7 @@ from jaxadv.attacks import projections
 from jaxadv.attacks.base import AttackResult, is_success, update_best
 from jaxadv.attacks.step_rules import get_step_rule
 from jaxadv.attacks.sweep import best_over
-from jaxadv.attacks.targets import resolve_targets
+from jaxadv.attacks.targets import check_targets_differ, resolve_targets
 from jaxadv.types import Array, LogitsFn
 
 KL_LOSSES = ("kl", "trades")
@@ -128,6 +128,7 @@ def pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, eps, step
                          "be identical; set random_start=True or num_restarts=1.")
     if bounds[0] >= bounds[1]:
         raise ValueError(f"bounds must be (low, high) with low < high; got {bounds}.")
+    projections.check_in_bounds(x, bounds)
     x = jnp.asarray(x)
     if x_init is not None:
         projections.check_x_init(x_init, x, num_restarts)
@@ -150,7 +151,7 @@ def pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, eps, step
             x0 = feasible(x + projections.random_start(run_key, x, eps, norm,
                                                        distribution=start))
         else:
-            x0 = projections.clip_to_bounds(x, bounds)
+            x0 = projections.clip_to_bounds(x, bounds)  # x itself: checked to lie in bounds
         best0 = AttackResult(x0, jnp.zeros((b,), jnp.bool_), jnp.full((b,), -jnp.inf, x.dtype))
 
         def body(_, carry):
@@ -246,6 +247,7 @@ def classification_objective(logits_fn: LogitsFn, x: Array, y: Array, *, loss_fn
                         logits_clean_fn=lambda: logits_fn(x))
     if t is not None and not _is_tracer(t):
         _check_range("targets", np.asarray(t), num_classes)
+        check_targets_differ(targets, y)
 
     if isinstance(loss_fn, str) and loss_fn in KL_LOSSES:
         if t is not None:

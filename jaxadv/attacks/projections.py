@@ -178,3 +178,19 @@ def check_attack_inputs(x: Array, y: Array, *, eps=None, num_classes: int | None
         raise ValueError(f"bounds must be (low, high) with low < high; got {bounds}.")
     validation.check_finite(x, fix="an attack on such an input is meaningless. Drop or repair those "
                             "examples (e.g. jnp.nan_to_num) before attacking them.")
+    if bounds is not None:
+        check_in_bounds(x, bounds)
+
+
+def check_in_bounds(x: Array, bounds: tuple[float, float]) -> None:
+    """ValueError if a concrete x leaves ``bounds`` (beyond float rounding): every attack clips its
+    iterates to the box, which would move x itself, so the result would leave B(x, eps)."""
+    if isinstance(x, jax.core.Tracer) or isinstance(bounds[0], jax.core.Tracer):
+        return
+    lo, hi = float(bounds[0]), float(bounds[1])
+    v = np.asarray(x)
+    slack = 1e-6 * (hi - lo)
+    if v.size and (v.min() < lo - slack or v.max() > hi + slack):
+        raise ValueError(f"x must lie in bounds ({lo:g}, {hi:g}); got values in "
+                         f"[{v.min():g}, {v.max():g}]. Pass the data's range as bounds (e.g. "
+                         f"bounds=(0, 255) for raw pixels) or scale x into the box.")

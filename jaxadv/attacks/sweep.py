@@ -34,7 +34,7 @@ from jax import lax
 from jaxadv import validation
 from jaxadv.attacks import projections
 from jaxadv.attacks.base import AttackResult, is_success, update_best
-from jaxadv.attacks.targets import all_other_targets
+from jaxadv.attacks.targets import all_other_targets, check_targets_differ
 from jaxadv.types import Array
 
 
@@ -121,6 +121,21 @@ def _clip_and_score(logits_fn, x, y, raw, eps, norm, bounds, targets):
     return clipped, is_success(logits_fn(clipped), y, targets)
 
 
+#: (B,) keyword arguments that follow their examples when ``nested=True`` regroups them.
+PER_EXAMPLE_VECTORS = ("targets", "step_size")
+
+
+def _is_per_example(name: str, v, x: Array) -> bool:
+    """Whether keyword ``name`` = ``v`` holds one entry per example of x (B, ...): an array shaped
+    (B, ...) with x's number of axes (a start x_init, a per-example mask), or a (B,) array named in
+    :data:`PER_EXAMPLE_VECTORS`. Not guessed from the first axis alone: a shared (H, W, 1) mask
+    with H == B must stay as it is."""
+    shape = getattr(v, "shape", ())
+    if len(shape) == 0 or shape[0] != x.shape[0]:
+        return False
+    return len(shape) == x.ndim or (len(shape) == 1 and name in PER_EXAMPLE_VECTORS)
+
+
 def _nested_over_eps(attack_fn, logits_fn, x, y, key, eps, kw, norm, bounds, targets,
                      chunk: int) -> SweepResult:
     """``attack_over_eps(..., nested=True)``: the radii in increasing order, each attacking only
@@ -128,8 +143,7 @@ def _nested_over_eps(attack_fn, logits_fn, x, y, key, eps, kw, norm, bounds, tar
     b = x.shape[0]
     chunk = max(1, min(int(chunk), b))
     n_chunks = -(-b // chunk)
-    per_example = {k: jnp.asarray(v) for k, v in kw.items()
-                   if getattr(v, "ndim", 0) >= 1 and v.shape[0] == b}
+    per_example = {k: jnp.asarray(v) for k, v in kw.items() if _is_per_example(k, v, x)}
     shared = {k: v for k, v in kw.items() if k not in per_example}
     order = jnp.argsort(eps)
 
@@ -198,8 +212,10 @@ def attack_over_eps(attack_fn, logits_fn, x: Array, y: Array, key: jax.Array, *,
         gathered to the front and attacked in chunks of ``nested_chunk``; a chunk with none
         standing is skipped (``lax.cond``), which is where the time goes down. Success is
         monotone in eps and at least that of the clean input; random starts differ from the
-        independent sweep (chunk i uses ``fold_in(key, i)``). Keyword arrays with a leading axis
-        of B (targets, x_init) are gathered with the examples.
+        independent sweep (chunk i uses ``fold_in(key, i)``). Per-example keyword arrays are
+        gathered with the examples: those shaped (B, ...) like x (x_init, a per-example mask)
+        and (B,) ``targets`` / ``step_size``; the others (a shared (H, W, 1) mask) are passed
+        as they are.
       nested_chunk: examples per attacked chunk with ``nested=True``.
       **attack_kw: the attack's other hyperparameters (e.g. step_size, num_steps, targets as (B,)).
 
@@ -249,7 +265,16 @@ def attack_over_restarts(attack_fn, logits_fn, x: Array, y: Array, key: jax.Arra
       ``(runs, best)``: runs is an AttackResult with x_adv (R, B, ...), success and loss (R, B);
       best is the per-example best over restarts (B, ...). ``pgd(..., num_restarts=R)`` returns
       the same ``best`` as this sweep of ``pgd(..., num_restarts=1)`` with the same key.
+
+    Raises:
+      ValueError: ``targets`` given as a choice (``"random"``, ...): each restart would draw its
+        own targets and the best would mix attacks on different classes; resolve them first.
     """
+    t = attack_kw.get("targets")
+    if isinstance(t, str):
+        raise ValueError(f"attack_over_restarts needs the targets themselves: with "
+                         f"targets={t!r} every restart would choose its own and the best would mix "
+                         f"different targets; resolve them first (jaxadv.attacks.targets).")
     keys = _restart_keys(key, num_restarts)
     runs = jax.vmap(lambda k: attack_fn(logits_fn, x, y, k, **attack_kw))(keys)
     return runs, best_over(runs)
@@ -269,6 +294,7 @@ def _target_matrix(targets, logits_fn, x: Array, y: Array) -> Array:
         if host.size and (host.min() < 0 or host.max() >= num_classes):
             raise ValueError(f"targets must lie in [0, {num_classes}); got range "
                              f"[{host.min()}, {host.max()}].")
+        check_targets_differ(targets, y)
     return t.astype(jnp.int32)
 
 

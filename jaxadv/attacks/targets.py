@@ -5,6 +5,7 @@ All functions are pure and jit-compatible; labels are int32 (B,), logits (B, K).
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxadv.types import Array
 
@@ -88,5 +89,21 @@ def resolve_targets(targets, *, key: jax.Array, y: Array, logits_clean_fn) -> Ar
     return t.astype(jnp.int32)
 
 
-__all__ = ["TARGET_CHOICES", "all_other_targets", "least_likely_targets", "random_targets",
-           "resolve_targets", "top_k_targets"]
+def check_targets_differ(targets, y) -> None:
+    """ValueError where concrete, given targets (B,) or (T, B) equal the labels y (B,): a targeted
+    attack towards an example's own label 'succeeds' at distance 0. (Call after the range check;
+    the choices such as ``"random"`` are not inspected.)"""
+    if (targets is None or isinstance(targets, str) or isinstance(targets, jax.core.Tracer)
+            or isinstance(y, jax.core.Tracer)):
+        return
+    same = np.asarray(targets) == np.asarray(y)
+    if same.any():
+        rows = np.flatnonzero(same.reshape(-1, same.shape[-1]).any(axis=0))
+        shown = ", ".join(str(r) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+        raise ValueError(f"targets equal the labels for examples [{shown}]; a targeted attack "
+                         f"towards an example's own class succeeds at distance 0. Choose other "
+                         f"classes (e.g. targets='random').")
+
+
+__all__ = ["TARGET_CHOICES", "all_other_targets", "check_targets_differ", "least_likely_targets",
+           "random_targets", "resolve_targets", "top_k_targets"]

@@ -541,3 +541,42 @@ def test_unrolled_loop_equals_fori_loop():
     assert G.resolve_unroll(None, 7) == (jax.default_backend() == "cpu"
                                          and 7 <= G.UNROLL_MAX_STEPS)
     assert G.resolve_unroll(True, 1000) and not G.resolve_unroll(False, 1)
+
+
+def _attack_calls():
+    from jaxadv.attacks.apgd import apgd_ce
+    from jaxadv.attacks.cw import cw_l2
+    from jaxadv.attacks.square import square
+
+    return {
+        "fgsm": lambda f, x, y, k, **kw: G.fgsm(f, x, y, k, eps=8.0, **kw),
+        "pgd": lambda f, x, y, k, **kw: G.pgd(f, x, y, k, eps=8.0, step_size=2.0, num_steps=1,
+                                              **kw),
+        "apgd_ce": lambda f, x, y, k, **kw: apgd_ce(f, x, y, k, eps=8.0, num_steps=2, **kw),
+        "square": lambda f, x, y, k, **kw: square(f, x, y, k, eps=8.0, num_queries=2, **kw),
+        "cw_l2": lambda f, x, y, k, **kw: cw_l2(f, x, y, k, num_binary_steps=1, num_steps=1,
+                                                **kw),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_attack_calls()))
+def test_inputs_outside_the_box_are_refused(name, key):
+    """x in [0, 255] with the default bounds (0, 1): every iterate is clipped to the box, which
+    moves x itself, so the 'adversarial example' would leave B(x, eps) by about 250."""
+    logits_fn = mlp_model()
+    x = interior_inputs() * 255.0
+    y = jnp.arange(4, dtype=jnp.int32)
+    with pytest.raises(ValueError, match=r"x must lie in bounds \(0, 1\); got values in "
+                                         r"\[76.*bounds=\(0, 255\)"):
+        _attack_calls()[name](logits_fn, x, y, key)
+    # With the data's range as bounds the same call runs.
+    _attack_calls()[name](logits_fn, x, y, key, bounds=(0.0, 255.0))
+
+
+@pytest.mark.parametrize("name", ["pgd", "fgsm", "cw_l2"])
+def test_targets_equal_to_the_labels_are_refused(name, key):
+    logits_fn = mlp_model()
+    x = interior_inputs()
+    y = jnp.arange(4, dtype=jnp.int32)
+    with pytest.raises(ValueError, match=r"targets equal the labels for examples \[0, 1, 2, 3\]"):
+        _attack_calls()[name](logits_fn, x, y, key, targets=y)

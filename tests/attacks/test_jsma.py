@@ -106,7 +106,7 @@ def test_probs_saliency_runs_and_clean_target(key):
     x = rng.uniform(0, 0.98, (4, 8, 8, 1)).astype(np.float32)
     y = np.argmax(np.asarray(f(x)), -1).astype(np.int32)
     t = y.copy()
-    t[1:] = (y[1:] + 1) % 10
+    t[1:] = (y[1:] + 2) % 10  # not the labels (y + 1) % 10 either
     res = J.jsma(f, x, (y + 1) % 10, key, targets=jnp.asarray(t), saliency_on="probs",
                  gamma=0.3)
     assert bool(res.success[0]) and float(res.loss[0]) == 0.0  # already the target

@@ -287,3 +287,27 @@ def test_nested_eps_sweep_gathers_per_example_targets(key):
                            num_steps=20)
     assert bool(jnp.all(sw.success[0]))
     np.testing.assert_array_equal(jnp.argmax(f(sw.clipped[0]), -1), targets)
+
+
+def test_nested_eps_sweep_passes_a_shared_mask_unchanged(key):
+    """A batch-wide (H, W, 1) mask whose H happens to equal B is not a per-example array: the
+    nested sweep must not permute its rows with the examples (earlier it did, and the perturbation
+    landed outside the mask; with smaller chunks it failed to broadcast)."""
+    from jaxadv.attacks.masked import masked_pgd
+
+    f = easy_linear_problem()
+    x = jax.random.uniform(jax.random.key(3), (4, 4, 4, 1))
+    y = jnp.arange(4, dtype=jnp.int32) % K
+    mask = jnp.zeros((4, 4, 1)).at[0].set(1.0)   # only image row 0 may change; H == B == 4
+    for chunk in (4, 2):
+        sw = S.attack_over_eps(masked_pgd, f, x, y, key, epsilons=[0.3], nested=True,
+                               nested_chunk=chunk, mask=mask, step_size=0.1, num_steps=5)
+        moved = np.abs(np.asarray(sw.clipped[0] - x)).max(axis=(0, 2, 3))  # per image row
+        assert moved[0] > 0 and np.all(moved[1:] == 0), (chunk, moved)
+
+
+def test_restarts_refuse_target_choices(key):
+    f = mlp_model()
+    x, y = data()
+    with pytest.raises(ValueError, match="attack_over_restarts needs the targets themselves"):
+        S.attack_over_restarts(G.pgd, f, x, y, key, num_restarts=2, targets="random", **PGD_KW)
