@@ -82,7 +82,13 @@ class Checkpointer:
     def save(self, state: TrainState, *, metrics: dict | None = None) -> None:
         step = int(jax.device_get(state.step))
         self.last.save(step, args=ocp.args.StandardSave(state.checkpoint_items()))
+        self.save_best(state, metrics=metrics)
+
+    def save_best(self, state: TrainState, *, metrics: dict | None) -> None:
+        """Offers ``state`` to the best-checkpoint manager (kept if its ``best_metric`` is the
+        highest so far); nothing without a best manager or without that metric."""
         if self.best is not None and metrics and self.best_metric in metrics:
+            step = int(jax.device_get(state.step))
             self.best.save(step, args=ocp.args.StandardSave(state.checkpoint_items()),
                            metrics={k: float(v) for k, v in metrics.items()})
 

@@ -8,9 +8,11 @@ exactly the parameters of a run that was never interrupted: per-step keys are
 import json
 import os
 import time
+import warnings
 from collections.abc import Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
@@ -79,10 +81,24 @@ class JsonLogger:
 
     def __init__(self, workdir: str, *, start_step: int):
         self.path = os.path.join(workdir, "metrics.jsonl")
-        # drop lines from beyond the checkpoint we resume from (one writer on multi-process runs)
+        # drop lines from beyond the checkpoint we resume from (one writer on multi-process runs),
+        # and any line a killed run left half-written (it would block every resume)
         if os.path.exists(self.path) and jax.process_index() == 0:
+            kept, torn = [], 0
             with open(self.path) as f:
-                kept = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= start_step]
+                for ln in f:
+                    if not ln.strip():
+                        continue
+                    try:
+                        record = json.loads(ln)
+                    except json.JSONDecodeError:
+                        torn += 1
+                        continue
+                    if record.get("step", 0) <= start_step:
+                        kept.append(ln if ln.endswith("\n") else ln + "\n")
+            if torn:
+                warnings.warn(f"{self.path}: dropped {torn} unreadable line(s), e.g. one a killed "
+                              f"run left half-written.", stacklevel=2)
             with open(self.path, "w") as f:
                 f.writelines(kept)
 
@@ -139,6 +155,21 @@ def _check_finite(summary: dict, step: int, workdir: str, last_good: int | None)
             "(--config.optimizer.grad_clip_norm=1.0) or check the inputs, then rerun.")
 
 
+def _check_num_classes(model, sample_shape, sources) -> None:
+    """The model must have an output for every class of the data: inside the jitted step the
+    labels are not checked, and a label >= K gets an all-zero one-hot target (no loss at all)."""
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(sample_shape, jnp.float32))
+    out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros(sample_shape, jnp.float32)),
+                         variables)
+    k = out.shape[-1]
+    for src in sources:
+        need = getattr(src, "num_classes", None)
+        if need is not None and need > k:
+            raise ValueError(f"The data has {need} classes but the model has {k} outputs; set "
+                             f"model.kwargs.num_classes={need} (--config.model.kwargs."
+                             f"num_classes={need}).")
+
+
 def train_and_evaluate(config: Mapping, workdir: str, *, verbose: bool = True) -> dict:
     """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints) and evaluates it.
 
@@ -156,6 +187,7 @@ def train_and_evaluate(config: Mapping, workdir: str, *, verbose: bool = True) -
     key = jax.random.key(config.seed)
     init_key, train_key, data_key = jax.random.split(key, 3)
     sample_shape = (1,) + tuple(train_src.get(np.arange(1))[0].shape[1:])
+    _check_num_classes(model, sample_shape, (train_src, test_src))
     ema_decay = float(t.get("ema_decay", 0.0)) or None
     state = create_train_state(model, tx, init_key, sample_shape, ema=ema_decay is not None)
     state = sharding.replicate(state, mesh)
@@ -218,50 +250,59 @@ def train_and_evaluate(config: Mapping, workdir: str, *, verbose: bool = True) -
     bar = tqdm(total=total_steps, initial=start, disable=not verbose, unit="step",
                dynamic_ncols=True)
     tic = time.perf_counter()
-    for step in range(start, total_steps):
-        batch = sharding.shard_batch(next(batches), mesh)
-        if acc is None:
-            if zeros is None:
-                zeros = zero_metrics(plain_step, state, batch, train_key)
-            acc = sharding.replicate(zeros, mesh)
-        if step == start:
-            t0 = time.perf_counter()
-            state, acc = train_step(state, acc, batch, train_key)
-            jax.block_until_ready(state.step)
-            compile_s = time.perf_counter() - t0
-            tic = time.perf_counter()
-        else:
-            state, acc = train_step(state, acc, batch, train_key)
-            examples += t.batch_size
-        done = step + 1
-        is_log = done % log_every == 0 or done == total_steps
-        is_ckpt = done % ckpt_every == 0 or done == total_steps
-        is_eval = (eval_every and done % eval_every == 0) or done == total_steps
-        if is_log or is_ckpt or is_eval:
-            summary = summarize(acc)
-            _check_finite(summary, done, workdir, last_good)
-            elapsed = time.perf_counter() - tic
-            record = {"step": done, "split": "train", **summary,
-                      "examples_per_second": examples / max(elapsed, 1e-9)}
-            if is_eval:
-                evals = run_evals(select_src, select_name,
-                                  num_eval if select_name == "test" else None)
-                record.update(evals)
-                last_evals = (done, select_name, evals)
-            logger.write(record)
-            bar.set_postfix(loss=f"{summary.get('loss', summary['objective']):.4f}",
-                            ex_s=f"{record['examples_per_second']:.0f}")
-            acc = None
-            if is_ckpt:
+    try:
+        for step in range(start, total_steps):
+            batch = sharding.shard_batch(next(batches), mesh)
+            if acc is None:
+                if zeros is None:
+                    zeros = zero_metrics(plain_step, state, batch, train_key)
+                acc = sharding.replicate(zeros, mesh)
+            if step == start:
+                t0 = time.perf_counter()
+                state, acc = train_step(state, acc, batch, train_key)
+                jax.block_until_ready(state.step)
+                compile_s = time.perf_counter() - t0
+                tic = time.perf_counter()
+            else:
+                state, acc = train_step(state, acc, batch, train_key)
+                examples += t.batch_size
+            done = step + 1
+            is_log = done % log_every == 0 or done == total_steps
+            is_ckpt = done % ckpt_every == 0 or done == total_steps
+            is_eval = (eval_every and done % eval_every == 0) or done == total_steps
+            if is_log or is_ckpt or is_eval:
+                summary = summarize(acc)
+                _check_finite(summary, done, workdir, last_good)
+                elapsed = time.perf_counter() - tic
+                record = {"step": done, "split": "train", **summary,
+                          "examples_per_second": examples / max(elapsed, 1e-9)}
+                if is_eval:
+                    evals = run_evals(select_src, select_name,
+                                      num_eval if select_name == "test" else None)
+                    record.update(evals)
+                    last_evals = (done, select_name, evals)
+                logger.write(record)
+                bar.set_postfix(loss=f"{summary.get('loss', summary['objective']):.4f}",
+                                ex_s=f"{record['examples_per_second']:.0f}")
+                acc = None
                 sel = {k[len(select_name) + 1:]: v for k, v in record.items()
-                       if k.startswith(select_name + "_")}
-                ckpt.save(state, metrics=sel if is_eval else None)
-                last_good = done
-        bar.update(1)
+                       if k.startswith(select_name + "_")} if is_eval else None
+                if is_ckpt:
+                    ckpt.save(state, metrics=sel)
+                    last_good = done
+                elif is_eval:  # every evaluation is a candidate for the best checkpoint
+                    ckpt.save_best(state, metrics=sel)
+            bar.update(1)
+    except BaseException:
+        # Finish the checkpoint saves in flight before the error (non-finite metrics, Ctrl-C)
+        # leaves: the last good checkpoint its message names must be on disk.
+        ckpt.wait()
+        ckpt.close()
+        raise
     bar.close()
     t_train = time.perf_counter() - tic
     ckpt.wait()
-    final_step = total_steps
+    final_step = int(jax.device_get(state.step))  # total_steps, or more for a run resumed past it
     if t.get("final_from_best", False) and best_metric and ckpt.best.latest_step() is not None:
         # Early stopping on the validation metric (Wong et al. 2020's guard for fast AT).
         final_step = ckpt.best.latest_step()

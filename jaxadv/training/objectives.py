@@ -14,13 +14,14 @@ adversarial ones live in :mod:`jaxadv.training.adversarial`, the interpretabilit
 """
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from jaxadv import validation
 from jaxadv.training.forward import forward, masked_mean
 from jaxadv.types import Array
 
@@ -81,9 +82,35 @@ def available_objectives() -> list[str]:
     return sorted(_objectives())
 
 
+#: Hyperparameters that must be finite numbers >= 0, and counts (minimum), wherever an objective
+#: takes them (checked by :func:`get_objective`, before anything is traced).
+_NONNEGATIVE = ("eps", "step_size", "gamma", "beta", "weight")
+_COUNTS = {"num_steps": 0, "ig_steps": 1, "ramp_start": 0, "ramp_end": 0}
+
+
+def check_hyperparameters(name: str, kwargs: Mapping) -> None:
+    """ValueError naming the objective and the value for a negative or non-finite eps, step size
+    or weight, a bad count, or TRADES' batch sum with beta != 1. Inside a jitted step these are
+    traced and would fail silently (a negative eps collapses the projection onto x - |eps|; zero
+    IG steps make the loss NaN)."""
+    for k in _NONNEGATIVE:
+        if kwargs.get(k) is not None:
+            validation.check_nonnegative(f"{name}: {k}", kwargs[k])
+    for k, minimum in _COUNTS.items():
+        if k in kwargs:
+            validation.check_int(f"{name}: {k}", kwargs[k], minimum)
+    if name == "trades" and kwargs.get("batch_sum") and kwargs.get("beta", 6.0) != 1.0:
+        raise ValueError("trades: batch_sum=True reproduces Boopathy et al.'s official code, which "
+                         "is beta = 1 with a batch sum (methods.md 1.10); pass beta=1.0 with it, "
+                         f"or batch_sum=False for the paper's batch mean (got beta "
+                         f"{kwargs.get('beta', 6.0)}).")
+
+
 def get_objective(name: str, **kwargs) -> Objective:
-    """The objective ``name`` with its hyperparameters bound (keyword-only)."""
+    """The objective ``name`` with its hyperparameters bound (keyword-only; checked by
+    :func:`check_hyperparameters`)."""
     objectives = _objectives()
     if name not in objectives:
         raise ValueError(f"Unknown objective {name!r}; available: {available_objectives()}.")
+    check_hyperparameters(name, kwargs)
     return functools.partial(objectives[name], **kwargs) if kwargs else objectives[name]

@@ -16,21 +16,24 @@ from jaxadv.types import Array
 def learning_rate_schedule(*, learning_rate: float, schedule: str = "constant",
                            total_steps: int = 0, boundaries: Sequence[int] = (),
                            values: Sequence[float] = (), warmup_steps: int = 0) -> optax.Schedule:
-    """``constant``, ``piecewise`` (values[i] from boundaries[i-1]; values[0] = learning_rate if
-    empty), ``cosine`` (to 0 at total_steps) or ``linear`` (to 0), with optional linear warm-up."""
+    """``constant``, ``piecewise`` (``learning_rate`` until boundaries[0], then values[i] from step
+    boundaries[i]; any value >= 0, 0 included), ``cosine`` (to 0 at total_steps) or ``linear`` (to
+    0), with optional linear warm-up from 0 to ``learning_rate`` over ``warmup_steps``. Boundaries
+    are absolute training steps, warm-up or not."""
     if schedule == "constant":
         sched = optax.constant_schedule(learning_rate)
     elif schedule == "piecewise":
-        values = list(values)
-        if len(values) != len(boundaries):
+        values = [float(v) for v in values]
+        bounds = [int(b) for b in boundaries]
+        if len(values) != len(bounds):
             raise ValueError(f"piecewise schedule needs one value per boundary; got boundaries "
-                             f"{list(boundaries)} and values {values}.")
-        scales = {}
-        prev = learning_rate
-        for b, v in zip(boundaries, values, strict=True):
-            scales[int(b)] = v / prev
-            prev = v
-        sched = optax.piecewise_constant_schedule(learning_rate, scales)
+                             f"{bounds} and values {values}.")
+        if bounds != sorted(bounds) or any(v < 0 for v in values):
+            raise ValueError(f"piecewise schedule needs increasing boundaries and values >= 0; got "
+                             f"boundaries {bounds} and values {values}.")
+        # join_schedules below runs this one on step - warmup_steps: shift the boundaries so that
+        # they stay absolute steps.
+        sched = _piecewise(learning_rate, [b - warmup_steps for b in bounds], values)
     elif schedule == "cosine":
         sched = optax.cosine_decay_schedule(learning_rate, max(total_steps - warmup_steps, 1))
     elif schedule == "linear":
@@ -42,6 +45,18 @@ def learning_rate_schedule(*, learning_rate: float, schedule: str = "constant",
         sched = optax.join_schedules(
             [optax.linear_schedule(0.0, learning_rate, warmup_steps), sched], [warmup_steps])
     return sched
+
+
+def _piecewise(first: float, boundaries, values) -> optax.Schedule:
+    """``first`` before boundaries[0], values[i] from step boundaries[i] (absolute values; optax's
+    piecewise_constant_schedule takes ratios, which a 0 value breaks)."""
+    b = jnp.asarray(boundaries, jnp.int32)
+    v = jnp.asarray([first, *values], jnp.float32)
+
+    def schedule(count):
+        return v[jnp.sum(jnp.asarray(count) >= b)]
+
+    return schedule
 
 
 def make_optimizer(config: Mapping, *, total_steps: int) -> optax.GradientTransformation:

@@ -251,3 +251,21 @@ def test_mesh_step_moves_no_batch_shards(name):
     assert " all-reduce(" in hlo  # the test sees the collectives it looks for
     for op in ("all-to-all", "all-gather", "collective-permute"):
         assert f" {op}(" not in hlo, op
+
+
+
+@pytest.mark.parametrize("name, kwargs, match", [
+    ("pgd_at", {"eps": -0.1}, "pgd_at: eps must be finite and >= 0"),
+    ("fast_at", {"eps": float("nan")}, "fast_at: eps must be finite"),
+    ("int", {"gamma": -1.0}, "int: gamma must be finite and >= 0"),
+    ("ig_norm", {"ig_steps": 0}, "ig_norm: ig_steps must be an int >= 1"),
+    ("trades", {"beta": -6.0}, "trades: beta must be finite and >= 0"),
+    ("trades", {"batch_sum": True}, "pass beta=1.0 with it"),
+    ("pgd_at", {"num_steps": 2.5}, "pgd_at: num_steps must be an int >= 0"),
+])
+def test_bad_hyperparameters_are_refused_before_tracing(name, kwargs, match):
+    """Inside the jitted step they are traced and fail silently: a negative eps collapses the
+    projection onto x - |eps|, zero IG steps make the loss NaN."""
+    with pytest.raises(ValueError, match=match):
+        get_objective(name, **kwargs)
+    get_objective("trades", batch_sum=True, beta=1.0)  # the code-compatible setting is fine

@@ -116,6 +116,23 @@ def test_schedules():
         learning_rate_schedule(learning_rate=1.0, schedule="exp")
 
 
+
+def test_piecewise_boundaries_are_absolute_steps_with_warm_up_and_may_drop_to_zero():
+    """optax.join_schedules runs the schedule after the warm-up on step - warmup_steps: the drops
+    happened warmup_steps late (150 and 250 for boundaries 100 and 200); and ratios of values made
+    a 0 value a ZeroDivisionError."""
+    lr = learning_rate_schedule(learning_rate=1e-3, schedule="piecewise", boundaries=(100, 200),
+                                values=(1e-4, 1e-5), warmup_steps=50)
+    got = [float(lr(s)) for s in (0, 25, 50, 99, 100, 199, 200, 1000)]
+    np.testing.assert_allclose(got, [0.0, 5e-4, 1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5], rtol=1e-6)
+    zero = learning_rate_schedule(learning_rate=1e-3, schedule="piecewise", boundaries=(10, 20),
+                                  values=(0.0, 1e-4))
+    assert [float(zero(s)) for s in (9, 10, 20)] == [pytest.approx(1e-3), 0.0, pytest.approx(1e-4)]
+    with pytest.raises(ValueError, match="increasing boundaries"):
+        learning_rate_schedule(learning_rate=1e-3, schedule="piecewise", boundaries=(20, 10),
+                               values=(1e-4, 1e-5))
+
+
 @pytest.fixture
 def synthetic_fmnist(tmp_path, monkeypatch):
     d = make_synthetic_idx(tmp_path / "data")
@@ -195,7 +212,7 @@ def test_corrupt_checkpoint_gives_clear_error_and_keeps_files(synthetic_fmnist, 
     assert biggest.exists() and biggest.stat().st_size == len(intact) // 3  # nothing deleted
     biggest.write_bytes(intact)
     other = _config(num_steps=4)
-    other.model.kwargs.num_classes = 7  # a different model cannot restore this checkpoint
+    other.model.kwargs.num_classes = 12  # a different model cannot restore this checkpoint
     with pytest.raises(ValueError, match="cannot be restored"):
         train_and_evaluate(other, str(tmp_path / "w"), verbose=False)
     assert (tmp_path / "w" / "checkpoints" / "4").is_dir()
@@ -313,3 +330,69 @@ def test_accumulating_step_sums_metrics_inside_the_step(key):
         np.testing.assert_allclose(totals[k], ref[k], rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), s.params,
                  ref_state.params)
+
+
+
+def test_the_named_last_good_checkpoint_is_on_disk_after_a_nan_stop(synthetic_fmnist, tmp_path):
+    """The error waits for the checkpoint saves in flight: the step it names as the last good one
+    is the latest complete checkpoint (earlier it could still be an unfinished temporary)."""
+    import re
+
+    cfg = _config(num_steps=40, log_every=1, checkpoint_every=1)
+    cfg.optimizer.learning_rate = 1e4
+    cfg.optimizer.name = "sgd"
+    with pytest.raises(NonFiniteLossError) as e:
+        train_and_evaluate(cfg, str(tmp_path / "nan"), verbose=False)
+    named = re.search(r"last good checkpoint \(step (\d+)\)", str(e.value))
+    ckpt = Checkpointer(str(tmp_path / "nan"))
+    last = ckpt.latest_step()
+    ckpt.close()
+    assert last == (int(named.group(1)) if named else None), (str(e.value), last)
+    assert not list((tmp_path / "nan" / "checkpoints").glob("*tmp*"))
+
+
+def test_every_evaluation_is_a_candidate_for_the_best_checkpoint(synthetic_fmnist, tmp_path,
+                                                                 monkeypatch):
+    """With eval_every not a multiple of checkpoint_every, final_from_best must still pick the best
+    evaluation (earlier only evaluations at checkpoint steps were candidates). The validation
+    accuracies are scripted (best at step 3, not a checkpoint step)."""
+    from jaxadv.training import loop
+
+    scripted = iter([0.9, 0.1, 0.2, 0.3])
+
+    def fake_evaluate(state, source, **kw):
+        return {"accuracy": next(scripted, 0.5), "loss": 1.0}
+
+    monkeypatch.setattr(loop, "evaluate", fake_evaluate)
+    cfg = _config(num_steps=12, eval_every=3, checkpoint_every=4, final_from_best=True)
+    cfg.dataset.validation_examples = 64
+    result = train_and_evaluate(cfg, str(tmp_path / "w"), verbose=False)
+    assert result["step"] == 3
+
+
+def test_a_model_with_fewer_outputs_than_classes_is_refused(synthetic_fmnist, tmp_path):
+    cfg = _config(num_steps=2)
+    cfg.model.kwargs.num_classes = 7
+    with pytest.raises(ValueError, match=r"data has 10 classes but the model has 7 outputs.*"
+                                         r"num_classes=10"):
+        train_and_evaluate(cfg, str(tmp_path / "w"), verbose=False)
+
+
+def test_a_torn_metrics_line_does_not_block_the_resume(synthetic_fmnist, tmp_path):
+    import json
+
+    train_and_evaluate(_config(num_steps=4), str(tmp_path / "w"), verbose=False)
+    with open(tmp_path / "w" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 6, "split": "tr')  # a run killed while writing
+    with pytest.warns(UserWarning, match="dropped 1 unreadable line"):
+        train_and_evaluate(_config(num_steps=8), str(tmp_path / "w"), verbose=False)
+    lines = (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["step"] for ln in lines] == [4, 8]
+
+
+def test_results_report_the_step_of_the_evaluated_state(synthetic_fmnist, tmp_path):
+    """Rerunning a workdir trained to 8 steps with num_steps=4 evaluates the step-8 state: the
+    result says so."""
+    train_and_evaluate(_config(num_steps=8), str(tmp_path / "w"), verbose=False)
+    again = train_and_evaluate(_config(num_steps=4), str(tmp_path / "w"), verbose=False)
+    assert again["step"] == 8
