@@ -95,13 +95,26 @@ def conv_mean_available(module: nn.Conv, batch: int | None = None) -> bool:
             and (not isinstance(module.padding, str) or module.padding in ("SAME", "VALID")))
 
 
+def _conv_params(module: nn.Conv, x: Array):
+    """(kernel, bias) of a bound :func:`conv` module, checked against the shapes the module itself
+    would require for x (read directly, the parameters skip nn.Conv's own check)."""
+    params = module.variables["params"]
+    kernel, bias = params["kernel"], params.get("bias")
+    want = (*_pair(module.kernel_size), x.shape[-1], module.features)
+    if tuple(kernel.shape) != want or (bias is not None and tuple(bias.shape) != want[-1:]):
+        got = tuple(kernel.shape), None if bias is None else tuple(bias.shape)
+        raise ValueError(f"{module.name}: parameters of shape kernel {got[0]}, bias {got[1]} do "
+                         f"not fit this layer (kernel {want}, bias {want[-1:]} for inputs with "
+                         f"{x.shape[-1]} channels); the parameters belong to another model.")
+    return kernel, bias
+
+
 def conv_mean(module: nn.Conv, x: Array) -> Array:
     """``mean_{h,w} module(x)`` (B, O) for a bound :func:`conv` module, without its output map
     (:func:`jaxadv.models.fastpath.conv_mean`); check :func:`conv_mean_available` first."""
     from jaxadv.models import fastpath
 
-    params = module.variables["params"]
-    kernel, bias = params["kernel"], params.get("bias")
+    kernel, bias = _conv_params(module, x)
     dtype = jnp.result_type(x, kernel, *([] if bias is None else [bias]))
     return fastpath.conv_mean(
         x.astype(dtype), kernel.astype(dtype), None if bias is None else bias.astype(dtype),
@@ -117,9 +130,13 @@ def conv_then_dense(module: nn.Conv, x: Array, dense: nn.Module) -> Array:
     Check :func:`conv_mean_available` first; the convolution uses jaxadv's lowering."""
     from jaxadv.models import fastpath
 
-    conv_p, dense_p = module.variables["params"], dense.variables["params"]
-    kernel, bias = conv_p["kernel"], conv_p.get("bias")
+    kernel, bias = _conv_params(module, x)
+    dense_p = dense.variables["params"]
     matrix, dense_bias = dense_p["kernel"], dense_p.get("bias")
+    if matrix.shape[0] != module.features:
+        raise ValueError(f"{dense.name}: kernel of shape {tuple(matrix.shape)} does not fit the "
+                         f"{module.features} features of {module.name}; the parameters belong to "
+                         f"another model.")
     dtype = jnp.result_type(x, kernel, matrix)
     kernel = jnp.einsum("hwio,ok->hwik", kernel.astype(dtype), matrix.astype(dtype),
                         precision=module.precision)

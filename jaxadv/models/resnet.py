@@ -72,9 +72,13 @@ class _ResNetBody(nn.Module):
 
         # On CPU the stem and first stage (the largest maps) run depth first over chunks of
         # images where the fast path would chunk their convolutions (fastpath.depth_first_images;
-        # not in training mode, where batch norm couples the images).
+        # not in training mode, where batch norm couples the images). Only where nothing is
+        # written to the variables: the chunks are a plain lax.map around bound submodules, so
+        # parameters created at init, or intermediates sown with mutable collections, would
+        # escape the map as tracers.
         hw = tuple(-(-n // self.first_stride) for n in x.shape[1:3])
-        size = None if train else fastpath.depth_first_images(
+        writes = self.is_initializing() or bool(self.scope.mutable)
+        size = None if train or writes else fastpath.depth_first_images(
             x.shape[0], hw, self.stage_widths[0], x.dtype)
         h = first_stage(x) if size is None else fastpath.map_images(first_stage, x, size)
         for blocks in stages[1:]:

@@ -96,3 +96,50 @@ def test_registry():
         get_model("resnet1000")
     with pytest.raises(ValueError, match="6n \\+ 4"):
         init_variables(get_model("wide_resnet", depth=11), jax.random.key(0), (1, 32, 32, 3))
+
+
+def test_resnet_init_and_sown_intermediates_at_batches_the_fast_path_chunks(fast_compile,
+                                                                          monkeypatch):
+    """The first stage runs over chunks of images (a lax.map) only where nothing is written: at
+    init (batch 9 and more chunks on CPU) and with a mutable 'intermediates' collection the
+    parameters / intermediates created inside the map escaped as tracers."""
+    from jaxadv.models import fastpath
+
+    # The rule of one host device with Eigen's convolutions (this suite fakes 8 devices).
+    monkeypatch.setattr(fastpath, "_ynnpack_convolutions", lambda: False)
+    m = get_model("preact_resnet18")
+    x = jax.random.uniform(jax.random.key(1), (9, 32, 32, 3))
+    assert fastpath.depth_first_images(9, (32, 32), 64) == 5  # two chunks of images
+    v = init_variables(m, jax.random.key(0), x.shape)
+    leaves = jax.tree.leaves(v)
+    assert all(isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer)
+               for leaf in leaves)
+    np.asarray(v["params"]["body"]["stem"]["kernel"])  # concrete
+    with fastpath.enabled(False):
+        ref = m.apply(v, x)
+    np.testing.assert_allclose(m.apply(v, x), ref, rtol=1e-4, atol=1e-5)
+    _, inter = m.apply(v, x, capture_intermediates=True, mutable=["intermediates"])
+    assert all(not isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(inter))
+
+
+def test_smallgap_fast_path_checks_the_parameter_shapes(monkeypatch):
+    """The fast path reads the last conv's and the head's parameters directly: parameters of a
+    SmallGAP with other widths must be refused as by nn.Conv, not folded into logits."""
+    from flax.errors import ScopeParamShapeError
+
+    from jaxadv.models import fastpath
+
+    monkeypatch.setattr(fastpath, "_fold_pay", lambda batch: True)  # take the fold at any batch
+    x = jax.random.uniform(jax.random.key(1), (2, 28, 28, 1))
+    other = init_variables(get_model("smallgap", widths=(16, 32, 50)), jax.random.key(0), x.shape)
+    m = get_model("smallgap")
+    v = init_variables(m, jax.random.key(0), x.shape)
+    v = {**v, "params": {**v["params"], "conv3": other["params"]["conv3"],
+                         "head": other["params"]["head"]}}
+    with pytest.raises(ValueError, match=r"conv3: parameters of shape kernel \(.*50\).*another "
+                                         r"model"):
+        m.apply(v, x)
+    with pytest.raises(ValueError, match="conv3: parameters of shape"):
+        m.apply(v, x, method="logits_and_cam")  # the composed conv-then-dense form
+    with fastpath.enabled(False), pytest.raises(ScopeParamShapeError):
+        m.apply(v, x)
