@@ -122,7 +122,12 @@ def _logits(apply_fn, variables, x):
 def write_table(results: dict, eps: list[float], path: pathlib.Path) -> None:
     s = results["settings"]
     steps, ensemble = s["pgd_steps"], s["n_ensemble"] > 0
-    cols = (["clean (10k)"] + [f"PGD-{steps} {e:g}" for e in eps]
+    counts = {r.get("num_test_examples") for r in results["methods"].values()}
+    n_clean = counts.pop() if len(counts) == 1 else None  # None: differs, or an older results file
+    clean = ("clean accuracy on the full test set" if n_clean in (None, 10000) else
+             f"clean accuracy on the first {n_clean} test images")
+    cols = ([f"clean ({n_clean if n_clean not in (None, 10000) else '10k'})"]
+            + [f"PGD-{steps} {e:g}" for e in eps]
             + (["ensemble 0.1"] if ensemble else []) + ["AAI tau", "train s"])
     lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for method, r in results["methods"].items():
@@ -136,7 +141,7 @@ def write_table(results: dict, eps: list[float], path: pathlib.Path) -> None:
     where = (f"ensemble (APGD-CE, APGD-T, FAB-T, Square) on the first {s['n_ensemble']}, "
              if ensemble else "no ensemble, ")
     notes = [
-        "", f"Data: Fashion-MNIST; clean accuracy on the full test set; PGD-{steps} (step 0.01, no "
+        "", f"Data: Fashion-MNIST; {clean}; PGD-{steps} (step 0.01, no "
         f"random start, radii nested) on the first {s['n_pgd']} test images, {where}AAI "
         f"({s['aai_steps']} steps, top-8, eps 0.1; Kendall tau over images whose label survived) "
         f"on the first {s['n_aai']}. Model: SmallGAP. Training: {s['training']}; 'train s' is "
@@ -228,6 +233,7 @@ def main(argv=None) -> dict:
                                         best=bool(config.train.get("final_from_best", False)))
         _, test_src = load_sources(config)
         r = {"test_accuracy": trained["test_accuracy"],
+             "num_test_examples": trained.get("num_test_examples"),
              "train_seconds": trained["train_seconds"], "train_step": trained["step"],
              **evaluate_model(state, model, test_src, args)}
         results["methods"][method] = r

@@ -106,8 +106,15 @@ def _eval() -> None:
         state, _ = restore_for_eval(_CONFIG.value, _WORKDIR.value, best=_BEST.value)
         from jaxadv.training.loop import load_sources
 
-        train_src, test_src = load_sources(_CONFIG.value)
-        source = train_src if _SPLIT.value == "train" else test_src
+        train_src, val_src, test_src = load_sources(_CONFIG.value, with_validation=True)
+        splits = {"train": train_src, "test": test_src, "validation": val_src}
+        if _SPLIT.value not in splits:
+            raise app.UsageError(f"unknown --split {_SPLIT.value!r}; choose train, test or "
+                                 "validation.")
+        source = splits[_SPLIT.value]
+        if source is None:
+            raise app.UsageError("--split validation: this config holds out no validation "
+                                 "examples (dataset.validation_examples).")
         label = _WORKDIR.value
     mesh = sharding.data_mesh()
     state = sharding.replicate(state, mesh)

@@ -144,6 +144,14 @@ text-align:left;font-size:.9em}figure{margin:1em 0}img{max-width:100%}
 figcaption{font-size:.85em;color:#555}.note{color:#a40}"""
 
 
+def _run_length(train: dict) -> str:
+    """'N steps' where train.num_steps > 0 sets the length, else 'E epochs' (num_steps -1)."""
+    steps = train.get("num_steps")
+    if isinstance(steps, int) and steps > 0:
+        return f"{steps} steps"
+    return f"{train.get('num_epochs')} epochs"
+
+
 def write_report(workdir: str, *, out: str | None = None, num_examples: int = 6,
                  eps: float | None = None, pgd_steps: int = 20) -> str:
     """Renders ``workdir`` into a self-contained HTML page (module docstring).
@@ -165,10 +173,14 @@ def write_report(workdir: str, *, out: str | None = None, num_examples: int = 6,
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"{workdir} is not a directory: pass the --workdir of a "
                                 "`jaxadv train` run.")
+    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
+        raise ValueError(f"num_examples (the images of the adversarial-example figure) must be an "
+                         f"int >= 1; got {num_examples!r}.")
     import matplotlib
 
     matplotlib.use("Agg")
     out = out or os.path.join(workdir, "report.html")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     parts = [f"<h1>jaxadv run report: {html.escape(os.path.abspath(workdir))}</h1>"]
     config_path = os.path.join(workdir, "config.json")
     config = None
@@ -181,8 +193,8 @@ def write_report(workdir: str, *, out: str | None = None, num_examples: int = 6,
             "objective": config.get("objective", {}).get("name"),
             "optimizer": {k: config.get("optimizer", {}).get(k)
                           for k in ("name", "learning_rate", "schedule")},
-            "steps x batch": f"{config.get('train', {}).get('num_steps')} x "
-                             f"{config.get('train', {}).get('batch_size')}"}
+            "length x batch": f"{_run_length(config.get('train', {}))} x "
+                              f"{config.get('train', {}).get('batch_size')}"}
         parts += ["<h2>Configuration</h2>", _table(summary),
                   "<details><summary>full config.json</summary><pre>"
                   + html.escape(json.dumps(config, indent=1)) + "</pre></details>"]

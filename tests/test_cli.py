@@ -105,7 +105,28 @@ def test_config_override_and_main_output(data_dir, tmp_path):
     page = (tmp_path / "w" / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == 2  # training curves, examples
     assert "Not shown" not in page and "results.json" in page and "http" not in page
+    assert "7 steps x 32" in page  # the run's length as configured (epochs where num_steps < 0)
     check_in_browser(tmp_path / "w" / "report.html", num_images=2)
+    # A rerun of the finished run trains nothing and keeps its timings (earlier: zeros).
+    again = subprocess.run(_cmd("train", *QUICK, "--config.train.num_steps=7",
+                                f"--workdir={tmp_path / 'w'}"), cwd=REPO, env=_env(data_dir),
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    rerun = json.loads(again.stdout.strip().splitlines()[-1])
+    for k in ("train_seconds", "examples_per_second", "compile_seconds"):
+        assert rerun[k] == result[k] > 0, k
+    # eval: a split the config does not have, or a mistyped one, is an error, not the test set;
+    # a mistyped workdir is an error and is not created.
+    for split, message in (("validation", "holds out no validation examples"),
+                           ("trian", "unknown --split 'trian'")):
+        ev = subprocess.run(_cmd("eval", *QUICK, f"--workdir={tmp_path / 'w'}", f"--split={split}"),
+                            cwd=REPO, env=_env(data_dir), capture_output=True, text=True,
+                            timeout=600)
+        assert ev.returncode != 0 and message in ev.stderr, ev.stderr[-2000:]
+    ev = subprocess.run(_cmd("eval", *QUICK, f"--workdir={tmp_path / 'typo'}"), cwd=REPO,
+                        env=_env(data_dir), capture_output=True, text=True, timeout=600)
+    assert ev.returncode != 0 and "holds no checkpoint" in ev.stderr, ev.stderr[-2000:]
+    assert not (tmp_path / "typo").exists()
 
 
 def test_eval_official_checkpoint(shared_data):
@@ -151,6 +172,8 @@ def test_report_errors(tmp_path):
         write_report(str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="no config.json"):
         write_report(str(tmp_path))
+    with pytest.raises(ValueError, match="num_examples .* must be an int >= 1; got 0"):
+        write_report(str(tmp_path), num_examples=0)
 
 
 def test_usage_errors():

@@ -118,7 +118,7 @@ def _python_blocks(text: str) -> list[str]:
 
 def test_the_readme_example_runs_as_written(shared_data, tmp_path):
     """The README's first example ("Using it"), run as a user would, in a fresh process from a
-    folder holding the official checkpoint and the MNIST test set under the names it uses; its
+    repository folder next to ``shared/data`` (the layout its ``../shared/data`` paths assume); its
     comment's claim (mean CAM equals the logits) and its printed figures are checked."""
     import subprocess
     import sys
@@ -126,17 +126,18 @@ def test_the_readme_example_runs_as_written(shared_data, tmp_path):
     from tests.conftest import fresh_process_env
 
     example = _python_blocks((ROOT / "README.md").read_text())[0]
-    (tmp_path / "mnist_smallgap_normal_100.pkl").symlink_to(
-        shared_data / "boopathy-mnist" / "mnist_smallgap_normal_100.pkl")
-    (tmp_path / "mnist-test").symlink_to(shared_data / "mnist-test")
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "data").symlink_to(shared_data)
+    (tmp_path / "repo").mkdir()
     check = ("\nimport numpy as np\n"
              "assert cam.shape == (128, 7, 7, 10)\n"
              "np.testing.assert_allclose(cam.mean((1, 2)), f.logits(x), rtol=1e-5, atol=1e-5)\n"
              "acc = np.asarray(1 - robust.mean(1))\n"
              "print('CHECK', acc.tolist(), float(isa_curve(sneak).normalized_slope))\n")
-    script = tmp_path / "example.py"
+    script = tmp_path / "repo" / "example.py"
     script.write_text(example + check)
-    res = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=fresh_process_env(),
+    res = subprocess.run([sys.executable, str(script)], cwd=tmp_path / "repo",
+                         env=fresh_process_env(),
                          capture_output=True, text=True, timeout=600, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
     line = next(ln for ln in res.stdout.splitlines() if ln.startswith("CHECK"))

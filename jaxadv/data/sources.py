@@ -128,12 +128,19 @@ _IDX_FILES = {
 }
 
 
+def _gz_or_raw(path: str) -> str:
+    """``path`` (a .gz name), or its decompressed name where only that exists."""
+    raw = path[:-3]
+    return raw if not os.path.exists(path) and os.path.exists(raw) else path
+
+
 def load_idx_dataset(directory: str, split: str, *, name: str, provided_by: str,
                      num_classes: int = 10) -> ArrayDataset:
     """Reads ``{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz`` from ``directory``."""
     if split not in _IDX_FILES:
         raise ValueError(f"{name}: unknown split {split!r}; choose 'train' or 'test'.")
-    image_file, label_file = (os.path.join(directory, f) for f in _IDX_FILES[split])
+    # The .gz files, or the same files already decompressed (read_idx reads both).
+    image_file, label_file = (_gz_or_raw(os.path.join(directory, f)) for f in _IDX_FILES[split])
     images = read_idx(image_file, provided_by=provided_by)
     labels = read_idx(label_file, provided_by=provided_by)
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
@@ -195,7 +202,9 @@ def load_dataset(name: str, split: str, *, data_dir: str | None = None) -> Sourc
     """
     if name == "fashion_mnist":
         directory = data_dir or os.environ.get("JAXADV_FASHION_MNIST_DIR", DEBIAN_FASHION_MNIST_DIR)
-        return load_idx_dataset(directory, split, name=name, provided_by=FASHION_MNIST_INSTALL)
+        return load_idx_dataset(directory, split, name=name,
+                                provided_by=FASHION_MNIST_INSTALL + ", or point data_dir / "
+                                "$JAXADV_FASHION_MNIST_DIR at a copy of the IDX files")
     if name == "mnist_idx":
         directory = data_dir or os.environ.get("JAXADV_MNIST_DIR")
         if not directory:

@@ -155,6 +155,19 @@ def _check_finite(summary: dict, step: int, workdir: str, last_good: int | None)
             "(--config.optimizer.grad_clip_norm=1.0) or check the inputs, then rerun.")
 
 
+def _previous_timings(workdir: str) -> dict:
+    """The timing fields of ``workdir``'s existing results.json (empty if none): a rerun of a
+    finished run trains nothing and must not overwrite them with zeros."""
+    path = os.path.join(workdir, "results.json")
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    keys = ("train_seconds", "examples_per_second", "compile_seconds")
+    return {k: old[k] for k in keys if k in old}
+
+
 def _check_num_classes(model, sample_shape, sources) -> None:
     """The model must have an output for every class of the data: inside the jitted step the
     labels are not checked, and a label >= K gets an all-zero one-hot target (no loss at all)."""
@@ -176,6 +189,8 @@ def train_and_evaluate(config: Mapping, workdir: str, *, verbose: bool = True) -
     Returns the final summary: ``{"step", "test_accuracy", "test_loss", "train_seconds",
     "examples_per_second", "compile_seconds"}`` (also written to ``workdir/results.json``).
     """
+    if config.get("eval", {}).get("num_examples", -1) == 0:  # before anything is written
+        raise ValueError("eval.num_examples must be -1 (the whole test set) or >= 1; got 0.")
     os.makedirs(workdir, exist_ok=True)
     t = config.train
     mesh = sharding.data_mesh()
@@ -313,9 +328,14 @@ def train_and_evaluate(config: Mapping, workdir: str, *, verbose: bool = True) -
     else:
         final = run_evals(test_src, "test", num_eval)
     result = {"step": final_step, **final,
-              "num_test_examples": num_eval or len(test_src), "train_seconds": t_train,
+              "num_test_examples": min(num_eval or len(test_src), len(test_src)),
+              "train_seconds": t_train,
               "examples_per_second": examples / max(t_train, 1e-9), "compile_seconds": compile_s,
               "num_devices": int(mesh.devices.size)}
+    if robust_step is not None:
+        result["num_robust_examples"] = min(num_robust, len(test_src))
+    if start >= total_steps:  # nothing trained in this call: keep the run's own timings
+        result.update(_previous_timings(workdir))
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(result, f, indent=2)
@@ -324,6 +344,10 @@ def train_and_evaluate(config: Mapping, workdir: str, *, verbose: bool = True) -
 
 def restore_for_eval(config, workdir: str, *, best: bool = False) -> tuple[TrainState, object]:
     """The (state, model) of the latest (or best) checkpoint in ``workdir``."""
+    sub = os.path.join(workdir, "best" if best else "checkpoints")
+    if not os.path.isdir(sub):  # before the Checkpointer, which would create it
+        raise FileNotFoundError(f"{sub} does not exist: {workdir!r} holds no {'best ' if best else ''}"
+                                f"checkpoint of a jaxadv training run. Check --workdir.")
     model = build_model(config)
     train_src, _ = load_sources(config)
     sample_shape = (1,) + tuple(train_src.get(np.arange(1))[0].shape[1:])

@@ -52,6 +52,20 @@ def test_missing_file_names_file_and_command(tmp_path):
         load_dataset("fashion_mnist", "train", data_dir=str(tmp_path))
     msg = str(e.value)
     assert "train-images-idx3-ubyte.gz" in msg and "apt-get install dataset-fashion-mnist" in msg
+    assert "JAXADV_FASHION_MNIST_DIR" in msg
+
+
+def test_decompressed_files_are_read_too(tmp_path):
+    """A directory of gunzipped IDX files (read_idx reads both) loads like the .gz one."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, 5, dtype=np.uint8)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", images)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", labels)
+    ds = load_dataset("fashion_mnist", "test", data_dir=str(tmp_path))
+    got_images, got_labels = ds.arrays()
+    np.testing.assert_array_equal(got_labels, labels)
+    np.testing.assert_allclose(got_images[..., 0], images / 255.0, rtol=1e-6)
 
 
 def test_env_var_overrides_directory(tmp_path, monkeypatch):

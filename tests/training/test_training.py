@@ -396,3 +396,16 @@ def test_results_report_the_step_of_the_evaluated_state(synthetic_fmnist, tmp_pa
     train_and_evaluate(_config(num_steps=8), str(tmp_path / "w"), verbose=False)
     again = train_and_evaluate(_config(num_steps=4), str(tmp_path / "w"), verbose=False)
     assert again["step"] == 8
+
+
+def test_eval_example_counts(synthetic_fmnist, tmp_path):
+    """eval.num_examples = 0 is refused before training (it crashed after); a count above the
+    test set's size reports the images actually evaluated."""
+    cfg = _config(num_steps=2)
+    cfg.eval.num_examples = 0
+    with pytest.raises(ValueError, match=r"eval.num_examples must be -1 .* or >= 1; got 0"):
+        train_and_evaluate(cfg, str(tmp_path / "zero"), verbose=False)
+    assert not (tmp_path / "zero" / "checkpoints").exists()
+    cfg.eval.num_examples = 20000
+    result = train_and_evaluate(cfg, str(tmp_path / "many"), verbose=False)
+    assert result["num_test_examples"] == 128  # the synthetic test set
