@@ -130,6 +130,7 @@ def pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, eps, step
         raise ValueError(f"bounds must be (low, high) with low < high; got {bounds}.")
     projections.check_in_bounds(x, bounds)
     x = jnp.asarray(x)
+    projections.check_eps_shape(eps, x)
     if x_init is not None:
         projections.check_x_init(x_init, x, num_restarts)
     b = x.shape[0]

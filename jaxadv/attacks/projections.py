@@ -165,6 +165,8 @@ def check_attack_inputs(x: Array, y: Array, *, eps=None, num_classes: int | None
     if y.shape != x.shape[:1]:
         raise ValueError(f"labels must have shape ({x.shape[0]},) to match x {x.shape}; got "
                          f"{y.shape}.")
+    if eps is not None:
+        check_eps_shape(eps, x)
     if eps is not None and not isinstance(eps, jax.core.Tracer):
         e = np.asarray(eps)
         if np.any(e < 0) or np.any(~np.isfinite(e)):
@@ -180,6 +182,13 @@ def check_attack_inputs(x: Array, y: Array, *, eps=None, num_classes: int | None
                             "examples (e.g. jnp.nan_to_num) before attacking them.")
     if bounds is not None:
         check_in_bounds(x, bounds)
+
+
+def check_eps_shape(eps, x: Array) -> None:
+    """ValueError unless eps is a number or a (B,) array of per-example radii for x (B, ...)."""
+    if np.ndim(eps) > 0 and np.shape(eps) != x.shape[:1]:
+        raise ValueError(f"eps must be a number or one radius per example, shape "
+                         f"({x.shape[0]},); got shape {np.shape(eps)}.")
 
 
 def check_in_bounds(x: Array, bounds: tuple[float, float]) -> None:

@@ -580,3 +580,17 @@ def test_targets_equal_to_the_labels_are_refused(name, key):
     y = jnp.arange(4, dtype=jnp.int32)
     with pytest.raises(ValueError, match=r"targets equal the labels for examples \[0, 1, 2, 3\]"):
         _attack_calls()[name](logits_fn, x, y, key, targets=y)
+
+
+
+def test_per_example_eps_of_the_wrong_length_is_refused(key):
+    from jaxadv.attacks.apgd import apgd_ce
+
+    logits_fn = mlp_model()
+    x = interior_inputs()
+    y = jnp.arange(4, dtype=jnp.int32)
+    with pytest.raises(ValueError, match=r"eps must be a number or one radius per example, shape "
+                                         r"\(4,\); got shape \(3,\)"):
+        apgd_ce(logits_fn, x, y, key, eps=jnp.full((3,), 0.1), num_steps=2)
+    with pytest.raises(ValueError, match="eps must be a number or one radius per example"):
+        G.pgd(logits_fn, x, y, key, eps=jnp.full((3,), 0.1), step_size=0.01, num_steps=1)
