@@ -173,9 +173,9 @@ def write_report(workdir: str, *, out: str | None = None, num_examples: int = 6,
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"{workdir} is not a directory: pass the --workdir of a "
                                 "`jaxadv train` run.")
-    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
-        raise ValueError(f"num_examples (the images of the adversarial-example figure) must be an "
-                         f"int >= 1; got {num_examples!r}.")
+    from jaxadv import validation
+
+    validation.check_int("num_examples", num_examples, 1)  # images of the examples figure
     import matplotlib
 
     matplotlib.use("Agg")

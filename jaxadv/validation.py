@@ -44,11 +44,11 @@ def check_int(name: str, value, minimum: int, maximum: int | None = None) -> int
 
 
 def check_nonnegative(name: str, value, what: str = "") -> None:
-    """ValueError unless a concrete ``value`` (a number or array) is finite and >= 0; traced values
-    pass. ``what`` describes the value in the message."""
-    if not is_concrete(value):
+    """ValueError unless a concrete ``value`` (a number or array) is finite and >= 0; None and
+    traced values pass. ``what`` describes the value in the message."""
+    if value is None or not is_concrete(value):
         return
     v = np.asarray(value)
-    if not (np.issubdtype(v.dtype, np.number) and np.all(np.isfinite(v)) and np.all(v >= 0)):
+    if np.any(v < 0) or np.any(~np.isfinite(v)):
         desc = f" ({what})" if what else ""
-        raise ValueError(f"{name} must be finite and >= 0{desc}; got {value!r}.")
+        raise ValueError(f"{name} must be finite and >= 0{desc}; got {value}.")

@@ -26,10 +26,10 @@ paper: beta = 1e-3, 9 binary steps, c0 = 1e-3, lr 1e-2, 1000 iterations, kappa 0
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from jaxadv.attacks.apgd import check_int, is_tracer, per_example
+from jaxadv import validation
+from jaxadv.attacks.apgd import check_int, per_example
 from jaxadv.attacks.base import AttackResult
 from jaxadv.attacks.cw import (
     C_UPPER_INIT,
@@ -150,9 +150,8 @@ def ead(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, targets=None
     check_int("abort_patience", abort_patience, 1)
     check_positive("c_init", c_init)
     check_positive("learning_rate", learning_rate)
-    for name, v in (("beta", beta), ("kappa", kappa)):
-        if not is_tracer(v) and (np.any(np.asarray(v) < 0) or np.any(~np.isfinite(v))):
-            raise ValueError(f"{name} must be finite and >= 0; got {v}.")
+    validation.check_nonnegative("beta", beta)
+    validation.check_nonnegative("kappa", kappa)
     x, y, t, _ = prepare(logits_fn, x, y, key, targets, bounds)
     b, dt = x.shape[0], x.dtype
     beta = jnp.asarray(beta, dt)

@@ -48,14 +48,6 @@ def _is_tracer(v) -> bool:
     return isinstance(v, jax.core.Tracer)
 
 
-def _check_nonneg(name: str, value) -> None:
-    if value is None or _is_tracer(value):
-        return
-    v = np.asarray(value)
-    if np.any(v < 0) or np.any(~np.isfinite(v)):
-        raise ValueError(f"{name} must be finite and >= 0; got {value}.")
-
-
 def _check_range(name: str, labels: np.ndarray, num_classes: int) -> None:
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"{name} must lie in [0, {num_classes}); got range "
@@ -118,8 +110,8 @@ def pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, eps, step
         without a random start, or an objective of the wrong shape.
     """
     projections.check_norm(norm)
-    _check_nonneg("eps", eps)
-    _check_nonneg("step_size", step_size)
+    validation.check_nonnegative("eps", eps)
+    validation.check_nonnegative("step_size", step_size)
     validation.check_int("num_steps", num_steps, 0)
     validation.check_int("num_restarts", num_restarts, 1)
     start = projections.check_random_start(random_start)
@@ -322,7 +314,7 @@ def pgd(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, eps, step_si
     """
     x = jnp.asarray(x)
     projections.check_norm(norm)
-    _check_nonneg("eps", eps)
+    validation.check_nonnegative("eps", eps)
     objective, t = classification_objective(logits_fn, x, y, loss_fn=loss_fn, targets=targets,
                                             key=key)
     result = pgd_objective(objective, x, key, eps=eps, step_size=step_size, num_steps=num_steps,

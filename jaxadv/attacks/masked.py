@@ -87,9 +87,7 @@ def masked_pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, ma
     x = jnp.asarray(x)
     projections.check_attack_inputs(x, jnp.zeros(x.shape[:1], jnp.int32), eps=eps, bounds=bounds)
     m = check_mask(mask, x)
-    for name, v in (("step_size", step_size),):
-        if not _is_tracer(v) and (np.any(np.asarray(v) < 0) or np.any(~np.isfinite(v))):
-            raise ValueError(f"{name} must be finite and >= 0; got {v}.")
+    validation.check_nonnegative("step_size", step_size)
     num_steps = validation.check_int("num_steps", num_steps, 0)
     num_restarts = validation.check_int("num_restarts", num_restarts, 1)
     start = projections.check_random_start(random_start)

@@ -51,7 +51,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxadv.attacks.apgd import check_int, is_tracer, per_example
+from jaxadv import validation
+from jaxadv.attacks.apgd import check_int, per_example
 from jaxadv.attacks.base import AttackResult
 from jaxadv.attacks.cw import (
     C_UPPER_INIT,
@@ -138,8 +139,7 @@ def str_attack(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, targe
                     ("linf_bound", linf_bound), ("retrain_c_init", retrain_c_init)):
         check_positive(name, v)
     for name, v in (("tau", tau), ("gamma", gamma), ("kappa", kappa)):
-        if not is_tracer(v) and not (np.isfinite(v) and float(v) >= 0.0):
-            raise ValueError(f"{name} must be finite and >= 0; got {v}.")
+        validation.check_nonnegative(name, v)
     if not 0.0 <= float(retrain_percentile) < 100.0:
         raise ValueError(f"retrain_percentile must lie in [0, 100); got {retrain_percentile}.")
     x, y, t, _ = prepare(logits_fn, x, y, key, targets, bounds)
