@@ -97,17 +97,23 @@ def average_ranks(a: Array) -> Array:
 def pearson(a: Array, b: Array, *, eps: float = 0.0) -> Array:
     """Pearson r per example (B,) (``scipy.stats.pearsonr``); NaN for constant maps."""
     fa, fb = _flat_pair(a, b)
+    return _nan_where_nan(_pearson_rows(fa, fb, eps), fa, fb)
+
+
+def _pearson_rows(fa: Array, fb: Array, eps: float = 0.0) -> Array:
+    """Pearson r of each row of (B, n) arrays already checked by :func:`_flat_pair`."""
     ca = fa - jnp.mean(fa, axis=-1, keepdims=True)
     cb = fb - jnp.mean(fb, axis=-1, keepdims=True)
     num = jnp.sum(ca * cb, axis=-1)
     den = jnp.sqrt(jnp.sum(ca * ca, axis=-1) * jnp.sum(cb * cb, axis=-1))
-    return _nan_where_nan(num / (den + eps), fa, fb)
+    return num / (den + eps)
 
 
 def spearman(a: Array, b: Array) -> Array:
     """Spearman rho per example (B,) (``scipy.stats.spearmanr``)."""
     fa, fb = _flat_pair(a, b)
-    return _nan_where_nan(pearson(average_ranks(fa), average_ranks(fb)), fa, fb)
+    # The ranks are finite: no second check (a host copy each) through pearson's _flat_pair.
+    return _nan_where_nan(_pearson_rows(average_ranks(fa), average_ranks(fb)), fa, fb)
 
 
 def _top_k_mask(f: Array, k: int) -> Array:
