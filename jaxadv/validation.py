@@ -33,11 +33,16 @@ def check_finite(x: Array, name: str = "x", *, fix: str) -> None:
     raise ValueError(f"{name} contains NaN or infinite values ({count}); {fix}")
 
 
+def is_int(value) -> bool:
+    """Whether ``value`` is an integer: a Python or NumPy int, not a bool."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
 def check_int(name: str, value, minimum: int, maximum: int | None = None) -> int:
-    """``value`` as a Python int if it is an integer (Python or NumPy, not bool) in
-    [``minimum``, ``maximum``]; else ValueError naming ``name`` and the allowed range."""
-    if (isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer)
-            or value < minimum or (maximum is not None and value > maximum)):
+    """``value`` as a Python int if it is an integer (:func:`is_int`) in [``minimum``,
+    ``maximum``]; else ValueError naming ``name`` and the allowed range."""
+    if (not is_int(value) or value < minimum
+            or (maximum is not None and value > maximum)):
         allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
         raise ValueError(f"{name} must be an int {allowed}; got {value!r}.")
     return int(value)

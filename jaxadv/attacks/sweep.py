@@ -244,8 +244,7 @@ def attack_over_eps(attack_fn, logits_fn, x: Array, y: Array, key: jax.Array, *,
         eps_batch_size = 1 if jax.default_backend() == "cpu" else None
     if eps_batch_size is None:
         return jax.vmap(one)(eps)
-    if (isinstance(eps_batch_size, bool | np.bool_)
-            or not isinstance(eps_batch_size, int | np.integer) or eps_batch_size < 1):
+    if not validation.is_int(eps_batch_size) or eps_batch_size < 1:
         raise ValueError(f"eps_batch_size must be 'auto', None or a positive int; got "
                          f"{eps_batch_size!r}.")
     return lax.map(one, eps, batch_size=int(eps_batch_size))

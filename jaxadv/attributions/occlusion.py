@@ -20,15 +20,11 @@ from jaxadv.attributions import _common
 from jaxadv.types import Array, LogitsFn
 
 
-def _is_int(u) -> bool:
-    return isinstance(u, int | np.integer) and not isinstance(u, bool | np.bool_)
-
-
 def _pair(v, name):
-    if _is_int(v):
+    if validation.is_int(v):
         v = (v, v)
     if (not isinstance(v, tuple | list) or len(v) != 2
-            or not all(_is_int(u) and u >= 1 for u in v)):
+            or not all(validation.is_int(u) and u >= 1 for u in v)):
         raise ValueError(f"{name} must be a positive int or a pair of them; got {v!r}.")
     return tuple(int(u) for u in v)
 

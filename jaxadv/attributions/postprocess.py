@@ -7,9 +7,8 @@ Maps are (B, H, W, C) (input-shaped) or (B, h, w) (one value per location, e.g. 
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxadv import numerics
+from jaxadv import numerics, validation
 from jaxadv.attributions import _common
 from jaxadv.types import Array
 
@@ -87,8 +86,7 @@ def upsample(a: Array, size: tuple[int, int], *, method: str = "bilinear") -> Ar
     if a.ndim not in (3, 4):
         raise ValueError(f"upsample expects (B, h, w) or (B, h, w, C); got shape {a.shape}.")
     if (not isinstance(size, tuple | list) or len(size) != 2
-            or not all(isinstance(s, int | np.integer) and not isinstance(s, bool) and s >= 1
-                       for s in size)):
+            or not all(validation.is_int(s) and s >= 1 for s in size)):
         raise ValueError(f"size must be (H, W), two positive ints; got {size!r}.")
     shape = (a.shape[0], int(size[0]), int(size[1])) + a.shape[3:]
     return jax.image.resize(a, shape, method=method)
