@@ -104,3 +104,30 @@ def test_wrong_layer_count_is_rejected(tmp_path):
                                    (np.zeros((1, 1, 16, 10), np.float32),)]))
     with pytest.raises(ValueError, match="needs 3 conv layers"):
         load_official_checkpoint(path)
+
+
+def test_every_released_file_matches_its_digest(shared_data):
+    from jaxadv.models.official import OFFICIAL_SHA256, verify_official_checksum
+    files = sorted(p.name for p in (shared_data / "boopathy-mnist").glob("*.pkl"))
+    assert files == sorted(OFFICIAL_SHA256)
+    for name in files:
+        assert verify_official_checksum(shared_data / "boopathy-mnist" / name)
+
+
+def test_a_bit_flip_inside_the_weights_is_refused(tmp_path, shared_data):
+    """The pickle stays valid and finite (the flip is in a weight's low mantissa bit), so only the
+    digest can tell; verify=False loads it for a file changed on purpose."""
+    src = shared_data / "boopathy-mnist" / "mnist_smallgap_normal_100.pkl"
+    data = bytearray(src.read_bytes())
+    _, params = load_official_checkpoint(src)
+    w = params["conv3"]["kernel"]
+    offset = bytes(data).find(w.tobytes()[:64])
+    assert offset > 0
+    data[offset] ^= 1  # lowest mantissa bit of the first float32 of conv3's kernel
+    flipped = tmp_path / src.name
+    flipped.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="SHA-256.*verify=False"):
+        load_official_checkpoint(flipped)
+    _, changed = load_official_checkpoint(flipped, verify=False)
+    diff = np.abs(changed["conv3"]["kernel"] - w)
+    assert int((diff > 0).sum()) == 1
