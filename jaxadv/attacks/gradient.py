@@ -36,7 +36,7 @@ from jaxadv import validation
 from jaxadv.attacks import losses as losses_lib
 from jaxadv.attacks import projections
 from jaxadv.attacks.base import AttackResult, is_success, update_best
-from jaxadv.attacks.step_rules import get_step_rule
+from jaxadv.attacks.step_rules import get_step_rule, l1_box_fill_rule
 from jaxadv.attacks.sweep import best_over
 from jaxadv.attacks.targets import check_targets_differ, resolve_targets
 from jaxadv.types import Array, LogitsFn
@@ -333,11 +333,14 @@ def fgsm(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, eps, norm: 
     """One-step fast gradient method (Goodfellow et al. 2015), l-inf (FGSM), l2 or l1 (FGM).
 
     Without random start, ``x_adv = clip(x + eps * d)`` with ``d`` the steepest-ascent direction
-    of the loss gradient ``g`` at x: ``sign(g)`` (l-inf); ``g / ||g||_2`` (l2); for l1, all of
-    the budget on the coordinate with the largest ``|g_i|`` (``l1_sparsity=1``: the exact l1
-    steepest ascent, a maximiser of ``g . delta`` over the l1 ball), skipping coordinates stuck
-    on a box bound; ``l1_sparsity < 1`` spreads it over the top ``(1-q)`` share of coordinates.
-    On a linear model these are the closed-form maximisers of the linearised loss.
+    of the loss gradient ``g`` at x: ``sign(g)`` (l-inf); ``g / ||g||_2`` (l2); for l1 with
+    ``l1_sparsity=1`` (the default), the exact l1 steepest ascent inside the box, a maximiser of
+    ``g . delta`` over the l1 ball and the box: the budget goes to the largest ``|g_i|``, and
+    where that coordinate reaches its bound first, the rest to the next ones in order
+    (:func:`jaxadv.attacks.step_rules.l1_box_fill_direction`); ``l1_sparsity < 1`` spreads it
+    over the top ``(1-q)`` share of coordinates (Tramer & Boneh 2019), skipping coordinates
+    stuck on a bound. On a linear model these are the closed-form maximisers of the linearised
+    loss.
 
     With ``random_start=True`` this is "FGSM with random start" of fast adversarial training
     (Wong et al. 2020): start uniformly in the eps-box, step ``step_size`` (default 1.25 eps),
@@ -350,9 +353,12 @@ def fgsm(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, eps, norm: 
     """
     if step_size is None:
         step_size = 1.25 * jnp.asarray(eps) if random_start else eps
+    step_rule = "steepest"
+    if norm == "l1" and l1_sparsity == 1:
+        step_rule = l1_box_fill_rule(budget=step_size, bounds=bounds)
     return pgd(logits_fn, x, y, key, eps=eps, step_size=step_size, num_steps=1, norm=norm,
                loss_fn=loss_fn, targets=targets, random_start=random_start, bounds=bounds,
-               l1_sparsity=l1_sparsity)
+               l1_sparsity=l1_sparsity, step_rule=step_rule)
 
 
 def fgsm_rs(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, eps, step_size=None,

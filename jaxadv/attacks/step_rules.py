@@ -126,6 +126,51 @@ def sparse_l1_direction(grad: Array, x_adv: Array | None = None, *, sparsity: fl
     return direction.reshape(grad.shape)
 
 
+def l1_box_fill_direction(grad: Array, x_adv: Array, *, budget, bounds: tuple[float, float]
+                          ) -> Array:
+    """The exact l1 steepest ascent inside a box: a maximiser of ``g . delta`` over
+    ``||delta||_1 <= budget`` and ``x_adv + delta`` in ``bounds``, divided by ``budget``.
+
+    A fractional knapsack: the budget fills the coordinates in decreasing order of ``|g_i|``, each
+    moved in the direction of ``sign(g_i)`` up to its distance to the bound on that side, until the
+    budget is spent. Without the box (or with enough room in the first coordinate) this is the
+    top-1 direction of :func:`sparse_l1_direction` with ``sparsity=1``; with the box, that
+    direction loses the part of the budget the clip removes.
+
+    Args:
+      grad: (B, ...) gradient of the objective to maximise.
+      x_adv: (B, ...) current point, inside ``bounds``.
+      budget: the l1 step, scalar or (B,) (the attack's ``step_size``); traced values welcome.
+      bounds: (low, high).
+
+    Returns:
+      (B, ...) ``delta / budget`` (0 where the budget is 0 or no coordinate can move up the
+      gradient); its l1 norm is 1 where the box leaves room for the whole budget, less otherwise.
+    """
+    b = grad.shape[0]
+    g = grad.reshape(b, -1)
+    x = x_adv.reshape(b, -1)
+    room = jnp.where(g > 0, bounds[1] - x, jnp.where(g < 0, x - bounds[0], jnp.zeros_like(x)))
+    room = jnp.maximum(room, 0).astype(g.dtype)
+    order = jnp.argsort(-jnp.abs(g), axis=-1)
+    room_sorted = jnp.take_along_axis(room, order, axis=-1)
+    spent_before = jnp.cumsum(room_sorted, axis=-1) - room_sorted
+    budget_b = jnp.broadcast_to(jnp.asarray(budget, g.dtype), (b,))[:, None]
+    fill_sorted = jnp.clip(budget_b - spent_before, 0, room_sorted)
+    fill = jnp.zeros_like(g).at[jnp.arange(b)[:, None], order].set(fill_sorted)
+    safe = jnp.where(budget_b > 0, budget_b, jnp.ones_like(budget_b))
+    direction = jnp.where(budget_b > 0, jnp.sign(g) * fill / safe, jnp.zeros_like(g))
+    return direction.reshape(grad.shape)
+
+
+def l1_box_fill_rule(*, budget, bounds: tuple[float, float]) -> StepRule:
+    """The exact l1 steepest ascent inside the box for steps of l1 size ``budget`` (the attack's
+    ``step_size``); see :func:`l1_box_fill_direction`. FGM-l1 (:func:`jaxadv.attacks.fgsm` with
+    ``l1_sparsity=1``) uses it."""
+    return _stateless(lambda g, x_adv: l1_box_fill_direction(g, x_adv, budget=budget,
+                                                             bounds=bounds))
+
+
 def sign_rule() -> StepRule:
     """l-inf steepest ascent: ``sign(g)``."""
     return _stateless(lambda g, x_adv: sign_direction(g))
@@ -224,6 +269,7 @@ def get_step_rule(rule, norm: str, *, l1_sparsity: float = 0.99,
                      "optax.GradientTransformation.")
 
 
-__all__ = ["STEP_RULES", "StepRule", "get_step_rule", "l1_num_coordinates", "momentum_rule",
+__all__ = ["STEP_RULES", "StepRule", "get_step_rule", "l1_box_fill_direction", "l1_box_fill_rule",
+           "l1_num_coordinates", "momentum_rule",
            "normalized_direction", "normalized_rule", "optax_rule", "sign_direction", "sign_rule",
            "sparse_l1_direction", "sparse_l1_rule"]

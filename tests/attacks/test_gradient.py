@@ -110,6 +110,56 @@ def test_fgm_closed_form_on_linear_model(norm, eps, loss, targeted, key):
     np.testing.assert_allclose(gain, eps * np.linalg.norm(g, ord=dual, axis=-1), rtol=1e-4)
 
 
+def _l1_box_optimum(g, x, eps, lo=0.0, hi=1.0):
+    """max g . delta over ||delta||_1 <= eps and lo <= x + delta <= hi, by scipy's LP solver
+    (delta = p - n, 0 <= p <= hi - x, 0 <= n <= x - lo, sum(p + n) <= eps), per example."""
+    from scipy.optimize import linprog
+    out = []
+    for gi, xi in zip(g, x, strict=True):
+        d = len(gi)
+        res = linprog(np.concatenate([-gi, gi]), A_ub=np.ones((1, 2 * d)), b_ub=[eps],
+                      bounds=list(zip(np.zeros(2 * d), np.concatenate([hi - xi, xi - lo]),
+                                      strict=True)), method="highs")
+        out.append(-res.fun)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_fgm_l1_fills_the_budget_up_to_the_box(targeted, key):
+    """Inputs whose largest-gradient coordinates sit close to the bound they move towards: FGM-l1
+    reaches the LP optimum of the linearised loss over the l1 ball and the box (the top-1 step lost
+    most of its budget to the clip), and stays inside both."""
+    logits_fn, w, b = linear_model()
+    x = np.array(interior_inputs(), np.float32).reshape(SHAPE[0], -1)
+    y = predicted(logits_fn, jnp.asarray(x.reshape(SHAPE)))
+    t = (y + 1) % K if targeted else None
+    g = analytic_grad(w, b, x, y, "ce", targets=t)
+    order = np.argsort(-np.abs(g), axis=-1)
+    for i in range(len(x)):  # the top 3 coordinates get 0.02, 0.05 and 0.1 of room
+        for j, r in zip(order[i, :3], (0.02, 0.05, 0.1), strict=True):
+            x[i, j] = 1.0 - r if g[i, j] > 0 else r
+    eps = 0.25
+    xs = jnp.asarray(x.reshape(SHAPE), jnp.float32)
+    g = analytic_grad(w, b, x, y, "ce", targets=t)  # at the moved inputs
+    res = G.fgsm(logits_fn, xs, y, key, eps=eps, norm="l1", loss_fn="ce", targets=t)
+    delta = np.asarray(res.x_adv, np.float64).reshape(len(x), -1) - x
+    assert np.all(np.abs(delta).sum(-1) <= eps + 1e-6)
+    assert np.all(np.asarray(res.x_adv) >= 0) and np.all(np.asarray(res.x_adv) <= 1)
+    gain = np.sum(g * delta, axis=-1)
+    optimum = _l1_box_optimum(g, x, eps)
+    np.testing.assert_allclose(gain, optimum, rtol=1e-4)
+    top1 = np.abs(g[np.arange(len(x)), order[:, 0]]) * 0.02
+    assert np.all(gain > 2 * top1)  # the clipped top-1 step's gain, for scale
+    # The direction on its own: a (B,) budget, budget 0, and the unconstrained case.
+    d = step_rules.l1_box_fill_direction(jnp.asarray(g), jnp.asarray(x), budget=jnp.array(
+        [0.0, eps, eps, 10.0]), bounds=(0.0, 1.0))
+    d = np.asarray(d)
+    assert np.all(d[0] == 0)
+    np.testing.assert_allclose(np.sum(g[1:3] * d[1:3] * eps, -1), optimum[1:3], rtol=1e-4)
+    room = np.where(g[3] > 0, 1 - x[3], np.where(g[3] < 0, x[3], 0))
+    np.testing.assert_allclose(np.abs(d[3]) * 10.0, room, atol=1e-6)  # every coordinate full
+
+
 def test_fgsm_with_random_start_is_start_plus_projected_step(key):
     logits_fn, w, b = linear_model()
     x = interior_inputs()
