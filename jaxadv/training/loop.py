@@ -168,12 +168,12 @@ def _previous_timings(workdir: str) -> dict:
     return {k: old[k] for k in keys if k in old}
 
 
-def _check_num_classes(model, sample_shape, sources) -> None:
+def _check_num_classes(state, sample_shape, sources) -> None:
     """The model must have an output for every class of the data: inside the jitted step the
-    labels are not checked, and a label >= K gets an all-zero one-hot target (no loss at all)."""
-    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(sample_shape, jnp.float32))
-    out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros(sample_shape, jnp.float32)),
-                         variables)
+    labels are not checked, and a label >= K gets an all-zero one-hot target (no loss at all).
+    Shapes only (``jax.eval_shape`` of the state's model on its variables): nothing runs."""
+    out = jax.eval_shape(lambda v: state.apply_fn(v, jnp.zeros(sample_shape, jnp.float32)),
+                         state.eval_variables())
     k = out.shape[-1]
     for src in sources:
         need = getattr(src, "num_classes", None)
@@ -202,9 +202,9 @@ def train_and_evaluate(config: Mapping, workdir: str, *, verbose: bool = True) -
     key = jax.random.key(config.seed)
     init_key, train_key, data_key = jax.random.split(key, 3)
     sample_shape = (1,) + tuple(train_src.get(np.arange(1))[0].shape[1:])
-    _check_num_classes(model, sample_shape, (train_src, test_src))
     ema_decay = float(t.get("ema_decay", 0.0)) or None
     state = create_train_state(model, tx, init_key, sample_shape, ema=ema_decay is not None)
+    _check_num_classes(state, sample_shape, (train_src, test_src))
     state = sharding.replicate(state, mesh)
 
     best_metric = t.get("best_metric", "accuracy")
