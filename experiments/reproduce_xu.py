@@ -36,9 +36,10 @@ Tables (``--out_dir``/tables.md, results.json, figures *.png):
   network-dissection IoU. MNIST has no concept segmentations, so the probe set is a documented
   proxy: on ``--n_probe`` test images, 12 concepts: "stroke" (pixels > 0.5), "background"
   (pixels <= 0.5) and "stroke of digit c" for c = 0..9 (the stroke mask on images of class c,
-  empty elsewhere). Correlation of s_u with max IoU_u; whether units whose best concept is the
-  stroke of digit c are suppressed when c is the true class and promoted when c is the target
-  (mean change of mean_hw A_u in units of its clean standard deviation).
+  empty elsewhere). Correlation of s_u with max IoU_u; whether interpretable units (max IoU >
+  0.04, methods.md 2.5) whose best concept is the stroke of digit c are suppressed when c is the
+  true class and promoted when c is the target (mean change of mean_hw A_u in units of its clean
+  standard deviation; "not testable" where no unit is interpretable).
 * X-5 unit masking: the top-m units by sensitivity to an untargeted I-FGSM at ``--mask_eps``
   (measured on the first half of the images) are zeroed; clean accuracy, accuracy on that attack's
   examples from the unmasked model (transfer) and under the attack re-run on the masked model
@@ -177,7 +178,10 @@ def analyse_model(tag: str, bound: Bound, x: np.ndarray, y: np.ndarray, probe: t
     diss = units.dissect(jnp.asarray(feats), jnp.asarray(pc), chunk_size=100)
     unit_std = np.asarray(jnp.std(jnp.mean(jnp.asarray(feats), (1, 2)), 0))
     best = np.asarray(diss.best_concept)
-    unit_class = np.where(best >= 2, best - 2, -1)
+    # X-4's concept check counts only interpretable units (methods.md 2.5: max IoU > 0.04) whose
+    # best concept is a class's stroke; until 2026-12-07 it took every unit's best concept, however
+    # low its IoU (as low as 0.002 on SmallGAP, which has no interpretable unit).
+    unit_class = np.where(np.asarray(diss.interpretable) & (best >= 2), best - 2, -1)
     rec["dissection"] = {
         "n_probe": int(len(px)), "concepts": list(CONCEPTS), "num_units": int(feats.shape[-1]),
         "interpretable": int(np.sum(np.asarray(diss.interpretable))),
@@ -239,7 +243,8 @@ def analyse_model(tag: str, bound: Bound, x: np.ndarray, y: np.ndarray, probe: t
               "sensitivity_interpretable": float(sv[interp].mean()) if interp.any() else None,
               "sensitivity_other": float(sv[~interp].mean()) if (~interp).any() else None,
               "promoted_units": int(np.sum(np.asarray(sens.promoted > sens.suppressed))),
-              "alignment": {f: float(getattr(align, f)) for f in units.ConceptAlignment._fields}}
+              "alignment": {f: float(getattr(align, f)) for f in units.ConceptAlignment._fields},
+              "alignment_units": int(np.sum(unit_class >= 0))}
         rec["attacks"][name] = {"settings": {"attack": reg, **hp}, "x1": x1, "x2": x2, "x3": x3,
                                 "x4": x4}
         figs["ratio_image"][ATTACK_NAMES[name]] = r_img[s]
@@ -472,7 +477,8 @@ def claims(results: dict) -> list[dict]:
         atk = {n: a for n, a in rec["attacks"].items() if a["x1"]["n_success"]}
 
         def add(claim, holds, evidence, tag=tag):
-            out.append({"model": tag, "claim": claim, "holds": bool(holds), "evidence": evidence})
+            out.append({"model": tag, "claim": claim,
+                        "holds": None if holds is None else bool(holds), "evidence": evidence})
 
         # (1) the three types: pooled over the attacks' successful examples, whole images
         pooled = np.zeros(3)
@@ -500,13 +506,22 @@ def claims(results: dict) -> list[dict]:
         add(f"network dissection: the units attacks change most are the more interpretable ones "
             f"(Spearman of s_u and max IoU above {band:.2f}, the 95% band of no correlation)",
             bool(rho) and all(v > band for v in rho.values()), rho)
-        # (4) suppressed units match true-class concepts, promoted units target-class concepts
+        # (4) suppressed units match true-class concepts, promoted units target-class concepts:
+        # over the interpretable units whose concept is a class (none: not testable)
         al = {n: {k: (round(v, 2) if v is not None and np.isfinite(v) else None)
                   for k, v in a["x4"]["alignment"].items()} for n, a in atk.items()}
-        add("units whose concept is the true class are suppressed and those of the target class "
-            "promoted (mean standardised change < 0 and > 0)",
-            bool(al) and all(v["source"] is not None and v["target"] is not None
-                             and v["source"] < 0 < v["target"] for v in al.values()), al)
+        claim4 = ("interpretable units (max IoU > 0.04) whose concept is the true class are "
+                  "suppressed and those of the target class promoted (mean standardised change < 0 "
+                  "and > 0)")
+        if rec["dissection"]["interpretable"] == 0:
+            add(claim4, None, {"not testable": "no interpretable unit"})
+        elif any("alignment_units" not in a["x4"] for a in atk.values()):
+            add(claim4, None, {"not testable": "this record's alignment counted every unit's best "
+                                               "concept (before 2026-12-07); rerun the model"})
+        else:
+            add(claim4, bool(al) and all(v["source"] is not None and v["target"] is not None
+                                         and v["source"] < 0 < v["target"] for v in al.values()),
+                {**al, "units": max(a["x4"]["alignment_units"] for a in atk.values())})
         # (5) masking: robustness improves over random masking at a modest clean cost
         m = rec["masking"]
         top, rnd = m["top"], m["random"]
@@ -519,6 +534,10 @@ def claims(results: dict) -> list[dict]:
              "transfer_top": top["transfer"], "transfer_random": rnd["transfer"],
              "adaptive_top": top["adaptive"], "adaptive_random": rnd["adaptive"]})
     return out
+
+
+def _verdict(holds) -> str:
+    return "not testable" if holds is None else ("agrees" if holds else "does not agree")
 
 
 def tables(results: dict) -> str:
@@ -602,8 +621,10 @@ def tables(results: dict) -> str:
                          f"{_f(x4['sensitivity_other'], 3)} | {x4['promoted_units']} | "
                          f"{_f(al['source'])} | {_f(al['target'])} | {_f(al['other'])} |")
         lines += ["", "dA: mean change of a unit's spatial mean activation, in clean standard "
-                  "deviations, over (unit, example) pairs whose unit's best concept is the "
-                  "stroke of the example's true class / target class / neither.", ""]
+                  "deviations, over (unit, example) pairs whose unit is interpretable and whose "
+                  "best concept is the stroke of the example's true class / target class / neither "
+                  "(records without 'alignment_units', before 2026-12-07: every unit's best "
+                  "concept, interpretable or not).", ""]
         m = rec["masking"]
         ms = m["settings"]
         lines += ["### X-5 masking the most sensitive units", "",
@@ -620,7 +641,7 @@ def tables(results: dict) -> str:
     lines += ["## The paper's claims (methods.md 2.1)", ""]
     for c in results["claims"]:
         lines.append(f"- **{c['model']}**: {c['claim']}: "
-                     f"{'agrees' if c['holds'] else 'does not agree'} ({json.dumps(c['evidence'])})")
+                     f"{_verdict(c['holds'])} ({json.dumps(c['evidence'])})")
     return "\n".join(lines) + "\n"
 
 

@@ -68,3 +68,41 @@ def test_reproduce_xu_fashion_mnist_workdir(tmp_path, monkeypatch):
                                  str(tmp_path / "absent"), "--no_figures", "--out_dir",
                                  str(tmp_path / "xu2")])
     assert missing["models"] == {}
+
+
+def _record(interpretable, alignment, alignment_units=None):
+    x4 = {"spearman": 0.1, "alignment": alignment}
+    if alignment_units is not None:
+        x4["alignment_units"] = alignment_units
+    return {
+        "attacks": {"fgsm": {
+            "x1": {"n_success": 3, "image_types": {"suppression": 0.2, "balanced": 0.5,
+                                                   "promotion": 0.3}},
+            "x3": {"promotion_in_target": {"mean": 0.3}, "suppression_in_source": {"mean": 0.3}},
+            "x4": x4}},
+        "dissection": {"num_units": 100, "interpretable": interpretable},
+        "masking": {"num_masked": [0, 1], "settings": {"n_eval": 10},
+                    "top": {"clean": [1, 1], "transfer": [0.5, 0.5], "adaptive": [0.5, 0.5]},
+                    "random": {"clean": [1, 1], "transfer": [0.5, 0.5], "adaptive": [0.5, 0.5]}}}
+
+
+def test_the_concept_claim_needs_interpretable_units():
+    """Claim (4) of methods.md 2.1 / 2.5 counts only interpretable units: with none it is not
+    testable (it used to 'agree' on SmallGAP from units whose best IoU was 0.002), a record from
+    before the rule is not testable either, and a current record decides it."""
+    from experiments.reproduce_xu import _verdict, claims
+
+    good = {"source": -0.5, "target": 0.4, "other": 0.0}
+    results = {"settings": {"cam_top_percent": 20.0, "quick": True, "eps": 0.3, "targets": "t",
+                            "group_size": 2},
+               "models": {"none": _record(0, good, 0), "stale": _record(5, good),
+                          "ok": _record(5, good, 5),
+                          "wrong": _record(5, {"source": 0.2, "target": 0.4, "other": 0.0}, 5)}}
+    verdict = {c["model"]: c for c in claims(results) if "concept is the true class" in c["claim"]}
+    assert verdict["none"]["holds"] is None and verdict["stale"]["holds"] is None
+    assert "no interpretable unit" in json.dumps(verdict["none"]["evidence"])
+    assert "rerun" in json.dumps(verdict["stale"]["evidence"])
+    assert verdict["ok"]["holds"] is True and verdict["ok"]["evidence"]["units"] == 5
+    assert verdict["wrong"]["holds"] is False
+    assert [_verdict(v) for v in (None, True, False)] == ["not testable", "agrees",
+                                                           "does not agree"]
