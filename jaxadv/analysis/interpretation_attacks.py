@@ -89,7 +89,9 @@ def map_manipulation_attack(map_fn: MapFn, logits_fn: LogitsFn, x: Array, y: Arr
 
     by signed-gradient steps in B_inf(x, eps) ∩ box. The returned example is the iterate with the
     largest region mass among those still classified as y (``success``: some iterate kept the
-    label); ``loss`` is its objective. The cross-entropy weight is the project's choice [rec].
+    label; where none did, the iterate of largest region mass); ``loss`` is its region mass. The
+    steps follow the whole objective; the choice of iterate looks at the region mass alone (the
+    cross-entropy only steers). The cross-entropy weight is the project's choice [rec].
 
     Args:
       map_fn: ``(x, y) -> (B, ...)`` differentiable map (CAM: :func:`cam_map_fn`).
@@ -105,7 +107,10 @@ def map_manipulation_attack(map_fn: MapFn, logits_fn: LogitsFn, x: Array, y: Arr
     def objective(x_adv):
         logits = logits_fn(x_adv)
         ce = -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), y[:, None], -1)[:, 0]
-        obj = region_mass(map_fn(x_adv, y), region) - label_weight * ce
+        # Value: the region mass (what the best iterate is chosen by); gradient: that of
+        # region mass - label_weight * CE (the stop_gradient term cancels CE's value only).
+        kept_ce = label_weight * ce
+        obj = region_mass(map_fn(x_adv, y), region) - kept_ce + jax.lax.stop_gradient(kept_ce)
         return obj, jnp.argmax(logits, -1) == y
 
     return pgd_objective(objective, x, key, eps=eps, step_size=step_size, num_steps=num_steps,

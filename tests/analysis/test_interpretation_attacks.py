@@ -94,3 +94,23 @@ def test_map_manipulation_never_returns_a_flipped_label():
                                   eps=0.2, step_size=0.1, num_steps=3, label_weight=0.0,
                                   random_start=False)
     assert np.all(np.asarray(jnp.argmax(logits_fn(res.x_adv), -1)) == 0)
+
+
+def test_map_manipulation_returns_the_label_keeping_iterate_of_largest_region_mass():
+    """Identity map, region = left half, a model whose cross-entropy on y = 0 grows with the left
+    half's brightness steeply enough (label_weight 1) that every step darkens the left half: the
+    objective rises step by step while the region mass falls, so the start (no random start) is
+    the iterate of largest region mass and is what comes back, with its region mass as loss."""
+    x = jnp.full((2, 4, 4), 0.5).at[:, :, 2:].add(0.05)
+    region = jnp.zeros((4, 4)).at[:, :2].set(1.0)
+
+    def logits_fn(z):
+        left, right = z[:, :, :2].mean((1, 2)), z[:, :, 2:].mean((1, 2))
+        return jnp.stack([jnp.zeros_like(left), 10.0 * (left - right)], -1)
+
+    y = jnp.zeros(2, jnp.int32)
+    res = map_manipulation_attack(lambda z, yy: z, logits_fn, x, y, region, jax.random.key(0),
+                                  eps=0.1, step_size=0.02, num_steps=5, random_start=False)
+    assert np.all(np.asarray(res.success))
+    np.testing.assert_allclose(res.x_adv, x, atol=1e-7)
+    np.testing.assert_allclose(res.loss, region_mass(x, region), rtol=1e-6)
