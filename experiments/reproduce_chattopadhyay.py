@@ -467,7 +467,11 @@ def write_tables(results: dict) -> str:
     lines += [f"## R-1: RoI (Grad-CAM of the true class on x) vs RoA (true delta), p_I = p_A = {pd}",
               "", "Means over the attacked images (clean correct, attack successful). Random "
               f"regions would give IoU {rand_iou:.3f}, overlap {pi:.2f}, energy share {pi:.2f}. "
-              "'raw' = unsmoothed attack map (l-inf ties broken by position).", "",
+              "'raw' = unsmoothed attack map, ties broken by position: for FGSM and PGD, whose "
+              "|delta| equals eps on most pixels, the raw RoA is then mostly the image's top rows "
+              "(a position, not a region of the attack), so only their smoothed columns and the "
+              "raw columns of C&W and DeepFool are informative (rr.segregate's key= breaks ties "
+              "at random instead).", "",
               "| model | attack | attacked / n | median l2 | IoU | overlap | energy share | IoU raw "
               "| overlap raw |", "|---" * 9 + "|"]
     for mkey, m in results["models"].items():

@@ -323,13 +323,15 @@ def prior_attack_map(attack_maps: Array, *, weights: Array | None = None) -> Arr
 
 # --------------------------------------------------------------------------- 3-4. regions
 
-def top_fraction_mask(scores: Array, fraction) -> Array:
+def top_fraction_mask(scores: Array, fraction, *, key: PRNGKey | None = None) -> Array:
     """(B, ...) bool mask of the top ``fraction`` of each example's entries.
 
     Exactly k = clip(round(fraction * N), 1, N) entries are selected per example (N entries per
-    example), whatever the ties: equal scores are ranked by position (row-major, earlier first),
-    so the result is deterministic. ``fraction`` in (0, 1] may be traced (no recompilation in a
-    sweep).
+    example), whatever the ties. Equal scores are ranked by position (row-major, earlier first)
+    without ``key``, in a random order drawn from ``key`` with it. Maps with many ties need the
+    key: the |delta| of an l-inf sign attack is eps on most pixels, so the top 20% by position are
+    the top rows of the image, not a region of the attack. ``fraction`` in (0, 1] may be traced
+    (no recompilation in a sweep).
     """
     if getattr(scores, "ndim", 0) < 2:
         raise ValueError(f"scores must be a batch (B, ...); got shape {getattr(scores, 'shape', None)}.")
@@ -337,7 +339,10 @@ def top_fraction_mask(scores: Array, fraction) -> Array:
     flat = scores.reshape(scores.shape[0], -1)
     n = flat.shape[1]
     k = jnp.clip(jnp.round(jnp.asarray(fraction, jnp.float32) * n), 1, n).astype(jnp.int32)
-    order = jnp.argsort(-flat, axis=-1, stable=True)
+    if key is None:
+        order = jnp.argsort(-flat, axis=-1, stable=True)
+    else:  # by score, ties by a uniform draw (lexsort: the last key is the primary one)
+        order = jnp.lexsort((jax.random.uniform(key, flat.shape), -flat), axis=-1)
     ranks = jnp.argsort(order, axis=-1, stable=True)
     return (ranks < k).reshape(scores.shape)
 
@@ -365,7 +370,7 @@ class Regions(NamedTuple):
 
 
 def segregate(importance: Array, attack: Array, *, p_importance=0.2, p_attack=0.2,
-              tau_importance=None, tau_attack=None) -> Regions:
+              tau_importance=None, tau_attack=None, key: PRNGKey | None = None) -> Regions:
     """Segregation (methods.md 3.2 item 3): RoI = top p_I of s_I, RoA = top p_A of s_A.
 
     A threshold ``tau_*`` (RoI = s_I > tau_I) replaces the fraction where given. Defaults p_I =
@@ -378,6 +383,8 @@ def segregate(importance: Array, attack: Array, *, p_importance=0.2, p_attack=0.
       p_attack: fraction in (0, 1].
       tau_importance: optional threshold for the RoI.
       tau_attack: optional threshold for the RoA.
+      key: optional PRNG key that breaks ties among equal scores at random
+        (:func:`top_fraction_mask`; without it, by position).
 
     Returns:
       Regions(roi, roa), (B, H, W) bool each.
@@ -387,9 +394,11 @@ def segregate(importance: Array, attack: Array, *, p_importance=0.2, p_attack=0.
     _check_same(importance, attack, "importance", "attack",
                 "compute both maps on the same batch at the input resolution (importance_map "
                 "upsamples CAMs to (H, W); broadcast a prior map with jnp.broadcast_to)")
+    k_roi, k_roa = (None, None) if key is None else jax.random.split(key)
     roi = (importance > tau_importance if tau_importance is not None
-           else top_fraction_mask(importance, p_importance))
-    roa = attack > tau_attack if tau_attack is not None else top_fraction_mask(attack, p_attack)
+           else top_fraction_mask(importance, p_importance, key=k_roi))
+    roa = (attack > tau_attack if tau_attack is not None
+           else top_fraction_mask(attack, p_attack, key=k_roa))
     return Regions(roi, roa)
 
 

@@ -162,6 +162,26 @@ def test_top_fraction_ties_are_broken_by_position_and_fraction_is_traced():
     assert len(traces) == 1
 
 
+def test_top_fraction_ties_are_broken_at_random_with_a_key():
+    """An l-inf sign attack's |delta|: a few pixels above eps / 2 (clipped), the rest tied at eps.
+    With a key the tied pixels are drawn anywhere (mean row near the centre), the larger ones are
+    always in, the count is exact, and two keys draw different regions; without it the tied
+    picks are the top rows."""
+    s = jnp.full((64, 28, 28), 0.3).at[:, 20, 5:10].set(0.5)
+    k = round(0.2 * 28 * 28)
+    rows = np.arange(28)[None, :, None]
+    by_position = np.asarray(rr.top_fraction_mask(s, 0.2))
+    assert (rows * by_position).sum() / by_position.sum() < 4
+    m = np.asarray(rr.top_fraction_mask(s, 0.2, key=jax.random.key(0)))
+    np.testing.assert_array_equal(m.sum((1, 2)), k)
+    assert m[:, 20, 5:10].all()
+    assert 12 < (rows * m).sum() / m.sum() < 15
+    other = np.asarray(rr.top_fraction_mask(s, 0.2, key=jax.random.key(1)))
+    assert (m & other).sum() < 0.5 * m.sum()
+    reg = rr.segregate(s, s, key=jax.random.key(2))
+    assert 12 < (rows * np.asarray(reg.roa)).sum() / np.asarray(reg.roa).sum() < 15
+
+
 def test_random_region_control_keeps_the_count():
     m = jax.random.uniform(jax.random.key(6), (3, 8, 8)) < jnp.array([0.0, 0.2, 0.7])[:, None, None]
     r = rr.random_region_like(m, jax.random.key(7))
