@@ -1059,3 +1059,15 @@ def test_attributions_benchmark_compares_jaxadv_without_a_fast_path_form(monkeyp
     assert out["speedup_vs_no_depth_first"] == {
         m: pytest.approx(v["jaxadv_no_depth_first"] / v["jaxadv"])
         for m, v in out["forms_off_s"].items()}
+
+
+def test_every_fashion_mnist_robust_method_names_a_valid_objective():
+    """Each config method resolves to an objective whose hyperparameters pass the checks (e.g.
+    trades_b: Boopathy et al.'s batch-summed TRADES needs beta 1)."""
+    from experiments.configs import fashion_mnist_robust as configs
+    from jaxadv.training import get_objective
+
+    for method in configs.METHODS:
+        config = configs.get_config(method)
+        get_objective(config.objective.name, **dict(config.objective.kwargs))
+    assert {"trades_b", "int_ig", "int_ig_adv"} <= set(configs.METHODS)

@@ -12,6 +12,11 @@ job's 300 steps (eps ramped from step 30 to 150). All methods plus their evaluat
 ``python -m experiments.fashion_mnist_robust`` (see that script for the results); the main job
 (``make run``) is ``python -m experiments.fashion_mnist_robust --main`` (PGD-AT vs Int2, short).
 
+TRADES (``trades``) is Zhang et al. (2019)'s loss, CE + beta KL averaged over the batch with
+their beta = 6: a labelled fix of Boopathy et al.'s code, which sums CE + KL over the batch (beta
+1, methods.md 1.10 quirk 1); ``trades_b`` runs that form. ``int_ig`` / ``int_ig_adv`` are the
+official code's Int-IG / Int-IG-Adv, 0.02 ||IG||_1 (quirk 2).
+
 Fast AT (``fast_at``) holds out the last 1,000 training images and keeps the checkpoint with the
 best PGD-10 accuracy on them (Wong et al. 2020's guard against catastrophic overfitting).
 """
@@ -26,6 +31,7 @@ METHODS = {
     "normal": ("cross_entropy", {}),
     "pgd_at": ("pgd_at", INNER),
     "trades": ("trades", dict(INNER, beta=6.0)),
+    "trades_b": ("trades", dict(INNER, beta=1.0, batch_sum=True)),
     "fast_at": ("fast_at", {"eps": EPS, "ramp_start": 100, "ramp_end": 400}),
     "int": ("int", dict(INNER, gamma=0.01)),
     "int_one": ("int_one", dict(INNER, gamma=0.01)),
@@ -34,6 +40,8 @@ METHODS = {
     "int2_adv": ("int2_adv", dict(INNER, gamma=0.01)),
     "ig_norm": ("ig_norm", dict(INNER, weight=1.0)),
     "ig_sum_norm": ("ig_sum_norm", dict(INNER, weight=1.0)),
+    "int_ig": ("int_ig", INNER),
+    "int_ig_adv": ("int_ig_adv", INNER),
     "input_gradient": ("input_gradient", {"weight": 1.0}),
 }
 

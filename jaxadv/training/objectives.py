@@ -59,6 +59,8 @@ def _registry() -> dict[str, Objective]:
         "int2_adv": interpretability.int2_adv, "int2adv": interpretability.int2_adv,
         "ig_norm": interpretability.ig_norm, "ig": interpretability.ig_norm,
         "ig_sum_norm": interpretability.ig_sum_norm, "igsum": interpretability.ig_sum_norm,
+        "int_ig": interpretability.int_ig, "intig": interpretability.int_ig,
+        "int_ig_adv": interpretability.int_ig_adv, "intigadv": interpretability.int_ig_adv,
     }
 
 
@@ -78,7 +80,7 @@ def register_objective(name: str, fn: Objective) -> None:
 
 def available_objectives() -> list[str]:
     """Names accepted by :func:`get_objective` (aliases use the checkpoint tags of Boopathy et
-    al.: adv, intone, intadv, int2adv, ig, igsum)."""
+    al.: adv, intone, intadv, int2adv, ig, igsum, intig, intigadv)."""
     return sorted(_objectives())
 
 

@@ -35,7 +35,8 @@ OBJECTIVES = {
     "cross_entropy": {}, "pgd_at": FAST, "trades": dict(FAST, beta=3.0), "fast_at": {"eps": 0.1},
     "input_gradient": {"weight": 0.5}, "int": FAST, "int_one": FAST, "int_adv": FAST,
     "int2": FAST, "int2_adv": FAST, "ig_norm": dict(FAST, ig_steps=3),
-    "ig_sum_norm": dict(FAST, ig_steps=3),
+    "ig_sum_norm": dict(FAST, ig_steps=3), "int_ig": dict(FAST, ig_steps=3),
+    "int_ig_adv": dict(FAST, ig_steps=3),
 }
 
 
@@ -161,6 +162,23 @@ def test_ig_norm_keeps_double_backprop(setup):
     diff = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), g, g_ce)
     assert max(jax.tree.leaves(diff)) > 1e-6  # the IG term contributes a parameter gradient
     assert float(jnp.mean(metrics["ig_norm"])) > 0
+
+
+@pytest.mark.parametrize("name,base", [("intig", "ig_norm"), ("intigadv", "ig_sum_norm")])
+def test_int_ig_is_the_ig_objective_at_weight_002(setup, name, base):
+    """Int-IG / Int-IG-Adv (methods.md 1.6, quirk 2 of 1.10): Boopathy et al.'s code collapses the
+    2-class weighting to 0.02 ||IG||_1, so each is its IG objective at weight 0.02 (inner
+    maximisation included), and the loss is CE + 0.02 ||IG||_1 per example."""
+    _, state, batch = setup
+    args = (state.apply_fn, state.params, {}, batch, jax.random.key(9))
+    hp = dict(FAST, ig_steps=3)
+    loss, (metrics, _) = _jitted(get_objective(name, **hp), *args)
+    ref, (ref_metrics, _) = _jitted(get_objective(base, **hp, weight=0.02), *args)
+    assert float(loss) == float(ref)
+    np.testing.assert_allclose(metrics["loss"], metrics["ce"] + 0.02 * metrics["ig_norm"],
+                               rtol=1e-6)
+    other, _ = _jitted(get_objective(base, **hp), *args)  # weight 1
+    assert float(other) > float(loss)
 
 
 def test_path_ig_completeness_on_smooth_model(setup):
