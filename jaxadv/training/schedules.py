@@ -1,8 +1,8 @@
 """Optimisers, learning-rate schedules and the eps ramp, built from plain-data configs.
 
-Presets follow Boopathy et al. (methods.md section 1.7): MNIST Adam 1e-4 constant; CIFAR-10 Adam 1e-3,
+Boopathy et al.'s presets (methods.md section 1.7: MNIST Adam 1e-4 constant; CIFAR-10 Adam 1e-3,
 1e-4 after 40k steps, 1e-5 after 60k; eps ramp 0 until ``ramp_start`` then linear to eps at
-``ramp_end``.
+``ramp_end``) are the configs of ``experiments/configs/boopathy.py``, built from these functions.
 """
 
 from collections.abc import Mapping, Sequence
