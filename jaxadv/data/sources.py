@@ -165,15 +165,17 @@ class TfdsSource:
         try:
             self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
         except Exception as e:
-            where = data_dir or builder.data_dir
+            where = builder.data_dir
+            # download_and_prepare's --data_dir is the root that holds <name>/<version>
+            root = data_dir or getattr(builder, "data_dir_root", None) or where
             if not builder.is_prepared():
                 raise FileNotFoundError(
                     f"Dataset {name!r} is not prepared under {where}, and jaxadv never downloads "
                     "implicitly (offline, a download retries for minutes before failing). On a "
                     "machine with the network run:\n  python -m "
                     f"tensorflow_datasets.scripts.download_and_prepare --datasets={name} "
-                    f"--data_dir={where} --file_format=array_record\n(it needs `pip install "
-                    "tensorflow`), then copy the directory here. Offline, use dataset "
+                    f"--data_dir={root} --file_format=array_record\n(it needs `pip install "
+                    f"tensorflow`), then copy {root}/{name} here. Offline, use dataset "
                     "'fashion_mnist'.") from e
             raise ValueError(
                 f"Dataset {name!r} under {where} cannot be read with random access ({e}). Prepare "

@@ -128,3 +128,20 @@ def test_tfds_unprepared_dataset_fails_fast_without_download(tmp_path, tfds_temp
     pytest.importorskip("tensorflow_datasets")
     with pytest.raises(FileNotFoundError, match="never downloads"):
         load_dataset("cifar10", "train", data_dir=str(tmp_path))
+
+
+def test_the_prepare_command_names_the_data_root(tmp_path, tfds_temp_in_tmp_path):
+    """download_and_prepare's --data_dir is the root that holds <name>/<version>: the message's
+    command must not name the versioned directory (that prepares into root/cifar10/3.0.2/cifar10/),
+    whether data_dir is given or tensorflow-datasets' default."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with pytest.raises(FileNotFoundError) as given:
+        load_dataset("cifar10", "train", data_dir=str(tmp_path))
+    assert f"--data_dir={tmp_path} " in str(given.value)
+    assert f"not prepared under {tmp_path}/cifar10/" in str(given.value)
+    if tfds.builder("cifar10").is_prepared():
+        return  # this machine has CIFAR-10 in tensorflow-datasets' default directory
+    with pytest.raises(FileNotFoundError) as default:
+        load_dataset("cifar10", "train")
+    command = str(default.value).split("--data_dir=")[1].split()[0]
+    assert "/cifar10" not in command, command
