@@ -6,7 +6,9 @@
 Models: the official MNIST checkpoints (``../shared/data/boopathy-mnist``) on the MNIST test set
 (``../shared/data/mnist-test``), and optionally Fashion-MNIST runs of jaxadv's training loop
 (``--fmnist NAME=WORKDIR``, e.g. the workdirs of ``experiments.fashion_mnist_robust``), evaluated
-on the Fashion-MNIST test set. Images: the first ``--n`` test images of each set.
+on the Fashion-MNIST test set. Images: the first ``--n`` test images of each set (the official
+evaluation draws its 200 with ``np.random.seed(99)`` and a permutation, methods.md 1.1: a labelled
+change, so the rows differ from the paper's by the sampling of the images too).
 
 Tables (the paper's numbering, methods.md 1.9), written to ``--out`` (results/boopathy/):
 

@@ -5,6 +5,11 @@ Each is a pure objective ``(apply_fn, params, batch_stats, batch, key, *, step, 
 follows Boopathy et al.'s ramp (methods.md 1.7): 0 until ``ramp_start``, linear to ``eps`` at
 ``ramp_end`` (set both to 0 for a constant eps). Inner attacks see the model in eval mode with
 stop-gradient'ed parameters, and the adversarial example is ``stop_gradient``'ed.
+
+The inner attacks return the best iterate of the run (for cross-entropy, a misclassified one
+first, then the highest loss; :func:`jaxadv.attacks.pgd_objective`), not the last one that
+Boopathy et al.'s code uses (methods.md 1.6): a labelled change, the same for every objective here
+and in :mod:`jaxadv.training.interpretability`.
 """
 
 import jax
