@@ -50,24 +50,24 @@ def guided_integrated_gradients(logits_fn: LogitsFn, x: Array, target, *, baseli
     t = _common.prepare(logits_fn, x, target)
     num_steps = validation.check_int("num_steps", num_steps, 1)
     num_inner = validation.check_int("num_inner", num_inner, 1)
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1]; got {fraction}.")
-    if not 0.0 <= max_dist <= 1.0:
-        raise ValueError(f"max_dist must be in [0, 1]; got {max_dist}.")
+    validation.check_range("fraction", fraction, 0.0, 1.0, low_open=True)
+    validation.check_range("max_dist", max_dist, 0.0, 1.0)
     b = make_baseline(x, baseline, key=key, blur_sigma=blur_sigma)
     batch, n = x.shape[0], x[0].size
     xf, bf = x.reshape(batch, n), b.reshape(batch, n)
     total = xf - bf
     fixed = total == 0
     l1_total = jnp.sum(jnp.abs(total), axis=-1, keepdims=True)
-    safe_total = jnp.where(fixed, 1.0, total)
+    direction = jnp.sign(total)
     tol = 1e-6 * l1_total + 1e-12
 
     def grad_fn(z):
         return _common.input_gradient(logits_fn, z.reshape(x.shape), t).reshape(batch, n)
 
-    def progress(z):
-        return jnp.where(fixed, 1.0, (z - bf) / safe_total)
+    # "progress a_i < a" is decided on positions, (b + a (x - b) - z) sign(x - b) > 0, not on the
+    # rounded ratio (z - b) / (x - b): a feature set to exactly z_max must never test as movable,
+    # which the ratio's rounding (different under vmap or after a tiny change of x) allowed,
+    # changing the path (and making the map jump with x).
 
     def step(carry, s):
         z, attr = carry
@@ -77,11 +77,11 @@ def guided_integrated_gradients(logits_fn: LogitsFn, x: Array, target, *, baseli
         a_max = jnp.minimum(alpha + max_dist, 1.0)
         z_min, z_max = bf + a_min * total, bf + a_max * total
         l1_target = l1_total * (1.0 - alpha)
-        new = jnp.where(progress(z) < a_min, z_min, z)
+        new = jnp.where(((z_min - z) * direction > 0) & ~fixed, z_min, z)
 
         def round_(_, w):
             need = jnp.sum(jnp.abs(xf - w), axis=-1, keepdims=True) - l1_target
-            movable = (progress(w) < a_max) & ~fixed
+            movable = ((z_max - w) * direction > 0) & ~fixed
             absg = jnp.where(movable, jnp.abs(g), jnp.inf)
             count = jnp.sum(movable.astype(x.dtype), axis=-1, keepdims=True)
             k = jnp.clip(jnp.ceil(fraction * count).astype(jnp.int32), 1, n) - 1
@@ -90,7 +90,8 @@ def guided_integrated_gradients(logits_fn: LogitsFn, x: Array, target, *, baseli
             room = jnp.sum(jnp.abs(z_max - w) * chosen.astype(x.dtype), axis=-1, keepdims=True)
             gamma = jnp.where((room > 0) & (need > tol), need / jnp.where(room > 0, room, 1.0), 0.0)
             gamma = jnp.clip(gamma, 0.0, 1.0)
-            return jnp.where(chosen, w + gamma * (z_max - w), w)
+            # gamma = 1 lands exactly on z_max (w + (z_max - w) may round past or short of it)
+            return jnp.where(chosen, jnp.where(gamma >= 1.0, z_max, w + gamma * (z_max - w)), w)
 
         new = jax.lax.fori_loop(0, num_inner, round_, new)
         new = jnp.where(s == num_steps - 1, xf, new)

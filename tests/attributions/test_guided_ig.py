@@ -1,11 +1,12 @@
 """Guided IG: exact on a linear model (any path), completeness, adaptivity, errors."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxadv.attributions import guided_integrated_gradients, integrated_gradients
-from tests.attributions.helpers import linear_model, tiny_smallgap, uniform_images
+from tests.attributions.helpers import linear_model, rel_err, tiny_smallgap, uniform_images, x64
 
 pytestmark = pytest.mark.usefixtures("strict_promotion")
 
@@ -41,3 +42,67 @@ def test_bad_arguments_raise(kwargs, match):
     logits_fn, _, _ = linear_model()
     with pytest.raises(ValueError, match=match):
         guided_integrated_gradients(logits_fn, uniform_images(1, (4, 4, 2)), 0, **kwargs)
+
+
+def _softplus_mlp(seed=0, shape=(12, 12, 2), k=10, dtype=jnp.float64):
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    n = int(np.prod(shape))
+    params = {"w1": 0.1 * jax.random.normal(k1, (n, 16), dtype),
+              "w2": 0.3 * jax.random.normal(k2, (16, k), dtype)}
+
+    def logits(p, z):
+        return jax.nn.softplus(z.reshape(z.shape[0], -1) @ p["w1"]) @ p["w2"]
+
+    return params, logits
+
+
+def test_vmap_over_parameters_equals_the_single_call():
+    """The path's 'still movable' test used the rounded ratio (z - b) / (x - b): a feature set to
+    exactly its upper limit could test as movable under one compilation (vmapped) and not under
+    another, and the path and the map changed (up to 6e-2 relative). Positions decide now."""
+    with x64():
+        params, logits = _softplus_mlp()
+        x = uniform_images(3, (12, 12, 2), dtype=jnp.float64)
+        t = jnp.array([1, 4, 7])
+        for kwargs in ({"num_steps": 3}, {"num_steps": 3, "max_dist": 1.0}, {"num_steps": 4}):
+            def gig(p, x, t, kwargs=kwargs):
+                return guided_integrated_gradients(lambda z: logits(p, z), x, t, **kwargs)
+
+            single = jax.jit(gig)(params, x, t)
+            stacked = jax.tree.map(lambda a: jnp.stack([a, a]), params)
+            batched = jax.jit(jax.vmap(gig, in_axes=(0, None, None)))(stacked, x, t)
+            for i in range(2):
+                assert rel_err(batched[i], single) < 1e-12, kwargs
+
+
+def test_input_gradient_matches_finite_differences():
+    """d <r, GuidedIG(x)> / dx against central differences (float64): the map is piecewise smooth
+    in x, and the old ratio test made it jump under perturbations of any size (differences from
+    -3e-2 to 9.5 as h went from 1e-4 to 1e-7, autodiff -2.1e-2)."""
+    with x64():
+        params, logits = _softplus_mlp(seed=1)
+        x = uniform_images(3, (12, 12, 2), dtype=jnp.float64)
+        t = jnp.array([1, 4, 7])
+        r = jax.random.normal(jax.random.key(100), x.shape, jnp.float64)
+
+        def loss(z):
+            return jnp.sum(r * guided_integrated_gradients(lambda u: logits(params, u), z, t,
+                                                           num_steps=4))
+
+        g = jax.jit(jax.grad(loss))(x)
+        f = jax.jit(loss)
+        for d in range(2):
+            v = jax.random.normal(jax.random.key(60 + d), x.shape, jnp.float64)
+            auto = float(jnp.sum(g * v))
+            for h in (1e-5, 1e-6, 1e-7):
+                fd = (float(f(x + h * v)) - float(f(x - h * v))) / (2 * h)
+                assert fd == pytest.approx(auto, rel=1e-5, abs=1e-9), (d, h, fd, auto)
+
+
+def test_traced_fraction_and_max_dist():
+    logits_fn, _, _ = linear_model()
+    x = uniform_images(2, (4, 4, 2))
+    ref = guided_integrated_gradients(logits_fn, x, 1, num_steps=6, fraction=0.5, max_dist=0.1)
+    out = jax.jit(lambda fr, md: guided_integrated_gradients(logits_fn, x, 1, num_steps=6,
+                                                             fraction=fr, max_dist=md))(0.5, 0.1)
+    np.testing.assert_allclose(out, ref, rtol=1e-6)
