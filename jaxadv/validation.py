@@ -48,6 +48,34 @@ def check_int(name: str, value, minimum: int, maximum: int | None = None) -> int
     return int(value)
 
 
+def check_range(name: str, value, low: float | None = None, high: float | None = None, *,
+                low_open: bool = False, high_open: bool = False) -> None:
+    """ValueError unless a concrete ``value`` (a number or array) is finite and inside the
+    interval from ``low`` to ``high`` (closed ends unless ``low_open`` / ``high_open``; None: no
+    bound there). Traced values pass, so a hyper-parameter may be a jit or vmap argument."""
+    if value is None or not is_concrete(value):
+        return
+    v = np.asarray(value)
+    bad = ~np.isfinite(v)
+    if low is not None:
+        bad |= (v <= low) if low_open else (v < low)
+    if high is not None:
+        bad |= (v >= high) if high_open else (v > high)
+    if np.any(bad):
+        def num(b):
+            return f"{b:g}"
+        if low is None and high is None:
+            raise ValueError(f"{name} must be a finite number; got {value}.")
+        if high is None:
+            where = f"{'>' if low_open else '>='} {num(low)}"
+        elif low is None:
+            where = f"{'<' if high_open else '<='} {num(high)}"
+        else:
+            where = (f"in {'(' if low_open else '['}{num(low)}, {num(high)}"
+                     f"{')' if high_open else ']'}")
+        raise ValueError(f"{name} must be finite and {where}; got {value}.")
+
+
 def check_nonnegative(name: str, value, what: str = "") -> None:
     """ValueError unless a concrete ``value`` (a number or array) is finite and >= 0; None and
     traced values pass. ``what`` describes the value in the message."""

@@ -85,8 +85,10 @@ def blur_integrated_gradients(logits_fn: LogitsFn, x: Array, target, *, max_sigm
     """
     t = _common.prepare(logits_fn, x, target)
     num_steps = validation.check_int("num_steps", num_steps, 1)
-    if not max_sigma > 0:
-        raise ValueError(f"max_sigma must be > 0; got {max_sigma}.")
+    validation.check_range("max_sigma", max_sigma, 0.0, low_open=True)
+    if radius is None and not validation.is_concrete(max_sigma):
+        raise ValueError("max_sigma is traced, so the blur kernel's radius cannot be derived from "
+                         "it (4 max_sigma); pass radius= (a static int) with a traced max_sigma.")
     r = int(4.0 * max_sigma + 0.5) if radius is None else radius
     n = num_steps
 

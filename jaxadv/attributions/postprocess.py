@@ -47,7 +47,9 @@ def _flat(a: Array) -> Array:
 def clip_percentile(a: Array, *, lower: float = 0.0, upper: float = 99.0) -> Array:
     """Clips each example's map to its [lower, upper] percentiles (linear interpolation, as
     ``numpy.percentile``)."""
-    if not 0.0 <= lower <= upper <= 100.0:
+    validation.check_range("lower", lower, 0.0, 100.0)
+    validation.check_range("upper", upper, 0.0, 100.0)
+    if validation.is_concrete(lower) and validation.is_concrete(upper) and not lower <= upper:
         raise ValueError(f"need 0 <= lower <= upper <= 100; got lower={lower}, upper={upper}.")
     flat = _flat(a)
     lo = jnp.percentile(flat, lower, axis=-1, keepdims=True)

@@ -31,8 +31,7 @@ def saliency_mask(saliency_map: Array, *, percentile: float = 90.0,
                             "would be NaN; explain finite inputs only.")
     if threshold is not None:
         return saliency_map > threshold
-    if not 0.0 <= percentile <= 100.0:
-        raise ValueError(f"percentile must be in [0, 100]; got {percentile}.")
+    validation.check_range("percentile", percentile, 0.0, 100.0)
     flat = saliency_map.reshape(saliency_map.shape[0], -1)
     nu = jnp.percentile(flat, percentile, axis=-1, keepdims=True)
     return (flat > nu).reshape(saliency_map.shape)

@@ -97,8 +97,7 @@ def _sampled(explain_fn, x, target, key, *, measure, sample_fn, num_samples, per
 
 
 def _check_positive(v, name):
-    if not v > 0:
-        raise ValueError(f"{name} must be > 0; got {v}.")
+    validation.check_range(name, v, 0.0, low_open=True)
 
 
 def max_sensitivity(explain_fn: ExplainFn, x: Array, target, key: PRNGKey | None, *,

@@ -116,7 +116,7 @@ def test_errors():
         avg_sensitivity(explain, x, y, jax.random.key(0), radius=0.0)
     with pytest.raises(ValueError, match="measure"):
         worst_case_sensitivity(explain, x, y, jax.random.key(0), measure="entropy")
-    with pytest.raises(ValueError, match="step_size must be > 0"):
+    with pytest.raises(ValueError, match="step_size must be finite and > 0"):
         worst_case_sensitivity(explain, x, y, jax.random.key(0), step_size=-0.01)
     with pytest.raises(ValueError, match=r"needs a key \(jax.random.key"):
         worst_case_sensitivity(explain, x, y, None)
