@@ -36,16 +36,19 @@ def masked_sum_count(values: Array, mask: Array | None = None) -> tuple[Array, A
       mask: (B,) bool, False on padding; None counts every example.
 
     Returns:
-      ``(sum, count)``: sum float32 of shape values.shape[:-1]; count float32 scalar.
+      ``(sum, count)``: sum of shape values.shape[:-1] and count, a scalar, both in float32
+      (bool, integer, bfloat16 or float32 values) or float64 (float64 values, a gradient check
+      under x64 stays in float64).
     """
-    v = jnp.asarray(values).astype(jnp.float32)
+    values = jnp.asarray(values)
+    v = values.astype(jnp.promote_types(values.dtype, jnp.float32))
     if mask is None:
         mask = jnp.ones(v.shape[-1:], jnp.bool_)
     m = jnp.asarray(mask).astype(jnp.bool_)
     if m.shape != v.shape[-1:]:
         raise ValueError(f"mask must have shape {v.shape[-1:]} to match the values {v.shape}; "
                          f"got {m.shape}.")
-    return jnp.sum(jnp.where(m, v, 0.0), axis=-1), jnp.sum(m.astype(jnp.float32))
+    return jnp.sum(jnp.where(m, v, jnp.zeros_like(v)), axis=-1), jnp.sum(m.astype(v.dtype))
 
 
 def accuracy_sum_count(logits: Array, labels: Array, mask: Array | None = None

@@ -41,6 +41,20 @@ def dataset(seed=0):
     return images, labels
 
 
+def test_masked_sum_count_keeps_float64_and_counts_in_float32_otherwise():
+    from tests.attributions.helpers import x64
+    with x64():
+        v = jnp.asarray([1.0 + 1e-12, 2.0, 3.0], jnp.float64)
+        total, count = masked_sum_count(v, jnp.array([True, True, False]))
+        assert total.dtype == jnp.float64 and count.dtype == jnp.float64
+        assert float(total) - 3.0 == pytest.approx(1e-12, rel=1e-3)  # lost in float32
+        g = jax.grad(lambda u: masked_sum_count(u)[0])(v)
+        assert g.dtype == jnp.float64
+    for values in (jnp.array([True, False]), jnp.array([1, 2]), jnp.array([1.0, 2.0], jnp.bfloat16)):
+        total, count = masked_sum_count(values)
+        assert total.dtype == jnp.float32 and count.dtype == jnp.float32
+
+
 def test_masked_sum_count_ignores_padding():
     values = jnp.array([[1.0, 2.0, 3.0, 100.0], [0.0, 1.0, 1.0, 100.0]])
     mask = jnp.array([True, True, True, False])
