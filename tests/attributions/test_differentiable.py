@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import jaxadv.attributions as A
-from tests.attributions.helpers import tiny_mlp, tiny_smallgap, uniform_images
+from tests.attributions.helpers import tiny_mlp, tiny_smallgap, uniform_images, x64
 
 KEY = jax.random.key(11)
 REFS = uniform_images(3, (6, 6, 1), seed=21)
@@ -31,6 +31,16 @@ INPUT_METHODS = {
     "asm": lambda f, x, t: A.adversarial_saliency_map(f.logits, x, t, direction="both"),
     "promotion": lambda f, x, t: A.promotion_suppression_maps(f.logits, x, (t + 1) % 5, t)[0],
     "path_ig": lambda f, x, t: A.path_ig(f.logits, x, jnp.clip(x + 0.1, 0, 1), t, num_steps=2),
+    "smooth_grad_squared": lambda f, x, t: A.smooth_grad_squared(f.logits, x, t, KEY,
+                                                                 num_samples=2, stdev=0.1),
+    "gradient_shap": lambda f, x, t: A.gradient_shap(f.logits, x, t, KEY, references=REFS,
+                                                     num_samples=2),
+    "noise_tunnel_ig": lambda f, x, t: A.noise_tunnel(
+        lambda z: A.integrated_gradients(f.logits, z, t, num_steps=2), x, KEY, num_samples=2,
+        stdev=0.1),
+    "path_integrated_gradients": lambda f, x, t: A.path_integrated_gradients(
+        lambda z: jnp.take_along_axis(f.logits(z), t[:, None], -1)[:, 0], jnp.zeros_like(x), x,
+        num_steps=3),
 }
 CAM_METHODS = {
     "cam": A.cam,
@@ -89,3 +99,80 @@ def test_one_training_step_through_cam_maps(name):
     x = uniform_images(2, (12, 12, 1))
     method = CAM_METHODS[name]
     _check(model, v, x, jnp.array([4, 5]), lambda f, x, t: method(f.features, f.head, x, t))
+
+
+def _stacked_params(model_fn, seeds):
+    variables = [model_fn(seed=s)[1] for s in seeds]
+    return variables[0], jax.tree.map(lambda *a: jnp.stack(a), *[v["params"] for v in variables])
+
+
+@pytest.mark.parametrize("name", sorted(INPUT_METHODS) + sorted(CAM_METHODS))
+def test_vmap_over_parameters_equals_a_loop(name):
+    """Several models' parameters in one vmapped call (an ensemble, a population of runs) give
+    each model's own map."""
+    cam = name in CAM_METHODS
+    make = (lambda seed: tiny_smallgap("softplus", seed=seed)) if cam else (
+        lambda seed: tiny_mlp("softplus", seed=seed))
+    model, _, _ = make(0)
+    x = uniform_images(2, (12, 12, 1) if cam else (6, 6, 1))
+    t = jnp.array([1, 3])
+    _, stacked = _stacked_params(make, (0, 1, 2))
+
+    def one(params):
+        f = _Fns(model, {"params": params})
+        return (CAM_METHODS[name](f.features, f.head, x, t) if cam
+                else INPUT_METHODS[name](f, x, t))
+
+    batched = np.asarray(jax.jit(jax.vmap(one))(stacked))
+    for i in range(3):
+        single = np.asarray(jax.jit(one)(jax.tree.map(lambda a, i=i: a[i], stacked)))
+        np.testing.assert_allclose(batched[i], single, rtol=2e-5,
+                                   atol=2e-6 * max(np.abs(single).max(), 1e-12))
+
+
+FD_METHODS = ("saliency", "integrated_gradients", "smooth_grad", "expected_gradients",
+              "occlusion", "blur_ig", "path_integrated_gradients")
+
+
+@pytest.mark.parametrize("name", FD_METHODS + ("grad_cam",))
+def test_gradients_match_finite_differences_in_float64(name):
+    """d <r, map> along a random direction of the parameters and of the input, by autodiff and by
+    central differences (float64, softplus models): the maps' derivatives are right, not only
+    finite."""
+    with x64():
+        cam = name == "grad_cam"
+        model, v, _ = (tiny_smallgap if cam else tiny_mlp)("softplus", dtype=jnp.float64)
+        x = uniform_images(2, (12, 12, 1) if cam else (6, 6, 1), dtype=jnp.float64)
+        t = jnp.array([1, 3])
+
+        def map_of(params, z):
+            f = _Fns(model, {"params": params})
+            if cam:
+                return A.grad_cam(f.features, f.head, z, t)
+            refs = REFS.astype(jnp.float64)
+            if name == "expected_gradients":
+                return A.expected_gradients(f.logits, z, t, KEY, references=refs, num_samples=2)
+            return INPUT_METHODS[name](f, z, t)
+
+        params = v["params"]
+        r = jax.random.normal(jax.random.key(7), jax.eval_shape(map_of, params, x).shape,
+                              jnp.float64)
+
+        def loss(params, z):
+            return jnp.sum(r * map_of(params, z))
+
+        gp, gx = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+        f = jax.jit(loss)
+        dp = jax.tree.map(lambda a: jax.random.normal(jax.random.key(a.size), a.shape,
+                                                      jnp.float64), params)
+        dx = jax.random.normal(jax.random.key(8), x.shape, jnp.float64)
+        h = 1e-6
+        along_p = sum(float(jnp.sum(a * b)) for a, b in zip(jax.tree.leaves(gp),
+                                                            jax.tree.leaves(dp), strict=True))
+        plus = jax.tree.map(lambda a, d: a + h * d, params, dp)
+        minus = jax.tree.map(lambda a, d: a - h * d, params, dp)
+        fd_p = (float(f(plus, x)) - float(f(minus, x))) / (2 * h)
+        assert fd_p == pytest.approx(along_p, rel=1e-5, abs=1e-10)
+        along_x = float(jnp.sum(gx * dx))
+        fd_x = (float(f(params, x + h * dx)) - float(f(params, x - h * dx))) / (2 * h)
+        assert fd_x == pytest.approx(along_x, rel=1e-5, abs=1e-10)
