@@ -30,7 +30,7 @@ from jaxadv import validation
 from jaxadv.attacks import projections
 from jaxadv.attacks.base import AttackResult, is_success, update_best
 from jaxadv.attacks.gradient import KL_LOSSES, classification_objective, summed_objective
-from jaxadv.attacks.step_rules import get_step_rule
+from jaxadv.attacks.step_rules import get_step_rule, l1_box_fill_rule
 from jaxadv.attacks.sweep import best_over
 from jaxadv.types import Array, LogitsFn
 
@@ -182,10 +182,13 @@ def masked_pgd(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, mask,
 def masked_fgsm(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, mask, eps,
                 norm: str = "linf", loss_fn="ce", targets=None,
                 bounds: tuple[float, float] = (0.0, 1.0)) -> AttackResult:
-    """One masked fast-gradient step of size eps from x (FGSM / FGM confined to ``mask``)."""
+    """One masked fast-gradient step of size eps from x (FGSM / FGM confined to ``mask``); for
+    l1 the budget fills the largest-gradient coordinates inside the mask up to the box, as
+    :func:`jaxadv.attacks.fgsm` (with ``mask=1`` the two are the same)."""
+    step_rule = l1_box_fill_rule(budget=eps, bounds=bounds) if norm == "l1" else "steepest"
     return masked_pgd(logits_fn, x, y, key, mask=mask, eps=eps, step_size=eps, num_steps=1,
                       norm=norm, loss_fn=loss_fn, targets=targets, random_start=False,
-                      bounds=bounds, l1_sparsity=1.0)
+                      bounds=bounds, l1_sparsity=1.0, step_rule=step_rule)
 
 
 def masked_bim(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, mask, eps,

@@ -155,3 +155,24 @@ def test_errors(kwargs, match, key):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         M.masked_pgd(f, x, jnp.asarray([0, 1]), key, **args)
+
+
+def test_masked_fgm_l1_is_fgm_at_mask_one_and_fills_a_hard_mask(key):
+    """l1 FGM confined to a mask spends the budget like gradient.fgsm (coordinates in order of
+    |g|, each up to the box): with mask 1 the two agree, and a hard mask gets the whole budget
+    inside it (it used to put eps on one coordinate and lose most of it to the clip)."""
+    f = mlp(6 * 6 * 3, seed=2)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (6, 6, 6, 3)).astype(np.float32)
+    x[:, :2] = np.round(x[:, :2])  # some pixels on the bounds
+    x = jnp.asarray(x)
+    y = jnp.argmax(f(x), -1)
+    a = M.masked_fgsm(f, x, y, key, mask=1.0, eps=4.0, norm="l1")
+    b = G.fgsm(f, x, y, key, eps=4.0, norm="l1")
+    np.testing.assert_allclose(a.x_adv, b.x_adv, atol=1e-6)
+    hard = jnp.asarray(rng.uniform(size=(6, 6, 6, 1)) < 0.4, jnp.float32)
+    c = M.masked_fgsm(f, x, y, key, mask=hard, eps=4.0, norm="l1")
+    d = np.asarray(c.x_adv - x)
+    outside = np.broadcast_to(np.asarray(hard), x.shape) == 0
+    assert np.abs(d[outside]).max() == 0.0
+    np.testing.assert_allclose(np.abs(d).reshape(6, -1).sum(-1), 4.0, rtol=1e-5)
