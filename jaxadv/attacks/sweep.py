@@ -330,7 +330,9 @@ def attack_surface(attack_fn, logits_fn, x: Array, y: Array, key: jax.Array, *, 
 
     Returns:
       Surface: runs (E, R, T, B, ...) and the worst case per eps, SweepResult (E, B, ...), whose
-      success is misclassification of the clipped example.
+      success is misclassification of the clipped example. The worst case is chosen among all
+      R x T runs by that criterion (a run that reaches a third class, neither the label nor its
+      target, counts), then by the runs' losses.
     """
     projections.check_norm(norm)
     x = jnp.asarray(x)
@@ -352,9 +354,13 @@ def attack_surface(attack_fn, logits_fn, x: Array, y: Array, key: jax.Array, *, 
     def per_eps(e):
         runs = jax.vmap(lambda k: one_target(e, k))(keys)  # (R, T, B, ...)
         flat = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), runs)
-        raw = best_over(flat).x_adv
-        clipped, success = _clip_and_score(logits_fn, x, y, raw, e, norm, bounds, None)
-        return runs, SweepResult(raw, clipped, success)
+        # Score every run untargeted on its clipped example before choosing: a targeted run's
+        # own success (target reached) misses runs that misclassify into a third class.
+        _, misclassified = jax.vmap(
+            lambda r: _clip_and_score(logits_fn, x, y, r, e, norm, bounds, None))(flat.x_adv)
+        best = best_over(AttackResult(flat.x_adv, misclassified, flat.loss))
+        clipped = projections.project_to_feasible(best.x_adv, x, e, norm, bounds)
+        return runs, SweepResult(best.x_adv, clipped, best.success)
 
     runs, worst = jax.vmap(per_eps)(eps)
     return Surface(runs, worst)

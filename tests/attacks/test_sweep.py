@@ -311,3 +311,29 @@ def test_restarts_refuse_target_choices(key):
     x, y = data()
     with pytest.raises(ValueError, match="attack_over_restarts needs the targets themselves"):
         S.attack_over_restarts(G.pgd, f, x, y, key, num_restarts=2, targets="random", **PGD_KW)
+
+
+def test_surface_worst_case_counts_a_run_that_reaches_a_third_class(key):
+    """Label 0, targets 1 and 3 on a linear model where pushing towards class 1 lands in class 2
+    (same pixels, larger weight): that run misses its target but misclassifies inside the ball,
+    and the other run stays correct with a higher targeted loss. The worst case must be the
+    misclassified one (it used to follow the runs' targeted success and loss)."""
+    w = np.zeros((8, 4), np.float32)
+    w[0:2, 0] = 1.0
+    w[2:4, 1] = 1.0
+    w[2:4, 2] = 3.0
+    w[4:6, 3] = 1.0
+    wj, bj = jnp.asarray(w), jnp.asarray([0.0, 0.0, -0.5, 0.0], jnp.float32)
+
+    def f(v):
+        return v.reshape(v.shape[0], -1) @ wj + bj
+
+    x = jnp.asarray([[0.5, 0.5, 0.2, 0.2, 0.0, 0.0, 0.0, 0.0]], jnp.float32).reshape(1, 2, 4, 1)
+    y = jnp.asarray([0], jnp.int32)
+    surf = S.attack_surface(G.pgd, f, x, y, key, epsilons=[0.2], targets=jnp.asarray([[1], [3]]),
+                            loss_fn="cw", step_size=0.04, num_steps=10, random_start=False)
+    preds = [int(jnp.argmax(f(surf.runs.x_adv[0, 0, t]), -1)[0]) for t in range(2)]
+    assert preds[0] == 2 and preds[1] == 0  # run 1 misclassified (third class), run 2 not
+    assert not bool(surf.runs.success[0, 0, 0, 0])  # ... and did not reach its target
+    assert bool(surf.worst.success[0, 0])
+    assert int(jnp.argmax(f(surf.worst.clipped[0]), -1)[0]) == 2
