@@ -19,8 +19,19 @@ def data_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
+def data_axis_size(mesh: Mesh) -> int:
+    """The number of devices the batch splits over: the size of the mesh's ``"data"`` axis.
+    ValueError naming the fix when the mesh has no such axis."""
+    if DATA_AXIS not in mesh.axis_names:
+        raise ValueError(f"The mesh's axes are {tuple(mesh.axis_names)}; jaxadv splits batches over "
+                         f"an axis named {DATA_AXIS!r}. Build the mesh with "
+                         "jaxadv.sharding.data_mesh(), or name its batch axis 'data'.")
+    return int(mesh.shape[DATA_AXIS])
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Shards the leading (batch) axis over the mesh."""
+    """Shards the leading (batch) axis over the mesh's ``"data"`` axis."""
+    data_axis_size(mesh)
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
@@ -30,11 +41,13 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def check_divisible(batch_size: int, mesh: Mesh, what: str = "batch size") -> None:
-    """Raises a ValueError naming the fix when ``batch_size`` does not split over the mesh."""
-    n = mesh.devices.size
+    """Raises a ValueError naming the fix when ``batch_size`` does not split over the mesh's
+    ``"data"`` axis."""
+    n = data_axis_size(mesh)
     if batch_size % n:
         raise ValueError(
-            f"The global {what} {batch_size} is not divisible by the {n} devices of the mesh; "
+            f"The global {what} {batch_size} is not divisible by the {n} devices of the mesh's "
+            f"'data' axis; "
             f"use a multiple of {n} (e.g. {(batch_size // n + 1) * n}), or run on fewer devices.")
 
 
@@ -45,7 +58,8 @@ def mesh_for_batch(batch_size: int, mesh: Mesh | None = None) -> Mesh | None:
     if jax.process_count() > 1:
         return None
     mesh = data_mesh() if mesh is None else mesh
-    return mesh if mesh.size > 1 and batch_size % mesh.size == 0 else None
+    n = data_axis_size(mesh)
+    return mesh if n > 1 and batch_size % n == 0 else None
 
 
 def shard_batch(batch, mesh: Mesh):
@@ -53,6 +67,8 @@ def shard_batch(batch, mesh: Mesh):
     the mesh, sharded along the leading axis. Works single- and multi-process."""
     sharding = batch_sharding(mesh)
     if jax.process_count() == 1:
+        for leaf in jax.tree.leaves(batch):
+            check_divisible(leaf.shape[0], mesh, "batch")
         return jax.device_put(batch, sharding)
 
     def put(x):

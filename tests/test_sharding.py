@@ -24,3 +24,22 @@ def test_mesh_for_batch_splits_only_divisible_batches():
 def test_check_divisible_names_the_fix():
     with pytest.raises(ValueError, match="not divisible by the 8 devices.*multiple of 8"):
         sharding.check_divisible(12, sharding.data_mesh())
+
+
+def test_a_mesh_with_a_model_axis_splits_the_batch_over_data_only():
+    """A (data=4, model=2) mesh: a batch of 12 splits over the 4 data devices (3 rows each), so
+    it is accepted and sharded; a mesh without a 'data' axis, or a batch the data axis does not
+    divide, is an error that names the fix (not JAX's own)."""
+    from jax.sharding import Mesh
+    devices = np.asarray(jax.devices()).reshape(4, 2)
+    mesh = Mesh(devices, ("data", "model"))
+    sharding.check_divisible(12, mesh)
+    assert sharding.mesh_for_batch(12, mesh) is mesh
+    x = sharding.shard_batch(np.zeros((12, 3), np.float32), mesh)
+    assert x.sharding.shard_shape(x.shape) == (3, 3)
+    with pytest.raises(ValueError, match="not divisible by the 4 devices.*'data' axis"):
+        sharding.check_divisible(6, mesh)
+    with pytest.raises(ValueError, match="axis named 'data'.*data_mesh"):
+        sharding.batch_sharding(Mesh(np.asarray(jax.devices()), ("batch",)))
+    with pytest.raises(ValueError, match="batch 12 is not divisible by the 8 devices"):
+        sharding.shard_batch({"image": np.zeros((12, 2), np.float32)}, sharding.data_mesh())
