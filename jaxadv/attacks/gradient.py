@@ -90,11 +90,12 @@ def pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, eps, step
       unroll: unroll the step loop (True) or keep it a ``lax.fori_loop`` (False). None (default)
         keeps the loop unless ``num_steps <= UNROLL_MAX_STEPS`` on CPU (0 unless the environment
         variable JAXADV_UNROLL_MAX_STEPS says otherwise). jaxadv's models run a loop step as fast
-        as an unrolled one on CPU (``jaxadv.models.fastpath``; SmallGAP, 100 images: 24.1 vs
-        24.0 ms, ``python -m experiments.benchmarks.loop_speed``) and compile in half the time
-        in a loop; a model whose convolutions are XLA's own runs loop bodies about 2.5x slower on
-        CPU (61.0 vs 23.9 ms), where unrolling pays at a compile time that grows with the step
-        count. Results agree up to floating-point rounding (a sign step can flip where a gradient
+        as an unrolled one on CPU (``jaxadv.models.fastpath``; SmallGAP, 100 images: 26.9 vs
+        27.0 ms, ``python -m experiments.benchmarks.loop_speed --second_order --out
+        results/loop_speed.json``) and compile in half the time in a loop (0.90 vs 1.66 s); a
+        model whose convolutions are XLA's own runs loop bodies about 2.5x slower on CPU (68.6
+        vs 26.9 ms), where unrolling pays at a compile time that grows with the step count.
+        Results agree up to floating-point rounding (a sign step can flip where a gradient
         coordinate is near zero).
       x_init: optional (B, ...) start, used instead of ``random_start`` (projected into the
         eps-ball and the box first): a warm start, or another library's random start for a
