@@ -64,7 +64,7 @@ def pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, eps, step
                   random_start: bool | str = True, num_restarts: int = 1,
                   step_rule="steepest", l1_sparsity: float = 0.99, momentum_decay: float = 1.0,
                   has_aux: bool = False, unroll: bool | None = None,
-                  x_init: Array | None = None) -> AttackResult:
+                  x_init: Array | None = None, track_start: bool = True) -> AttackResult:
     """Projected gradient ascent on a custom per-example objective (the engine of every attack).
 
     Args:
@@ -100,6 +100,10 @@ def pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, eps, step
       x_init: optional (B, ...) start, used instead of ``random_start`` (projected into the
         eps-ball and the box first): a warm start, or another library's random start for a
         paired comparison. Only with ``num_restarts=1``.
+      track_start: whether the start itself competes for the best iterate (True, the default:
+        best-so-far over x_0 ... x_T). False leaves it out (the iterates after the first step
+        only), so that a one-step attack returns its stepped point as FGSM is defined, even where
+        the step lowered the objective (:func:`fgsm` without random start).
 
     Returns:
       AttackResult: ``x_adv`` (B, ...) the best iterate per example (successful first, then the
@@ -148,10 +152,12 @@ def pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, eps, step
             x0 = projections.clip_to_bounds(x, bounds)  # x itself: checked to lie in bounds
         best0 = AttackResult(x0, jnp.zeros((b,), jnp.bool_), jnp.full((b,), -jnp.inf, x.dtype))
 
-        def body(_, carry):
+        def body(i, carry):
             x_t, state, best = carry
             (_, (obj, succ)), g = value_and_grad(x_t)
-            best = update_best(best, x_t, succ, obj)
+            best = update_best(best, x_t, succ, obj) if track_start else jax.tree.map(
+                lambda new, old: jnp.where(i > 0, new, old),
+                update_best(best, x_t, succ, obj), best)
             g = jnp.where(jnp.isfinite(g), g, jnp.zeros_like(g))
             direction, state = rule.update(g, state, x_t)
             return feasible(x_t + step * direction.astype(x.dtype)), state, best
@@ -278,7 +284,7 @@ def pgd(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, eps, step_si
         random_start: bool | str = True, num_restarts: int = 1, step_rule="steepest",
         bounds: tuple[float, float] = (0.0, 1.0), l1_sparsity: float = 0.99,
         momentum_decay: float = 1.0, unroll: bool | None = None,
-        x_init: Array | None = None) -> AttackResult:
+        x_init: Array | None = None, track_start: bool = True) -> AttackResult:
     """Projected gradient descent (Madry et al. 2018) on a classifier, l-inf / l2 / l1.
 
     Steps follow the norm's steepest-ascent direction by default (sign for l-inf, normalised
@@ -306,6 +312,7 @@ def pgd(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, eps, step_si
       momentum_decay: mu of the 'momentum' rule.
       unroll: unroll the step loop (see :func:`pgd_objective`; None: on CPU up to 50 steps).
       x_init: optional (B, H, W, C) start instead of ``random_start`` (see :func:`pgd_objective`).
+      track_start: whether the start competes for the best iterate (see :func:`pgd_objective`).
 
     Returns:
       AttackResult with ``x_adv`` (B, H, W, C), ``success`` (B,), ``loss`` (B,).
@@ -322,7 +329,7 @@ def pgd(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, eps, step_si
                            norm=norm, bounds=bounds, random_start=random_start,
                            num_restarts=num_restarts, step_rule=step_rule,
                            l1_sparsity=l1_sparsity, momentum_decay=momentum_decay, has_aux=True,
-                           unroll=unroll, x_init=x_init)
+                           unroll=unroll, x_init=x_init, track_start=track_start)
     if isinstance(loss_fn, str) and loss_fn in KL_LOSSES:
         result = result._replace(success=is_success(logits_fn(result.x_adv), jnp.asarray(y)))
     return result
@@ -357,9 +364,11 @@ def fgsm(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, eps, norm: 
     step_rule = "steepest"
     if norm == "l1" and l1_sparsity == 1:
         step_rule = l1_box_fill_rule(budget=step_size, bounds=bounds)
+    # Without random start the stepped point is the result (FGSM's definition), even where the
+    # step lowered the loss; with it, the start competes too (Wong et al.'s best-so-far).
     return pgd(logits_fn, x, y, key, eps=eps, step_size=step_size, num_steps=1, norm=norm,
                loss_fn=loss_fn, targets=targets, random_start=random_start, bounds=bounds,
-               l1_sparsity=l1_sparsity, step_rule=step_rule)
+               l1_sparsity=l1_sparsity, step_rule=step_rule, track_start=bool(random_start))
 
 
 def fgsm_rs(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, eps, step_size=None,

@@ -644,3 +644,23 @@ def test_per_example_eps_of_the_wrong_length_is_refused(key):
         apgd_ce(logits_fn, x, y, key, eps=jnp.full((3,), 0.1), num_steps=2)
     with pytest.raises(ValueError, match="eps must be a number or one radius per example"):
         G.pgd(logits_fn, x, y, key, eps=jnp.full((3,), 0.1), step_size=0.01, num_steps=1)
+
+
+def test_fgsm_returns_the_stepped_point_even_where_the_step_lowers_the_loss(key):
+    """One pixel at 0.5, label 0, logits (50 (x - 0.4)^2, 0): the CE gradient points down, and the
+    sign step of 0.3 lands at 0.2, where the loss is lower than at the start. FGSM is defined as
+    that stepped point (it used to return x, delta = 0, by best-so-far); PGD keeps best-so-far,
+    and FGSM with random start lets its start compete."""
+    def f(v):
+        u = 50.0 * (v.reshape(v.shape[0], -1)[:, :1] - 0.4) ** 2
+        return jnp.concatenate([u, jnp.zeros_like(u)], -1)
+
+    x = jnp.full((1, 1, 1, 1), 0.5)
+    y = jnp.zeros(1, jnp.int32)
+    res = G.fgsm(f, x, y, key, eps=0.3)
+    np.testing.assert_allclose(res.x_adv, 0.2, atol=1e-6)
+    ce = lambda z: float(losses.cross_entropy(f(z), y)[0])  # noqa: E731
+    assert ce(res.x_adv) < ce(x)
+    np.testing.assert_allclose(res.loss, ce(res.x_adv), rtol=1e-5)
+    kept = G.pgd(f, x, y, key, eps=0.3, step_size=0.3, num_steps=1, random_start=False)
+    np.testing.assert_allclose(kept.x_adv, 0.5)  # best-so-far: the start had the higher loss
