@@ -62,8 +62,12 @@ def masked_pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, ma
                          bounds: tuple[float, float] = (0.0, 1.0),
                          random_start: bool | str = True, num_restarts: int = 1,
                          step_rule="steepest", l1_sparsity: float = 0.99,
-                         momentum_decay: float = 1.0, has_aux: bool = False) -> AttackResult:
+                         momentum_decay: float = 1.0, has_aux: bool = False,
+                         track_start: bool = True) -> AttackResult:
     """Projected gradient ascent on ``objective_fn(x + mask * delta)`` (module docstring).
+
+    ``track_start``: whether the start competes for the best iterate, as in
+    :func:`jaxadv.attacks.pgd_objective` (False for FGSM's stepped point).
 
     Args:
       objective_fn: ``x_adv (B, ...) -> (B,)`` to maximise, or with ``has_aux`` a pair
@@ -130,10 +134,12 @@ def masked_pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, ma
             d0 = jnp.zeros_like(x)
         best0 = AttackResult(x, jnp.zeros((b,), jnp.bool_), jnp.full((b,), -jnp.inf, x.dtype))
 
-        def body(_, carry):
+        def body(i, carry):
             delta, state, best = carry
             (_, (obj, succ)), g = value_and_grad(delta)
-            best = update_best(best, to_x(delta), succ, obj)
+            best = update_best(best, to_x(delta), succ, obj) if track_start else jax.tree.map(
+                lambda new, old: jnp.where(i > 0, new, old),
+                update_best(best, to_x(delta), succ, obj), best)
             g = jnp.where(jnp.isfinite(g), g, jnp.zeros_like(g))
             direction, state = rule.update(g, state, to_x(delta))
             return feasible(delta + step * direction.astype(x.dtype)), state, best
@@ -151,7 +157,7 @@ def masked_pgd(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, mask,
                num_steps: int, norm: str = "linf", loss_fn="ce", targets=None,
                random_start: bool | str = True, num_restarts: int = 1, step_rule="steepest",
                bounds: tuple[float, float] = (0.0, 1.0), l1_sparsity: float = 0.99,
-               momentum_decay: float = 1.0) -> AttackResult:
+               momentum_decay: float = 1.0, track_start: bool = True) -> AttackResult:
     """PGD (Madry et al. 2018) with the perturbation confined to ``mask`` (module docstring).
 
     Args:
@@ -160,7 +166,7 @@ def masked_pgd(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, mask,
       mask: values in [0, 1] shaped like x or broadcastable to it, e.g. a thresholded,
         upsampled CAM (B, H, W, 1).
       eps, step_size, num_steps, norm, loss_fn, targets, random_start, num_restarts, step_rule,
-        bounds, l1_sparsity, momentum_decay: as in :func:`jaxadv.attacks.gradient.pgd`.
+        bounds, l1_sparsity, momentum_decay, track_start: as in :func:`jaxadv.attacks.gradient.pgd`.
 
     Returns:
       AttackResult with ``x_adv`` (B, H, W, C) equal to x outside the mask, ``success`` (B,),
@@ -173,7 +179,8 @@ def masked_pgd(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, mask,
                                   num_steps=num_steps, norm=norm, bounds=bounds,
                                   random_start=random_start, num_restarts=num_restarts,
                                   step_rule=step_rule, l1_sparsity=l1_sparsity,
-                                  momentum_decay=momentum_decay, has_aux=True)
+                                  momentum_decay=momentum_decay, has_aux=True,
+                                  track_start=track_start)
     if isinstance(loss_fn, str) and loss_fn in KL_LOSSES:
         result = result._replace(success=is_success(logits_fn(result.x_adv), jnp.asarray(y)))
     return result
@@ -188,7 +195,7 @@ def masked_fgsm(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, mask
     step_rule = l1_box_fill_rule(budget=eps, bounds=bounds) if norm == "l1" else "steepest"
     return masked_pgd(logits_fn, x, y, key, mask=mask, eps=eps, step_size=eps, num_steps=1,
                       norm=norm, loss_fn=loss_fn, targets=targets, random_start=False,
-                      bounds=bounds, l1_sparsity=1.0, step_rule=step_rule)
+                      bounds=bounds, l1_sparsity=1.0, step_rule=step_rule, track_start=False)
 
 
 def masked_bim(logits_fn: LogitsFn, x: Array, y: Array, key: jax.Array, *, mask, eps,

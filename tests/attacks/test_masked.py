@@ -176,3 +176,17 @@ def test_masked_fgm_l1_is_fgm_at_mask_one_and_fills_a_hard_mask(key):
     outside = np.broadcast_to(np.asarray(hard), x.shape) == 0
     assert np.abs(d[outside]).max() == 0.0
     np.testing.assert_allclose(np.abs(d).reshape(6, -1).sum(-1), 4.0, rtol=1e-5)
+
+
+def test_masked_fgsm_returns_the_stepped_point_like_fgsm(key):
+    """The case of test_gradient's FGSM test, through a mask of ones: the step lowers the loss,
+    and both return the stepped point."""
+    def f(v):
+        u = 50.0 * (v.reshape(v.shape[0], -1)[:, :1] - 0.4) ** 2
+        return jnp.concatenate([u, jnp.zeros_like(u)], -1)
+
+    x = jnp.full((1, 1, 1, 1), 0.5)
+    y = jnp.zeros(1, jnp.int32)
+    a = M.masked_fgsm(f, x, y, key, mask=1.0, eps=0.3)
+    np.testing.assert_allclose(a.x_adv, 0.2, atol=1e-6)
+    np.testing.assert_allclose(a.x_adv, G.fgsm(f, x, y, key, eps=0.3).x_adv)
