@@ -264,6 +264,9 @@ def test_attributions_benchmark_splits_the_batch_over_host_devices(tmp_path):
         "experiments.benchmarks.attributions", "--quick", "--models", "smallgap", "--repeats",
         "1", "--skip-memory", "--host_devices", "2", out=tmp_path / "attr.json")
     assert result["settings"]["jaxadv_host_devices"] == 2
+    assert result["settings"]["command"] == (
+        "python -m experiments.benchmarks.attributions --quick --models smallgap --repeats 1 "
+        f"--skip-memory --host_devices 2 --out {tmp_path / 'attr.json'}")
     cores = os.cpu_count() or 1
     assert result["settings"]["convolution_backend"] == ("eigen" if cores >= 4 else "ynnpack")
     assert set(result["parity"]) == {"ig", "smoothgrad", "gradcam", "occlusion"}

@@ -780,6 +780,8 @@ def main(argv=None) -> dict:
     p.add_argument("--memory-batch", type=int, default=128, help=argparse.SUPPRESS)
     p.add_argument("--memory-steps", type=int, default=200, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.command = "python -m experiments.benchmarks.attributions " + " ".join(
+        sys.argv[1:] if argv is None else argv)
     if args.memory_child:
         _memory_child(args.memory_child, args.memory_batch, args.memory_steps, args.ig_chunk)
         return {}
@@ -826,8 +828,8 @@ def _run(args) -> dict:
                   for name in args.models.split(",") for m in methods.split(",")}
         result = {("ig_chunk_sweep" if args.ig_chunk_sweep else "chunk_sweep"): sweeps,
                   "matmul_peak_gflops": matmul_peak_gflops(1024 if args.quick else 4096),
-                  "settings": {"ig_steps": IG_STEPS, "ig_rule": "gausslegendre",
-                               "smoothgrad_samples": SG_SAMPLES,
+                  "settings": {"command": args.command, "ig_steps": IG_STEPS,
+                               "ig_rule": "gausslegendre", "smoothgrad_samples": SG_SAMPLES,
                                "repeats": repeats, "quick": args.quick,
                                "jaxadv_host_devices": jax.device_count(),
                                "convolution_backend": convolution_backend(),
@@ -857,7 +859,7 @@ def _run(args) -> dict:
         # float32 jnp.dot peak before and after the model runs (the roofline, best_case_...).
         "matmul_peak_gflops": max(peak_before,
                                   matmul_peak_gflops(1024 if args.quick else 4096)),
-        "settings": {"ig_steps": IG_STEPS, "ig_rule": "gausslegendre",
+        "settings": {"command": args.command, "ig_steps": IG_STEPS, "ig_rule": "gausslegendre",
                      "smoothgrad_samples": SG_SAMPLES, "smoothgrad_stdev": SG_STDEV,
                      "occlusion_window": OCC_WINDOW, "occlusion_stride": OCC_STRIDE,
                      "repeats": repeats, "quick": args.quick,
