@@ -192,46 +192,31 @@ def _ig_family(sum_norm, apply_fn, params, batch_stats, batch, key, *, step, eps
     return masked_mean(per_example, batch["mask"]), (metrics, new_stats)
 
 
-def ig_norm(apply_fn, params, batch_stats, batch, key, *, step=None, eps: float = 0.3,
-            step_size: float = 0.01, num_steps: int = 40, weight: float = 1.0, ig_steps: int = 5,
-            ramp_start: int = 0, ramp_end: int = 0, ig_path_chunk: int | None = None):
-    """IG-Norm (Chen et al. 2019): CE(x) + weight ||IG_CE(x -> x')||_1; weight 1 as in Boopathy
-    et al.'s code (methods.md 1.10 quirk 2). The IG term is differentiated w.r.t. the parameters
-    (double backprop through the path gradients)."""
-    return _ig_family(False, apply_fn, params, batch_stats, batch, key, step=step, eps=eps,
-                      step_size=step_size, num_steps=num_steps, weight=weight, ig_steps=ig_steps,
-                      ramp_start=ramp_start, ramp_end=ramp_end, ig_path_chunk=ig_path_chunk)
+def _make_ig(name: str, sum_norm: bool, default_weight: float, doc: str):
+    def objective(apply_fn, params, batch_stats, batch, key, *, step=None, eps: float = 0.3,
+                  step_size: float = 0.01, num_steps: int = 40, weight: float = default_weight,
+                  ig_steps: int = 5, ramp_start: int = 0, ramp_end: int = 0,
+                  ig_path_chunk: int | None = None):
+        return _ig_family(sum_norm, apply_fn, params, batch_stats, batch, key, step=step,
+                          eps=eps, step_size=step_size, num_steps=num_steps, weight=weight,
+                          ig_steps=ig_steps, ramp_start=ramp_start, ramp_end=ramp_end,
+                          ig_path_chunk=ig_path_chunk)
+
+    objective.__name__ = name
+    objective.__doc__ = doc
+    return objective
 
 
-def int_ig(apply_fn, params, batch_stats, batch, key, *, step=None, eps: float = 0.3,
-           step_size: float = 0.01, num_steps: int = 40, weight: float = 0.02, ig_steps: int = 5,
-           ramp_start: int = 0, ramp_end: int = 0, ig_path_chunk: int | None = None):
-    """Int-IG of Boopathy et al.'s code (checkpoint tag ``intig``; methods.md 1.6): IG-Norm with
-    gamma = 0.01 and the "2-class" weighting, whose per-class loop never changes the label, so the
-    loss is CE(x) + 0.02 ||IG_CE(x -> x')||_1 (quirk 2 of methods.md 1.10, reproduced: ``weight``
-    0.02, in the inner maximisation too). Otherwise as :func:`ig_norm`."""
-    return _ig_family(False, apply_fn, params, batch_stats, batch, key, step=step, eps=eps,
-                      step_size=step_size, num_steps=num_steps, weight=weight, ig_steps=ig_steps,
-                      ramp_start=ramp_start, ramp_end=ramp_end, ig_path_chunk=ig_path_chunk)
-
-
-def int_ig_adv(apply_fn, params, batch_stats, batch, key, *, step=None, eps: float = 0.3,
-               step_size: float = 0.01, num_steps: int = 40, weight: float = 0.02,
-               ig_steps: int = 5, ramp_start: int = 0, ramp_end: int = 0,
-               ig_path_chunk: int | None = None):
-    """Int-IG-Adv of Boopathy et al.'s code (``intigadv``; methods.md 1.6): IG-Sum-Norm with the
-    same collapse, CE(x') + 0.02 ||IG_CE(x -> x')||_1 (quirk 2, reproduced). Otherwise as
-    :func:`ig_sum_norm`."""
-    return _ig_family(True, apply_fn, params, batch_stats, batch, key, step=step, eps=eps,
-                      step_size=step_size, num_steps=num_steps, weight=weight, ig_steps=ig_steps,
-                      ramp_start=ramp_start, ramp_end=ramp_end, ig_path_chunk=ig_path_chunk)
-
-
-def ig_sum_norm(apply_fn, params, batch_stats, batch, key, *, step=None, eps: float = 0.3,
-                step_size: float = 0.01, num_steps: int = 40, weight: float = 1.0,
-                ig_steps: int = 5, ramp_start: int = 0, ramp_end: int = 0,
-                ig_path_chunk: int | None = None):
-    """IG-Sum-Norm (Chen et al. 2019): CE(x') + weight ||IG_CE(x -> x')||_1."""
-    return _ig_family(True, apply_fn, params, batch_stats, batch, key, step=step, eps=eps,
-                      step_size=step_size, num_steps=num_steps, weight=weight, ig_steps=ig_steps,
-                      ramp_start=ramp_start, ramp_end=ramp_end, ig_path_chunk=ig_path_chunk)
+ig_norm = _make_ig("ig_norm", False, 1.0, """IG-Norm (Chen et al. 2019): CE(x) + weight
+    ||IG_CE(x -> x')||_1; weight 1 as in Boopathy et al.'s code (methods.md 1.10 quirk 2). The IG
+    term is differentiated w.r.t. the parameters (double backprop through the path gradients).""")
+ig_sum_norm = _make_ig("ig_sum_norm", True, 1.0, """IG-Sum-Norm (Chen et al. 2019): CE(x') +
+    weight ||IG_CE(x -> x')||_1.""")
+int_ig = _make_ig("int_ig", False, 0.02, """Int-IG of Boopathy et al.'s code (checkpoint tag
+    ``intig``; methods.md 1.6): IG-Norm with gamma = 0.01 and the "2-class" weighting, whose
+    per-class loop never changes the label, so the loss is CE(x) + 0.02 ||IG_CE(x -> x')||_1
+    (quirk 2 of methods.md 1.10, reproduced: ``weight`` 0.02, in the inner maximisation too).
+    Otherwise as :func:`ig_norm`.""")
+int_ig_adv = _make_ig("int_ig_adv", True, 0.02, """Int-IG-Adv of Boopathy et al.'s code
+    (``intigadv``; methods.md 1.6): IG-Sum-Norm with the same collapse, CE(x') + 0.02
+    ||IG_CE(x -> x')||_1 (quirk 2, reproduced). Otherwise as :func:`ig_sum_norm`.""")
