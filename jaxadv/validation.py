@@ -49,10 +49,11 @@ def check_int(name: str, value, minimum: int, maximum: int | None = None) -> int
 
 
 def check_range(name: str, value, low: float | None = None, high: float | None = None, *,
-                low_open: bool = False, high_open: bool = False) -> None:
+                low_open: bool = False, high_open: bool = False, what: str = "") -> None:
     """ValueError unless a concrete ``value`` (a number or array) is finite and inside the
     interval from ``low`` to ``high`` (closed ends unless ``low_open`` / ``high_open``; None: no
-    bound there). Traced values pass, so a hyper-parameter may be a jit or vmap argument."""
+    bound there). Traced values pass, so a hyper-parameter may be a jit or vmap argument.
+    ``what`` describes the value in the message."""
     if value is None or not is_concrete(value):
         return
     v = np.asarray(value)
@@ -73,15 +74,11 @@ def check_range(name: str, value, low: float | None = None, high: float | None =
         else:
             where = (f"in {'(' if low_open else '['}{num(low)}, {num(high)}"
                      f"{')' if high_open else ']'}")
-        raise ValueError(f"{name} must be finite and {where}; got {value}.")
+        desc = f" ({what})" if what else ""
+        raise ValueError(f"{name} must be finite and {where}{desc}; got {value}.")
 
 
 def check_nonnegative(name: str, value, what: str = "") -> None:
     """ValueError unless a concrete ``value`` (a number or array) is finite and >= 0; None and
     traced values pass. ``what`` describes the value in the message."""
-    if value is None or not is_concrete(value):
-        return
-    v = np.asarray(value)
-    if np.any(v < 0) or np.any(~np.isfinite(v)):
-        desc = f" ({what})" if what else ""
-        raise ValueError(f"{name} must be finite and >= 0{desc}; got {value}.")
+    check_range(name, value, 0.0, what=what)
