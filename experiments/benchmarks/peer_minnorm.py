@@ -11,7 +11,8 @@ a search over c: ``BINARY_STEPS`` (5) rounds of ``STEPS`` (100) optimiser steps,
 ``C_INIT`` (1), step size ``LR`` (quick: 3 rounds of 50 steps). The step size is 0.1, not
 Carlini's 0.01: MNIST pixels sit at 0 or 1, where tanh(w) saturates (w = +-7.25), and 500 Adam
 steps of 0.01 cannot move them (measured on 20 points: 5% success at 0.01 and 3 x 50 steps for
-every library, 90% at 0.1 and 5 x 100 steps).
+every library, 90% at 0.1 and 5 x 100 steps; development runs of 2026-12-02 with ``LR`` edited,
+not kept as results).
 
 * jaxadv: ``jaxadv.attacks.cw.cw_l2`` (Adam, tanh box, per-example early abort), jitted.
 * foolbox: ``L2CarliniWagnerAttack`` on the PyTorch twin (the same algorithm; its early abort
@@ -19,7 +20,8 @@ every library, 90% at 0.1 and 5 x 100 steps).
   nothing (and its ``success`` flag, recomputed on that image, is then often True); those points
   are scored with x itself.
 * art: ``CarliniL2Method`` (ART's own optimiser: gradient steps with a line search, not Adam).
-  It is two orders of magnitude slower on CPU (508 s for 20 points at 3 x 50 steps), so it runs on
+  It is two orders of magnitude slower on CPU (508 s for 20 points at 3 x 50 steps in a
+  development run of 2026-12-02; ``results/peer_minnorm.json`` has the current times), so it runs on
   the first ``ART_N`` points (quick: ``ART_N_QUICK``); its entry carries jaxadv's robust accuracy
   on the same points (``jaxadv_robust_acc_same_points``).
 * torchattacks: ``CW`` has no search over c: it runs ``BINARY_STEPS * STEPS`` Adam steps at the
