@@ -101,6 +101,7 @@ def examples_figure(workdir: str, *, num_examples: int = 6, eps: float | None = 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import ml_collections
     import numpy as np
 
     from jaxadv import plotting
@@ -108,15 +109,22 @@ def examples_figure(workdir: str, *, num_examples: int = 6, eps: float | None = 
     from jaxadv.attacks.gradient import pgd
     from jaxadv.training.loop import load_sources, load_trained_model
 
-    model, variables, config = load_trained_model(workdir)
+    # The checkpoint results.json describes: the best one when the run ends on it.
+    with open(os.path.join(workdir, "config.json")) as f:
+        run_config = ml_collections.ConfigDict(json.load(f))
+    best = bool(run_config.get("train", {}).get("final_from_best", False)) and os.path.isdir(
+        os.path.join(workdir, "best"))
+    model, variables, config = load_trained_model(workdir, best=best)
     _, test_src = load_sources(config)
     x, y = test_src.get(np.arange(min(num_examples, len(test_src))))
     x, y = jnp.asarray(x), jnp.asarray(y)
+    robust = dict(config.get("eval", {}).get("robust_kwargs", {}))
+    norm = robust.get("norm", "linf")  # the run's threat model
     if eps is None:
-        eps = float(config.get("eval", {}).get("robust_kwargs", {}).get("eps", 0.1))
+        eps = float(robust.get("eps", 0.1))
     logits_fn = lambda z: model.apply(variables, z)  # noqa: E731
     res = pgd(logits_fn, x, y, jax.random.key(0), eps=eps, step_size=eps / 4,
-              num_steps=pgd_steps, random_start=True)
+              num_steps=pgd_steps, random_start=True, norm=norm)
     map_fn = cam_map_fn(model.apply, variables)
     cams, cams_adv = map_fn(x, y), map_fn(res.x_adv, y)
     pred, pred_adv = (np.asarray(jnp.argmax(logits_fn(z), -1)) for z in (x, res.x_adv))
@@ -126,14 +134,18 @@ def examples_figure(workdir: str, *, num_examples: int = 6, eps: float | None = 
         plotting.map_overlay(axes[0, i], x[i], cams[i], title=f"y={int(y[i])} pred={pred[i]}")
         plotting.map_overlay(axes[1, i], res.x_adv[i], cams_adv[i], title=f"adv pred={pred_adv[i]}")
         d = np.asarray(res.x_adv[i] - x[i]).squeeze()
-        axes[2, i].imshow(d if d.ndim == 2 else 0.5 + d / (2 * eps), cmap="coolwarm",
-                          vmin=-eps, vmax=eps)
+        # l-inf: every pixel within eps; l2 / l1: scaled to the largest pixel change
+        scale = eps if norm == "linf" else max(float(np.abs(d).max()), 1e-12)
+        axes[2, i].imshow(d if d.ndim == 2 else 0.5 + d / (2 * scale), cmap="coolwarm",
+                          vmin=-scale, vmax=scale)
         axes[2, i].set_xticks([])
         axes[2, i].set_yticks([])
         axes[2, i].set_title("perturbation", fontsize="small")
+    norm_name = {"linf": "l-inf", "l2": "l2", "l1": "l1"}.get(norm, norm)
     caption = (f"First {n} test images of {config.dataset.name}: true-class CAM on the clean image "
-               f"(top), on its PGD example (middle; l-inf eps {eps:g}, {pgd_steps} steps of "
-               f"eps/4, random start) and the perturbation (bottom). Robust on these images: "
+               f"(top), on its PGD example (middle; {norm_name} eps {eps:g}, {pgd_steps} steps of "
+               f"eps/4, random start) and the perturbation (bottom); the "
+               f"{'best' if best else 'latest'} checkpoint. Robust on these images: "
                f"{int(np.sum(pred_adv == np.asarray(y)))}/{n}.")
     return fig, caption
 
@@ -161,7 +173,8 @@ def write_report(workdir: str, *, out: str | None = None, num_examples: int = 6,
         directory of evaluation JSON files.
       out: output path (default ``workdir/report.html``).
       num_examples: test images in the adversarial-example figure.
-      eps: l-inf radius of that figure's PGD (default: the run's robust-evaluation eps, or 0.1).
+      eps: radius of that figure's PGD, in the norm of the run's robust evaluation (default:
+        its eps, or l-inf 0.1); the figure uses the checkpoint results.json describes.
       pgd_steps: its number of steps.
 
     Returns:
