@@ -351,8 +351,9 @@ class CamOverlap(NamedTuple):
       energy_union: the same for M_t0 U M_t.
       promotion_in_target: share of the positive per-pixel promotion inside M_t.
       suppression_in_source: share of the positive per-pixel suppression inside M_t0.
-      union_area: |M_t0 U M_t| / (H W), the chance level of the two shares (and, squared-rooted,
-        of the energy share of a uniformly spread perturbation).
+      union_area: |M_t0 U M_t| / (H W): the chance level of ``energy_union`` squared (a uniformly
+        spread perturbation). The chance level of ``promotion_in_target`` and
+        ``suppression_in_source`` is the area of their own mask, ``top_percent`` / 100.
     """
 
     energy_source: Array
