@@ -35,9 +35,14 @@ def bars(ax, values: Mapping[str, float], *, ylabel: str, title: str = "", ylim=
 def curves(ax, x: Sequence[float], ys: Mapping[str, Sequence[float]], *, xlabel: str,
            ylabel: str, title: str = "", logy: bool = False):
     """One line per entry of ``ys`` against ``x`` (e.g. ISA discrepancy or AAI Kendall tau
-    against eps); a sequence of x per entry is accepted as ``ys[name] = (x_i, y_i)``."""
+    against eps); a sequence of x per entry is accepted as ``ys[name] = (x_i, y_i)``, a pair of
+    equally long sequences (a 2-tuple of numbers is two y values)."""
+    def is_pair(v):
+        return (isinstance(v, tuple) and len(v) == 2 and all(
+            hasattr(p, "__len__") and not isinstance(p, str) for p in v) and len(v[0]) == len(v[1]))
+
     for name, v in ys.items():
-        xs, vs = (v if isinstance(v, tuple) and len(v) == 2 else (x, v))
+        xs, vs = (v if is_pair(v) else (x, v))
         ax.plot(list(xs), list(vs), marker="o", label=name)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

@@ -24,6 +24,10 @@ def test_curves_and_robustness(ax):
     assert len(ax.lines) == 2 and ax.get_yscale() == "log"
     np.testing.assert_allclose(ax.lines[1].get_xdata(), [0.1, 0.3])
     ax.clear()
+    # a 2-tuple of numbers is two y values at the shared x, not an (x, y) pair
+    plotting.curves(ax, [0.1, 0.2], {"a": (0.9, 0.4)}, xlabel="eps", ylabel="acc")
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [0.9, 0.4])
+    ax.clear()
     plotting.robustness_curves(ax, [0, 0.1], {"m": [0.9, 0.5]})
     np.testing.assert_allclose(ax.lines[0].get_ydata(), [90, 50])
 
