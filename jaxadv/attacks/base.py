@@ -7,6 +7,7 @@ targeted attack, pass ``targets=`` as a keyword: (B,) target labels).
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 
 from jaxadv.types import Array
@@ -48,3 +49,13 @@ def update_best(best: AttackResult, x_new: Array, success_new: Array, loss_new: 
         success=best.success | success_new,
         loss=jnp.where(better, loss_new, best.loss),
     )
+
+
+def update_best_at_step(best: AttackResult, step, x_new: Array, success_new: Array,
+                        loss_new: Array, *, track_start: bool) -> AttackResult:
+    """:func:`update_best` with the iterate of loop step ``step`` (traced); with
+    ``track_start=False`` step 0's iterate, the start, is left out (FGSM's stepped point)."""
+    updated = update_best(best, x_new, success_new, loss_new)
+    if track_start:
+        return updated
+    return jax.tree.map(lambda new, old: jnp.where(step > 0, new, old), updated, best)

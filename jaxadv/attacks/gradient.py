@@ -35,7 +35,7 @@ from jax import lax
 from jaxadv import validation
 from jaxadv.attacks import losses as losses_lib
 from jaxadv.attacks import projections
-from jaxadv.attacks.base import AttackResult, is_success, update_best
+from jaxadv.attacks.base import AttackResult, is_success, update_best, update_best_at_step
 from jaxadv.attacks.step_rules import get_step_rule, l1_box_fill_rule
 from jaxadv.attacks.sweep import best_over
 from jaxadv.attacks.targets import check_targets_differ, resolve_targets
@@ -155,9 +155,7 @@ def pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, eps, step
         def body(i, carry):
             x_t, state, best = carry
             (_, (obj, succ)), g = value_and_grad(x_t)
-            best = update_best(best, x_t, succ, obj) if track_start else jax.tree.map(
-                lambda new, old: jnp.where(i > 0, new, old),
-                update_best(best, x_t, succ, obj), best)
+            best = update_best_at_step(best, i, x_t, succ, obj, track_start=track_start)
             g = jnp.where(jnp.isfinite(g), g, jnp.zeros_like(g))
             direction, state = rule.update(g, state, x_t)
             return feasible(x_t + step * direction.astype(x.dtype)), state, best

@@ -28,7 +28,7 @@ from jax import lax
 
 from jaxadv import validation
 from jaxadv.attacks import projections
-from jaxadv.attacks.base import AttackResult, is_success, update_best
+from jaxadv.attacks.base import AttackResult, is_success, update_best, update_best_at_step
 from jaxadv.attacks.gradient import KL_LOSSES, classification_objective, summed_objective
 from jaxadv.attacks.step_rules import get_step_rule, l1_box_fill_rule
 from jaxadv.attacks.sweep import best_over
@@ -137,9 +137,7 @@ def masked_pgd_objective(objective_fn: Callable, x: Array, key: jax.Array, *, ma
         def body(i, carry):
             delta, state, best = carry
             (_, (obj, succ)), g = value_and_grad(delta)
-            best = update_best(best, to_x(delta), succ, obj) if track_start else jax.tree.map(
-                lambda new, old: jnp.where(i > 0, new, old),
-                update_best(best, to_x(delta), succ, obj), best)
+            best = update_best_at_step(best, i, to_x(delta), succ, obj, track_start=track_start)
             g = jnp.where(jnp.isfinite(g), g, jnp.zeros_like(g))
             direction, state = rule.update(g, state, to_x(delta))
             return feasible(delta + step * direction.astype(x.dtype)), state, best
