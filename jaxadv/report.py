@@ -101,19 +101,16 @@ def examples_figure(workdir: str, *, num_examples: int = 6, eps: float | None = 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import ml_collections
     import numpy as np
 
     from jaxadv import plotting
     from jaxadv.analysis import cam_map_fn
     from jaxadv.attacks.gradient import pgd
-    from jaxadv.training.loop import load_sources, load_trained_model
+    from jaxadv.training.loop import load_run_config, load_sources, load_trained_model
 
     # The checkpoint results.json describes: the best one when the run ends on it.
-    with open(os.path.join(workdir, "config.json")) as f:
-        run_config = ml_collections.ConfigDict(json.load(f))
-    best = bool(run_config.get("train", {}).get("final_from_best", False)) and os.path.isdir(
-        os.path.join(workdir, "best"))
+    best = bool(load_run_config(workdir).get("train", {}).get("final_from_best", False)) and (
+        os.path.isdir(os.path.join(workdir, "best")))
     model, variables, config = load_trained_model(workdir, best=best)
     _, test_src = load_sources(config)
     x, y = test_src.get(np.arange(min(num_examples, len(test_src))))

@@ -362,12 +362,11 @@ def restore_for_eval(config, workdir: str, *, best: bool = False) -> tuple[Train
 
 
 
-def load_trained_model(workdir: str, *, best: bool = False, use_ema: bool = False):
-    """(model, eval variables, config) of a finished or interrupted run, from its ``workdir``
-    alone (the ``config.json`` that training writes and the latest or best checkpoint).
+def load_run_config(workdir: str):
+    """The ``config.json`` that training wrote in ``workdir``, as a ConfigDict.
 
     Raises:
-      FileNotFoundError: no ``config.json`` (not a jaxadv training directory) or no checkpoint.
+      FileNotFoundError: no ``config.json`` (not a jaxadv training directory).
     """
     import ml_collections
 
@@ -376,6 +375,16 @@ def load_trained_model(workdir: str, *, best: bool = False, use_ema: bool = Fals
         raise FileNotFoundError(f"{path} is missing: {workdir} is not a jaxadv training directory "
                                 "(train one with `python -m experiments.main --workdir DIR`).")
     with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def load_trained_model(workdir: str, *, best: bool = False, use_ema: bool = False):
+    """(model, eval variables, config) of a finished or interrupted run, from its ``workdir``
+    alone (the ``config.json`` that training writes and the latest or best checkpoint).
+
+    Raises:
+      FileNotFoundError: no ``config.json`` (not a jaxadv training directory) or no checkpoint.
+    """
+    config = load_run_config(workdir)
     state, model = restore_for_eval(config, workdir, best=best)
     return model, state.eval_variables(use_ema=use_ema), config
