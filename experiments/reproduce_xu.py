@@ -9,7 +9,7 @@ Results accumulate in ``--out_dir``: each model is saved (results.json, figures)
 done, and a later run with the same settings skips the models already there, so an interrupted
 run resumes and the checkpoints can be run one invocation at a time
 (``--checkpoints mnist_pool_normal_100``); a run with other settings stops with an error rather
-than overwrite them (``--fresh`` replaces them).
+than overwrite them (``--fresh`` replaces them, ``--redo MODEL`` analyses one of them again).
 
 Data: the first ``--n`` MNIST test images that the model classifies correctly
 (``../shared/data/mnist-test``), models: ``--checkpoints`` from ``../shared/data/boopathy-mnist``
@@ -405,6 +405,9 @@ def _parse(argv):
     p.add_argument("--fresh", action="store_true",
                    help="ignore (and replace) results already in --out_dir; by default models "
                         "already there with the same settings are skipped")
+    p.add_argument("--redo", nargs="+", default=[], metavar="MODEL",
+                   help="analyse these models again although --out_dir has them (names as in "
+                        "results.json, e.g. fmnist:normal); the others already there are kept")
     args = p.parse_args(argv)
     q = args.quick
     if args.checkpoints is None:
@@ -439,8 +442,10 @@ def main(argv=None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     results["models"] = resumable.earlier_models(out_dir / "results.json", results["settings"],
                                                  fresh=args.fresh)
-    for tag, bound, x, y, probe in load_models(args):
-        if resumable.already_saved(results, tag, out_dir):
+    models = load_models(args)
+    resumable.check_redo(args.redo, [m[0] for m in models])
+    for tag, bound, x, y, probe in models:
+        if resumable.already_saved(results, tag, out_dir, redo=args.redo):
             continue
         t0 = time.perf_counter()
         rec, figs = analyse_model(tag, bound, x, y, probe, args)
@@ -517,7 +522,8 @@ def claims(results: dict) -> list[dict]:
             add(claim4, None, {"not testable": "no interpretable unit"})
         elif any("alignment_units" not in a["x4"] for a in atk.values()):
             add(claim4, None, {"not testable": "this record's alignment counted every unit's best "
-                                               "concept (before 2026-12-07); rerun the model"})
+                                               "concept (before 2026-12-07); rerun the model "
+                                               f"(--redo {tag})"})
         else:
             add(claim4, bool(al) and all(v["source"] is not None and v["target"] is not None
                                          and v["source"] < 0 < v["target"] for v in al.values()),

@@ -67,8 +67,25 @@ def earlier_models(path: pathlib.Path, settings: dict, *, fresh: bool,
     return earlier.get("models", {})
 
 
-def already_saved(results: dict, model: str, out_dir: pathlib.Path) -> bool:
-    """Whether ``model`` is among the saved models of ``results`` (says so when it is)."""
+def check_redo(redo, models) -> None:
+    """Raises SystemExit naming the fix when ``redo`` (model names to analyse again) names a model
+    this run does not load: its saved record would otherwise stay as it is without a word."""
+    unknown = [m for m in redo if m not in models]
+    if unknown:
+        raise SystemExit(f"--redo {' '.join(unknown)}: not among this run's models "
+                         f"({', '.join(models) or 'none'}); name one of those, or add the model "
+                         "to the run.")
+
+
+def already_saved(results: dict, model: str, out_dir: pathlib.Path, *, redo=()) -> bool:
+    """Whether ``model`` is among the saved models of ``results`` (says so when it is) and not
+    named in ``redo``. A model in ``redo`` keeps its saved record until the new one replaces it,
+    so an interrupted rerun loses nothing."""
+    if model in redo:
+        if model in results["models"]:
+            print(f"{model}: in {out_dir / 'results.json'}; analysed again (--redo), the saved "
+                  "record is replaced when the new one is done", flush=True)
+        return False
     if model in results["models"]:
         print(f"{model}: already in {out_dir / 'results.json'} (same settings); skipped",
               flush=True)

@@ -48,6 +48,17 @@ def test_reproduce_xu_quick(shared_data, tmp_path):
     with pytest.raises(SystemExit, match="other settings.*eps"):
         reproduce_xu.main([*args, "--eps", "0.2"])
     assert json.loads((out / "results.json").read_text())["models"] == again["models"]
+    # --redo analyses a saved model again and replaces its record; a name the run does not load
+    # is an error before any work, and the file stays as it was.
+    with pytest.raises(SystemExit, match="--redo nope: not among this run's models "
+                                         r"\(mnist_smallgap_normal_100\)"):
+        reproduce_xu.main([*args, "--redo", "nope"])
+    assert json.loads((out / "results.json").read_text())["models"] == again["models"]
+    redone = reproduce_xu.main([*args, "--redo", "mnist_smallgap_normal_100"])
+    rec2 = redone["models"]["mnist_smallgap_normal_100"]
+    assert rec2["command"].endswith("--redo mnist_smallgap_normal_100")
+    assert rec2["seconds"] != rec["seconds"] and rec2["n_images"] == 4
+    assert json.loads((out / "results.json").read_text())["models"] == redone["models"]
 
 
 @pytest.mark.slow
@@ -101,7 +112,7 @@ def test_the_concept_claim_needs_interpretable_units():
     verdict = {c["model"]: c for c in claims(results) if "concept is the true class" in c["claim"]}
     assert verdict["none"]["holds"] is None and verdict["stale"]["holds"] is None
     assert "no interpretable unit" in json.dumps(verdict["none"]["evidence"])
-    assert "rerun" in json.dumps(verdict["stale"]["evidence"])
+    assert "rerun the model (--redo stale)" in json.dumps(verdict["stale"]["evidence"])
     assert verdict["ok"]["holds"] is True and verdict["ok"]["evidence"]["units"] == 5
     assert verdict["wrong"]["holds"] is False
     assert [_verdict(v) for v in (None, True, False)] == ["not testable", "agrees",
