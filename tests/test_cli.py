@@ -136,7 +136,9 @@ def test_eval_official_checkpoint(shared_data):
         cwd=REPO, env=_env("/nonexistent"), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["num_examples"] == 10_000 and result["accuracy"] >= 0.97
+    # The README quotes this command's 98.41 %; two examples either way allow for float noise
+    # across XLA versions.
+    assert result["num_examples"] == 10_000 and abs(result["accuracy"] - 0.9841) <= 2e-4
 
 
 def check_in_browser(page, *, num_images):
