@@ -356,16 +356,10 @@ def load_models(args) -> list[tuple[str, object, np.ndarray, np.ndarray, tuple]]
             print(f"--fmnist_workdir {wd}: no config.json there; skipping Fashion-MNIST.",
                   flush=True)
         else:
-            import ml_collections
-
-            from jaxadv.training import restore_for_eval
+            from jaxadv.training import load_trained_model
             from jaxadv.training.loop import load_sources
 
-            config = ml_collections.ConfigDict(json.loads((wd / "config.json").read_text()))
-            state, model = restore_for_eval(config, str(wd))
-            variables = {"params": state.params}
-            if state.batch_stats:
-                variables["batch_stats"] = state.batch_stats
+            model, variables, config = load_trained_model(str(wd))
             _, test = load_sources(config)
             fx, fy = test.get(np.arange(min(len(test), max(2 * args.n, args.n + 200))))
             qx, qy = test.get(np.arange(len(test) - min(args.n_probe, len(test)), len(test)))
