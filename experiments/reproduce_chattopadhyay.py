@@ -11,7 +11,7 @@ machine; DeepFool and C&W on Pool take minutes per 100 images there, hence no Po
 Each model is saved (results.json, overlay figure) as soon as it is done; a later run with the same
 settings skips the models already in ``--out_dir``, so an interrupted run resumes and the models can
 be run one invocation at a time (``--models pool_int2``); other settings there stop the run with an
-error (``--fresh`` replaces them).
+error (``--fresh`` replaces them, ``--redo MODEL`` evaluates one of them again).
 
 Data: the first ``--n`` MNIST test images are evaluated; the next ``--n`` are attacked to build the
 data-wide RoA prior and the dataset-mean fill (``../shared/data/mnist-test``). Models: official
@@ -111,6 +111,9 @@ def _parse(argv):
     p.add_argument("--fresh", action="store_true",
                    help="ignore (and replace) results already in --out_dir; by default models "
                         "already there with the same settings are skipped")
+    p.add_argument("--redo", nargs="+", default=[], metavar="MODEL",
+                   help="evaluate these models again although --out_dir has them (keys as in "
+                        "results.json, e.g. mnist_pool_int2); the others already there are kept")
     p.add_argument("--table_only", action="store_true",
                    help="only rewrite tables.md and the claim from --out_dir/results.json")
     args = p.parse_args(argv)
@@ -295,6 +298,12 @@ def _fmt(v, digits=None):
     return f"{v:.{digits}f}" if digits is not None else f"{100 * v:.0f}"
 
 
+def model_keys(args) -> list[str]:
+    """The keys of the models :func:`load_models` yields (a workdir it skips included)."""
+    return ([f"mnist_{m}" for m in args.models]
+            + [f"fmnist_{pathlib.Path(wd).name}" for wd in args.fmnist_workdir])
+
+
 def load_models(args):
     """Yields (model key, model, variables, images, labels) for every requested model."""
     shared = pathlib.Path(args.shared)
@@ -360,10 +369,11 @@ def main(argv=None) -> dict:
     }, "models": {}}
     results["models"] = resumable.earlier_models(out_dir / "results.json", results["settings"],
                                                  fresh=args.fresh)
+    resumable.check_redo(args.redo, model_keys(args))
     runners = {}
     key = jax.random.key(args.seed)
     for mi, (mkey, arch, model, variables, x, y) in enumerate(load_models(args)):
-        if resumable.already_saved(results, mkey, out_dir):
+        if resumable.already_saved(results, mkey, out_dir, redo=args.redo):
             continue
         print(f"{mkey}:", flush=True)
         tic = time.perf_counter()

@@ -22,6 +22,16 @@ def test_table_only_without_results_is_a_clear_error(tmp_path):
         reproduce_chattopadhyay.main(["--table_only", "--out_dir", str(tmp_path / "none")])
 
 
+def test_redo_of_a_model_the_run_does_not_evaluate_is_an_error(tmp_path):
+    from experiments import reproduce_chattopadhyay
+
+    with pytest.raises(SystemExit, match=r"--redo mnist_pool_adv: not among this run's models "
+                                         r"\(mnist_smallgap_normal, fmnist_normal\)"):
+        reproduce_chattopadhyay.main(["--quick", "--models", "smallgap_normal", "--redo",
+                                      "mnist_pool_adv", "--fmnist_workdir", "w/normal",
+                                      "--out_dir", str(tmp_path / "out")])
+
+
 @pytest.mark.slow
 def test_reproduce_chattopadhyay_quick(shared_data, tmp_path):
     from experiments import reproduce_chattopadhyay
@@ -71,3 +81,9 @@ def test_reproduce_chattopadhyay_quick(shared_data, tmp_path):
     with pytest.raises(SystemExit, match="other settings.*p_default"):
         reproduce_chattopadhyay.main([*args, "--p_default", "0.1"])
     assert json.loads((out / "results.json").read_text())["models"] == saved["models"]
+    # --redo evaluates a saved model again and replaces its record.
+    redone = reproduce_chattopadhyay.main([*args, "--redo", "mnist_smallgap_normal"])
+    rec = redone["models"]["mnist_smallgap_normal"]
+    assert rec["seconds"] != m["seconds"]
+    assert rec["attacks"]["fgsm"]["num_attacked"] == fgsm["num_attacked"]
+    assert json.loads((out / "results.json").read_text())["models"] == redone["models"]
