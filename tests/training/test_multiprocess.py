@@ -10,10 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import FAST_COMPILE_ENV
+from tests.conftest import FAST_COMPILE_ENV, REPO
 from tests.training.helpers import make_synthetic_idx
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _free_port() -> int:
