@@ -162,10 +162,10 @@ class Runner:
                     fn(self._logits(v_), x_, y_, k_)))
         return self._attacks[name](v, x, y, key)
 
-    def _sweep(self, v, x, y, x_adv, maps, p_i, p_a, fills_adv, fills_clean):
+    def _sweep(self, v, x, y, x_adv, maps, p_i, p_a, fills_adv, fills_clean, key):
         return rr.neutralization_sweep(self._logits(v), x, y, x_adv, p_importance=p_i,
                                        p_attack=p_a, fills_adv=fills_adv,
-                                       fills_clean=fills_clean, **maps)
+                                       fills_clean=fills_clean, key=key, **maps)
 
 
 @functools.cache
@@ -195,7 +195,7 @@ def evaluate(runner: Runner, variables, x_all, y_all, args, key) -> tuple[dict, 
     for ai, name in enumerate(args.attacks):
         tic = time.perf_counter()
         reg_name, hyper = attack_settings(args.quick)[name]
-        k_att, k_proxy, k_fill, k_ctrl = jax.random.split(jax.random.fold_in(key, ai), 4)
+        k_att, k_proxy, k_fill, k_ctrl, k_tie = jax.random.split(jax.random.fold_in(key, ai), 5)
         # One batch of 2n for the evaluated and held-out images, and one for the proxy re-attacks
         # of x' and x (each away from its own prediction): a single compilation per attack.
         xa2, succ2 = runner.attack(name, reg_name, hyper, variables, jnp.concatenate([x, x_held]),
@@ -223,7 +223,7 @@ def evaluate(runner: Runner, variables, x_all, y_all, args, key) -> tuple[dict, 
         # R-1 (clean RoI for the true label vs the true RoA).
         r1 = {}
         for tag, s_a in (("", s_oracle), ("_raw", raw_map(delta))):
-            reg = rr.segregate(s_i_true, s_a, p_importance=pd, p_attack=pd)
+            reg = rr.segregate(s_i_true, s_a, p_importance=pd, p_attack=pd, key=k_tie)
             m = rr.overlap_metrics(reg.roi, reg.roa, delta)
             for f in m._fields:
                 r1[f + tag] = _mean_over(getattr(m, f), attacked)
@@ -244,7 +244,8 @@ def evaluate(runner: Runner, variables, x_all, y_all, args, key) -> tuple[dict, 
         r2, control = {}, {}
         ii, ja = args.p_importance.index(pd), args.p_attack.index(pd)
         for variant, maps in sources.items():
-            sw = runner.sweep(variables, x, y, x_adv, maps, p_i, p_a, fills_adv, fills_clean)
+            sw = runner.sweep(variables, x, y, x_adv, maps, p_i, p_a, fills_adv, fills_clean,
+                              k_tie)
             summ = {k: np.asarray(v) for k, v in rr.summarize_outcome(sw.outcome).items()}
             r2[variant] = {
                 "neutralized_accuracy": summ["neutralized_accuracy"].tolist(),
@@ -255,7 +256,7 @@ def evaluate(runner: Runner, variables, x_all, y_all, args, key) -> tuple[dict, 
             }
             # Control: a random region of the size of RoA \ RoI, each fill, default fractions.
             reg = rr.segregate(maps["importance_adv"], maps["attack_adv"], p_importance=pd,
-                               p_attack=pd)
+                               p_attack=pd, key=k_tie)
             mask = rr.isolate(*reg).attack_only
             rand = rr.random_region_like(mask, k_ctrl)
             control[variant] = {
@@ -290,6 +291,20 @@ def evaluate(runner: Runner, variables, x_all, y_all, args, key) -> tuple[dict, 
 def _median(v, where):
     w = np.asarray(where, bool)
     return float(np.median(v[w])) if w.any() else None
+
+
+TIES = ("in a random order per image and attack (rr.segregate and rr.neutralization_sweep with "
+        "key=), the same order for every fraction")
+_TIES_BY_POSITION = (
+    "by position (results from before 2026-12-07, without a key): for FGSM and PGD, whose |delta| "
+    "equals eps on most pixels, the raw RoA is then mostly the image's top rows (a position, not "
+    "a region of the attack), so only their smoothed columns and the raw columns of C&W and "
+    "DeepFool are informative")
+
+
+def _ties(settings: dict) -> str:
+    """How the results' regions broke ties (files from before the key say nothing: by position)."""
+    return settings.get("ties", _TIES_BY_POSITION)
 
 
 def _fmt(v, digits=None):
@@ -363,7 +378,7 @@ def main(argv=None) -> dict:
                       "normalised",
         "p_importance": args.p_importance, "p_attack": args.p_attack, "p_default": args.p_default,
         "fills": list(FILLS), "blur_sigma": args.blur_sigma, "noise": "uniform [0, 1]",
-        "variants": list(VARIANTS), "seed": args.seed,
+        "variants": list(VARIANTS), "seed": args.seed, "ties": TIES,
         "command": "python -m experiments.reproduce_chattopadhyay " + " ".join(
             sys.argv[1:] if argv is None else argv),
     }, "models": {}}
@@ -477,11 +492,7 @@ def write_tables(results: dict) -> str:
     lines += [f"## R-1: RoI (Grad-CAM of the true class on x) vs RoA (true delta), p_I = p_A = {pd}",
               "", "Means over the attacked images (clean correct, attack successful). Random "
               f"regions would give IoU {rand_iou:.3f}, overlap {pi:.2f}, energy share {pi:.2f}. "
-              "'raw' = unsmoothed attack map, ties broken by position: for FGSM and PGD, whose "
-              "|delta| equals eps on most pixels, the raw RoA is then mostly the image's top rows "
-              "(a position, not a region of the attack), so only their smoothed columns and the "
-              "raw columns of C&W and DeepFool are informative (rr.segregate's key= breaks ties "
-              "at random instead).", "",
+              f"'raw' = unsmoothed attack map. Ties between equal scores: {_ties(s)}.", "",
               "| model | attack | attacked / n | median l2 | IoU | overlap | energy share | IoU raw "
               "| overlap raw |", "|---" * 9 + "|"]
     for mkey, m in results["models"].items():

@@ -609,7 +609,7 @@ class SweepOutcome(NamedTuple):
 def neutralization_sweep(logits_fn: LogitsFn, x: Array, y: Array, x_adv: Array, *,
                          importance_adv: Array, attack_adv: Array, importance_clean: Array,
                          attack_clean: Array, p_importance, p_attack, fills_adv: Array,
-                         fills_clean: Array) -> SweepOutcome:
+                         fills_clean: Array, key: PRNGKey | None = None) -> SweepOutcome:
     """Neutralise RoA \\ RoI over a grid of p_I x p_A x fill values in one compiled program.
 
     For every (p_I, p_A, fill) the attacked input x' is segregated with its maps (importance_adv,
@@ -629,6 +629,11 @@ def neutralization_sweep(logits_fn: LogitsFn, x: Array, y: Array, x_adv: Array, 
       p_attack: (Q,) fractions.
       fills_adv: (F, B, H, W, C) fill values for x' (:func:`fill_values`).
       fills_clean: (F, B, H, W, C) fill values for x.
+      key: optional PRNG key that breaks ties among equal scores at random (:func:`segregate`;
+        maps with many ties, such as the |delta| of an l-inf sign attack, need it). The same key
+        serves every fraction, so each image's regions grow by one random order of its ties
+        (a larger p takes every pixel of a smaller one), and :func:`segregate` with this key
+        gives the regions of any one (p_I, p_A). Without it ties go by position.
 
     Returns:
       SweepOutcome (summarise with :func:`summarize_outcome`).
@@ -657,7 +662,7 @@ def neutralization_sweep(logits_fn: LogitsFn, x: Array, y: Array, x_adv: Array, 
         return jnp.argmax(logits_fn(inp), axis=-1) == y
 
     def one(pi, pa, imp, att, inp, fills):
-        regions = segregate(imp, att, p_importance=pi, p_attack=pa)
+        regions = segregate(imp, att, p_importance=pi, p_attack=pa, key=key)
         m = isolate(regions.roi, regions.roa).attack_only
         ok = jax.lax.map(lambda v: correct(neutralize(inp, m, v)), fills)  # (F, B)
         return ok, jnp.mean(m, axis=(1, 2))

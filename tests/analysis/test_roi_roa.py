@@ -304,6 +304,40 @@ def test_sweep_matches_single_calls_and_compiles_once():
     assert float(summ["neutralized_clean_accuracy"][0, 1, 0]) == 1.0
 
 
+def test_sweep_breaks_ties_with_its_key_as_segregate_does():
+    """An l-inf sign attack's |delta| is eps almost everywhere: without a key the sweep's RoA is
+    the top rows of the image; with one it is segregate(key=)'s region at every (p_I, p_A), and
+    the regions of a larger p_A hold those of a smaller one (one random order per image)."""
+    x, y, x_adv = planted(2)
+    s_i = rr.importance_map(logits_fn, x, y, features_fn=features_fn, head_fn=head_fn)
+    s_a = jnp.full(s_i.shape, 0.3)  # all tied
+    fa = rr.fill_values(x_adv, ("zero",))
+    fc = rr.fill_values(x, ("zero",))
+    key = jax.random.key(7)
+    p_i, p_a = jnp.array([0.1]), jnp.array([0.1, 0.2, 0.4])
+
+    def sweep(k):
+        return rr.neutralization_sweep(logits_fn, x, y, x_adv, importance_adv=s_i, attack_adv=s_a,
+                                       importance_clean=s_i, attack_clean=s_a, p_importance=p_i,
+                                       p_attack=p_a, fills_adv=fa, fills_clean=fc, key=k)
+
+    out, by_position = sweep(key), sweep(None)
+    masks = []
+    for j, pa in enumerate(p_a):
+        m = rr.isolate(*rr.segregate(s_i, s_a, p_importance=p_i[0], p_attack=pa,
+                                     key=key)).attack_only
+        masks.append(np.asarray(m))
+        np.testing.assert_allclose(out.mask_fraction[0, j], m.mean((1, 2)))
+        pred = jnp.argmax(logits_fn(rr.neutralize(x_adv, m, fa[0])), -1)
+        np.testing.assert_array_equal(out.outcome.neutralized_correct[0, j, 0], pred == y)
+        roa = np.asarray(rr.segregate(s_i, s_a, p_importance=p_i[0], p_attack=pa, key=key).roa)
+        assert roa[:, H // 2:].any()  # not only the top rows, as by position
+    assert np.all(masks[0] <= masks[1]) and np.all(masks[1] <= masks[2])
+    first = np.asarray(rr.segregate(s_i, s_a, p_importance=0.1, p_attack=0.1).roa)
+    assert not first[:, H // 2:].any()  # by position: the top rows only
+    assert by_position.mask_fraction.shape == out.mask_fraction.shape
+
+
 @pytest.mark.parametrize("bad", [0.0, -0.1, 1.5, np.array([0.2, 1.2])])
 def test_bad_fraction_names_the_fix(bad):
     s = jnp.ones((1, 4, 4))
