@@ -44,9 +44,13 @@ in 2-device Fashion-MNIST training; the two inspected (gdb, process idle for min
 slow device but a deadlock: one device waited in the all-reduce while the
 other device's launch of the same step waited for a launch slot (``xla::Semaphore::Acquire``),
 and another launch, apparently of a later computation on the step's outputs, waited for its
-inputs (jaxadv's training loop now sums the metrics inside the step itself,
-:func:`jaxadv.training.accumulating`, so nothing else is dispatched between steps).
-Aborting after a minute lets a resumable run restart; a long timeout would leave it hung.
+inputs. Summing the metrics inside the step (:func:`jaxadv.training.accumulating`), so that
+nothing else is dispatched between steps, was not enough: on 2026-12-07 the README's 10-epoch
+``jaxadv train`` on two host devices still aborted in 3 of 3 runs. jaxadv's loops over several
+CPU devices (training, evaluation, robust-accuracy curves) now let each step finish before
+launching the next (:func:`jaxadv.sharding.waits_between_steps`: 5 of 5 runs finished, at the
+same speed). Aborting after a minute lets a resumable run restart; a long timeout would leave it
+hung.
 """
 
 import os

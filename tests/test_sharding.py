@@ -43,3 +43,17 @@ def test_a_mesh_with_a_model_axis_splits_the_batch_over_data_only():
         sharding.batch_sharding(Mesh(np.asarray(jax.devices()), ("batch",)))
     with pytest.raises(ValueError, match="batch 12 is not divisible by the 8 devices"):
         sharding.shard_batch({"image": np.zeros((12, 2), np.float32)}, sharding.data_mesh())
+
+
+def test_loops_wait_between_steps_only_on_several_cpu_devices(monkeypatch):
+    """Several CPU devices: XLA:CPU deadlocks with several steps in flight, so loops wait for each
+    (tests/test_cli.py has the 3,000-step run that aborted before); one device does not wait."""
+    cpus = jax.devices("cpu")
+    assert len(cpus) >= 2  # conftest's fake host devices
+    two, one = sharding.data_mesh(cpus[:2]), sharding.data_mesh(cpus[:1])
+    assert sharding.waits_between_steps(two) and not sharding.waits_between_steps(one)
+    waited = []
+    monkeypatch.setattr(jax, "block_until_ready", lambda t: waited.append(t) or t)
+    tree = {"a": np.ones(2)}
+    assert sharding.wait_between_steps(tree, one) is tree and not waited
+    assert sharding.wait_between_steps(tree, two) is tree and waited == [tree]

@@ -170,6 +170,8 @@ def robust_accuracy_curve(logits_fn: Callable, data, attack_fn: Callable, *, eps
             arrays = sharding_lib.shard_batch(arrays, mesh)
         r, c, n = counts_fn(*arrays, jax.random.fold_in(key, i), eps)
         robust, clean, count = robust + r, clean + c, count + n
+        if mesh is not None:  # several CPU devices: one batch at a time (XLA:CPU deadlock)
+            sharding_lib.wait_between_steps((robust, clean, count), mesh)
     robust, clean, count = jax.device_get((robust, clean, count))
     return RobustAccuracy(epsilons=eps_host, robust_accuracy=ratio(robust, count),
                           clean_accuracy=float(ratio(clean, count)),

@@ -127,6 +127,7 @@ def evaluate(state: TrainState, source, *, batch_size: int, mesh=None, eval_step
     acc = None
     for batch in data_lib.eval_batches(source, batch_size=batch_size, num_examples=num_examples):
         acc = add_metrics(acc, eval_step(state, sharding.shard_batch(batch, mesh)))
+        sharding.wait_between_steps(acc, mesh)
     return summarize(acc)
 
 
@@ -141,6 +142,7 @@ def robust_evaluate(state: TrainState, source, *, robust_step, batch_size: int, 
                                                     num_examples=num_examples)):
         acc = add_metrics(acc, robust_step(state, sharding.shard_batch(batch, mesh),
                                            jax.random.fold_in(key, i)))
+        sharding.wait_between_steps(acc, mesh)
     return summarize(acc)
 
 
@@ -279,6 +281,10 @@ def train_and_evaluate(config: Mapping, workdir: str, *, verbose: bool = True) -
                 compile_s = time.perf_counter() - t0
                 tic = time.perf_counter()
             else:
+                # Several CPU devices: the previous step finishes first (XLA:CPU deadlocks with
+                # several in flight; sharding.waits_between_steps). The batch above was prepared
+                # while it ran.
+                sharding.wait_between_steps((state, acc), mesh)
                 state, acc = train_step(state, acc, batch, train_key)
                 examples += t.batch_size
             done = step + 1

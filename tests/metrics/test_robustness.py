@@ -108,8 +108,12 @@ def test_num_examples_limits_the_stream(key):
     np.testing.assert_allclose(curve.robust_accuracy, expected, atol=1e-7)
 
 
-def test_sharded_curve_equals_unsharded(key):
+def test_sharded_curve_equals_unsharded(key, monkeypatch):
     assert jax.device_count() == 8, "tests/conftest.py fakes 8 CPU devices"
+    waits = []  # one per batch on several CPU devices (XLA:CPU's collective deadlock)
+    real = sharding.wait_between_steps
+    monkeypatch.setattr(sharding, "wait_between_steps",
+                        lambda t, m: waits.append(sharding.waits_between_steps(m)) or real(t, m))
     f = mlp_model(2)
     images, labels = dataset(2)
     attack = functools.partial(G.pgd, step_size=0.05, num_steps=3)  # random start: keys matter
@@ -120,6 +124,7 @@ def test_sharded_curve_equals_unsharded(key):
                                   key=key)
     np.testing.assert_array_equal(sharded.robust_accuracy, plain.robust_accuracy)
     assert sharded.clean_accuracy == plain.clean_accuracy and sharded.num_examples == N
+    assert waits == [True] * -(-N // 16)
     with pytest.raises(ValueError, match="not divisible by the 8 devices"):
         robust_accuracy_curve(f, (images, labels), attack, epsilons=EPS, batch_size=12,
                               key=key, mesh=mesh)

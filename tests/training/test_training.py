@@ -181,6 +181,28 @@ def test_train_and_evaluate_learns_and_resumes_exactly(synthetic_fmnist, tmp_pat
         load_trained_model(str(tmp_path))
 
 
+def test_each_step_waits_for_the_previous_on_several_cpu_devices(synthetic_fmnist, tmp_path,
+                                                                   monkeypatch):
+    """On the suite's fake host devices every train step after the first, and every evaluation
+    batch, waits for the one before (XLA:CPU's collective deadlock, sharding.waits_between_steps)."""
+    from jaxadv import sharding
+    from jaxadv.training import TrainState
+
+    calls = []
+    real = sharding.wait_between_steps
+
+    def counting(tree, mesh):
+        calls.append((type(tree[0]) if isinstance(tree, tuple) else None,
+                      sharding.waits_between_steps(mesh)))
+        return real(tree, mesh)
+
+    monkeypatch.setattr(sharding, "wait_between_steps", counting)
+    train_and_evaluate(_config(num_steps=12), str(tmp_path / "w"), verbose=False)
+    steps = [w for kind, w in calls if kind is TrainState]
+    assert len(steps) == 11 and all(steps)
+    assert len(calls) > len(steps) and all(w for _, w in calls)  # the evaluations' batches too
+
+
 def test_nan_stops_with_message_and_keeps_last_good_checkpoint(synthetic_fmnist, tmp_path):
     cfg = _config(num_steps=40)
     cfg.optimizer.learning_rate = 1e30
