@@ -90,7 +90,9 @@ def attack_settings(quick: bool) -> dict[str, tuple[str, dict]]:
 def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--out_dir", default="results/chattopadhyay")
+    p.add_argument("--out_dir", default=None,
+                   help="results directory (default: results/chattopadhyay, with --quick "
+                        "results/chattopadhyay_quick)")
     p.add_argument("--shared", default=str(SHARED))
     p.add_argument("--models", nargs="+", default=None,
                    help="official checkpoint stems without the mnist_ prefix and _100 suffix, "
@@ -118,6 +120,7 @@ def _parse(argv):
                    help="only rewrite tables.md and the claim from --out_dir/results.json")
     args = p.parse_args(argv)
     q = args.quick
+    args.out_dir = args.out_dir or ("results/chattopadhyay_quick" if q else "results/chattopadhyay")
     if args.models is None:
         args.models = (["smallgap_normal", "smallgap_adv"] if q else
                        [f"{a}_{m}" for a in ("smallgap", "pool")

@@ -370,7 +370,8 @@ def load_models(args) -> list[tuple[str, object, np.ndarray, np.ndarray, tuple]]
 
 def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out_dir", default="results/xu")
+    p.add_argument("--out_dir", default=None,
+                   help="results directory (default: results/xu, with --quick results/xu_quick)")
     p.add_argument("--shared", default=str(SHARED))
     p.add_argument("--quick", action="store_true",
                    help="smoke settings: 40 images, one checkpoint, short attacks")
@@ -404,6 +405,7 @@ def _parse(argv):
                         "results.json, e.g. fmnist:normal); the others already there are kept")
     args = p.parse_args(argv)
     q = args.quick
+    args.out_dir = args.out_dir or ("results/xu_quick" if q else "results/xu")
     if args.checkpoints is None:
         args.checkpoints = ["mnist_smallgap_normal_100"] if q else list(DEFAULT_CHECKPOINTS)
     args.n = args.n or (40 if q else 200)

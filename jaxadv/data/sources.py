@@ -212,7 +212,8 @@ def load_dataset(name: str, split: str, *, data_dir: str | None = None) -> Sourc
         if not directory:
             raise FileNotFoundError(
                 "Dataset 'mnist_idx' needs a directory of MNIST IDX files: pass data_dir= (config "
-                "data.data_dir) or set JAXADV_MNIST_DIR, e.g. to ../shared/data/mnist-test.")
+                "dataset.data_dir, command line --data_dir) or set JAXADV_MNIST_DIR, e.g. to "
+                "../shared/data/mnist-test.")
         return load_idx_dataset(directory, split, name=name,
                                 provided_by="the MNIST IDX files (../shared/data/mnist-test holds the "
                                 "test split; the train split needs tensorflow-datasets 'mnist')")
