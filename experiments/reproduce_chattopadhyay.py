@@ -334,11 +334,12 @@ def load_models(args):
                              "or --models with the checkpoints you have.")
     x, y = load_dataset("mnist_idx", "test", data_dir=str(shared / "mnist-test")).get(
         np.arange(2 * args.n))
+    keys = iter(model_keys(args))
     for m in args.models:
         name, params = load_official_checkpoint(shared / "boopathy-mnist" / f"mnist_{m}_100.pkl")
-        yield (f"mnist_{m}", name, get_model(name),
+        yield (next(keys), name, get_model(name),
                {"params": jax.tree.map(jnp.asarray, params)}, x, y)
-    for wd in args.fmnist_workdir:
+    for wd, mkey in zip(args.fmnist_workdir, keys, strict=True):
         if not pathlib.Path(wd, "config.json").exists():
             print(f"skipping {wd}: not a jaxadv training directory (no config.json)", flush=True)
             continue
@@ -351,7 +352,7 @@ def load_models(args):
         if len(fx) < 2 * args.n:
             print(f"skipping {wd}: fewer than {2 * args.n} test images", flush=True)
             continue
-        yield (f"fmnist_{pathlib.Path(wd).name}", f"fmnist:{wd}", model, variables, fx, fy)
+        yield (mkey, f"fmnist:{wd}", model, variables, fx, fy)
 
 
 def main(argv=None) -> dict:
