@@ -15,6 +15,7 @@ PreAct ResNet-18).
 
 import json
 import os
+import pickle
 import sys
 
 from absl import app, flags, logging
@@ -22,19 +23,28 @@ from ml_collections import config_flags
 
 COMMANDS = ("train", "eval", "report")
 
+# Errors whose message tells the user what is wrong with the input and how to fix it (a missing or
+# corrupt file, a value out of range, a diverging run): the command prints the message alone (exit
+# status 1); --traceback shows where it was raised. Other exceptions (bugs) keep their traceback.
+INPUT_ERRORS = (ValueError, OSError, pickle.UnpicklingError, FloatingPointError)
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file "
                                           "(optionally with ':quick').", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "eval: an official Boopathy et al. .pkl "
                                   "checkpoint instead of a workdir.")
-_DATASET = flags.DEFINE_string("dataset", "mnist_idx", "eval --checkpoint: dataset name.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "eval --checkpoint: data directory.")
+_DATASET = flags.DEFINE_string("dataset", "mnist_idx", "eval --checkpoint: dataset name (with "
+                               "--config the dataset is the config's dataset.name).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Data directory: eval --checkpoint's dataset, "
+                                "or with --config the same as --config.dataset.data_dir=DIR.")
 _SPLIT = flags.DEFINE_string("split", "test", "eval: split to evaluate.")
 _BEST = flags.DEFINE_bool("best", False, "eval: use the best checkpoint instead of the last.")
 _OUT = flags.DEFINE_string("out", None, "report: output HTML file (default WORKDIR/report.html).")
 _EPS = flags.DEFINE_float("eps", None, "report: l-inf eps of the sample adversarial examples "
                           "(default: the run's robust-evaluation eps, else 0.1).")
 _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 6, "report: sample images shown.")
+_TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the Python traceback of an error in the "
+                               "input (a missing file, a bad value) instead of its message alone.")
 _HOST_DEVICES = flags.DEFINE_integer(
     "host_devices", 0, "CPU only: split batches over this many XLA host devices (0 = one per core,"
     " 1 = off). Must be set before JAX initialises, which this entry point does. Not given: one "
@@ -65,6 +75,20 @@ def _set_host_devices(n: int) -> None:
 
     if n != 1:
         use_host_devices_unless_set(n or None)
+
+
+def _apply_data_flags() -> None:
+    """With --config: --data_dir sets the config's dataset.data_dir; --dataset is an error (the
+    config names its dataset), so neither flag is silently ignored."""
+    if _CONFIG.value is None or _CHECKPOINT.value:
+        return
+    if flags.FLAGS["dataset"].present:
+        raise app.UsageError(f"--dataset is for eval --checkpoint; with --config the dataset is "
+                             f"the config's ({_CONFIG.value.dataset.name!r}): use "
+                             "--config.dataset.name=NAME.")
+    if _DATA_DIR.value is not None:
+        with _CONFIG.value.unlocked():
+            _CONFIG.value.dataset.data_dir = _DATA_DIR.value
 
 
 def _train() -> None:
@@ -137,6 +161,17 @@ def _report(workdir: str | None) -> None:
 def main(argv) -> None:
     if len(argv) < 2 or argv[1] not in COMMANDS:
         raise app.UsageError(_usage())
+    try:
+        _dispatch(argv)
+    except INPUT_ERRORS as error:
+        if _TRACEBACK.value:
+            raise
+        sys.stderr.write(f"jaxadv {argv[1]}: error: {error}\n(--traceback shows where it was "
+                         f"raised: {type(error).__name__})\n")
+        sys.exit(1)
+
+
+def _dispatch(argv) -> None:
     if argv[1] == "report" and len(argv) <= 3:
         _set_host_devices(1)
         logging.set_verbosity(logging.WARNING)
@@ -144,6 +179,7 @@ def main(argv) -> None:
         return
     if len(argv) > 2:
         raise app.UsageError(f"Unexpected arguments {argv[2:]}.\n{_usage()}")
+    _apply_data_flags()
     _set_host_devices(host_device_flag(argv[1], _CONFIG.value, _HOST_DEVICES.value,
                                        flags.FLAGS["host_devices"].present))
     if logging.get_verbosity() <= logging.INFO and not flags.FLAGS['verbosity'].present:

@@ -185,6 +185,30 @@ def test_usage_errors():
     assert out.returncode != 0 and "train needs --config and --workdir" in out.stderr
 
 
+def test_input_errors_print_their_message_without_a_traceback(data_dir, tmp_path):
+    """An error in the input (here a missing checkpoint directory or data file) prints its message
+    and exits with status 1, no traceback unless --traceback; --data_dir with --config is the
+    config's dataset.data_dir (not silently ignored), and a failed start creates no workdir."""
+    def run(*args):
+        return subprocess.run(_cmd(*args), cwd=REPO, env=_env(data_dir), capture_output=True,
+                              text=True, timeout=600)
+
+    out = run("eval", *QUICK, f"--workdir={tmp_path / 'typo'}")
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "jaxadv eval: error:" in out.stderr and "holds no checkpoint" in out.stderr
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+    out = run("eval", *QUICK, f"--workdir={tmp_path / 'typo'}", "--traceback")
+    assert "Traceback" in out.stderr and "FileNotFoundError" in out.stderr, out.stderr[-2000:]
+
+    out = run("train", *QUICK, f"--workdir={tmp_path / 'w'}", f"--data_dir={tmp_path / 'none'}")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert f"{tmp_path / 'none'}/train-images-idx3-ubyte" in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "w").exists()
+    out = run("train", *QUICK, f"--workdir={tmp_path / 'w'}", "--dataset=mnist_idx")
+    assert out.returncode != 0 and "--dataset is for eval --checkpoint" in out.stderr
+    assert not (tmp_path / "w").exists()
+
+
 def test_host_devices_default_is_model_aware():
     """Without ``--host_devices``, train and eval runs of PreAct ResNet-18 use one host device
     (measured faster on CPU: jaxadv.devices.default_host_device_count), other models one per core

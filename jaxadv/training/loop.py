@@ -193,11 +193,11 @@ def train_and_evaluate(config: Mapping, workdir: str, *, verbose: bool = True) -
     """
     if config.get("eval", {}).get("num_examples", -1) == 0:  # before anything is written
         raise ValueError("eval.num_examples must be -1 (the whole test set) or >= 1; got 0.")
-    os.makedirs(workdir, exist_ok=True)
     t = config.train
     mesh = sharding.data_mesh()
     sharding.check_divisible(t.batch_size, mesh, "training batch size")
     train_src, val_src, test_src = load_sources(config, with_validation=True)
+    os.makedirs(workdir, exist_ok=True)  # after the checks: a failed start leaves no directory
     model = build_model(config)
     total_steps = total_train_steps(config, len(train_src))
     tx = make_optimizer(config.optimizer, total_steps=total_steps)
