@@ -262,11 +262,11 @@ def test_attributions_benchmark_splits_the_batch_over_host_devices(tmp_path):
     pytest.importorskip("captum")
     result = _run_in_fresh_process(
         "experiments.benchmarks.attributions", "--quick", "--models", "smallgap", "--repeats",
-        "1", "--skip-memory", "--host_devices", "2", out=tmp_path / "attr.json")
+        "1", "--skip-memory", "--host_devices", "2", "--roofline", out=tmp_path / "attr.json")
     assert result["settings"]["jaxadv_host_devices"] == 2
     assert result["settings"]["command"] == (
         "python -m experiments.benchmarks.attributions --quick --models smallgap --repeats 1 "
-        f"--skip-memory --host_devices 2 --out {tmp_path / 'attr.json'}")
+        f"--skip-memory --host_devices 2 --roofline --out {tmp_path / 'attr.json'}")
     cores = os.cpu_count() or 1
     assert result["settings"]["convolution_backend"] == ("eigen" if cores >= 4 else "ynnpack")
     assert set(result["parity"]) == {"ig", "smoothgrad", "gradcam", "occlusion"}
@@ -293,6 +293,49 @@ def test_attributions_benchmark_splits_the_batch_over_host_devices(tmp_path):
     assert sg["jaxadv_auto_points_per_call"] == {"ig": 1, "smoothgrad": 1}
     assert set(sg["jaxadv_all_at_once_s"]) == set(sg["speedup_vs_captum_jaxadv_all_at_once"]) == {
         "ig", "smoothgrad"}
+
+
+def test_attributions_benchmark_quick_leaves_out_the_slow_parts_unless_asked(tmp_path,
+                                                                             monkeypatch):
+    """``--quick`` is a smoke run: SmallGAP and ResNet-18 (no softplus twin), no float64
+    references, no FLOP counts, IG-200 memory at batch 32; ``--float64`` / ``--roofline`` add
+    them back, ``--skip-float64`` keeps its meaning, and the settings record the choice (the
+    models' runs are replaced by a recorder here: this checks the flags, not the runs)."""
+    pytest.importorskip("torch")
+    from experiments.benchmarks import attributions, timing
+
+    calls, memory = [], []
+
+    def fake_bench(name, batch, repeats, f64_reference=True, timing=True, forms_off=(),
+                   roofline=True):
+        calls.append((name, batch, repeats, f64_reference, roofline))
+        r = {"batch": batch, "parity": dict.fromkeys(attributions.METHODS, 0.0)}
+        if timing:
+            ones = dict.fromkeys(attributions.METHODS, 1.0)
+            r.update(speedup_vs_captum=ones, jaxadv_s=ones, captum_s=ones,
+                     jaxadv_images_per_s=ones, captum_images_per_s=ones)
+            if roofline:
+                r["flops_executed"] = ones
+        return r
+
+    monkeypatch.setattr(attributions, "bench_model", fake_bench)
+    monkeypatch.setattr(attributions, "ig200_peak_memory", lambda batch=128, **kw: memory.append(
+        batch) or {"jaxadv": 1.0, "captum": 2.0, "batch": batch, "jaxadv_points_per_call": 1})
+    monkeypatch.setattr(timing, "matmul_peak_gflops", lambda n: 100.0)
+
+    out = attributions.main(["--quick", "--out", str(tmp_path / "q.json")])
+    assert calls == [("smallgap", 32, 2, False, False), ("preact_resnet18", 4, 2, False, False)]
+    assert memory == [32] and "best_case_s" not in out["per_model"]["smallgap"]
+    assert out["settings"]["float64"] is False and out["settings"]["roofline"] is False
+    calls.clear()
+    out = attributions.main(["--quick", "--models", "smallgap", "--float64", "--roofline",
+                             "--skip-memory", "--out", str(tmp_path / "q2.json")])
+    assert calls == [("smallgap", 32, 2, True, True)] and "best_case_s" in out["per_model"]["smallgap"]
+    calls.clear()
+    out = attributions.main(["--skip-float64", "--skip-memory", "--out", str(tmp_path / "f.json")])
+    assert calls == [("smallgap", 128, 3, False, True), ("preact_resnet18", 16, 3, False, True),
+                     ("preact_resnet18_softplus", 16, 3, False, True)]
+    assert out["settings"]["float64"] is False and out["settings"]["roofline"] is True
 
 
 def test_attributions_benchmark_imports_jaxadv_before_jax_starts():

@@ -2,6 +2,11 @@
 
     python -m experiments.benchmarks.attributions --out results/attributions.json [--quick]
 
+``--quick`` is a smoke run of the script (a few minutes on 2 cores): batches of 32 and 4
+images, 2 rounds, SmallGAP and ResNet-18 only, without the float64 references (``--float64``
+adds them), the roofline's FLOP counts (``--roofline`` adds them) and with the IG-200 memory at
+batch 32; its figures are not the benchmark's.
+
 Models (same weights in both frameworks, the PyTorch twin from
 ``jaxadv.interop.torch_port.to_torch``, logits checked to agree first):
 
@@ -134,6 +139,9 @@ OCC_WINDOW, OCC_STRIDE = 8, 4
 # Images per model in this benchmark's runs (and profile_ops' default for the maps).
 BATCHES = {"smallgap": 128, "preact_resnet18": 16, "preact_resnet18_softplus": 16}
 QUICK_BATCHES = {"smallgap": 32, "preact_resnet18": 4, "preact_resnet18_softplus": 4}
+MODELS = ("smallgap", "preact_resnet18", "preact_resnet18_softplus")
+QUICK_MODELS = ("smallgap", "preact_resnet18")
+QUICK_MEMORY_BATCH = 32
 
 
 def build(name: str, batch: int, seed: int = 0):
@@ -426,7 +434,7 @@ def _relu_kinks(bound, x, t, ig_error) -> dict:
 
 
 def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True,
-                timing: bool = True, forms_off: tuple = ()) -> dict:
+                timing: bool = True, forms_off: tuple = (), roofline: bool = True) -> dict:
     import jax
     import jax.numpy as jnp
     import torch
@@ -461,13 +469,13 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True,
     # roofline: how many GFLOP/s a given speed-up over Captum needs (set against the matmul peak).
     flops = {}
     with fastpath.enabled(False):
-        for m in METHODS if timing else ():
+        for m in METHODS if timing and roofline else ():
             flops[m] = xla_flops(at_once.get(m, ours[m]).lower(xj, tj))
     # The FLOPs jaxadv's program executes (Winograd's forms do 4/9 of the multiplies of the
     # layers they take; chunking the points changes none): the bound any run of this program
     # has at the matmul peak (_run). Before the first calls: executed_flops clears JAX's caches.
     flops_executed = {m: executed_flops(all_at_once[m], (xj, tj))
-                      for m in METHODS if timing}
+                      for m in METHODS if timing and roofline}
 
     def captum_map(m):  # Captum's map of method m in jaxadv's layout
         out = theirs[m]()
@@ -523,12 +531,13 @@ def bench_model(name: str, batch: int, repeats: int, f64_reference: bool = True,
     out["jaxadv_images_per_s"] = {m: batch / s for m, s in out["jaxadv_s"].items()}
     out["captum_images_per_s"] = {m: batch / s for m, s in out["captum_s"].items()}
     out["speedup_vs_captum"] = {m: out["captum_s"][m] / out["jaxadv_s"][m] for m in METHODS}
-    out["flops"] = flops
-    out["flops_executed"] = flops_executed
-    out["jaxadv_gflops"] = {m: flops[m] / out["jaxadv_s"][m] / 1e9 if flops[m] else None
-                            for m in METHODS}
-    out["gflops_needed_for_2x"] = {m: 2 * flops[m] / out["captum_s"][m] / 1e9 if flops[m]
-                                   else None for m in METHODS}
+    if roofline:
+        out["flops"] = flops
+        out["flops_executed"] = flops_executed
+        out["jaxadv_gflops"] = {m: flops[m] / out["jaxadv_s"][m] / 1e9 if flops[m] else None
+                                for m in METHODS}
+        out["gflops_needed_for_2x"] = {m: 2 * flops[m] / out["captum_s"][m] / 1e9 if flops[m]
+                                       else None for m in METHODS}
     if forms_off:
         out.update(compare_forms_off(fns, key, xj, tj, ours, forms_off, repeats))
     # jaxadv with all points in one call, after every timing of the chunked programs and on its
@@ -743,14 +752,26 @@ def _points_per_call(text: str) -> int | str | None:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=pathlib.Path)
-    p.add_argument("--quick", action="store_true", help="small batches, 2 repeats")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run: small batches, 2 repeats, SmallGAP and ResNet-18 only, no "
+                        "float64 references or FLOP counts unless asked for, IG-200 memory at "
+                        "batch 32")
     p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--models", default="smallgap,preact_resnet18,preact_resnet18_softplus",
-                   help="comma-separated; " + ", ".join(PARITY_ONLY) + " are parity only")
+    p.add_argument("--models", default=None,
+                   help="comma-separated (default: " + ",".join(MODELS) + "; --quick: "
+                        + ",".join(QUICK_MODELS) + "); " + ", ".join(PARITY_ONLY)
+                        + " are parity only")
     p.add_argument("--skip-memory", action="store_true")
-    p.add_argument("--skip-float64", action="store_true",
-                   help="leave out the float64 runs of both libraries (error_vs_float64, "
-                        "parity_float64, relu_kinks): the timings and float32 parity only")
+    p.add_argument("--float64", action=argparse.BooleanOptionalAction, default=None,
+                   help="the float64 runs of both libraries (error_vs_float64, parity_float64, "
+                        "relu_kinks); --no-float64: the timings and float32 parity only "
+                        "(default: on, off with --quick)")
+    p.add_argument("--skip-float64", dest="float64", action="store_false",
+                   help="the same as --no-float64")
+    p.add_argument("--roofline", action=argparse.BooleanOptionalAction, default=None,
+                   help="XLA's FLOP counts of each method and the roofline figures built on them "
+                        "(flops, flops_executed, gflops_needed_for_2x, best_case_s, ...; default: "
+                        "on, off with --quick)")
     p.add_argument("--ig-chunk", type=_points_per_call, default="auto",
                    help="jaxadv's chunk_size in the IG-200 memory run: 'auto' (its default), "
                         "an int, or 'all'")
@@ -787,6 +808,9 @@ def main(argv=None) -> dict:
         return {}
     if args.out is None:
         p.error("--out is required")
+    args.models = args.models or ",".join(QUICK_MODELS if args.quick else MODELS)
+    args.float64 = not args.quick if args.float64 is None else args.float64
+    args.roofline = not args.quick if args.roofline is None else args.roofline
     if args.batch is not None and args.batch < 1:
         p.error(f"--batch must be at least 1, got {args.batch}.")
     if not args.no_fastpath:
@@ -843,7 +867,7 @@ def _run(args) -> dict:
     per_model = {}
     for name in args.models.split(","):
         per_model[name] = bench_model(
-            name, batches[name], repeats, f64_reference=not args.skip_float64,
+            name, batches[name], repeats, f64_reference=args.float64, roofline=args.roofline,
             timing=name not in PARITY_ONLY,
             forms_off=("depth_first",) if args.compare_no_depth_first else ())
         print(f"{name}: done", flush=True)
@@ -862,7 +886,8 @@ def _run(args) -> dict:
         "settings": {"command": args.command, "ig_steps": IG_STEPS, "ig_rule": "gausslegendre",
                      "smoothgrad_samples": SG_SAMPLES, "smoothgrad_stdev": SG_STDEV,
                      "occlusion_window": OCC_WINDOW, "occlusion_stride": OCC_STRIDE,
-                     "repeats": repeats, "quick": args.quick,
+                     "repeats": repeats, "quick": args.quick, "float64": args.float64,
+                     "roofline": args.roofline,
                      "jaxadv_host_devices": jax.device_count(),
                      "convolution_backend": convolution_backend(),
                      "jaxadv_fastpath": not args.no_fastpath,
@@ -870,10 +895,11 @@ def _run(args) -> dict:
                      "cpu_inline_dispatch": host_memory.runs_inline()},
         "machine": machine,
     }
-    for r in timed:
+    for r in timed if args.roofline else ():
         add_roofline(r, result["matmul_peak_gflops"])
     if not args.skip_memory:
-        result["ig200_peak_mb"] = ig200_peak_memory(chunk=args.ig_chunk)
+        result["ig200_peak_mb"] = ig200_peak_memory(
+            batch=QUICK_MEMORY_BATCH if args.quick else 128, chunk=args.ig_chunk)
     report.write_json(args.out, result, indent=2)
     print(markdown_table(result))
     return result
