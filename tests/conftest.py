@@ -14,6 +14,16 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_force_host_platform_device_count=8").strip()
 
+# Under pytest-xdist the workers share the cores: PyTorch's OpenMP pool (the peer libraries'
+# tests) then defaults to every core in every worker, and its waiting threads spin while the other
+# worker computes. One share of the cores per worker (before torch is imported; child processes
+# inherit it) took the peer-benchmark tests from 161 to 82 s on the 2-core VM (-n 2; e.g.
+# test_peer_autoattack_apgd_over_seeds_smoke 71 -> 6 s, 7 s when run alone). An explicit
+# OMP_NUM_THREADS wins.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "").isdigit():
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(
+        1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
 # A run killed before its end (SIGKILL, a CI timeout) cannot remove its cache (about 330 MB for
 # the whole suite); the next run removes it (:func:`remove_stale_jit_caches`).
 JIT_CACHE_PREFIX = "jaxadv-tests-jit-cache-"
