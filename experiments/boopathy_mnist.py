@@ -241,7 +241,8 @@ def _apply(model, params, x):
 
 
 if __name__ == "__main__":
+    from experiments.script_errors import run_script
     from jaxadv.devices import use_host_devices_unless_set
 
     use_host_devices_unless_set()  # one XLA host device per core on CPU, as `jaxadv train` does
-    main()
+    run_script(main, "experiments.boopathy_mnist")

@@ -15,18 +15,15 @@ PreAct ResNet-18).
 
 import json
 import os
-import pickle
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments.script_errors import INPUT_ERRORS, report_input_error, wants_traceback
+
 COMMANDS = ("train", "eval", "report")
 
-# Errors whose message tells the user what is wrong with the input and how to fix it (a missing or
-# corrupt file, a value out of range, a diverging run): the command prints the message alone (exit
-# status 1); --traceback shows where it was raised. Other exceptions (bugs) keep their traceback.
-INPUT_ERRORS = (ValueError, OSError, pickle.UnpicklingError, FloatingPointError)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file "
                                           "(optionally with ':quick').", lock_config=True)
@@ -163,12 +160,10 @@ def main(argv) -> None:
         raise app.UsageError(_usage())
     try:
         _dispatch(argv)
-    except INPUT_ERRORS as error:
-        if _TRACEBACK.value:
+    except INPUT_ERRORS as error:  # printed alone (experiments.script_errors)
+        if _TRACEBACK.value or wants_traceback(()):
             raise
-        sys.stderr.write(f"jaxadv {argv[1]}: error: {error}\n(--traceback shows where it was "
-                         f"raised: {type(error).__name__})\n")
-        sys.exit(1)
+        report_input_error(f"jaxadv {argv[1]}", error)
 
 
 def _dispatch(argv) -> None:

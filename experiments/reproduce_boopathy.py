@@ -587,4 +587,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from experiments.script_errors import run_script
+
+    run_script(main, "experiments.reproduce_boopathy")

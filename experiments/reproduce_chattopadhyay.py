@@ -633,4 +633,6 @@ def recovery_figure(results: dict, path: pathlib.Path, fills=("zero", "blur")) -
 
 
 if __name__ == "__main__":
-    main()
+    from experiments.script_errors import run_script
+
+    run_script(main, "experiments.reproduce_chattopadhyay")

@@ -696,4 +696,6 @@ def write_figures(figures: dict, results: dict, out_dir: pathlib.Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from experiments.script_errors import run_script
+
+    run_script(main, "experiments.reproduce_xu")
