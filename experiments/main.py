@@ -24,7 +24,6 @@ from experiments.script_errors import INPUT_ERRORS, report_input_error, wants_tr
 
 COMMANDS = ("train", "eval", "report")
 
-
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file "
                                           "(optionally with ':quick').", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
