@@ -160,7 +160,7 @@ def main(argv) -> None:
     try:
         _dispatch(argv)
     except INPUT_ERRORS as error:  # printed alone (experiments.script_errors)
-        if _TRACEBACK.value or wants_traceback(()):
+        if _TRACEBACK.value or wants_traceback():
             raise
         report_input_error(f"jaxadv {argv[1]}", error)
 

@@ -22,7 +22,8 @@ def report_input_error(prog: str, error: BaseException) -> None:
     sys.exit(1)
 
 
-def wants_traceback(argv) -> bool:
+def wants_traceback(argv=()) -> bool:
+    """Whether ``argv`` holds ``--traceback`` or the environment sets ``JAXADV_TRACEBACK``."""
     return "--traceback" in argv or os.environ.get("JAXADV_TRACEBACK", "") not in ("", "0")
 
 
