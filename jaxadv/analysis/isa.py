@@ -53,7 +53,7 @@ from jaxadv.attacks.min_eps import (
     scaled_clip_step,
 )
 from jaxadv.attributions import cam_plus_plus
-from jaxadv.metrics.discrepancy import class_discrepancies, margin_lower_bound
+from jaxadv.metrics.discrepancy import class_discrepancies, defined_mean, margin_lower_bound
 from jaxadv.metrics.rank import kendall_tau, pearson
 from jaxadv.types import Array, LogitsFn
 
@@ -125,9 +125,11 @@ def select_classes(classes: str, labels: Array, targets: Array, num_classes: int
 def set_discrepancy(maps_clean: Array, maps_adv: Array, *, norm: str = "l1",
                     normalize: bool = False) -> Array:
     """Mean over the C maps (B, ..., C) of the per-map discrepancy -> (B,): with the maps of
-    (t,), (t, t') or all classes this is the 1-, 2- or all-class discrepancy of methods.md 1.3."""
-    return jnp.mean(class_discrepancies(maps_clean, maps_adv, norm=norm, normalize=normalize),
-                    axis=-1)
+    (t,), (t, t') or all classes this is the 1-, 2- or all-class discrepancy of methods.md 1.3.
+    Normalised, maps constant on x that moved are left out of the mean
+    (:func:`jaxadv.metrics.discrepancy.defined_mean`)."""
+    d = class_discrepancies(maps_clean, maps_adv, norm=norm, normalize=normalize)
+    return defined_mean(d) if normalize else jnp.mean(d, axis=-1)
 
 
 # ----------------------------------------------------------------------------- the attack

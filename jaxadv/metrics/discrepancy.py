@@ -15,6 +15,13 @@ dI_c = I(x', c) - I(x, c):
 | ``classes="two"`` | | (d_t + d_t') / 2 (the "proper" measure of Prop. 1) |
 | ``classes="all"`` | | mean_c d_c |
 
+A clean map of zero range (constant; a ReLU channel that is all zero on x, say) has no range to
+normalise by: its normalised d_c is 0 where the map did not change and NaN (undefined) where it
+did, rather than d_c divided by a tiny floor (which gave values around 1e8-1e12 that swamped
+every average). ``classes="all"``, :func:`representation_discrepancy` and
+:func:`defined_mean` average over the defined entries only; ``"one"`` and ``"two"`` are NaN where
+a picked class's entry is.
+
 Boopathy et al.'s evaluation uses ``normalize=True`` with ``norm="l1"`` or ``"l2"``; their ISA
 loss uses the raw ``l1`` / ``l2sq``. :func:`label_free_discrepancy` is the training discrepancy D~
 of Int / Int2 and :func:`representation_discrepancy` the ``rep`` measure. All return (B,).
@@ -53,6 +60,24 @@ def _range(a: Array, axes) -> Array:
     return jnp.max(a, axis=axes) - jnp.min(a, axis=axes)
 
 
+def _normalized(d: Array, clean: Array, axes, eps: float) -> Array:
+    """d / range(clean) where the range passes ``eps``; 0 where it does not and d is 0 (nothing
+    moved); NaN where it does not and d is not (undefined). Gradients stay finite."""
+    rng = _range(clean, axes)
+    ok = rng > eps
+    ratio = d / jnp.where(ok, rng, 1.0)
+    return jnp.where(ok, ratio, jnp.where(d == 0, jnp.zeros_like(d), jnp.full_like(d, jnp.nan)))
+
+
+def defined_mean(d: Array, axis: int = -1) -> Array:
+    """Mean of ``d`` along ``axis`` over its non-NaN entries (NaN where there are none): how the
+    range-normalised discrepancies of several maps are averaged (module docstring)."""
+    ok = ~jnp.isnan(d)
+    total = jnp.sum(jnp.where(ok, d, 0), axis=axis)
+    count = jnp.sum(ok, axis=axis).astype(total.dtype)
+    return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
+
+
 def map_discrepancy(clean: Array, adv: Array, *, norm: str = "l1", normalize: bool = False,
                     eps: float = 1e-12) -> Array:
     """Discrepancy of one map per example: clean and adv (B, ...) -> (B,)."""
@@ -60,7 +85,7 @@ def map_discrepancy(clean: Array, adv: Array, *, norm: str = "l1", normalize: bo
     axes = tuple(range(1, clean.ndim))
     d = _norm(adv - clean, axes, norm)
     if normalize:
-        d = d / jnp.maximum(_range(clean, axes), eps)
+        d = _normalized(d, clean, axes, eps)
     return d
 
 
@@ -74,7 +99,7 @@ def class_discrepancies(maps_clean: Array, maps_adv: Array, *, norm: str = "l1",
     axes = tuple(range(1, maps_clean.ndim - 1))
     d = _norm(maps_adv - maps_clean, axes, norm)
     if normalize:
-        d = d / jnp.maximum(_range(maps_clean, axes), eps)
+        d = _normalized(d, maps_clean, axes, eps)
     return d
 
 
@@ -96,7 +121,8 @@ def discrepancy(maps_clean: Array, maps_adv: Array, labels=None, targets=None, *
       targets: (B,) target classes t' (needed for "two").
       classes: "one", "two" or "all".
       norm: "l1", "l2sq" or "l2".
-      normalize: divide each class's discrepancy by the range of its clean map.
+      normalize: divide each class's discrepancy by the range of its clean map (a constant clean
+        map: module docstring).
 
     Returns:
       (B,).
@@ -105,7 +131,7 @@ def discrepancy(maps_clean: Array, maps_adv: Array, labels=None, targets=None, *
         raise ValueError(f"Unknown class set {classes!r}; choose one of {CLASS_SETS}.")
     d = class_discrepancies(maps_clean, maps_adv, norm=norm, normalize=normalize)
     if classes == "all":
-        return jnp.mean(d, axis=-1)
+        return defined_mean(d) if normalize else jnp.mean(d, axis=-1)
     if labels is None:
         raise ValueError(f"classes={classes!r} needs labels.")
     one = _pick(d, labels, "labels")
@@ -149,11 +175,13 @@ def label_free_discrepancy(maps_clean: Array, maps_adv: Array, logits_adv: Array
 def representation_discrepancy(rep_clean: Array, rep_adv: Array, *, normalize: bool = False,
                                eps: float = 1e-12) -> Array:
     """||A(x') - A(x)||_1 of feature maps (B, h, w, k) -> (B,); with ``normalize`` the per-channel
-    l1 divided by the channel's clean range, averaged over channels (methods.md 1.3)."""
+    l1 divided by the channel's clean range, averaged over channels (methods.md 1.3). A channel
+    constant on x (a dead ReLU channel) counts 0 if it stays so and is left out of the mean if
+    it moves (no range to normalise by; module docstring); the raw l1 counts it."""
     if not normalize:
         return map_discrepancy(rep_clean, rep_adv, norm="l1")
-    return jnp.mean(class_discrepancies(rep_clean, rep_adv, norm="l1", normalize=True, eps=eps),
-                    axis=-1)
+    return defined_mean(class_discrepancies(rep_clean, rep_adv, norm="l1", normalize=True,
+                                            eps=eps))
 
 
 def margin_lower_bound(logits_clean: Array, labels, targets) -> Array:

@@ -116,6 +116,34 @@ def test_representation_discrepancy():
                                per_channel.mean(1), rtol=1e-5)
 
 
+def test_constant_clean_maps_are_zero_if_unmoved_undefined_if_moved():
+    """A clean map of zero range (a dead ReLU channel) has no range to normalise by: it counts 0
+    if it did not move, is NaN if it did, and the averages leave it out, instead of d / 1e-12
+    (about 1e10 here) swamping every mean."""
+    a, b = (np.array(m) for m in _maps(shape=(2, 3, 3, 4)))
+    a[:, :, :, 2] = 0.0          # channel 2 dead in both images ...
+    b[0, :, :, 2] = 0.0          # ... and still dead on image 0's perturbed input,
+    b[1, :, :, 2] = 0.0
+    b[1, 1, 1, 2] = 0.01         # but not on image 1's.
+    per = np.asarray(class_discrepancies(a, b, normalize=True))
+    live = np.abs(b - a)[..., [0, 1, 3]].sum((1, 2)) / np.ptp(a[..., [0, 1, 3]], axis=(1, 2))
+    np.testing.assert_allclose(per[:, [0, 1, 3]], live, rtol=1e-5)
+    assert per[0, 2] == 0.0 and np.isnan(per[1, 2])
+    np.testing.assert_allclose(representation_discrepancy(a, b, normalize=True),
+                               [per[0].mean(), live[1].mean()], rtol=1e-5)
+    np.testing.assert_allclose(discrepancy(a, b, classes="all", normalize=True),
+                               [per[0].mean(), live[1].mean()], rtol=1e-5)
+    one = np.asarray(discrepancy(a, b, np.array([2, 2]), classes="one", normalize=True))
+    assert one[0] == 0.0 and np.isnan(one[1])
+    raw = np.asarray(representation_discrepancy(a, b))       # the raw l1 counts the dead channel
+    np.testing.assert_allclose(raw, np.abs(b - a).sum((1, 2, 3)), rtol=1e-5)
+    np.testing.assert_allclose(map_discrepancy(a[..., 2], b[..., 2], normalize=True), [0.0, np.nan])
+    # Finite gradients through the guarded division (an evaluation measure, but jit/grad-safe).
+    g = jax.grad(lambda m: jnp.sum(representation_discrepancy(jnp.asarray(a), m,
+                                                              normalize=True)))(jnp.asarray(b))
+    assert np.all(np.isfinite(np.asarray(g)))
+
+
 def test_errors():
     a, b = _maps()
     with pytest.raises(ValueError, match="norm"):
