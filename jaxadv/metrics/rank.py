@@ -1,7 +1,8 @@
 """Rank agreement between two maps, per example: Kendall tau-b, Spearman rho, Pearson r and
 top-k intersection (methods.md 1.3).
 
-Each takes maps a, b of the same shape (B, ...) and returns (B,); maps are flattened per example.
+Each takes maps a, b of the same shape (B, ...) and returns (B,); maps are flattened per example,
+and scores are computed in float32 (float64 for float64 maps), whatever the maps' dtype.
 
 * Kendall tau-b (scipy ``kendalltau`` default): with s^a_ij = sign(a_i - a_j),
   tau_b = sum_ij s^a s^b / sqrt(sum_ij (s^a)^2 sum_ij (s^b)^2), which is scipy's
@@ -34,7 +35,8 @@ def _flat_pair(a: Array, b: Array) -> tuple[Array, Array]:
     for name, m in (("a", a), ("b", b)):
         validation.check_finite(m, name, fix="a rank score of such a map means nothing; explain "
                                 "finite inputs only, or drop those examples.")
-    return a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+    dtype = _score_dtype(a)  # float16 / bfloat16 maps: counts and sums overflow or lose digits
+    return (a.reshape(a.shape[0], -1).astype(dtype), b.reshape(b.shape[0], -1).astype(dtype))
 
 
 def _nan_where_nan(score: Array, fa: Array, fb: Array) -> Array:
@@ -78,8 +80,6 @@ def kendall_tau(a: Array, b: Array, *, chunk_size: int = 256) -> Array:
       (B,) in [-1, 1]; NaN where a map is constant.
     """
     fa, fb = _flat_pair(a, b)
-    if not jnp.issubdtype(fa.dtype, jnp.floating):
-        fa, fb = fa.astype(jnp.float32), fb.astype(jnp.float32)
     chunk = min(validation.check_int("chunk_size", chunk_size, 1), fa.shape[1])
     tau = jax.lax.map(lambda uv: _kendall_one(uv[0], uv[1], chunk), (fa, fb))
     return _nan_where_nan(tau, fa, fb)
@@ -90,8 +90,7 @@ def average_ranks(a: Array) -> Array:
     s = jnp.sort(a, axis=-1)
     left = jax.vmap(lambda row, q: jnp.searchsorted(row, q, side="left"))(s, a)
     right = jax.vmap(lambda row, q: jnp.searchsorted(row, q, side="right"))(s, a)
-    dtype = a.dtype if jnp.issubdtype(a.dtype, jnp.floating) else jnp.float32
-    return (left + right + 1).astype(dtype) / 2
+    return (left + right + 1).astype(_score_dtype(a)) / 2  # float16 holds ranks up to 2048
 
 
 def pearson(a: Array, b: Array, *, eps: float = 0.0) -> Array:
@@ -145,5 +144,8 @@ def top_k_intersection_b(a: Array, b: Array, *, k: int = 8) -> Array:
 
 
 def _score_dtype(f: Array):
-    """The maps' float dtype (float64 under x64), float32 for integer maps."""
-    return f.dtype if jnp.issubdtype(f.dtype, jnp.floating) else jnp.float32
+    """The dtype every score is computed in: float64 for float64 maps (x64), else float32 (integer,
+    float16 and bfloat16 maps too: their pair counts pass float16's 65,504 from 16x16 maps on,
+    and bfloat16 keeps 8 bits of them). The maps' values convert exactly, so ranks and ties are
+    theirs."""
+    return jnp.float64 if f.dtype == jnp.float64 else jnp.float32

@@ -61,6 +61,23 @@ def test_spearman_and_pearson_equal_scipy(ties):
                                [stats.rankdata(a[i].ravel()) for i in range(4)])
 
 
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_low_precision_maps_score_like_scipy_on_the_same_values(dtype):
+    """float16 / bfloat16 maps: the scores are computed in float32, so they equal scipy's on the
+    same (rounded) values; in the maps' own dtype the pair counts of a 16x16 map (65,536)
+    overflowed float16 (tau 0 or NaN) and bfloat16 kept 8 bits of them (about 1e-3 off)."""
+    a, b = _pair(0, shape=(2, 16, 16))
+    la, lb = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
+    ra, rb = np.asarray(la, np.float64), np.asarray(lb, np.float64)
+    tau = [stats.kendalltau(ra[i].ravel(), rb[i].ravel())[0] for i in range(2)]
+    sp = [stats.spearmanr(ra[i].ravel(), rb[i].ravel())[0] for i in range(2)]
+    pe = [stats.pearsonr(ra[i].ravel(), rb[i].ravel())[0] for i in range(2)]
+    np.testing.assert_allclose(kendall_tau(la, lb), tau, rtol=1e-5)
+    np.testing.assert_allclose(spearman(la, lb), sp, rtol=1e-5)
+    np.testing.assert_allclose(pearson(la, lb), pe, rtol=1e-4)
+    assert kendall_tau(la, lb).dtype == jnp.float32
+
+
 def test_top_k_intersection():
     a = jnp.arange(16.0).reshape(1, 4, 4)
     assert float(top_k_intersection(a, a, k=8)[0]) == 1.0
