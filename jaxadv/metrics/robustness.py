@@ -150,8 +150,9 @@ def robust_accuracy_curve(logits_fn: Callable, data, attack_fn: Callable, *, eps
     if mesh is not None:
         sharding_lib.check_divisible(batch_size, mesh)
     eps_host = np.asarray(epsilons, np.float32)
-    if eps_host.ndim != 1 or eps_host.size == 0 or np.any(eps_host < 0):
-        raise ValueError(f"epsilons must be a non-empty 1-D sequence of values >= 0; got "
+    if (eps_host.ndim != 1 or eps_host.size == 0 or not np.all(np.isfinite(eps_host))
+            or np.any(eps_host < 0)):
+        raise ValueError(f"epsilons must be a non-empty 1-D sequence of finite values >= 0; got "
                          f"{epsilons}.")
     counts_fn = make_robust_counts_fn(logits_fn, attack_fn, **attack_kw)
     eps = jnp.asarray(eps_host)
@@ -210,6 +211,10 @@ def nested_robust_accuracy(success_fn: Callable[[Array, Array, Array], Array],
     n = len(x)
     if n == 0:
         raise ValueError("nested_robust_accuracy needs at least one example.")
+    radii = [float(e) for e in np.ravel(np.asarray(epsilons, np.float64))]
+    bad = [e for e in radii if not np.isfinite(e) or e < 0]
+    if bad:  # before any attack; a NaN would also leave the radii unsorted (wrong nesting)
+        raise ValueError(f"epsilons must be finite and >= 0; got {bad} in {list(epsilons)}.")
 
     def padded(idx):
         return np.resize(idx, chunk)
@@ -219,9 +224,7 @@ def nested_robust_accuracy(success_fn: Callable[[Array, Array, Array], Array],
         part = np.arange(i, min(i + chunk, n))
         robust[part] = np.asarray(predict_fn(x[padded(part)]))[:len(part)] == y[part]
     out = {}
-    for eps in sorted(float(e) for e in epsilons):
-        if eps < 0:
-            raise ValueError(f"epsilons must be >= 0; got {eps}.")
+    for eps in sorted(radii):
         if eps > 0:
             idx = np.flatnonzero(robust)
             for i in range(0, len(idx), chunk):

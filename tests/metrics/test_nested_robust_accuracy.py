@@ -50,10 +50,16 @@ def test_equals_independent_radii_for_pgd_on_linear_model():
         assert got[e] == pytest.approx(independent)  # linear model: PGD is monotone in eps
 
 
-def test_rejects_negative_eps():
-    with pytest.raises(ValueError, match="epsilons must be >= 0"):
-        nested_robust_accuracy(lambda *a: None, lambda xb: np.zeros(len(xb)), np.zeros((2, 1)),
-                               np.zeros(2), epsilons=[-0.1])
+@pytest.mark.parametrize("epsilons", [[-0.1], [0.2, float("nan"), 0.1], [0.1, float("inf")]])
+def test_rejects_negative_or_non_finite_eps_before_attacking(epsilons):
+    """A NaN radius used to pass (it compares False both ways) and left the radii unsorted, so a
+    larger radius was attacked first and the smaller one got its accuracy."""
+    def success(*_):
+        raise AssertionError("attacked before the radii were checked")
+
+    with pytest.raises(ValueError, match="epsilons must be finite and >= 0"):
+        nested_robust_accuracy(success, lambda xb: np.zeros(len(xb)), np.zeros((2, 1)),
+                               np.zeros(2), epsilons=epsilons)
 
 
 def _linear_apply(variables, z):

@@ -133,8 +133,9 @@ def test_sharded_curve_equals_unsharded(key, monkeypatch):
 def test_curve_argument_errors(key):
     f = mlp_model()
     images, labels = dataset()
-    with pytest.raises(ValueError, match="epsilons"):
-        robust_accuracy_curve(f, (images, labels), BIM, epsilons=[-0.1], batch_size=8, key=key)
+    for bad in ([-0.1], [0.0, float("nan"), 0.05], [float("inf")]):
+        with pytest.raises(ValueError, match="epsilons must be .* finite values >= 0"):
+            robust_accuracy_curve(f, (images, labels), BIM, epsilons=bad, batch_size=8, key=key)
     with pytest.raises(ValueError, match="batch_size"):
         robust_accuracy_curve(f, (images, labels), BIM, epsilons=EPS, batch_size=0, key=key)
     with pytest.raises(ValueError, match="labels must have shape"):
