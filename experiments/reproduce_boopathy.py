@@ -259,7 +259,8 @@ def table_b7(subjects, cfg) -> dict:
               and (not isa_models or _group(s.label) in isa_models)):
         rows = {}
         for kind in cfg["isa_maps"]:
-            # rep maps have no classes: every class set gives the same mean per-channel measure
+            # rep maps have no classes: one row (the loss sums over the feature map, the report
+            # averages the per-channel l1 / range)
             classes_list = (cfg["ig_classes"] if kind == "ig" else ("all",) if kind == "rep"
                             else cfg["isa_classes"])
             n = cfg["n_ig"] if kind == "ig" else cfg["n_isa"]
@@ -280,6 +281,7 @@ def table_b7(subjects, cfg) -> dict:
                         "discrepancy": [float(d) for d in c.discrepancy],
                         "kendall": [float(t) for t in c.kendall],
                         "normalized_slope": c.normalized_slope,
+                        "includes_plain": c.includes_plain,
                         "num_images": c.num_images, "of": int(n),
                         "seconds": round(time.perf_counter() - tic, 1)}
                     print("B-7", s.label, key, json.dumps(rows[key]), flush=True)
@@ -351,12 +353,16 @@ def write_tables(results: dict, path: pathlib.Path) -> str:
         lines.append("")
     b7 = results.get("b7", {})
     for model, rows in b7.items():
-        mult = next(iter(rows.values()))["multipliers"] if rows else []
+        first = next(iter(rows.values())) if rows else {}
+        mult = first.get("multipliers", [])
+        # Rows since 2026-12-07 (session 10) start at the plain attack (gamma = 0 at eps_adv)
+        cols = ["plain" if i == 0 and first.get("includes_plain") else f"x{m:g}"
+                for i, m in enumerate(mult)]
         ig = (f" (IG: {n_of('b7', 'ig_steps')}-point right Riemann sum on a softplus copy)"
               if any(k.startswith("ig/") for k in rows) else "")
         lines += [f"## B-7: ISA on {model}: mean normalised discrepancy at eps multiplier, and NS"
                   + ig,
-                  "", "| map/classes/norm | images | " + " | ".join(f"x{m:g}" for m in mult)
+                  "", "| map/classes/norm | images | " + " | ".join(cols)
                   + " | NS |", "|---" * (len(mult) + 3) + "|"]
         for k, r in rows.items():
             lines.append(f"| {k} | {r['num_images']}/{r['of']} | " + " | ".join(

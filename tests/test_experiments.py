@@ -86,11 +86,14 @@ def test_reproduce_boopathy_quick(tmp_path):
         assert acc["0"] >= acc["0.1"] >= acc["0.3"]
     assert r["b6"]["smallgap/normal"] == 1.0  # a model agrees with itself
     assert set(r["b7"]["smallgap/normal"]) == {"cam/one/l1", "cam/two/l1", "rep/all/l1"}
+    for row in r["b7"]["smallgap/normal"].values():  # curves start at the plain attack
+        assert row["includes_plain"] and len(row["multipliers"]) == len(row["discrepancy"]) == 4
     assert r["margin_check"]["smallgap/normal"]["violations"] == 0
     for f in ("tables.md", "results.json", "b1_robustness.png", "b7_isa.png", "margin_bound.png",
               "cam_overlays.png"):
         assert (out / f).stat().st_size > 500, f
     assert "## B-7" in (out / "tables.md").read_text()
+    assert "| map/classes/norm | images | plain | x1 |" in (out / "tables.md").read_text()
 
 
 @pytest.mark.slow

@@ -22,7 +22,18 @@ Algorithm (:func:`isa`), per image and vectorised over the batch:
    x' <- Proj(x' - step_scale * eps * clip(grad_scale * grad loss, -1, 1)).
 3. Report per image: the evaluation discrepancy (l1 or l2 divided by the clean map's range,
    methods.md 1.3), Kendall tau and Pearson rho between I(x, t) and I(x', t), against the actual
-   radius ||x' - x||_inf; :func:`isa_curve` averages them and computes the normalised slope.
+   radius ||x' - x||_inf, for the plain attack (gamma = 0 at eps_adv, the first point of the
+   reference's curve: ``attacks.append(x_adv)`` before the multiplier loop) and for each
+   multiplier; :func:`isa_curve` averages them and computes the normalised slope from the plain
+   point on (``include_plain=False``: from the first multiplier, as jaxadv did before
+   2026-12-07).
+
+The loss's D over a set of class maps is their mean (1/2 of the sum for (t, t'), 1/K for all
+classes, as the reference); for the representation (:func:`representation_maps`) it is the sum
+over the feature map, ||A(x') - A(x)||_1 (the reference's ``rep_diff``), not a mean over
+channels, which would weaken gamma k times (100x on SmallGAP) and leave the gamma search at its
+cap. The report's rep measure is the per-channel l1 / range averaged over channels (methods.md
+1.3).
 
 Project choices (documented differences from the reference code): the target logit is masked out
 of the margin exactly (the reference subtracts the batch's logit range); gradients are per example
@@ -105,10 +116,17 @@ def cam_plus_plus_class_maps(features_fn: Callable[[Array], Array],
 
 
 def representation_maps(features_fn: Callable[[Array], Array]) -> ClassMapsFn:
-    """The ``rep`` measure: the feature map A(x) (B, h, w, k) whatever the classes. Its channels
-    play the role of classes, so every class set gives the mean per-channel discrepancy
-    (``||A(x') - A(x)||_1 / k`` for raw l1)."""
-    return lambda x, classes: features_fn(x)
+    """The ``rep`` measure: the feature map A(x) (B, h, w, k) whatever the classes, its channels in
+    the place of the class axis. :func:`isa`'s loss sums over them (``||A(x') - A(x)||_1`` for l1,
+    the reference's ``rep_diff``: the returned function's ``loss_reduction`` is ``"sum"``); the
+    report averages the per-channel l1 / range over channels (methods.md 1.3)."""
+
+    def maps_fn(x, classes):
+        del classes
+        return features_fn(x)
+
+    maps_fn.loss_reduction = "sum"
+    return maps_fn
 
 
 def select_classes(classes: str, labels: Array, targets: Array, num_classes: int) -> Array:
@@ -123,12 +141,18 @@ def select_classes(classes: str, labels: Array, targets: Array, num_classes: int
 
 
 def set_discrepancy(maps_clean: Array, maps_adv: Array, *, norm: str = "l1",
-                    normalize: bool = False) -> Array:
+                    normalize: bool = False, reduction: str = "mean") -> Array:
     """Mean over the C maps (B, ..., C) of the per-map discrepancy -> (B,): with the maps of
     (t,), (t, t') or all classes this is the 1-, 2- or all-class discrepancy of methods.md 1.3.
     Normalised, maps constant on x that moved are left out of the mean
-    (:func:`jaxadv.metrics.discrepancy.defined_mean`)."""
+    (:func:`jaxadv.metrics.discrepancy.defined_mean`).
+    ``reduction="sum"``: their sum instead (the ISA loss on the representation).
+    """
     d = class_discrepancies(maps_clean, maps_adv, norm=norm, normalize=normalize)
+    if reduction == "sum":
+        return jnp.sum(d, axis=-1)
+    if reduction != "mean":
+        raise ValueError(f"Unknown reduction {reduction!r}; choose 'mean' or 'sum'.")
     return defined_mean(d) if normalize else jnp.mean(d, axis=-1)
 
 
@@ -151,6 +175,9 @@ class ISAResult(NamedTuple):
       kendall: (P, B) Kendall tau-b between I(x, t) and I(x', t).
       pearson: (P, B) Pearson rho between I(x, t) and I(x', t).
       x_adv: (P, B, ...) the kept examples (x where the attack failed).
+      plain_eps, plain_success, plain_discrepancy, plain_kendall, plain_pearson: (B,) the same
+        for the plain attack (gamma = 0 at eps_adv; the first point of the reference's curve);
+        None in results made without it.
     """
 
     eps_adv: Array
@@ -164,6 +191,11 @@ class ISAResult(NamedTuple):
     kendall: Array
     pearson: Array
     x_adv: Array
+    plain_eps: Array | None = None
+    plain_success: Array | None = None
+    plain_discrepancy: Array | None = None
+    plain_kendall: Array | None = None
+    plain_pearson: Array | None = None
 
 
 def isa(logits_fn: LogitsFn, maps_fn: ClassMapsFn, x: Array, y: Array, key: jax.Array, *,
@@ -171,7 +203,8 @@ def isa(logits_fn: LogitsFn, maps_fn: ClassMapsFn, x: Array, y: Array, key: jax.
         norm: str = "l1", kappa=0.1, num_steps: int = 10, step_scale=0.2, grad_scale=1000.0,
         eps_rounds: int = 10, eps_init=0.05, gamma_rounds: int = 10, gamma_init=5e-5,
         gamma_bounds: tuple[float, float] = (0.0, 1.0),
-        bounds: tuple[float, float] = (0.0, 1.0)) -> ISAResult:
+        bounds: tuple[float, float] = (0.0, 1.0), loss_reduction: str | None = None
+        ) -> ISAResult:
     """The interpretability sneaking attack over an eps-multiplier sweep (module docstring).
 
     Args:
@@ -191,8 +224,12 @@ def isa(logits_fn: LogitsFn, maps_fn: ClassMapsFn, x: Array, y: Array, key: jax.
       kappa: margin clip. num_steps: steps per attack (static). step_scale, grad_scale: the step
         rule above.
       eps_rounds, eps_init: the minimal-eps bisection (step 1).
-      gamma_rounds, gamma_init, gamma_bounds: the gamma bisection (step 2).
+      gamma_rounds, gamma_init, gamma_bounds: the gamma bisection (step 2); gamma_init within
+        gamma_bounds (0 gives the plain attack at every multiplier).
       bounds: (low, high) box.
+      loss_reduction: how the loss combines the discrepancies of the map set: ``"mean"`` (the
+        1-, 2- and all-class measures) or ``"sum"``; None: ``maps_fn.loss_reduction`` if set
+        (``"sum"`` for :func:`representation_maps`), else ``"mean"``.
 
     Returns:
       :class:`ISAResult`.
@@ -216,6 +253,13 @@ def isa(logits_fn: LogitsFn, maps_fn: ClassMapsFn, x: Array, y: Array, key: jax.
     if not 0.0 <= gamma_bounds[0] < gamma_bounds[1]:
         raise ValueError(f"gamma_bounds must be (low, high) with 0 <= low < high; got "
                          f"{gamma_bounds}.")
+    if not gamma_bounds[0] <= gamma_init <= gamma_bounds[1]:
+        raise ValueError(f"gamma_init must lie in gamma_bounds {gamma_bounds}; got {gamma_init} "
+                         "(a negative gamma would reward the discrepancy the attack hides).")
+    if loss_reduction is None:
+        loss_reduction = getattr(maps_fn, "loss_reduction", "mean")
+    if loss_reduction not in ("mean", "sum"):
+        raise ValueError(f"Unknown loss_reduction {loss_reduction!r}; choose 'mean' or 'sum'.")
     x, y, t, _ = prepare(logits_fn, x, y, key, targets, bounds)
     logits = logits_fn(x)
     cls = select_classes(classes, y, t, logits.shape[-1])
@@ -234,7 +278,8 @@ def isa(logits_fn: LogitsFn, maps_fn: ClassMapsFn, x: Array, y: Array, key: jax.
     def losses(z, gamma):
         logits_z = logits_fn(z)
         m = margin_loss(logits_z, y, t, kappa)
-        d = set_discrepancy(clean_maps, maps_fn(z, cls), norm=loss_norm)
+        d = set_discrepancy(clean_maps, maps_fn(z, cls), norm=loss_norm,
+                            reduction=loss_reduction)
         # Success on the unclipped margin: the kappa-clipped one never goes below 0 at kappa = 0.
         return jnp.sum(m + gamma * d), (margin_loss(logits_z, y, t, jnp.inf), d)
 
@@ -283,10 +328,18 @@ def isa(logits_fn: LogitsFn, maps_fn: ClassMapsFn, x: Array, y: Array, key: jax.
     x_adv, gamma, success = lax.map(sweep_one, jnp.asarray(mult, dt))
     report = jax.vmap(lambda z: _report(maps_fn, x, z, y, cls, clean_maps, norm))(x_adv)
     radius = jnp.max(jnp.abs(x_adv - x).reshape(mult.size, b, -1), axis=-1)
+    # The plain attack at eps_adv (gamma = 0): the reference's first point.
+    plain_ok, plain_z = attack(jnp.where(found, eps_adv, 0.0), jnp.zeros((b,), dt))
+    plain_ok = plain_ok & found
+    plain_z = jnp.where(per_example(plain_ok, x), plain_z, x)
+    plain = _report(maps_fn, x, plain_z, y, cls, clean_maps, norm)
     return ISAResult(eps_adv=jnp.where(found, eps_adv, jnp.inf), targets=t,
                      valid=found & rank_ok, multipliers=jnp.asarray(mult), eps=radius,
                      gamma=gamma, success=success, discrepancy=report[0], kendall=report[1],
-                     pearson=report[2], x_adv=x_adv)
+                     pearson=report[2], x_adv=x_adv,
+                     plain_eps=jnp.max(jnp.abs(plain_z - x).reshape(b, -1), axis=-1),
+                     plain_success=plain_ok, plain_discrepancy=plain[0], plain_kendall=plain[1],
+                     plain_pearson=plain[2])
 
 
 def _report(maps_fn, x, x_adv, y, cls, clean_maps, norm):
@@ -306,10 +359,13 @@ class ISACurve(NamedTuple):
     """Discrepancy against radius, averaged over the images that count (numpy, host side).
 
     Attributes:
-      multipliers, eps, discrepancy, kendall, pearson: (P,) means per multiplier over the
-        ``num_images`` images that are valid and succeeded at every multiplier; the discrepancy
-        of each image is first made non-increasing in the multiplier (methods.md 1.5 step 3).
+      multipliers, eps, discrepancy, kendall, pearson: means per point over the ``num_images``
+        images that are valid and succeeded at every point; the discrepancy of each image is
+        first made non-increasing along the points (methods.md 1.5 step 3). With the plain
+        point (``includes_plain``) the first of the P + 1 points is the plain attack (gamma = 0
+        at eps_adv, multiplier 1.0), else the P multipliers.
       num_images: how many images the means are over.
+      includes_plain: whether the first point is the plain attack.
       normalized_slope: NS = [(D_0 - D_last) / D_0] / [(eps_last - eps_0) / eps_0].
       mean_adjacent_slope: the same ratio for each adjacent pair of multipliers, averaged.
       eps_vs_log_d_slope: least-squares slope of eps regressed on log D.
@@ -324,6 +380,7 @@ class ISACurve(NamedTuple):
     normalized_slope: float
     mean_adjacent_slope: float
     eps_vs_log_d_slope: float
+    includes_plain: bool = False
 
 
 def _relative_slope(d0, d1, e0, e1):
@@ -331,27 +388,41 @@ def _relative_slope(d0, d1, e0, e1):
     return ((d0 - d1) / d0) / de if d0 > 0 and de else np.nan
 
 
-def isa_curve(result: ISAResult) -> ISACurve:
-    """Summarises an :class:`ISAResult` into mean curves and slopes (:class:`ISACurve`)."""
+def isa_curve(result: ISAResult, *, include_plain: bool = True) -> ISACurve:
+    """Summarises an :class:`ISAResult` into mean curves and slopes (:class:`ISACurve`).
+
+    ``include_plain``: start the curve (and NS's D_0, eps_0) at the plain attack, as the
+    reference does (module docstring), where the result has it; False: at the first multiplier.
+    """
     r = jax.tree_util.tree_map(np.asarray, result._replace(x_adv=np.zeros(())))
     order = np.argsort(r.multipliers, kind="stable")
-    keep = r.valid & np.all(r.success, axis=0)
-    disc = np.minimum.accumulate(r.discrepancy[order][:, keep], axis=0)
-    mean = lambda a: a.mean(axis=1) if keep.any() else np.full(len(order), np.nan)  # noqa: E731
-    eps, d = mean(r.eps[order][:, keep]), mean(disc)
+    mult, eps_pts, disc_pts = r.multipliers[order], r.eps[order], r.discrepancy[order]
+    kendall_pts, pearson_pts, success = r.kendall[order], r.pearson[order], r.success[order]
+    plain = include_plain and r.plain_eps is not None
+    if plain:
+        first = lambda a, v: np.concatenate([np.asarray(v)[None], a])  # noqa: E731
+        mult = first(mult, np.ones((), mult.dtype))
+        eps_pts, disc_pts = first(eps_pts, r.plain_eps), first(disc_pts, r.plain_discrepancy)
+        kendall_pts = first(kendall_pts, r.plain_kendall)
+        pearson_pts = first(pearson_pts, r.plain_pearson)
+        success = first(success, r.plain_success)
+    keep = r.valid & np.all(success, axis=0)
+    disc = np.minimum.accumulate(disc_pts[:, keep], axis=0)
+    mean = lambda a: a.mean(axis=1) if keep.any() else np.full(len(mult), np.nan)  # noqa: E731
+    eps, d = mean(eps_pts[:, keep]), mean(disc)
     pairs = [_relative_slope(d[i], d[i + 1], eps[i], eps[i + 1]) for i in range(len(d) - 1)]
     logd = np.log(np.maximum(d, 1e-30))
     ok = np.isfinite(logd) & np.isfinite(eps)
     reg = (np.polyfit(logd[ok], eps[ok], 1)[0]
            if ok.sum() >= 2 and np.ptp(logd[ok]) > 0 else np.nan)
     return ISACurve(
-        multipliers=r.multipliers[order], eps=eps, discrepancy=d,
-        kendall=mean(r.kendall[order][:, keep]), pearson=mean(r.pearson[order][:, keep]),
+        multipliers=mult, eps=eps, discrepancy=d,
+        kendall=mean(kendall_pts[:, keep]), pearson=mean(pearson_pts[:, keep]),
         num_images=int(keep.sum()),
         normalized_slope=float(_relative_slope(d[0], d[-1], eps[0], eps[-1])),
         mean_adjacent_slope=float(np.nanmean(pairs)) if pairs and np.isfinite(pairs).any()
         else float("nan"),
-        eps_vs_log_d_slope=float(reg))
+        eps_vs_log_d_slope=float(reg), includes_plain=plain)
 
 
 class MarginDiscrepancy(NamedTuple):

@@ -196,6 +196,67 @@ def test_gamma_trades_discrepancy_for_radius(net, data, isa_run):
     assert np.all(np.asarray(res.gamma[2])[both] >= 0)
 
 
+def test_plain_attack_is_the_curves_first_point(net, data):
+    """The reference's curve starts at the plain attack (gamma = 0 at eps_adv,
+    ``attacks.append(x_adv)`` before its multiplier loop); NS's D_0 and eps_0 are that point's."""
+    features, _, cam, logits_fn = net
+    x, _ = data
+    y = jnp.argmax(logits_fn(x), -1)  # labels the clean logits rank first: every image can count
+    res = jax.jit(lambda xx, yy: isa(logits_fn, cam_class_maps(features, cam), xx, yy,
+                                     jax.random.key(8), multipliers=(1.0, 1.5, 2.0),
+                                     eps_rounds=6, gamma_rounds=4))(x, y)
+    found = np.isfinite(np.asarray(res.eps_adv))
+    ok = np.asarray(res.plain_success)
+    assert ok[found].mean() > 0.8 and not ok[~found].any()
+    assert np.all(np.asarray(res.plain_eps) <= np.where(found, np.asarray(res.eps_adv), 0) + 1e-5)
+    pred = np.asarray(jnp.argmax(logits_fn(x + 0), -1))
+    assert found.sum() >= 2 and np.all(pred[found] == np.asarray(y)[found])
+    with_plain, without = isa_curve(res), isa_curve(res, include_plain=False)
+    assert with_plain.includes_plain and not without.includes_plain
+    assert with_plain.multipliers.tolist() == [1.0, 1.0, 1.5, 2.0]
+    keep = np.asarray(res.valid & res.plain_success & np.all(res.success, 0))
+    assert with_plain.num_images == keep.sum() >= 2
+    np.testing.assert_allclose(with_plain.eps[0], np.asarray(res.plain_eps)[keep].mean(),
+                               rtol=1e-6)
+    d0 = np.asarray(res.plain_discrepancy)[keep].mean()
+    np.testing.assert_allclose(with_plain.discrepancy[0], d0, rtol=1e-6)
+    ns = ((d0 - with_plain.discrepancy[-1]) / d0) / (
+        (with_plain.eps[-1] - with_plain.eps[0]) / with_plain.eps[0])
+    np.testing.assert_allclose(with_plain.normalized_slope, ns, rtol=1e-5)
+    assert without.multipliers.tolist() == [1.0, 1.5, 2.0]
+    # the gamma search never keeps more discrepancy than the plain attack at the same radius
+    # (after the curve's monotone step, which starts from the plain point)
+    assert np.all(np.diff(with_plain.discrepancy) <= 1e-6)
+
+
+def test_representation_loss_is_the_sum_over_the_feature_map(net, data):
+    """The reference's rep loss is ||A(x') - A(x)||_1 (``rep_diff``), not its mean over the k
+    channels (which made gamma k times weaker and left its search at the cap)."""
+    features, _, _, logits_fn = net
+    x, _ = data
+    y = jnp.argmax(logits_fn(x), -1)
+    maps_fn = representation_maps(features)
+    assert maps_fn.loss_reduction == "sum"
+    x2 = jnp.clip(x + 0.1 * jax.random.normal(jax.random.key(4), x.shape), 0, 1)
+    cls = select_classes("all", y, y, K)
+    a, a2 = features(x), features(x2)
+    np.testing.assert_allclose(set_discrepancy(maps_fn(x, cls), maps_fn(x2, cls), norm="l1",
+                                               reduction="sum"),
+                               jnp.abs(a2 - a).sum((1, 2, 3)), rtol=1e-5)
+    run = lambda **kw: jax.jit(lambda xx, yy: isa(  # noqa: E731
+        logits_fn, maps_fn, xx, yy, jax.random.key(8), multipliers=(1.5,), eps_rounds=6,
+        classes="all", **kw))(x, y)
+    default, summed, mean = run(), run(loss_reduction="sum"), run(loss_reduction="mean")
+    np.testing.assert_array_equal(default.gamma, summed.gamma)
+    np.testing.assert_array_equal(default.x_adv, summed.x_adv)
+    ok = np.asarray(default.success[0] & mean.success[0])
+    assert ok.sum() >= 2
+    # On this toy net gamma reaches the search's cap either way; the loss k = 6 times larger
+    # then hides more of the change (the reported discrepancy is the same measure for both).
+    d_sum, d_mean = np.asarray(default.discrepancy[0])[ok], np.asarray(mean.discrepancy[0])[ok]
+    assert np.all(d_sum <= d_mean + 1e-6) and np.mean(d_sum) < 0.9 * np.mean(d_mean)
+
+
 def _fake(disc, eps, valid=None, success=None):
     disc, eps = np.asarray(disc, np.float32), np.asarray(eps, np.float32)
     p, b = disc.shape
@@ -244,5 +305,10 @@ def test_bad_arguments(net, data):
         isa(logits_fn, maps_fn, x, y, key, multipliers=(1.0, 0.0))
     with pytest.raises(ValueError, match="gamma_bounds"):
         isa(logits_fn, maps_fn, x, y, key, gamma_bounds=(1.0, 0.5))
+    for gamma_init in (-0.5, 2.0):  # a negative gamma rewards the discrepancy; above the bracket
+        with pytest.raises(ValueError, match="gamma_init must lie in gamma_bounds"):
+            isa(logits_fn, maps_fn, x, y, key, gamma_init=gamma_init)
+    with pytest.raises(ValueError, match="loss_reduction"):
+        isa(logits_fn, maps_fn, x, y, key, loss_reduction="max")
     with pytest.raises(ValueError, match="labels"):
         isa(logits_fn, maps_fn, x, y + 10, key)
