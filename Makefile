@@ -47,8 +47,9 @@ $(VENV)/.core-installed: setup.cfg pyproject.toml
 	touch $@
 
 # The `bench` extra holds the peers the tests cross-check against (PyTorch 2.13.0 CPU, Captum,
-# Foolbox, ART, Quantus). torchattacks and pyautoattack go in without their dependencies: theirs
-# would pull a multi-GB CUDA build of PyTorch.
+# Foolbox, ART, Quantus, PAIR saliency with the scikit-image it imports). torchattacks and
+# pyautoattack go in without their dependencies: theirs would pull a multi-GB CUDA build of
+# PyTorch.
 $(VENV)/.test-installed: $(VENV)/.core-installed
 	$(BIN)/python -m pip install -q -e ".[test,bench]"
 	$(BIN)/python -m pip install -q --no-deps torchattacks==3.5.1 pyautoattack==0.2.0

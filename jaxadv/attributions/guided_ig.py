@@ -6,9 +6,13 @@ feature i has a progress a_i = (z_i - b_i)/(x_i - b_i) that must stay within
 [alpha - max_dist, alpha + max_dist]:
 
 1. features lagging below alpha - max_dist jump to it;
-2. until the remaining l1 distance to x is (1 - alpha) ||x - b||_1, the ``fraction`` of the
-   still-movable features with the smallest |gradient| move towards alpha + max_dist (the last
-   group only part of the way, so the l1 target is met exactly);
+2. until the remaining l1 distance to x is (1 - alpha) ||x - b||_1, the still-movable features
+   whose |gradient| is at most the ``fraction`` quantile (numpy's "lower") of all n features'
+   |gradient|, the features that cannot move counted as infinite, move towards alpha + max_dist
+   (the last group only part of the way, so the l1 target is met exactly). This is PAIR
+   ``saliency``'s rule: once fewer than 1 - fraction of the features can move, all of them move.
+   (Until 2026-12-07 jaxadv took the ``fraction`` of the movable features only, which differed
+   from PAIR's maps by up to 14 % of their maximum.)
 3. the attribution gains (z_new - z_old) * grad f_c(z_old).
 
 The last step lands exactly on x, so sum GuidedIG = sum_s grad f(z_s) . (z_{s+1} - z_s) -> f_c(x) -
@@ -39,7 +43,8 @@ def guided_integrated_gradients(logits_fn: LogitsFn, x: Array, target, *, baseli
       baseline: as for :func:`integrated_gradients` (``"zero"``, ``"blur"``, ``"uniform"``, float,
         array).
       num_steps: T, the number of gradient evaluations.
-      fraction: share of the movable features moved per round.
+      fraction: the quantile of all features' |gradient| (non-movable ones infinite) below which
+        movable features move in a round (module docstring).
       max_dist: how far (in path fraction) a feature may run ahead of or lag behind alpha.
       num_inner: rounds of step 2 per step (a static cap; usually 1-2 are needed).
       key, blur_sigma: for the baseline.
@@ -53,6 +58,7 @@ def guided_integrated_gradients(logits_fn: LogitsFn, x: Array, target, *, baseli
     validation.check_range("fraction", fraction, 0.0, 1.0, low_open=True)
     validation.check_range("max_dist", max_dist, 0.0, 1.0)
     b = make_baseline(x, baseline, key=key, blur_sigma=blur_sigma)
+    _common.check_finite(b, "the path's start (baseline)")
     batch, n = x.shape[0], x[0].size
     xf, bf = x.reshape(batch, n), b.reshape(batch, n)
     total = xf - bf
@@ -83,9 +89,9 @@ def guided_integrated_gradients(logits_fn: LogitsFn, x: Array, target, *, baseli
             need = jnp.sum(jnp.abs(xf - w), axis=-1, keepdims=True) - l1_target
             movable = ((z_max - w) * direction > 0) & ~fixed
             absg = jnp.where(movable, jnp.abs(g), jnp.inf)
-            count = jnp.sum(movable.astype(x.dtype), axis=-1, keepdims=True)
-            k = jnp.clip(jnp.ceil(fraction * count).astype(jnp.int32), 1, n) - 1
-            thr = jnp.take_along_axis(jnp.sort(absg, axis=-1), k, axis=-1)
+            # numpy's quantile(absg, fraction, method="lower") over all n features
+            k = jnp.clip(jnp.floor(fraction * (n - 1)).astype(jnp.int32), 0, n - 1)
+            thr = jax.lax.dynamic_index_in_dim(jnp.sort(absg, axis=-1), k, axis=-1)
             chosen = movable & (absg <= thr)
             room = jnp.sum(jnp.abs(z_max - w) * chosen.astype(x.dtype), axis=-1, keepdims=True)
             gamma = jnp.where((room > 0) & (need > tol), need / jnp.where(room > 0, room, 1.0), 0.0)

@@ -35,6 +35,51 @@ def test_completeness_and_an_adaptive_path():
     assert not np.allclose(out, ig, rtol=1e-2)  # the path is not the straight line
 
 
+class _NumpyWithLegacyQuantile:
+    """numpy for PAIR's ``saliency`` 0.2.1, whose Guided IG calls ``np.quantile(...,
+    interpolation=)``, a keyword numpy 2.4 removed (now ``method=``): the same computation."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def quantile(a, q, interpolation="linear", **kw):
+        return np.quantile(a, q, method=interpolation, **kw)
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("fraction", [0.25, 0.6])
+def test_equals_pair_saliency(monkeypatch, fraction):
+    """PAIR ``saliency``'s own Guided IG (``guided_ig_impl``) on the same softplus SmallGAP, float64:
+    the same path (its feature selection: the ``fraction`` quantile over all features, the
+    non-movable ones infinite) and the same map."""
+    guided_ig = pytest.importorskip("saliency.core.guided_ig")
+    monkeypatch.setattr(guided_ig, "np", _NumpyWithLegacyQuantile())
+    with x64():
+        _, _, f = tiny_smallgap("softplus", dtype=jnp.float64)
+        x = uniform_images(2, (12, 12, 1), dtype=jnp.float64)
+        t = np.array([3, 9])
+        ours = np.asarray(guided_integrated_gradients(f.logits, x, t, num_steps=16,
+                                                      fraction=fraction, max_dist=0.1,
+                                                      num_inner=64))
+        for i in range(2):
+            grad = jax.jit(jax.grad(lambda z, c=int(t[i]): f.logits(z[None])[0, c]))
+            ref = guided_ig.guided_ig_impl(np.asarray(x[i]), np.zeros(x.shape[1:]),
+                                           lambda z, g=grad: np.asarray(g(jnp.asarray(z))),
+                                           steps=16, fraction=fraction, max_dist=0.1)
+            np.testing.assert_allclose(ours[i], ref, rtol=1e-6, atol=1e-9 * np.abs(ref).max())
+
+
+def test_non_finite_baseline_is_an_error():
+    logits_fn, _, _ = linear_model()
+    x = uniform_images(2, (4, 4, 2))
+    bad = np.zeros((4, 4, 2), np.float32)
+    bad[0, 0, 0] = np.nan
+    for baseline in (jnp.asarray(bad), float("inf")):
+        with pytest.raises(ValueError, match="baseline"):
+            guided_integrated_gradients(logits_fn, x, 0, baseline=baseline, num_steps=4)
+
+
 @pytest.mark.parametrize("kwargs, match", [({"fraction": 0.0}, "fraction"),
                                            ({"max_dist": 2.0}, "max_dist"),
                                            ({"num_steps": 0}, "num_steps")])
