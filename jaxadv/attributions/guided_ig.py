@@ -11,8 +11,8 @@ feature i has a progress a_i = (z_i - b_i)/(x_i - b_i) that must stay within
    |gradient|, the features that cannot move counted as infinite, move towards alpha + max_dist
    (the last group only part of the way, so the l1 target is met exactly). This is PAIR
    ``saliency``'s rule: once fewer than 1 - fraction of the features can move, all of them move.
-   (Until 2026-12-07 jaxadv took the ``fraction`` of the movable features only, which differed
-   from PAIR's maps by up to 14 % of their maximum.)
+   (Until 2026-12-07 jaxadv took the ``fraction`` of the movable features only, a different path
+   and map; ``test_equals_pair_saliency`` checks the map against PAIR's code.)
 3. the attribution gains (z_new - z_old) * grad f_c(z_old).
 
 The last step lands exactly on x, so sum GuidedIG = sum_s grad f(z_s) . (z_{s+1} - z_s) -> f_c(x) -
