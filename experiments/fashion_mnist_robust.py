@@ -214,8 +214,8 @@ def main(argv=None) -> dict:
             "experiments/configs/fashion_mnist_robust.py)"),
         "n_pgd": args.n_pgd, "pgd_steps": args.pgd_steps, "aai_steps": args.aai_steps,
         "n_ensemble": args.n_ensemble, "n_aai": args.n_aai,
-        "eps": args.eps, "command": "python -m experiments.fashion_mnist_robust "
-        + " ".join(argv if argv is not None else os.sys.argv[1:]),
+        "eps": args.eps, "command": " ".join(["python -m experiments.fashion_mnist_robust",
+                                              *(argv if argv is not None else os.sys.argv[1:])]),
     }
     previous = kept_settings if results["methods"] else {}
     if previous.get("note"):
