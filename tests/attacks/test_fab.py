@@ -147,8 +147,16 @@ def test_containment_ball_and_box(targeted, norm, eps, seed, strict_promotion):
     dist = np.asarray(projections.norm_of(res.x_adv - x, norm))
     assert np.all(dist <= eps * (1 + 1e-5) + 1e-6)
     assert float(res.x_adv.min()) >= 0.0 and float(res.x_adv.max()) <= 1.0
-    pred = np.asarray(jnp.argmax(RANDOM_MLP(res.x_adv), -1))
-    np.testing.assert_array_equal(np.asarray(res.success), pred != np.asarray(y))
+    logits = np.asarray(RANDOM_MLP(res.x_adv))
+    yy = np.asarray(y)
+    agree = np.asarray(res.success) == (logits.argmax(-1) != yy)
+    # FAB stops on the decision boundary: the label's logit and the top other one may tie to
+    # rounding (seed 14382, l2, eps 1: 2.480409 vs 2.4804087), and this eager call rounds
+    # differently from the attack's compiled one. A disagreement is allowed at such a tie only.
+    z_y = logits[np.arange(len(yy)), yy]
+    z_other = np.where(np.eye(logits.shape[-1], dtype=bool)[yy], -np.inf, logits).max(-1)
+    tie = np.abs(z_other - z_y) <= 1e-5 * np.maximum(1.0, np.abs(z_y))
+    assert np.all(agree | tie), (np.asarray(res.success), logits.argmax(-1), yy, z_other - z_y)
 
 
 @pytest.mark.parametrize("kwargs, match", [
