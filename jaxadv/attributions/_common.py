@@ -76,13 +76,24 @@ def check_images(x: Array, name: str = "x") -> None:
     check_finite(x, name)
 
 
+def check_floating_images(v: Array, name: str) -> None:
+    """Images given beside x (baselines, references, fills) must be floating point like x: an
+    integer array (8-bit pixels, say) would be cast unscaled, on another scale than x."""
+    if not jnp.issubdtype(v.dtype, jnp.floating):
+        raise ValueError(f"{name} has dtype {v.dtype}; images given beside x must be floating "
+                         f"point on x's scale, not cast unscaled: convert first, e.g. "
+                         f"{name}.astype(jnp.float32) / 255 for 8-bit pixels.")
+
+
 def constant_or_array(value, x: Array, name: str) -> Array:
     """``value`` as an array shaped like x: a number (Python, NumPy or 0-d array, traced too) fills
-    x's shape; an array shaped like x or like one example x[0] is cast and broadcast (finiteness
-    is the caller's check)."""
+    x's shape; a floating array shaped like x or like one example x[0] is cast and broadcast
+    (:func:`check_floating_images`; finiteness is the caller's check)."""
     if isinstance(value, bool):
         raise ValueError(f"{name} must be a number or an array; got {value!r}.")
     v = jnp.asarray(value)
+    if v.ndim > 0:
+        check_floating_images(v, name)
     if v.ndim == 0:
         out = jnp.full_like(x, v.astype(x.dtype))
     elif v.shape == x.shape:

@@ -41,11 +41,7 @@ def expected_gradients(logits_fn: LogitsFn, x: Array, target, key: PRNGKey, *, r
       (B, H, W, C).
     """
     t = _common.prepare(logits_fn, x, target)
-    ref_dtype = jnp.asarray(references).dtype
-    if not jnp.issubdtype(ref_dtype, jnp.floating):
-        raise ValueError(f"references have dtype {ref_dtype}; they are baselines on x's scale, so "
-                         "they must be floating images like x (e.g. uint8 references / 255.0), not "
-                         "cast unscaled.")
+    _common.check_floating_images(jnp.asarray(references), "references")
     refs = jnp.asarray(references, x.dtype)
     if refs.ndim != x.ndim or refs.shape[1:] != x.shape[1:] or refs.shape[0] < 1:
         raise ValueError(f"references must have shape (N, *x.shape[1:]) = (N, {x.shape[1:]}); "

@@ -53,6 +53,21 @@ def test_a_number_baseline_or_fill_may_be_any_scalar(number):
                                            fill=jnp.full_like(x, 0.5)), rtol=1e-6)
 
 
+def test_integer_image_baselines_and_fills_are_refused():
+    """An 8-bit image given as a baseline or fill would be cast unscaled ([0, 255] beside x in
+    [0, 1]); a number keeps its meaning (0 fills with 0 whatever its type)."""
+    logits_fn, _, _ = linear_model()
+    x = uniform_images(2, (4, 4, 2))
+    t = jnp.array([0, 1])
+    pixels = (np.asarray(x[0]) * 255).astype(np.uint8)
+    with pytest.raises(ValueError, match=r"baseline has dtype uint8.*/ 255"):
+        A.integrated_gradients(logits_fn, x, t, baseline=pixels, num_steps=4)
+    with pytest.raises(ValueError, match=r"fill has dtype uint8.*/ 255"):
+        A.occlusion(logits_fn, x, t, window=2, strides=2, fill=pixels)
+    np.testing.assert_allclose(A.integrated_gradients(logits_fn, x, t, baseline=0, num_steps=4),
+                               A.integrated_gradients(logits_fn, x, t, num_steps=4), rtol=1e-6)
+
+
 def test_a_traced_number_baseline_works_under_jit():
     logits_fn, _, _ = linear_model()
     x = uniform_images(2, (4, 4, 2))

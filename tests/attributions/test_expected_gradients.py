@@ -62,6 +62,6 @@ def test_bad_references_raise():
     with pytest.raises(ValueError, match="num_samples"):
         expected_gradients(logits_fn, x, 0, jax.random.key(0), references=x, num_samples=0)
     # uint8 references would be cast unscaled, baselines in [0, 255] for x in [0, 1]
-    with pytest.raises(ValueError, match=r"references have dtype uint8.*/ 255"):
+    with pytest.raises(ValueError, match=r"references has dtype uint8.*/ 255"):
         expected_gradients(logits_fn, x, 0, jax.random.key(0),
                            references=(np.asarray(x) * 255).astype(np.uint8))
