@@ -35,15 +35,13 @@ def _flat_pair(a: Array, b: Array) -> tuple[Array, Array]:
     for name, m in (("a", a), ("b", b)):
         validation.check_finite(m, name, fix="a rank score of such a map means nothing; explain "
                                 "finite inputs only, or drop those examples.")
-    dtype = _score_dtype(a)  # float16 / bfloat16 maps: counts and sums overflow or lose digits
+    dtype = _score_dtype(a, b)  # float16 / bfloat16 maps: counts and sums overflow or lose digits
     return (a.reshape(a.shape[0], -1).astype(dtype), b.reshape(b.shape[0], -1).astype(dtype))
 
 
 def _nan_where_nan(score: Array, fa: Array, fb: Array) -> Array:
     """NaN for the examples whose flattened maps (B, n) hold NaN (traced maps; concrete ones were
-    rejected by :func:`_flat_pair`)."""
-    if not (jnp.issubdtype(fa.dtype, jnp.floating) or jnp.issubdtype(fb.dtype, jnp.floating)):
-        return score
+    rejected by :func:`_flat_pair`, which also made both floating)."""
     bad = jnp.any(jnp.isnan(fa), axis=-1) | jnp.any(jnp.isnan(fb), axis=-1)
     return jnp.where(bad, jnp.nan, score)
 
@@ -129,7 +127,7 @@ def top_k_intersection(a: Array, b: Array, *, k: int = 8) -> Array:
     fa, fb = _flat_pair(a, b)
     k = _check_k(k, fa.shape[1])
     both = _top_k_mask(fa, k) & _top_k_mask(fb, k)
-    return _nan_where_nan(jnp.sum(both, axis=-1).astype(_score_dtype(fa)) / k, fa, fb)
+    return _nan_where_nan(jnp.sum(both, axis=-1).astype(fa.dtype) / k, fa, fb)
 
 
 def top_k_intersection_b(a: Array, b: Array, *, k: int = 8) -> Array:
@@ -140,12 +138,12 @@ def top_k_intersection_b(a: Array, b: Array, *, k: int = 8) -> Array:
     ka = jax.lax.top_k(fa, k)[0][:, -1:]
     kb = jax.lax.top_k(fb, k)[0][:, -1:]
     both = (fa > ka) & (fb > kb)
-    return _nan_where_nan(jnp.sum(both, axis=-1).astype(_score_dtype(fa)) / fa.shape[1], fa, fb)
+    return _nan_where_nan(jnp.sum(both, axis=-1).astype(fa.dtype) / fa.shape[1], fa, fb)
 
 
-def _score_dtype(f: Array):
+def _score_dtype(*maps: Array):
     """The dtype every score is computed in: float64 for float64 maps (x64), else float32 (integer,
     float16 and bfloat16 maps too: their pair counts pass float16's 65,504 from 16x16 maps on,
-    and bfloat16 keeps 8 bits of them). The maps' values convert exactly, so ranks and ties are
-    theirs."""
-    return jnp.float64 if f.dtype == jnp.float64 else jnp.float32
+    and bfloat16 keeps 8 bits of them). float16 and bfloat16 values convert exactly, so their
+    ranks and ties are kept (integers beyond 2^24 would round in float32)."""
+    return jnp.float64 if any(f.dtype == jnp.float64 for f in maps) else jnp.float32
