@@ -281,6 +281,8 @@ def table_b7(subjects, cfg) -> dict:
                         "discrepancy": [float(d) for d in c.discrepancy],
                         "kendall": [float(t) for t in c.kendall],
                         "normalized_slope": c.normalized_slope,
+                        "reference_normalized_slope": c.reference_normalized_slope,
+                        "reference_mean_discrepancy": c.reference_mean_discrepancy,
                         "includes_plain": c.includes_plain,
                         "num_images": c.num_images, "of": int(n),
                         "seconds": round(time.perf_counter() - tic, 1)}
@@ -355,6 +357,7 @@ def write_tables(results: dict, path: pathlib.Path) -> str:
     for model, rows in b7.items():
         first = next(iter(rows.values())) if rows else {}
         mult = first.get("multipliers", [])
+        ref = int(bool(rows) and all("reference_normalized_slope" in r for r in rows.values()))
         # Rows since 2026-12-07 (session 10) start at the plain attack (gamma = 0 at eps_adv)
         cols = ["plain" if i == 0 and first.get("includes_plain") else f"x{m:g}"
                 for i, m in enumerate(mult)]
@@ -363,10 +366,18 @@ def write_tables(results: dict, path: pathlib.Path) -> str:
         lines += [f"## B-7: ISA on {model}: mean normalised discrepancy at eps multiplier, and NS"
                   + ig,
                   "", "| map/classes/norm | images | " + " | ".join(cols)
-                  + " | NS |", "|---" * (len(mult) + 3) + "|"]
+                  + " | NS |" + (" mean D, NS (reference's summary) |" if ref else ""),
+                  "|---" * (len(mult) + 3 + ref) + "|"]
         for k, r in rows.items():
             lines.append(f"| {k} | {r['num_images']}/{r['of']} | " + " | ".join(
-                f"{d:.3f}" for d in r["discrepancy"]) + f" | {r['normalized_slope']:.3f} |")
+                f"{d:.3f}" for d in r["discrepancy"]) + f" | {r['normalized_slope']:.3f} |"
+                + (f" {r['reference_mean_discrepancy']:.3f}, {r['reference_normalized_slope']:.3f} |"
+                   if ref else ""))
+        if ref:
+            lines += ["", "The reference's summary (`jaxadv.analysis.isa_reference_summary`): "
+                      "each image over its own successful points, the sums of discrepancies and "
+                      "of per-image slopes divided by the number of points, as the official "
+                      "code prints them."]
         lines.append("")
     mc = results.get("margin_check", {})
     if mc:

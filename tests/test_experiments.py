@@ -88,12 +88,14 @@ def test_reproduce_boopathy_quick(tmp_path):
     assert set(r["b7"]["smallgap/normal"]) == {"cam/one/l1", "cam/two/l1", "rep/all/l1"}
     for row in r["b7"]["smallgap/normal"].values():  # curves start at the plain attack
         assert row["includes_plain"] and len(row["multipliers"]) == len(row["discrepancy"]) == 4
+        assert {"reference_normalized_slope", "reference_mean_discrepancy"} <= set(row)
     assert r["margin_check"]["smallgap/normal"]["violations"] == 0
     for f in ("tables.md", "results.json", "b1_robustness.png", "b7_isa.png", "margin_bound.png",
               "cam_overlays.png"):
         assert (out / f).stat().st_size > 500, f
     assert "## B-7" in (out / "tables.md").read_text()
     assert "| map/classes/norm | images | plain | x1 |" in (out / "tables.md").read_text()
+    assert "| NS | mean D, NS (reference's summary) |" in (out / "tables.md").read_text()
 
 
 @pytest.mark.slow

@@ -26,7 +26,8 @@ Algorithm (:func:`isa`), per image and vectorised over the batch:
    reference's curve: ``attacks.append(x_adv)`` before the multiplier loop) and for each
    multiplier; :func:`isa_curve` averages them and computes the normalised slope from the plain
    point on (``include_plain=False``: from the first multiplier, as jaxadv did before
-   2026-12-07).
+   2026-12-07), and also the official code's own summary (:func:`isa_reference_summary`: per
+   image over its successful points, per-image slopes summed and divided by the point count).
 
 The loss's D over a set of class maps is their mean (1/2 of the sum for (t, t'), 1/K for all
 classes, as the reference); for the representation (:func:`representation_maps`) it is the sum
@@ -369,6 +370,9 @@ class ISACurve(NamedTuple):
       normalized_slope: NS = [(D_0 - D_last) / D_0] / [(eps_last - eps_0) / eps_0].
       mean_adjacent_slope: the same ratio for each adjacent pair of multipliers, averaged.
       eps_vs_log_d_slope: least-squares slope of eps regressed on log D.
+      reference_mean_discrepancy, reference_normalized_slope: the summary the official code
+        prints (the end of ``funcs.isa_cam`` / ``isa_ig``; :func:`isa_reference_summary`), over
+        each image's own successful points rather than over the images that succeed everywhere.
     """
 
     multipliers: np.ndarray
@@ -381,6 +385,49 @@ class ISACurve(NamedTuple):
     mean_adjacent_slope: float
     eps_vs_log_d_slope: float
     includes_plain: bool = False
+    reference_mean_discrepancy: float = float("nan")
+    reference_normalized_slope: float = float("nan")
+
+
+def isa_reference_summary(discrepancy: np.ndarray, eps: np.ndarray, counted: np.ndarray
+                          ) -> tuple[float, float]:
+    """(mean discrepancy, NS) as the official ISA code summarises its curves (numpy, host side).
+
+    ``discrepancy``, ``eps``: (P, B) per point and image, in the curve's order; ``counted``:
+    (P, B) bool, the points that count (valid image, successful attack). For each image, over its
+    counted points only: the discrepancy made non-increasing (a running minimum), and, where its
+    first and last values differ, NS_i = [(D_0 - D_last) / D_0] / [(eps_last - eps_0) / eps_0]
+    with the actual radii of its first and last counted points. Images whose discrepancy does not
+    change (one point, or a flat curve) are left out. Returns (the sum of the counted images'
+    discrepancies / n, sum_i NS_i / n), where n is the number of *points* of those images: the
+    reference divides the sum of per-image slopes by the number of points, not of images, so
+    its NS is about 1 / (points per image) of a mean slope (kept here, since the official run
+    prints it; :attr:`ISACurve.normalized_slope` is the slope of the mean curve).
+    NaN where no image counts. Its success test differs from jaxadv's (the target logit above
+    the true one, not the top class), so only ``counted`` decides here.
+    """
+    disc, radius = np.asarray(discrepancy, np.float64), np.asarray(eps, np.float64)
+    counted = np.asarray(counted, bool)
+    if not (disc.shape == radius.shape == counted.shape and disc.ndim == 2):
+        raise ValueError(f"discrepancy, eps and counted must share one (P, B) shape; got "
+                         f"{disc.shape}, {radius.shape} and {counted.shape}.")
+    total_d = total_ns = 0.0
+    points = 0
+    for i in range(disc.shape[1]):
+        rows = np.flatnonzero(counted[:, i])
+        if rows.size == 0:
+            continue
+        d = np.minimum.accumulate(disc[rows, i])
+        e0, e1 = radius[rows[0], i], radius[rows[-1], i]
+        if d[0] == d[-1]:
+            continue
+        total_d += float(d.sum())
+        with np.errstate(divide="ignore", invalid="ignore"):
+            total_ns += float(((d[0] - d[-1]) * e0) / ((e1 - e0) * d[0]))
+        points += rows.size
+    if points == 0:
+        return float("nan"), float("nan")
+    return total_d / points, total_ns / points
 
 
 def _relative_slope(d0, d1, e0, e1):
@@ -407,6 +454,7 @@ def isa_curve(result: ISAResult, *, include_plain: bool = True) -> ISACurve:
         pearson_pts = first(pearson_pts, r.plain_pearson)
         success = first(success, r.plain_success)
     keep = r.valid & np.all(success, axis=0)
+    ref_d, ref_ns = isa_reference_summary(disc_pts, eps_pts, r.valid[None, :] & success)
     disc = np.minimum.accumulate(disc_pts[:, keep], axis=0)
     mean = lambda a: a.mean(axis=1) if keep.any() else np.full(len(mult), np.nan)  # noqa: E731
     eps, d = mean(eps_pts[:, keep]), mean(disc)
@@ -422,7 +470,8 @@ def isa_curve(result: ISAResult, *, include_plain: bool = True) -> ISACurve:
         normalized_slope=float(_relative_slope(d[0], d[-1], eps[0], eps[-1])),
         mean_adjacent_slope=float(np.nanmean(pairs)) if pairs and np.isfinite(pairs).any()
         else float("nan"),
-        eps_vs_log_d_slope=float(reg), includes_plain=plain)
+        eps_vs_log_d_slope=float(reg), includes_plain=plain,
+        reference_mean_discrepancy=ref_d, reference_normalized_slope=ref_ns)
 
 
 class MarginDiscrepancy(NamedTuple):

@@ -13,6 +13,7 @@ from jaxadv.analysis.isa import (
     cam_plus_plus_class_maps,
     isa,
     isa_curve,
+    isa_reference_summary,
     margin_discrepancy,
     representation_maps,
     select_classes,
@@ -290,6 +291,30 @@ def test_curve_counts_only_valid_images_that_always_succeed():
     c = isa_curve(_fake(disc, eps, valid=[True, False, True], success=success))
     assert c.num_images == 1
     np.testing.assert_allclose(c.discrepancy, [1.0, 0.5])
+
+
+def test_reference_summary_follows_the_official_code_by_hand():
+    # image 0: all three points count; its discrepancy goes up at the last point (running min)
+    # image 1: the middle point failed; its own two points count
+    # image 2: flat curve, left out; image 3: invalid, left out
+    disc = [[1.0, 2.0, 0.7, 5.0], [0.5, 9.0, 0.7, 5.0], [0.8, 1.0, 0.7, 5.0]]
+    eps = [[0.1, 0.2, 0.3, 0.1], [0.2, 0.3, 0.3, 0.1], [0.4, 0.5, 0.3, 0.1]]
+    success = np.array([[True, True, True, True], [True, False, True, True],
+                        [True, True, True, True]])
+    valid = np.array([True, True, True, False])
+    ns0 = ((1.0 - 0.5) * 0.1) / ((0.4 - 0.1) * 1.0)  # D: 1, .5, .5; eps_0 .1, eps_last .4
+    ns1 = ((2.0 - 1.0) * 0.2) / ((0.5 - 0.2) * 2.0)  # D: 2, 1 at eps .2, .5
+    d, ns = isa_reference_summary(np.asarray(disc), np.asarray(eps), valid[None] & success)
+    np.testing.assert_allclose(d, (1.0 + 0.5 + 0.5 + 2.0 + 1.0) / 5)
+    np.testing.assert_allclose(ns, (ns0 + ns1) / 5)  # over the 5 points, as the reference
+    c = isa_curve(_fake(disc, eps, valid=valid, success=success))
+    assert c.num_images == 2  # the mean curve keeps images 0 and 2 (successful everywhere)
+    np.testing.assert_allclose([c.reference_mean_discrepancy, c.reference_normalized_slope],
+                               [d, ns], rtol=1e-6)
+    none = isa_reference_summary(np.ones((2, 1)), np.ones((2, 1)), np.zeros((2, 1), bool))
+    assert np.isnan(none).all()
+    with pytest.raises(ValueError, match="share one"):
+        isa_reference_summary(np.ones((2, 1)), np.ones((3, 1)), np.ones((2, 1), bool))
 
 
 def test_bad_arguments(net, data):
