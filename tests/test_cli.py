@@ -52,6 +52,7 @@ def data_dir(tmp_path_factory):
     return make_synthetic_idx(tmp_path_factory.mktemp("fmnist"), num_train=1024)
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_resumes_to_identical_params(data_dir, tmp_path):
     steps = 80
     args = [*QUICK, f"--config.train.num_steps={steps}"]
@@ -84,6 +85,7 @@ def test_sigkill_then_rerun_resumes_to_identical_params(data_dir, tmp_path):
     assert r1["test_accuracy"] == r2["test_accuracy"]
 
 
+@pytest.mark.slow
 def test_config_override_and_main_output(data_dir, tmp_path):
     out = subprocess.run(_cmd("train", *QUICK, "--config.train.num_steps=7",
                               f"--workdir={tmp_path / 'w'}"), cwd=REPO, env=_env(data_dir),

@@ -116,6 +116,7 @@ def _python_blocks(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
+@pytest.mark.slow
 def test_the_readme_example_runs_as_written(shared_data, tmp_path):
     """The README's first example ("Using it"), run as a user would, in a fresh process from a
     repository folder next to ``shared/data`` (the layout its ``../shared/data`` paths assume); its

@@ -224,6 +224,7 @@ def test_boopathy_mnist_claim_sentences(tmp_path):
             "smallgap int2 at 0.3: 74.0 vs 80.0; smallgap int2 at 0.4: 0.0 vs 0.0.") in text
 
 
+@pytest.mark.slow
 def test_loop_speed_benchmark_smoke(tmp_path, fast_compile):
     """The loop benchmark runs both orders and writes the variants it reports (tiny sizes: this
     checks the script, not the speed)."""
@@ -527,6 +528,7 @@ def test_training_benchmark_times_the_steps_on_the_mesh(synthetic_fmnist, tmp_pa
     assert all(v > 0 for v in result["examples_per_s"].values())
 
 
+@pytest.mark.slow
 def test_kernel_grad_benchmark_smoke(tmp_path, fast_compile):
     """The kernel-gradient benchmark times every form, checks they agree and reports the rule's
     choice (one tiny layer: this checks the script, not the speed)."""
@@ -567,6 +569,7 @@ def test_kernel_grad_benchmark_smoke(tmp_path, fast_compile):
 
 @pytest.mark.skipif(not (SHARED / "boopathy-mnist").exists(),
                     reason="needs ../shared/data (official checkpoints, MNIST test set)")
+@pytest.mark.slow
 def test_multi_eps_benchmark_times_every_sweep_mode(tmp_path):
     """multi_eps: the 8 radii in one call, vmapped, one at a time and nested, against one radius
     and Foolbox's loop; the nested sweep's robust accuracy never rises with eps (16 points; this
@@ -788,6 +791,7 @@ def test_peer_ensemble_over_seeds_passes_each_seed_to_both_evaluators(monkeypatc
 
 @pytest.mark.skipif(not (SHARED / "boopathy-mnist").exists(),
                     reason="needs ../shared/data (official checkpoints, MNIST test set)")
+@pytest.mark.slow
 def test_ensemble_stages_smoke(tmp_path):
     """Per-stage robust accuracy of the ensemble next to PGD-200 on an official checkpoint (tiny
     budgets: this checks the script, not the numbers): stages are cumulative, so never rising."""

@@ -34,6 +34,7 @@ def test_write_json_rejects_nan_when_asked_and_keeps_earlier_file(tmp_path):
     assert json.loads(path.read_text()) == {"old": 1}
 
 
+@pytest.mark.slow
 def test_report_examples_use_the_runs_norm_and_the_checkpoint_of_its_results(tmp_path,
                                                                                monkeypatch):
     """A run evaluated with l2 PGD gets an l2 example figure (an l2 eps used as an l-inf radius

@@ -227,6 +227,7 @@ ATTACKS = {
        batch=st.integers(1, 3), side=st.integers(2, 4), channels=st.integers(1, 2),
        eps=st.floats(0.0, 2.0), seed=st.integers(0, 2**16),
        bounds=st.sampled_from([(0.0, 1.0), (-0.5, 0.5)]))
+@pytest.mark.slow
 def test_every_attack_stays_in_the_ball_and_the_box(attack, norm, batch, side, channels, eps,
                                                     seed, bounds):
     shape = (batch, side, side, channels)

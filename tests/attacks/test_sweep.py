@@ -50,6 +50,7 @@ EPS = [0.0, 0.02, 0.05, 0.1, 0.3]
 PGD_KW = dict(step_size=0.03, num_steps=3)
 
 
+@pytest.mark.slow
 def test_attack_over_eps_shapes_and_equality_with_a_loop(key):
     f = mlp_model()
     x, y = data()

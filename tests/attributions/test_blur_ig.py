@@ -51,6 +51,7 @@ def test_blur_ig_of_linear_model_is_closed_form(mode):
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_completeness_error_shrinks():
     _, _, f = tiny_smallgap("softplus")
     x = uniform_images(2, (12, 12, 1))

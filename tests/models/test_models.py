@@ -98,6 +98,7 @@ def test_registry():
         init_variables(get_model("wide_resnet", depth=11), jax.random.key(0), (1, 32, 32, 3))
 
 
+@pytest.mark.slow
 def test_resnet_init_and_sown_intermediates_at_batches_the_fast_path_chunks(fast_compile,
                                                                           monkeypatch):
     """The first stage runs over chunks of images (a lax.map) only where nothing is written: at
