@@ -393,24 +393,26 @@ def isa_reference_summary(discrepancy: np.ndarray, eps: np.ndarray, counted: np.
                           ) -> tuple[float, float]:
     """(mean discrepancy, NS) as the official ISA code summarises its curves (numpy, host side).
 
-    ``discrepancy``, ``eps``: (P, B) per point and image, in the curve's order; ``counted``:
-    (P, B) bool, the points that count (valid image, successful attack). For each image, over its
-    counted points only: the discrepancy made non-increasing (a running minimum), and, where its
-    first and last values differ, NS_i = [(D_0 - D_last) / D_0] / [(eps_last - eps_0) / eps_0]
-    with the actual radii of its first and last counted points. Images whose discrepancy does not
-    change (one point, or a flat curve) are left out. Returns (the sum of the counted images'
-    discrepancies / n, sum_i NS_i / n), where n is the number of *points* of those images: the
-    reference divides the sum of per-image slopes by the number of points, not of images, so
-    its NS is about 1 / (points per image) of a mean slope (kept here, since the official run
-    prints it; :attr:`ISACurve.normalized_slope` is the slope of the mean curve).
-    NaN where no image counts. Its success test differs from jaxadv's (the target logit above
-    the true one, not the top class), so only ``counted`` decides here.
+    ``discrepancy``, ``eps``: (P, B) per point and image, in the curve's order; ``counted``: (P, B)
+    bool, the points that count (valid image, successful attack); points with an undefined (NaN)
+    discrepancy are skipped too, as the reference's ``d >= 0`` test skips them. For each image, over
+    its counted points only: the discrepancy made non-increasing (a running minimum), and, where its
+    first and last values differ, NS_i = [(D_0 - D_last) / D_0] / [(eps_last - eps_0) / eps_0] with
+    the actual radii of its first and last counted points. Images whose discrepancy does not change
+    (one point, or a flat curve) are left out. Returns (the sum of the counted images' discrepancies
+    / n, sum_i NS_i / n), where n is the number of *points* of those images: the reference divides
+    the sum of per-image slopes by the number of points, not of images, so its NS is about 1 /
+    (points per image) of a mean slope (kept here, since the official run prints it;
+    :attr:`ISACurve.normalized_slope` is the slope of the mean curve). NaN where no image counts.
+    Its success test differs from jaxadv's (the target logit above the true one, not the top class),
+    so only ``counted`` decides here.
     """
     disc, radius = np.asarray(discrepancy, np.float64), np.asarray(eps, np.float64)
     counted = np.asarray(counted, bool)
     if not (disc.shape == radius.shape == counted.shape and disc.ndim == 2):
         raise ValueError(f"discrepancy, eps and counted must share one (P, B) shape; got "
                          f"{disc.shape}, {radius.shape} and {counted.shape}.")
+    counted = counted & ~np.isnan(disc)
     total_d = total_ns = 0.0
     points = 0
     for i in range(disc.shape[1]):

@@ -313,6 +313,12 @@ def test_reference_summary_follows_the_official_code_by_hand():
                                [d, ns], rtol=1e-6)
     none = isa_reference_summary(np.ones((2, 1)), np.ones((2, 1)), np.zeros((2, 1), bool))
     assert np.isnan(none).all()
+    # an undefined (NaN) discrepancy is skipped like a failed point (the reference's d >= 0)
+    with_nan = np.asarray(disc).copy()
+    with_nan[1, 1] = np.nan
+    np.testing.assert_allclose(
+        isa_reference_summary(with_nan, np.asarray(eps), valid[None] & np.ones_like(success)),
+        (d, ns))
     with pytest.raises(ValueError, match="share one"):
         isa_reference_summary(np.ones((2, 1)), np.ones((3, 1)), np.ones((2, 1), bool))
 
