@@ -11,8 +11,11 @@
   before failing, so a missing dataset raises at once with the command that prepares it.
 """
 
+import contextlib
 import dataclasses
+import glob
 import os
+import tempfile
 from typing import Protocol
 
 import numpy as np
@@ -149,6 +152,23 @@ def load_idx_dataset(directory: str, split: str, *, name: str, provided_by: str,
     return ArrayDataset(images[..., None], labels, num_classes, name=f"{name}:{split}")
 
 
+@contextlib.contextmanager
+def _no_empty_tfds_temp_dirs():
+    """Removes the empty ``tmp*tfds`` directories that appear in the system's temporary directory
+    inside the block. tensorflow-datasets 4.9 makes one for every builder of a dataset that is not
+    prepared (``DatasetInfo.initialize_from_bucket`` creates it before it looks at GCS, which is
+    off by default, and never removes it): two per failed :class:`TfdsSource`. ``os.rmdir`` removes
+    only empty directories, so one that holds files stays."""
+    pattern = os.path.join(tempfile.gettempdir(), "tmp*tfds")
+    before = set(glob.glob(pattern))
+    try:
+        yield
+    finally:
+        for path in set(glob.glob(pattern)) - before:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+
+
 class TfdsSource:
     """A tensorflow-datasets dataset through ``tfds.data_source`` (random access, no TensorFlow)."""
 
@@ -158,12 +178,20 @@ class TfdsSource:
 
         self.name = f"{name}:{split}"
         self._image_key, self._label_key = image_key, label_key
+        with _no_empty_tfds_temp_dirs():
+            builder, self._source = self._open(tfds, name, split, data_dir)
+        label_feature = builder.info.features[label_key]
+        self.num_classes = int(label_feature.num_classes)
+
+    @staticmethod
+    def _open(tfds, name: str, split: str, data_dir: str | None):
+        """(builder, random-access source), or a clear error."""
         try:
             builder = tfds.builder(name, data_dir=data_dir)
         except Exception as e:
             raise ValueError(f"tensorflow-datasets has no dataset {name!r} ({e}).") from e
         try:
-            self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+            return builder, tfds.data_source(name, split=split, data_dir=data_dir, download=False)
         except Exception as e:
             where = builder.data_dir
             # download_and_prepare's --data_dir is the root that holds <name>/<version>
@@ -181,8 +209,6 @@ class TfdsSource:
                 f"Dataset {name!r} under {where} cannot be read with random access ({e}). Prepare "
                 "it with --file_format=array_record (random access needs array_record or "
                 "parquet, not tfrecord).") from e
-        label_feature = builder.info.features[label_key]
-        self.num_classes = int(label_feature.num_classes)
 
     def __len__(self) -> int:
         return len(self._source)

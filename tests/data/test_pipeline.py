@@ -105,7 +105,8 @@ def tfds_temp_in_tmp_path(tmp_path, monkeypatch):
     """Temporary files of the test in its own ``tmp_path``. Building a tensorflow-datasets builder
     for a dataset that is not prepared (and under ``mock_data``) leaves an empty
     ``tmp*tfds`` directory in the temporary directory (tfds 4.9's
-    ``DatasetInfo.initialize_from_bucket`` creates it before it checks GCS, and never removes it);
+    ``DatasetInfo.initialize_from_bucket`` creates it before it checks GCS, and never removes it;
+    load_dataset removes those its own call made, a test's direct ``tfds.builder`` does not);
     pytest cleans ``tmp_path`` up, so the tests leave nothing in /tmp."""
     own = tmp_path / "tempfile"
     own.mkdir()
@@ -128,6 +129,17 @@ def test_tfds_unprepared_dataset_fails_fast_without_download(tmp_path, tfds_temp
     pytest.importorskip("tensorflow_datasets")
     with pytest.raises(FileNotFoundError, match="never downloads"):
         load_dataset("cifar10", "train", data_dir=str(tmp_path))
+
+
+def test_a_failed_load_leaves_no_empty_tfds_directory_behind(tmp_path, tfds_temp_in_tmp_path):
+    """tensorflow-datasets leaves an empty ``tmp*tfds`` directory per builder of an unprepared
+    dataset (fixture above); load_dataset removes the ones its call made, and only those."""
+    pytest.importorskip("tensorflow_datasets")
+    other = tfds_temp_in_tmp_path / "tmpotherstfds"  # another process's, made before the call
+    other.mkdir()
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        load_dataset("cifar10", "train", data_dir=str(tmp_path / "data"))
+    assert sorted(tfds_temp_in_tmp_path.glob("tmp*tfds")) == [other]
 
 
 def test_the_prepare_command_names_the_data_root(tmp_path, tfds_temp_in_tmp_path):
